@@ -1,0 +1,133 @@
+"""The backward linear-bound pass (CROWN) over a `Graph`, and concretization.
+
+Starting from coefficients A on one value (the output specification, or an
+identity over a hidden layer's neurons), the pass walks the equations in
+reverse, pulling A back through each one with the method's rule table and
+collecting a bias, until A rests on the input sets. There the linear bound
+``<A, x> + bias`` is minimized over the set (concretization):
+
+* box [lo, hi]:      A⁺ lo + A⁻ hi (= A c - |A| r);
+* l_p ball (x0, ε):  A x0 - ε ||A||_q, row-wise dual norm (1/p + 1/q = 1);
+* ball ∩ domain:     the larger of the two (both are sound lower bounds).
+
+A ``stop`` predicate lets the pass concretize early at any equation's output
+with that value's interval instead: IBP with a specification uses it to
+fold the specification into the last affine operations only.
+"""
+
+import math
+from typing import Any, Callable, Dict, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from cure_jax.bounds.first_layer import PendingBall
+from cure_jax.bounds.forward import Env, as_interval, read
+from cure_jax.bounds.graph import Eqn, Graph
+from cure_jax.bounds.interval import Interval
+from cure_jax.bounds.linear_rules import inner_product
+from cure_jax.bounds.sets import Box, LpBall, lp_norm
+
+
+def concretize_interval(box: Interval, coeffs: jax.Array) -> jax.Array:
+  """min over x in [l, u] of <A, x> = <A, c> - <|A|, r>: [S, B]."""
+  return inner_product(coeffs, box.center) - inner_product(jnp.abs(coeffs), box.radius)
+
+
+def concretize_set(leaf: Any, coeffs: jax.Array) -> jax.Array:
+  """min of <A, x> over an input set: [S, B]."""
+  if isinstance(leaf, Box):
+    return concretize_interval(Interval(leaf.lower, leaf.upper), coeffs)
+  if not isinstance(leaf, LpBall):
+    raise TypeError(f"not an input set: {type(leaf)}")
+  box_bound = concretize_interval(leaf.bounding_box(), coeffs)
+  if leaf.p == math.inf:
+    return box_bound
+  flat = coeffs.reshape(coeffs.shape[:2] + (-1,))
+  ball_bound = (inner_product(coeffs, leaf.center) -
+                leaf.radius_per_example() * lp_norm(flat, leaf.dual, axis=-1))
+  return ball_bound if leaf.domain is None else jnp.maximum(ball_bound, box_bound)
+
+
+def lower_bound(graph: Graph, env: Env, sets: Dict[int, Any],
+                start: Dict[int, jax.Array], rules: Dict[str, Any],
+                alphas: Optional[Dict[int, jax.Array]] = None,
+                stop: Optional[Callable[[Eqn], bool]] = None) -> jax.Array:
+  """Lower bound of ``sum_v <start[v], v>`` over the input sets.
+
+  Args:
+    graph: the traced function.
+    env: the forward environment (intervals of every bounded value).
+    sets: input-set leaves by graph input id.
+    start: initial coefficients {value id: A [S, *value.shape]}.
+    rules: primitive name -> backward rule (`linear_rules.RULES`).
+    alphas: optional lower slopes per nonlinear equation output id.
+    stop: optional predicate; the pass concretizes the outputs of equations
+      for which it holds with their forward intervals.
+
+  Returns:
+    [S, B] lower bounds.
+  """
+  alphas = alphas or {}
+  pending = dict(start)
+  some = next(iter(start.values()))
+  bias = jnp.zeros(some.shape[:2], some.dtype)
+  for eqn in reversed(graph.eqns):
+    if not any(v in pending for v in eqn.outputs):
+      continue
+    if stop is not None and stop(eqn):
+      for v in eqn.outputs:
+        if v in pending:
+          bias = bias + concretize_interval(as_interval(env[v]), pending.pop(v))
+      continue
+    if len(eqn.outputs) != 1:
+      raise eqn.unsupported("CROWN", "multiple outputs")
+    rule = rules.get(eqn.name)
+    if rule is None:
+      raise eqn.unsupported("CROWN")
+    coeffs = pending.pop(eqn.outputs[0])
+    args = [read(env, a) for a in eqn.inputs]
+    pulled, term = rule(eqn, args, coeffs, alphas.get(eqn.outputs[0]))
+    bias = bias + term
+    for position, coeffs_in in pulled.items():
+      var = eqn.inputs[position]
+      pending[var] = pending[var] + coeffs_in if var in pending else coeffs_in
+  for var, coeffs in pending.items():
+    bias = bias + concretize_set(sets[var], coeffs)
+  return bias
+
+
+def identity_coefficients(shape: Sequence[int], dtype) -> jax.Array:
+  """A = [I; -I] over a value's per-example elements: [2n, B, *shape[1:]].
+
+  The first n rows bound each element from below, the last n from above
+  (as lower bounds of its negation).
+  """
+  n = math.prod(shape[1:])
+  eye = jnp.eye(n, dtype=dtype).reshape((n, 1) + tuple(shape[1:]))
+  eye = jnp.broadcast_to(eye, (n,) + tuple(shape))
+  return jnp.concatenate([eye, -eye], axis=0)
+
+
+def interval_from_identity(lower: jax.Array, shape: Sequence[int]) -> Interval:
+  """Splits the [2n, B] result of `identity_coefficients` into an Interval."""
+  n = lower.shape[0] // 2
+  lo = lower[:n].T.reshape(shape)
+  hi = -lower[n:].T.reshape(shape)
+  return Interval(lo, hi)
+
+
+def spec_coefficients(spec: jax.Array) -> jax.Array:
+  """A = [C; -C] for a specification C [B, S, K]: [2S, B, K]."""
+  c = jnp.swapaxes(spec, 0, 1)
+  return jnp.concatenate([c, -c], axis=0)
+
+
+def interval_from_spec(lower: jax.Array) -> Interval:
+  """Splits the [2S, B] result of `spec_coefficients` into [B, S] bounds."""
+  s = lower.shape[0] // 2
+  return Interval(lower[:s].T, -lower[s:].T)
+
+
+def is_pending(value) -> bool:
+  return isinstance(value, PendingBall)

@@ -1,0 +1,127 @@
+"""IBP rules, one per primitive (interval bound propagation).
+
+Gowal et al., "On the Effectiveness of Interval Bound Propagation for
+Training Verifiably Robust Models" (2018). Each rule maps the operands of one
+equation — concrete arrays or `Interval`s — to the `Interval` of its output.
+
+* Affine operations use the center/radius form: for y = W x + b with
+  x ∈ c ± r, y ∈ (W c + b) ± |W| r (exact for a single affine map of a box).
+* Operations monotone non-decreasing in every bounded operand (reshape,
+  pooling, ReLU, max, sums, …) map lower bounds to lower bounds and upper
+  bounds to upper bounds.
+"""
+
+from typing import Any, Callable, Dict, List, Sequence
+
+import jax.numpy as jnp
+
+from cure_jax.bounds.graph import Eqn, evaluate_concrete
+from cure_jax.bounds.interval import Interval
+
+IbpRule = Callable[[Eqn, Sequence[Any]], List[Any]]
+
+
+def is_bound(x) -> bool:
+  return isinstance(x, Interval)
+
+
+def _bounded_positions(args) -> List[int]:
+  return [i for i, a in enumerate(args) if is_bound(a)]
+
+
+def monotone(eqn: Eqn, args: Sequence[Any]) -> List[Interval]:
+  """f non-decreasing in each bounded operand: [f(lowers), f(uppers)]."""
+  lows = [a.lower if is_bound(a) else a for a in args]
+  highs = [a.upper if is_bound(a) else a for a in args]
+  return [Interval(lo, hi) for lo, hi in
+          zip(evaluate_concrete(eqn, lows), evaluate_concrete(eqn, highs))]
+
+
+def neg(eqn: Eqn, args) -> List[Interval]:
+  del eqn
+  (x,) = args
+  return [Interval(-x.upper, -x.lower)]
+
+
+def sub(eqn: Eqn, args) -> List[Interval]:
+  """x - y = x + (-y): the upper bound of y lowers the result."""
+  del eqn
+  x, y = args
+  x = x if is_bound(x) else Interval(x, x)
+  y = y if is_bound(y) else Interval(y, y)
+  return [Interval(x.lower - y.upper, x.upper - y.lower)]
+
+
+def _scale(x: Interval, k) -> Interval:
+  """k ⊙ x for a concrete k, in center/radius form: k c ± |k| r."""
+  return Interval.from_center_radius(x.center * k, x.radius * jnp.abs(k))
+
+
+def mul(eqn: Eqn, args) -> List[Interval]:
+  """Product; with two bounded factors the min/max of the four corners."""
+  del eqn
+  x, y = args
+  if is_bound(x) and is_bound(y):
+    corners = jnp.stack([x.lower * y.lower, x.lower * y.upper,
+                         x.upper * y.lower, x.upper * y.upper])
+    return [Interval(corners.min(0), corners.max(0))]
+  bound, k = (x, y) if is_bound(x) else (y, x)
+  return [_scale(bound, k)]
+
+
+def div(eqn: Eqn, args) -> List[Interval]:
+  x, y = args
+  if is_bound(y):
+    raise eqn.unsupported("IBP", "division by a bounded value")
+  return [_scale(x, 1.0 / y)]
+
+
+def bilinear(eqn: Eqn, args) -> List[Interval]:
+  """dot_general / conv with one bounded operand: W c ± |W| r."""
+  positions = _bounded_positions(args)
+  if len(positions) != 1:
+    raise eqn.unsupported("IBP", "both operands are bounded")
+  (i,) = positions
+  center_args = list(args)
+  radius_args = [a if is_bound(a) else jnp.abs(a) for a in args]
+  center_args[i], radius_args[i] = args[i].center, args[i].radius
+  (center,) = evaluate_concrete(eqn, center_args)
+  (radius,) = evaluate_concrete(eqn, radius_args)
+  return [Interval.from_center_radius(center, radius)]
+
+
+def abs_rule(eqn: Eqn, args) -> List[Interval]:
+  del eqn
+  (x,) = args
+  lower = jnp.where(x.lower > 0, x.lower, jnp.where(x.upper < 0, -x.upper, 0.))
+  return [Interval(lower, jnp.maximum(jnp.abs(x.lower), jnp.abs(x.upper)))]
+
+
+def select_n(eqn: Eqn, args) -> List[Interval]:
+  if is_bound(args[0]):
+    raise eqn.unsupported("IBP", "the selector of select_n is bounded")
+  return monotone(eqn, args)
+
+
+# Structural and monotone primitives: exact (or tight) under `monotone`.
+MONOTONE_PRIMITIVES = (
+    "add", "add_any", "max", "min", "reshape", "transpose", "broadcast_in_dim",
+    "squeeze", "expand_dims", "slice", "dynamic_slice", "concatenate", "pad",
+    "reduce_sum", "reduce_max", "reduce_min", "reduce_window_sum",
+    "reduce_window_max", "reduce_window_min", "convert_element_type", "copy",
+    "copy_p", "rev", "cumsum", "gather", "clamp", "exp", "exp2", "log",
+    "log1p", "tanh", "logistic", "sqrt", "cbrt",
+    "erf", "atan", "asinh", "sinh", "reduce_precision",
+)
+
+RULES: Dict[str, IbpRule] = {name: monotone for name in MONOTONE_PRIMITIVES}
+RULES.update({
+    "neg": neg,
+    "sub": sub,
+    "mul": mul,
+    "div": div,
+    "abs": abs_rule,
+    "select_n": select_n,
+    "dot_general": bilinear,
+    "conv_general_dilated": bilinear,
+})

@@ -1,0 +1,42 @@
+"""`Interval`: elementwise lower and upper bounds, as a pytree.
+
+Bound transforms return an `Interval` per output leaf, so bounds flow through
+`jax.tree`, `jit`, `vmap` and `grad` like any other pytree of arrays.
+"""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+
+class Interval(NamedTuple):
+  """Elementwise bounds ``lower <= f(x) <= upper`` (a pytree of two arrays)."""
+
+  lower: jax.Array
+  upper: jax.Array
+
+  @property
+  def center(self) -> jax.Array:
+    return 0.5 * (self.upper + self.lower)
+
+  @property
+  def radius(self) -> jax.Array:
+    return 0.5 * (self.upper - self.lower)
+
+  @property
+  def shape(self):
+    return jnp.shape(self.lower)
+
+  @classmethod
+  def from_center_radius(cls, center, radius) -> "Interval":
+    return cls(center - radius, center + radius)
+
+  def intersect(self, other: "Interval") -> "Interval":
+    """The tighter of two sound bounds of the same quantity."""
+    return Interval(jnp.maximum(self.lower, other.lower),
+                    jnp.minimum(self.upper, other.upper))
+
+  def contains(self, x, atol: float = 0.0) -> jax.Array:
+    """Whether ``x`` lies inside the bounds, up to ``atol`` (elementwise)."""
+    return (x >= self.lower - atol) & (x <= self.upper + atol)

@@ -1,0 +1,126 @@
+"""Backward linear-bound rules (CROWN), one per primitive.
+
+The backward pass carries, for each value v, coefficients A_v of shape
+[S, *v.shape] (S output specifications, then v's own axes with the batch
+first) such that the bound so far reads ``sum_v <A_v, v> + bias``. A rule maps
+the coefficients of an equation's output to those of its bounded operands
+plus a bias term [S, B]:
+
+* affine operations y = L(x) + b: A_x = Lᵀ A_y (the vector-Jacobian product,
+  vmapped over S, so no coefficients ever cross examples) and
+  bias += <A_y, b> with b = L(0);
+* ReLU and max with a constant c, y = c + relu(x - c): for a *lower* bound,
+  positive coefficients take the lower line and negative ones the upper line
+  of the relaxation (`relaxations.relu_relaxation`);
+* max pooling: y >= x_j for the window's argmax j of the lower bounds
+  (again a vector-Jacobian product), y <= max(u) for negative coefficients.
+
+Upper bounds are lower bounds of the negated specification.
+"""
+
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+
+from cure_jax.bounds import relaxations
+from cure_jax.bounds.first_layer import PendingBall
+from cure_jax.bounds.graph import Eqn, evaluate_concrete
+from cure_jax.bounds.interval import Interval
+
+# rule(eqn, operands, A_out, alpha) -> ({operand position: A_in}, bias [S, B])
+LinearRule = Callable[[Eqn, Sequence[Any], jax.Array, Optional[jax.Array]],
+                      Tuple[Dict[int, jax.Array], jax.Array]]
+
+
+def _is_bounded(x) -> bool:
+  return isinstance(x, (Interval, PendingBall))
+
+
+def _shape(x):
+  return x.center.shape if isinstance(x, PendingBall) else x.lower.shape
+
+
+def inner_product(coeffs: jax.Array, value: jax.Array) -> jax.Array:
+  """<A, v> per specification and example: [S, B, ...] x [B, ...] -> [S, B]."""
+  product = coeffs * value
+  return product.reshape(product.shape[:2] + (-1,)).sum(-1)
+
+
+# Linear in their bounded operands (L(0) = 0): no bias term.
+LINEAR_PRIMITIVES = frozenset({
+    "dot_general", "conv_general_dilated", "mul", "div", "neg", "reshape",
+    "transpose", "broadcast_in_dim", "squeeze", "expand_dims", "slice",
+    "reduce_sum", "reduce_window_sum", "convert_element_type", "copy",
+    "copy_p", "rev", "cumsum", "gather", "dynamic_slice",
+})
+# Affine with a possibly non-zero offset L(0).
+AFFINE_PRIMITIVES = LINEAR_PRIMITIVES | {"add", "add_any", "sub", "concatenate",
+                                         "pad", "select_n"}
+_SINGLE_BOUNDED = frozenset({"dot_general", "conv_general_dilated", "mul"})
+
+
+def affine(eqn: Eqn, args: Sequence[Any], coeffs: jax.Array,
+           alpha=None) -> Tuple[Dict[int, jax.Array], jax.Array]:
+  """Aᵀ through an affine operation by its vector-Jacobian product."""
+  del alpha
+  positions = [i for i, a in enumerate(args) if _is_bounded(a)]
+  if eqn.name in _SINGLE_BOUNDED and len(positions) > 1:
+    raise eqn.unsupported("CROWN", "the product of two bounded values is not affine")
+  if (eqn.name == "div" and positions != [0]) or (
+      eqn.name == "select_n" and 0 in positions):
+    raise eqn.unsupported("CROWN", "this operand may not be bounded")
+
+  def at(*xs):
+    values = list(args)
+    for i, x in zip(positions, xs):
+      values[i] = x
+    return evaluate_concrete(eqn, values)[0]
+
+  zeros = [jnp.zeros(_shape(args[i]), coeffs.dtype) for i in positions]
+  offset, vjp = jax.vjp(at, *zeros)
+  pulled = jax.vmap(vjp)(coeffs)
+  bias = (jnp.zeros(coeffs.shape[:2], coeffs.dtype)
+          if eqn.name in LINEAR_PRIMITIVES else inner_product(coeffs, offset))
+  return dict(zip(positions, pulled)), bias
+
+
+def relu_like(eqn: Eqn, args: Sequence[Any], coeffs: jax.Array,
+              alpha: Optional[jax.Array] = None):
+  """max(x, c) = c + relu(x - c) for a concrete c, relaxed as in CROWN."""
+  positions = [i for i, a in enumerate(args) if _is_bounded(a)]
+  if len(positions) != 1:
+    raise eqn.unsupported("CROWN", "max of two bounded values")
+  (i,) = positions
+  x, c = args[i], args[1 - i]
+  relax = relaxations.relu_relaxation(x.lower - c, x.upper - c, alpha)
+  positive, negative = jnp.maximum(coeffs, 0), jnp.minimum(coeffs, 0)
+  coeffs_in = positive * relax.lower_slope + negative * relax.upper_slope
+  # In x's coordinates: c + a (x - c) + b = a x + (c (1 - a) + b).
+  lower_offset = c * (1 - relax.lower_slope) + relax.lower_offset
+  upper_offset = c * (1 - relax.upper_slope) + relax.upper_offset
+  bias = (inner_product(positive, lower_offset) +
+          inner_product(negative, upper_offset))
+  return {i: coeffs_in}, bias
+
+
+def max_pool(eqn: Eqn, args: Sequence[Any], coeffs: jax.Array, alpha=None):
+  """max over windows/axes: y >= x_argmax(l) (lower), y <= max(u) (upper)."""
+  del alpha
+  (x,) = args
+  positive, negative = jnp.maximum(coeffs, 0), jnp.minimum(coeffs, 0)
+  _, select_argmax_of_lower = jax.vjp(
+      lambda v: evaluate_concrete(eqn, [v])[0], x.lower)
+  (coeffs_in,) = jax.vmap(select_argmax_of_lower)(positive)
+  (max_upper,) = evaluate_concrete(eqn, [x.upper])
+  return {0: coeffs_in}, inner_product(negative, max_upper)
+
+
+NONLINEAR_PRIMITIVES = frozenset({"max", "reduce_window_max", "reduce_max"})
+
+RULES: Dict[str, LinearRule] = {name: affine for name in AFFINE_PRIMITIVES}
+RULES.update({
+    "max": relu_like,
+    "reduce_window_max": max_pool,
+    "reduce_max": max_pool,
+})

@@ -1,0 +1,195 @@
+"""Where a dataset's original files come from: a local directory or the web.
+
+The project's tfds builders (`cure_mnist`, `cure_cifar10`,
+`cure_tiny_imagenet`) all read the ORIGINAL distribution files of their
+dataset. `OriginalFilesBuilder` finds them in tfds's manual directory when they
+are there (offline preparation) and downloads them otherwise (online
+preparation), so both paths produce the same tfds dataset.
+
+Nothing here needs TensorFlow: downloads go through tfds's download manager
+(which uses `requests`), and the prepared datasets are `array_record` files
+that `tfds.data_source` reads without TensorFlow.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import os
+import threading
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar, NamedTuple
+from urllib import parse
+
+from etils import epath
+import requests
+import tensorflow_datasets as tfds
+
+
+class DataNotFoundError(FileNotFoundError):
+  """A dataset is neither prepared nor available from local files or the web."""
+
+
+class RemoteFile(NamedTuple):
+  """One original file of a dataset on the web.
+
+  Attributes:
+    url: where to download it from.
+    md5: hex MD5 of the published file, checked after every download.
+  """
+  url: str
+  md5: str
+
+
+def file_md5(path: os.PathLike[str] | str) -> str:
+  """Returns the hex MD5 digest of a file, read in 1 MiB chunks.
+
+  Args:
+    path: the file.
+
+  Returns:
+    The 32-character lowercase hex digest.
+  """
+  digest = hashlib.md5(usedforsecurity=False)
+  with open(path, 'rb') as f:
+    for chunk in iter(lambda: f.read(1 << 20), b''):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def manual_dir_or_none(
+    dl_manager: tfds.download.DownloadManager,
+) -> epath.Path | None:
+  """Returns tfds's manual directory, or None if it is unset, absent or empty.
+
+  Args:
+    dl_manager: the download manager tfds hands to `_split_generators`.
+
+  Returns:
+    The manual directory, when it exists and holds at least one entry.
+  """
+  try:
+    return dl_manager.manual_dir
+  except AssertionError:  # tfds signals a missing or empty manual dir so.
+    return None
+
+
+def download_verified(
+    dl_manager: tfds.download.DownloadManager,
+    files: Mapping[str, RemoteFile],
+) -> dict[str, epath.Path]:
+  """Downloads files with tfds's download manager and checks their MD5.
+
+  Args:
+    dl_manager: the download manager tfds hands to `_split_generators`.
+    files: the files to download, by key.
+
+  Returns:
+    The local path of each downloaded file, by the same keys.
+
+  Raises:
+    OSError: a downloaded file does not have the published MD5.
+  """
+  paths = dl_manager.download({key: f.url for key, f in files.items()})
+  for key, remote in files.items():
+    digest = file_md5(paths[key])
+    if digest != remote.md5:
+      raise OSError(
+          f'{remote.url} was downloaded to {paths[key]} with MD5 {digest}, but'
+          f' the published file has MD5 {remote.md5}. Delete {paths[key]} and'
+          ' retry, or prepare the dataset from a local copy of the original'
+          ' files (see `cure_jax.data.load_split`).'
+      )
+  return {key: epath.Path(path) for key, path in paths.items()}
+
+
+def _server_answers(url: str, timeout_s: float) -> bool:
+  """Whether the server of `url` answers an HTTP HEAD within the timeout.
+
+  DNS look-ups ignore `requests`' timeout and can hang for a long time, so
+  the request runs in a daemon thread that is abandoned at the deadline.
+
+  Args:
+    url: the URL to probe.
+    timeout_s: the deadline in seconds.
+
+  Returns:
+    True when any HTTP answer arrived in time (even an error status: the
+    server is reachable), False otherwise.
+  """
+  answered = threading.Event()
+
+  def probe() -> None:
+    try:
+      requests.head(url, timeout=timeout_s, allow_redirects=True)
+      answered.set()
+    except requests.RequestException:
+      pass
+
+  thread = threading.Thread(target=probe, daemon=True)
+  thread.start()
+  thread.join(timeout_s)
+  return answered.is_set()
+
+
+def unreachable_hosts(urls: Iterable[str], timeout_s: float = 5.0) -> list[str]:
+  """Returns the hosts of `urls` whose server does not answer in time.
+
+  Each host is probed once, with a HEAD request to its first URL (proxies
+  configured by the usual environment variables are honoured).
+
+  Args:
+    urls: the URLs a download would fetch.
+    timeout_s: the deadline for each host, in seconds.
+
+  Returns:
+    The unreachable host names, in first-seen order (empty: all reachable).
+  """
+  first_url_of_host: dict[str, str] = {}
+  for url in urls:
+    first_url_of_host.setdefault(parse.urlsplit(url).netloc, url)
+  return [
+      host for host, url in first_url_of_host.items()
+      if not _server_answers(url, timeout_s)
+  ]
+
+
+class OriginalFilesBuilder(
+    tfds.core.GeneratorBasedBuilder, skip_registration=True
+):
+  """A tfds builder fed by its dataset's original distribution files.
+
+  Subclasses declare the published files (`REMOTE_FILES`), how to recognise a
+  local copy of them (`find_local_sources`) and how to use a download
+  (`sources_from_download`). `_sources` then takes the local copy from tfds's
+  manual directory when it holds one, and downloads otherwise.
+  """
+
+  REMOTE_FILES: ClassVar[Mapping[str, RemoteFile]]
+
+  @classmethod
+  @abc.abstractmethod
+  def find_local_sources(cls, directory: epath.Path) -> Any | None:
+    """Returns the dataset's sources in `directory`, or None if incomplete."""
+
+  @classmethod
+  @abc.abstractmethod
+  def sources_from_download(cls, paths: Mapping[str, epath.Path]) -> Any:
+    """Returns the dataset's sources from downloaded `REMOTE_FILES` paths."""
+
+  def _sources(self, dl_manager: tfds.download.DownloadManager) -> Any:
+    """Returns the sources: the manual directory's copy, else a download.
+
+    Args:
+      dl_manager: the download manager tfds hands to `_split_generators`.
+
+    Returns:
+      What `find_local_sources` or `sources_from_download` returns.
+    """
+    manual_dir = manual_dir_or_none(dl_manager)
+    if manual_dir is not None:
+      local = self.find_local_sources(manual_dir)
+      if local is not None:
+        return local
+    return self.sources_from_download(
+        download_verified(dl_manager, self.REMOTE_FILES))

@@ -1,0 +1,59 @@
+"""`MLP`: a fully connected classifier over flattened inputs."""
+
+from typing import Optional, Sequence
+
+import jax
+import flax.linen as nn
+
+from cure_jax.models.cnn import OUTPUT_LAYER, affine_bn_relu
+from cure_jax.models.normalization import normalize_input
+
+
+class MLP(nn.Module):
+  """``normalize → flatten → [dense → (BN) → ReLU]* → dense (logits)``.
+
+  Hidden layers are named ``dense_i`` (BatchNorms ``dense_i_bn``), the output
+  layer ``logits``. Without BatchNorm (the default) the network is a plain
+  ReLU MLP, the setting where bounds are easiest to check by hand.
+
+  Attributes:
+    num_classes: number of logits K.
+    hidden_widths: widths of the hidden dense layers.
+    batch_norm: BatchNorm after every hidden dense layer.
+    mean: per-channel input mean for ``(x − mean) / std``, or None.
+    std: per-channel input std, or None.
+  """
+
+  num_classes: int = 10
+  hidden_widths: Sequence[int] = (256, 256)
+  batch_norm: bool = False
+  mean: Optional[Sequence[float]] = None
+  std: Optional[Sequence[float]] = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    """Computes the logits.
+
+    Args:
+      x: inputs ``[B, ...]`` (e.g. NHWC images in [0, 1]); all axes but the
+        first are flattened, channels last.
+      train: BatchNorm mode (batch moments if True, ``'batch_stats'`` if
+        False); unused without BatchNorm.
+
+    Returns:
+      Logits ``[B, num_classes]``.
+
+    Raises:
+      ValueError: ``x`` has no feature axis, or the normalization does not
+        match its channels.
+    """
+    if x.ndim < 2:
+      raise ValueError(
+          f'MLP expects inputs [batch, ...features]; got shape {x.shape}. '
+          'Add a batch axis.')
+    x = normalize_input(x, self.mean, self.std)
+    x = x.reshape((x.shape[0], -1))
+    for i, width in enumerate(self.hidden_widths):
+      dense = nn.Dense(width, use_bias=not self.batch_norm, name=f'dense_{i}')
+      x = affine_bn_relu(dense, x, train, self.batch_norm)
+    return nn.Dense(self.num_classes, name=OUTPUT_LAYER)(x)

@@ -1,0 +1,54 @@
+"""Per-channel input normalization, the first op of every model.
+
+Perturbation radii are measured in [0, 1] pixel space (CURE spec §5), so the
+models take raw pixels and normalize them themselves: ``(x − mean) / std``,
+a subtraction and a division by constants that every bound transform
+propagates exactly.
+"""
+
+from typing import Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+
+# (mean, std) per channel of the reference code (SABR / CURE); MNIST is used
+# unnormalized there.
+INPUT_NORMALIZATION: dict[str, Optional[tuple[tuple[float, ...],
+                                              tuple[float, ...]]]] = {
+    'mnist': None,
+    'cifar10': ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+    'tinyimagenet': ((0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262)),
+}
+
+
+def normalize_input(x: jax.Array, mean: Optional[Sequence[float]],
+                    std: Optional[Sequence[float]]) -> jax.Array:
+  """Returns ``(x − mean) / std`` per channel, or ``x`` if both are None.
+
+  Args:
+    x: inputs ``[..., C]`` (channels last).
+    mean: ``C`` per-channel means, or None for no normalization.
+    std: ``C`` per-channel standard deviations (all > 0), or None.
+
+  Returns:
+    The normalized inputs, same shape as ``x``.
+
+  Raises:
+    ValueError: only one of ``mean`` and ``std`` is given, their lengths differ
+      from the channel count, or some ``std`` is not positive.
+  """
+  if mean is None and std is None:
+    return x
+  if mean is None or std is None:
+    raise ValueError(
+        'Input normalization needs both mean and std (or neither); got '
+        f'mean={mean}, std={std}.')
+  channels = x.shape[-1]
+  if len(mean) != channels or len(std) != channels:
+    raise ValueError(
+        f'Input normalization has {len(mean)} means and {len(std)} stds but '
+        f'the input has {channels} channels (shape {x.shape}); give one value '
+        'per channel (channels last, NHWC).')
+  if min(std) <= 0:
+    raise ValueError(f'Input normalization std must be positive; got {std}.')
+  return (x - jnp.asarray(mean, x.dtype)) / jnp.asarray(std, x.dtype)

@@ -1,0 +1,60 @@
+"""`get_model`: build a model by name, e.g. from an ml_collections config."""
+
+import dataclasses
+
+import flax.linen as nn
+
+from cure_jax.models.cnn import CNN7, ConvNet, SmallCNN
+from cure_jax.models.mlp import MLP
+
+MODELS: dict[str, type[nn.Module]] = {
+    'cnn7': CNN7,
+    'small_cnn': SmallCNN,
+    'mlp': MLP,
+    'conv_net': ConvNet,
+}
+
+
+def model_fields(model_cls: type[nn.Module]) -> tuple[str, ...]:
+  """The configurable attributes of a model class (not flax's parent/name)."""
+  return tuple(f.name for f in dataclasses.fields(model_cls)
+               if f.name not in ('parent', 'name'))
+
+
+def get_model(name: str, **kwargs) -> nn.Module:
+  """Returns the model registered as ``name``, built with ``kwargs``.
+
+  Lists in ``kwargs`` (as config files produce), nested ones included, become
+  tuples, so the module's attributes stay hashable.
+
+  Args:
+    name: one of ``MODELS`` (``'cnn7'``, ``'small_cnn'``, ``'mlp'``,
+      ``'conv_net'``).
+    **kwargs: attributes of that model, e.g. ``num_classes=10``,
+      ``mean=(0.4914, 0.4822, 0.4465)``, ``std=(0.2023, 0.1994, 0.2010)``.
+
+  Returns:
+    The unbound flax module; call ``init``/``apply`` on it.
+
+  Raises:
+    ValueError: ``name`` is not registered, or a keyword is not an attribute
+      of that model; the message lists the valid choices.
+  """
+  if name not in MODELS:
+    raise ValueError(
+        f'Unknown model {name!r}; valid names are {sorted(MODELS)}.')
+  model_cls = MODELS[name]
+  fields = model_fields(model_cls)
+  unknown = sorted(set(kwargs) - set(fields))
+  if unknown:
+    raise ValueError(
+        f'Model {name!r} has no attribute(s) {unknown}; valid ones are '
+        f'{list(fields)}.')
+  return model_cls(**{k: _as_tuples(v) for k, v in kwargs.items()})
+
+
+def _as_tuples(value):
+  """Turns (nested) lists into (nested) tuples; other values pass through."""
+  if isinstance(value, (list, tuple)):
+    return tuple(_as_tuples(v) for v in value)
+  return value

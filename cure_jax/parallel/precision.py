@@ -1,0 +1,152 @@
+"""Mixed precision for training on accelerators; float32 for certification.
+
+A `Policy` names three dtypes (as in DeepMind's jmp): parameters are stored
+and updated in `param_dtype`, the forward and backward passes run in
+`compute_dtype`, and outputs (logits, losses, updated batch statistics) come
+back in `output_dtype`. `MIXED_BFLOAT16` (float32 / bfloat16 / float32) about
+halves activation memory and uses the bfloat16 matrix units of GPUs and TPUs;
+gradients arrive in float32 because the cast to bfloat16 happens inside the
+differentiated function. bfloat16 has float32's exponent range, so no loss
+scaling is needed (float16 would need it and is not offered).
+
+Certification always runs in float32 (`CERTIFICATION`) and under
+`certification_precision()`. A certificate asserts that a lower bound on the
+margin is positive; bfloat16 keeps 8 mantissa bits (relative rounding 2^-8),
+an error of the same order as the margins certified at small ε, and the
+same holds for float32 matmuls that XLA runs as TF32 (GPUs) or as bfloat16
+passes (TPUs) at the default precision. `certification_precision()` asks for
+full float32 matmuls and convolutions. (Like the reference tools, bounds use
+round-to-nearest float32, not directed rounding.)
+"""
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+PyTree = Any
+
+
+class Policy(NamedTuple):
+  """The dtypes of parameters, of computation, and of outputs.
+
+  Attributes:
+    param_dtype: dtype in which parameters are stored and updated.
+    compute_dtype: dtype in which the model computes.
+    output_dtype: dtype of the values returned to the training loop.
+  """
+  param_dtype: jnp.dtype = jnp.float32
+  compute_dtype: jnp.dtype = jnp.float32
+  output_dtype: jnp.dtype = jnp.float32
+
+  def cast_to_param(self, tree: PyTree) -> PyTree:
+    """Casts the floating leaves of `tree` to `param_dtype`."""
+    return cast_floating(tree, self.param_dtype)
+
+  def cast_to_compute(self, tree: PyTree) -> PyTree:
+    """Casts the floating leaves of `tree` (params, inputs) to compute."""
+    return cast_floating(tree, self.compute_dtype)
+
+  def cast_to_output(self, tree: PyTree) -> PyTree:
+    """Casts the floating leaves of `tree` to `output_dtype`."""
+    return cast_floating(tree, self.output_dtype)
+
+
+FLOAT32 = Policy(jnp.float32, jnp.float32, jnp.float32)
+MIXED_BFLOAT16 = Policy(jnp.float32, jnp.bfloat16, jnp.float32)
+# The policy of every certification run, whatever the training used.
+CERTIFICATION = FLOAT32
+
+_POLICIES = {'float32': FLOAT32, 'bfloat16': MIXED_BFLOAT16,
+             'mixed_bfloat16': MIXED_BFLOAT16}
+
+
+def get_policy(name: str) -> Policy:
+  """Looks a policy up by its config name.
+
+  Args:
+    name: `'float32'`, or `'bfloat16'` (alias `'mixed_bfloat16'`) for float32
+      parameters with bfloat16 compute.
+
+  Returns:
+    The `Policy`.
+
+  Raises:
+    ValueError: for any other name.
+  """
+  if name not in _POLICIES:
+    hint = (' float16 needs loss scaling; use bfloat16.'
+            if 'float16' in name and 'bfloat16' not in name else '')
+    raise ValueError(f'Unknown precision policy {name!r}; choose one of '
+                     f'{sorted(_POLICIES)}.{hint}')
+  return _POLICIES[name]
+
+
+def cast_floating(tree: PyTree, dtype: jnp.dtype) -> PyTree:
+  """Casts the floating-point array leaves of `tree` to `dtype`.
+
+  Integer, boolean and PRNG-key arrays and Python scalars are left as they
+  are (labels, step counters, keys, flags like `train=False`).
+
+  Args:
+    tree: any pytree.
+    dtype: the floating dtype to cast to.
+
+  Returns:
+    `tree` with its floating arrays cast.
+  """
+  def cast(leaf):
+    if (hasattr(leaf, 'dtype') and hasattr(leaf, 'astype') and
+        jnp.issubdtype(leaf.dtype, jnp.floating)):
+      return leaf.astype(dtype)
+    return leaf
+
+  return jax.tree_util.tree_map(cast, tree)
+
+
+def apply_with_policy(
+    apply_fn: Callable[..., PyTree],
+    policy: Policy,
+    cast_collections: Sequence[str] = ('params',),
+) -> Callable[..., PyTree]:
+  """Wraps a Flax-style `apply(variables, *args, **kwargs)` in a policy.
+
+  The listed variable collections and every floating argument are cast to
+  `policy.compute_dtype`; the outputs (including mutated collections such as
+  `batch_stats`) are cast to `policy.output_dtype`. Collections not listed,
+  such as BatchNorm running statistics, enter in their stored dtype so that
+  their moving averages are not rounded to bfloat16.
+
+  Args:
+    apply_fn: function of `(variables, *args, **kwargs)`; `variables` is a
+      mapping from collection name to pytree.
+    policy: the precision policy.
+    cast_collections: collections cast to the compute dtype.
+
+  Returns:
+    The wrapped function (`apply_fn` itself for an all-float32 policy).
+  """
+  if policy == FLOAT32:
+    return apply_fn
+
+  def apply(variables: Mapping[str, PyTree], *args, **kwargs) -> PyTree:
+    variables = {name: policy.cast_to_compute(value)
+                 if name in cast_collections else value
+                 for name, value in variables.items()}
+    args, kwargs = policy.cast_to_compute((args, kwargs))
+    return policy.cast_to_output(apply_fn(variables, *args, **kwargs))
+
+  return apply
+
+
+def certification_precision():
+  """Context in which matmuls and convolutions run at full float32 precision.
+
+  Wrap the tracing (first call) of certification functions in it; the
+  setting is part of the `jax.jit` cache key.
+
+  Returns:
+    A context manager (`jax.default_matmul_precision('highest')`).
+  """
+  return jax.default_matmul_precision('highest')
