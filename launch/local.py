@@ -75,7 +75,7 @@ def process_env(base: Mapping[str, str], process_id: int, num_processes: int,
 
 def launch(command: Sequence[str], num_processes: int,
            cpu_devices: int | None = None, platform: str | None = None,
-           timeout: float | None = None, out=sys.stdout) -> int:
+           timeout: float | None = None, out=None) -> int:
   """Starts the processes, streams their output and waits for all of them.
 
   Args:
@@ -84,12 +84,13 @@ def launch(command: Sequence[str], num_processes: int,
     cpu_devices: CPU devices per process (see `process_env`).
     platform: `JAX_PLATFORMS` for the processes.
     timeout: seconds before every process is stopped; None waits forever.
-    out: text stream that receives the prefixed output.
+    out: text stream that receives the prefixed output (default stdout).
 
   Returns:
     0 if all processes exit with 0; else the status of the first failure
     (124 on timeout, 130 on Ctrl-C).
   """
+  out = sys.stdout if out is None else out
   coordinator = f'127.0.0.1:{free_port()}'
   lock = threading.Lock()
   procs, pumps = [], []
@@ -192,10 +193,14 @@ def main(argv: Sequence[str] | None = None) -> int:
   """Command-line entry point; returns the exit status."""
   args = _parse_args(sys.argv[1:] if argv is None else argv)
   # Turn SIGTERM into SystemExit so that `launch` stops the processes first.
-  signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-  return launch(args.command, args.num_processes,
-                cpu_devices=args.cpu_devices_per_process,
-                platform=args.platform, timeout=args.timeout)
+  previous = signal.signal(signal.SIGTERM,
+                           lambda signum, frame: sys.exit(128 + signum))
+  try:
+    return launch(args.command, args.num_processes,
+                  cpu_devices=args.cpu_devices_per_process,
+                  platform=args.platform, timeout=args.timeout)
+  finally:
+    signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == '__main__':

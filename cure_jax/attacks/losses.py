@@ -76,8 +76,10 @@ def is_adversarial(logits_fn: Callable[[jax.Array], jax.Array],
                    x_adv: jax.Array, y: jax.Array) -> jax.Array:
   """Whether each attack point is misclassified.
 
-  ``1 − mean(is_adversarial(...))`` over correctly classified clean points is
-  the empirical robust accuracy (an upper bound on certified accuracy).
+  For points from ``pgd(..., loss='margin')``, ``mean(~is_adversarial(...))``
+  is the empirical robust accuracy, an upper bound on certified accuracy (the
+  clean point is the attack's first candidate, so a misclassified clean point
+  stays misclassified).
 
   Args:
     logits_fn: ``x -> logits`` ([B, ...] -> [B, K]).

@@ -101,7 +101,7 @@ def _finish(lower, shape):
   return backward.interval_from_identity(lower, shape)
 
 
-def ibp(fn: Callable) -> Callable:
+def ibp(fn: Callable, return_preactivations: bool = False) -> Callable:
   """Interval bound propagation of ``fn`` (Gowal et al., 2018).
 
   Center/radius form for affine operations; an l_p ball is bounded exactly
@@ -110,22 +110,30 @@ def ibp(fn: Callable) -> Callable:
   Args:
     fn: any JAX function whose arguments include arrays to be replaced by
       input sets.
+    return_preactivations: also return the list of the `Interval`s entering
+      each ReLU (``max`` with a constant), in execution order — what Shi et
+      al.'s warm-up regularizers need.
 
   Returns:
     ``bounded(*args, spec=None, **kwargs)`` returning `Interval`s with the
-    structure of ``fn``'s output, or [B, S] bounds of ``spec @ fn(...)``.
+    structure of ``fn``'s output, or [B, S] bounds of ``spec @ fn(...)``
+    (and the pre-activation intervals when asked for).
   """
   @functools.wraps(fn)
   def bounded(*args, spec=None, **kwargs):
     graph, leaves = _trace_checked(fn, args, kwargs)
     env = propagate(graph, leaves, ibp_rules.RULES, "IBP")
     if spec is None:
-      return _output_intervals(graph, env)
-    out, start, _ = _start(graph, env, spec, "ibp with a spec")
-    lower = backward.lower_bound(graph, env, _sets_by_id(graph, leaves),
-                                 {out: start}, linear_rules.RULES,
-                                 stop=_stop_at_nonaffine)
-    return backward.interval_from_spec(lower)
+      result = _output_intervals(graph, env)
+    else:
+      out, start, _ = _start(graph, env, spec, "ibp with a spec")
+      lower = backward.lower_bound(graph, env, _sets_by_id(graph, leaves),
+                                   {out: start}, linear_rules.RULES,
+                                   stop=_stop_at_nonaffine)
+      result = backward.interval_from_spec(lower)
+    if return_preactivations:
+      return result, list(_unstable_relus(graph, env).values())
+    return result
   return bounded
 
 
@@ -233,7 +241,7 @@ def crown(fn: Callable) -> Callable:
 
 
 def _unstable_relus(graph: Graph, env: Env) -> Dict[int, Interval]:
-  """Output id -> pre-activation interval of each ReLU-like equation."""
+  """Output id -> pre-activation interval (x - c) of each max(x, c)."""
   found = {}
   for eqn in graph.eqns:
     if eqn.name != "max":

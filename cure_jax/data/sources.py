@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import abc
 import hashlib
+import inspect
 import os
 import threading
 from collections.abc import Iterable, Mapping
@@ -166,6 +167,17 @@ class OriginalFilesBuilder(
   """
 
   REMOTE_FILES: ClassVar[Mapping[str, RemoteFile]]
+
+  @tfds.core.utils.classproperty
+  @classmethod
+  def code_path(cls) -> epath.Path:
+    """The file defining the builder (tfds looks for checksums.tsv beside it).
+
+    tfds 4.9.10's own implementation needs the `importlib_resources`
+    backport for builders outside tfds, which Python >= 3.9 does not install;
+    this is its documented fallback.
+    """
+    return epath.Path(inspect.getfile(cls))
 
   @classmethod
   @abc.abstractmethod

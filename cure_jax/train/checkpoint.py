@@ -33,7 +33,6 @@ Typical use, with `cure_jax.train.preemption.PreemptionGuard`::
     ckpt.save(step + 1, state, force=True)  # No-op if just saved.
 """
 
-import collections
 from collections.abc import Iterator, Mapping
 import contextlib
 import json

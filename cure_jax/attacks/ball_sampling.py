@@ -2,14 +2,19 @@
 
 * l∞: uniform in the box B∞(x, ε) ∩ domain, which is itself a box
   [max(x − ε, lo), min(x + ε, hi)] — sampled exactly.
-* l2, l1: uniform in the ball B_p(x, ε) as direction × radius, then clipped
-  into the domain (which keeps the point in the ball, see `projections`).
-  If y has i.i.d. coordinates of density ∝ exp(−|t|^p) (Gaussian for p = 2,
-  Laplace for p = 1), y / ||y||_p follows the cone measure of the unit
-  sphere, and with radius ε·U^{1/D}, U ~ Uniform(0, 1), the point is uniform
-  in the D-dimensional ball (Barthe, Guédon, Mendelson & Naor, "A
-  probabilistic approach to the geometry of the l_p^n-ball", Ann. Probab.
-  2005).
+* l2, l1: uniform in the ball B_p(x, ε), then clipped into the domain (which
+  keeps the point in the ball, see `projections`). By Barthe, Guédon,
+  Mendelson & Naor ("A probabilistic approach to the geometry of the
+  l_p^n-ball", Ann. Probab. 2005), if y ∈ R^D has i.i.d. coordinates of
+  density ∝ exp(−|t|^p) and Z ~ Exp(1) is independent, then
+  y / (||y||_p^p + Z)^{1/p} is uniform in the unit l_p ball of R^D. Z can be
+  drawn in the same call as y: for p = 1 it is |t| of one more Laplace
+  coordinate; for p = 2 it is the squared norm of two more Gaussian
+  coordinates (of variance 1/2). So we draw D + 1 (l1) or D + 2 (l2)
+  coordinates, divide by the l_p norm of all of them and keep the first D —
+  for p = 2 this is "uniform on the (D+1)-sphere, projected to D dimensions"
+  (Voelker, Gosmann & Stewart, 2017). One random draw per start keeps the
+  compiled attack small.
 """
 
 import jax
@@ -17,22 +22,21 @@ import jax.numpy as jnp
 
 from cure_jax.attacks import norms
 
+# Extra coordinates whose l_p^p mass plays the role of Z ~ Exp(1).
+_EXTRA_COORDINATES = {"l2": 2, "l1": 1}
 
-def _uniform_radius(key: jax.Array, x: jax.Array, eps_b: jax.Array):
-  """ε·U^{1/D} per example, as [B, 1, ..., 1]: the radius law of a ball."""
+
+def _uniform_in_unit_ball(key: jax.Array, x: jax.Array,
+                          norm: str) -> jax.Array:
+  """[B, ...] points uniform in the unit ``norm`` ball (l2 or l1)."""
   num_features = norms.flatten_examples(x).shape[1]
-  u = jax.random.uniform(key, x.shape[:1], dtype=x.dtype)
-  return eps_b * norms.expand_per_example(u ** (1.0 / num_features), x)
-
-
-def _unit_direction(key: jax.Array, x: jax.Array, norm: str) -> jax.Array:
-  """y / ||y||_p per example, y ~ exp(−|t|^p): the cone measure (p = 1, 2)."""
+  shape = (x.shape[0], num_features + _EXTRA_COORDINATES[norm])
   if norm == "l2":
-    y = jax.random.normal(key, x.shape, dtype=x.dtype)
+    y = jax.random.normal(key, shape, dtype=x.dtype)
   else:
-    y = jax.random.laplace(key, x.shape, dtype=x.dtype)
-  length = norms.expand_per_example(norms.norm_per_example(y, norm), x)
-  return y / jnp.maximum(length, 1e-30)
+    y = jax.random.laplace(key, shape, dtype=x.dtype)
+  length = norms.norm_per_example(y, norm)[:, None]
+  return (y[:, :num_features] / jnp.maximum(length, 1e-30)).reshape(x.shape)
 
 
 def sample_ball_perturbation(key: jax.Array, x: jax.Array, eps, *,
@@ -51,9 +55,7 @@ def sample_ball_perturbation(key: jax.Array, x: jax.Array, eps, *,
   eps_b = norms.per_example(eps, x, "eps")
   if norms.check_norm(norm) == "linf":
     return eps_b * jax.random.uniform(key, x.shape, x.dtype, -1.0, 1.0)
-  direction_key, radius_key = jax.random.split(key)
-  return _unit_direction(direction_key, x, norm) * _uniform_radius(
-      radius_key, x, eps_b)
+  return eps_b * _uniform_in_unit_ball(key, x, norm)
 
 
 def random_start(key: jax.Array, x: jax.Array, eps, *, norm: str,

@@ -1,0 +1,77 @@
+r"""MNIST: every setting × method of the CURE paper (spec §6), and CPU variants.
+
+Run (CNN7, the paper's setting "small", ε∞ = 0.1; GPU, about 1 h for SABR):
+
+  python -m cure_jax.main --config=configs/mnist.py:setting=small,method=sabr \
+      --workdir=/tmp/mnist_sabr
+
+CPU variant (the small CNN, a short schedule; about 10 min on 2 cores):
+
+  python -m cure_jax.main --config=configs/mnist.py:cpu=True,method=ibp \
+      --workdir=/tmp/mnist_cpu
+
+Arguments (after the colon): setting=small|large, method=<see
+cure_jax/objectives/registry.py>, cpu=True|False. Any key can be overridden
+with --config.<key>=<value>, e.g. --config.num_epochs=5.
+"""
+
+from cure_jax import settings
+
+SETTINGS = {
+    # ε∞/λ∞, ε2 train (eval in `eval`), schedule, l1 reg, CURE weights.
+    "small": dict(eps_linf=0.1, lambda_linf=0.4, eps_l2_train=0.75,
+                  l1_reg=1e-5, ba_weight=2.0, gp_beta=0.8,
+                  eval_eps=(0.1, 0.5, 1.0)),
+    "large": dict(eps_linf=0.3, lambda_linf=0.6, eps_l2_train=1.0,
+                  l1_reg=1e-6, ba_weight=0.5, gp_beta=0.8,
+                  eval_eps=(0.3, 1.0, 2.0)),
+}
+
+
+def get_config(arg=None):
+  """Returns the locked config for ``arg`` (see module docstring)."""
+  arg = settings.parse_arg(arg, setting="small", method="sabr", cpu=False)
+  settings.check_method(arg.method)
+  row = SETTINGS[arg.setting]
+  c = settings.base_config()
+  c.method = arg.method
+  c.dataset.name = "mnist"
+  c.model = settings.ml_collections.ConfigDict(dict(
+      name="cnn7", num_classes=10))  # no input normalization on MNIST
+
+  c.eps_linf, c.lambda_linf = row["eps_linf"], row["lambda_linf"]
+  c.eps_l2_train = row["eps_l2_train"]
+  if arg.method == "l2":
+    c.eps_l2_train = 0.5 if arg.setting == "small" else 1.0
+  if arg.setting == "large" and arg.method in ("cure_joint", "cure_random"):
+    c.eps_l2_train = 1.5
+  c.l1_reg = row["l1_reg"]
+  c.batch_size = 256
+  c.num_epochs, c.lr_milestones = 70, (50, 60)
+  c.eps_ramp_start, c.eps_ramp_end = 1, 22
+  c.eval.eps_linf, c.eval.eps_l2, c.eval.eps_l1 = row["eval_eps"]
+  settings.apply_overrides(c, settings.METHOD_PRESETS[arg.method])
+
+  if arg.method == "cure_scratch":
+    c.cure.ba_weight, c.cure.gp_beta = row["ba_weight"], row["gp_beta"]
+  if arg.method == "cure_finetune":
+    # A short schedule from a pre-trained l∞ (SABR) model, spec §6.
+    c.cure.ba_weight = 0.5
+    c.num_epochs, c.lr_milestones = 14, (10, 12)
+    c.natural_epochs, c.eps_ramp_start, c.eps_ramp_end = 0, 0, 4
+    c.init = "default"
+
+  if arg.cpu:
+    # The small CNN and a short schedule that fits a laptop CPU.
+    c.model = settings.ml_collections.ConfigDict(dict(
+        name="small_cnn", num_classes=10))
+    c.batch_size = 128
+    c.num_epochs, c.lr_milestones = 6, (4, 5)
+    c.eps_ramp_start, c.eps_ramp_end = 1, 3
+    c.pgd_steps = 4
+    c.eval.methods = ("ibp", "crown", "alpha_crown")
+    if arg.method == "cure_finetune":
+      c.num_epochs, c.lr_milestones = 2, (1,)
+      c.eps_ramp_start, c.eps_ramp_end = 0, 1
+  c.lock()
+  return c

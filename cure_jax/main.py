@@ -1,0 +1,39 @@
+r"""Trains, evaluates and certifies a model described by a config.
+
+  python -m cure_jax.main --config=configs/mnist.py --workdir=/tmp/mnist
+
+Multi-host: start the same command on every host (see ``launch/``);
+``jax.distributed`` is initialized first, from the cluster (SLURM, TPU pods)
+or from ``--coordinator_address/--num_processes/--process_id``.
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from cure_jax.parallel import distributed
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Path to a config file, e.g. configs/mnist.py:method=sabr.",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, summaries "
+                               "and results go; an existing run resumes.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "host:port of process 0 (multi-host only).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None,
+                                      "Number of processes (multi-host only).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None,
+                                   "This process's index (multi-host only).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
+                         _PROCESS_ID.value)
+  from cure_jax.train.loop import train_and_evaluate  # after initialize()
+  train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,118 @@
+"""What every training objective shares: its signature and building blocks.
+
+An objective is a pure function
+
+    objective(params, batch_stats, batch, context) -> (loss, (batch_stats, metrics))
+
+of the parameters, the BatchNorm running statistics, a `Batch` and the
+`StepContext` (the step's PRNG key and scheduled values). It runs the clean
+forward pass in train mode — which updates the running statistics and yields
+the clean batch's moments — and bounds the network with those moments as
+constants (spec §2), so each BatchNorm is a fixed affine map in the bounded
+pass. Objectives are built by `cure_jax.objectives.make_objective(config,
+model)`; each method lives in its own module.
+"""
+
+from typing import Any, Callable, Dict, NamedTuple, Tuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from cure_jax.bounds import Interval, LinfBall, ibp, margin_spec, pad_margins
+
+Params = Any
+Metrics = Dict[str, jax.Array]
+DOMAIN = (0.0, 1.0)  # images live in [0, 1]; normalization is in the model.
+
+
+class Batch(NamedTuple):
+  images: jax.Array  # [B, H, W, C] in [0, 1]
+  labels: jax.Array  # [B] int32
+
+
+class StepContext(NamedTuple):
+  """Per-step values an objective may use (all traced scalars but ``rng``).
+
+  Attributes:
+    rng: this step's PRNG key (derived from the seed and the step).
+    eps_linf: the ramped l∞ training radius.
+    eps_l2: the ramped l2 training radius.
+    kappa: weight of the clean cross-entropy (1 during natural epochs).
+    reg_scale: weight of the warm-up regularizers, 0.5·(1 − ε/ε_end) during
+      the ramp and 0 afterwards (Shi et al., 2021).
+  """
+
+  rng: jax.Array
+  eps_linf: jax.Array
+  eps_l2: jax.Array
+  kappa: jax.Array
+  reg_scale: jax.Array
+
+
+Objective = Callable[[Params, Any, Batch, StepContext],
+                     Tuple[jax.Array, Tuple[Any, Metrics]]]
+
+
+class Network(NamedTuple):
+  """A model frozen at given parameters and BatchNorm statistics.
+
+  Attributes:
+    apply: the Flax ``model.apply``.
+    variables: ``{'params': ..., 'batch_stats': ...}``; during training the
+      statistics are the clean batch's moments.
+    num_classes: K.
+  """
+
+  apply: Callable
+  variables: Dict[str, Any]
+  num_classes: int
+
+  def logits(self, x: jax.Array) -> jax.Array:
+    return self.apply(self.variables, x, train=False)
+
+  def margin_bounds(self, input_set, labels, transform=ibp) -> Interval:
+    """[B, K-1] bounds of the margins z_y − z_j over ``input_set``."""
+    spec = margin_spec(labels, self.num_classes)
+    return transform(self.apply)(self.variables, input_set, train=False,
+                                 spec=spec)
+
+
+def clean_pass(model, params, batch_stats, images):
+  """Train-mode forward pass: logits, new running stats, the batch's moments."""
+  logits, state = model.apply(
+      {"params": params, "batch_stats": batch_stats}, images, train=True,
+      mutable=["batch_stats", "batch_moments"])
+  return (logits, state.get("batch_stats", batch_stats),
+          state.get("batch_moments", batch_stats))
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Per-example softmax cross-entropy [B]."""
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+def worst_case_logits(margin_lower: jax.Array) -> jax.Array:
+  """o = [0, −lb_1, …, −lb_{K−1}]: logits whose class 0 is the label (spec §2)."""
+  return pad_margins(margin_lower)
+
+
+def robust_cross_entropy(margin_lower: jax.Array) -> jax.Array:
+  """Per-example robust CE, CE(o, 0) with o = `worst_case_logits` [B]."""
+  o = worst_case_logits(margin_lower)
+  return cross_entropy(o, jnp.zeros(o.shape[0], jnp.int32))
+
+
+def certified(margin_lower: jax.Array) -> jax.Array:
+  """Whether every margin is provably positive, per example [B]."""
+  return jnp.all(margin_lower > 0, axis=-1)
+
+
+def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  return jnp.mean(jnp.argmax(logits, -1) == labels)
+
+
+def ibp_linf_margins(network: Network, images, labels, eps) -> jax.Array:
+  """Margin lower bounds over B∞(x, ε) ∩ [0, 1] by IBP [B, K-1]."""
+  return network.margin_bounds(LinfBall(images, eps, domain=DOMAIN),
+                               labels).lower

@@ -1,0 +1,218 @@
+"""`make_objective`: the training objective a config asks for.
+
+Every objective has the form of spec §3,
+
+    L = (1 − κ)·L_rob + κ·CE(clean) + λ_l1·Σ|θ| + s·R_warmup,
+
+and differs only in its robust term L_rob, built here from the per-example
+losses of `robust_losses` and the CURE combinations of `multi_norm` and
+`bound_alignment`. Gradient projection acts on parameters, not on the loss,
+and lives in the training loop.
+
+Methods (``config.method``):
+
+  natural        clean cross-entropy only
+  ibp            IBP over B∞(x, ε∞) (Gowal et al., 2018)
+  sabr           SABR small boxes, l∞ (Müller et al., 2023)
+  crown_ibp      CROWN-IBP over B∞(x, ε∞) (Zhang et al., 2020)
+  pgd_linf       PGD adversarial training, l∞ (Madry et al., 2018)
+  pgd_l2         PGD adversarial training, l2
+  l2             the l2 certified loss (``config.l2_variant``)
+  cure_joint     (1 − α)·L∞ + α·L2
+  cure_max       mean max(L∞, L2)
+  cure_random    L∞ on one half of the batch, L2 on the other
+  cure_scratch   Max + bound alignment (+ gradient projection in the loop)
+  cure_finetune  Max (or Joint) + bound alignment from an l∞ checkpoint
+"""
+
+import functools
+from typing import Callable, Dict, Tuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from cure_jax.bounds import LinfBall, crown_ibp, ibp
+from cure_jax.objectives import (adversarial, bound_alignment, multi_norm,
+                                 regularizers, robust_losses)
+from cure_jax.objectives.base import (DOMAIN, Batch, Metrics, Network,
+                                      Objective, StepContext, accuracy,
+                                      clean_pass, cross_entropy)
+
+RobustTerm = Callable[[Network, Batch, StepContext], Tuple[jax.Array, Metrics]]
+
+L2_VARIANTS = {
+    "sabr_box": robust_losses.l2_sabr_box,
+    "certified": robust_losses.l2_certified,
+}
+CURE_COMBINATIONS = ("joint", "max", "random")
+
+
+def _keys(ctx: StepContext):
+  return jax.random.split(ctx.rng, 3)
+
+
+def _linf_loss(config, network, batch, ctx, key):
+  if config.lambda_linf >= 1.0:
+    return robust_losses.ibp_linf(network, batch.images, batch.labels,
+                                  ctx.eps_linf)
+  return robust_losses.sabr_linf(network, batch.images, batch.labels,
+                                 ctx.eps_linf, lam=config.lambda_linf, key=key,
+                                 pgd_steps=config.pgd_steps)
+
+
+def _l2_loss(config, network, batch, ctx, key):
+  if config.l2_variant not in L2_VARIANTS:
+    raise ValueError(f"unknown l2_variant {config.l2_variant!r}; valid ones "
+                     f"are {sorted(L2_VARIANTS)}.")
+  return L2_VARIANTS[config.l2_variant](
+      network, batch.images, batch.labels, ctx.eps_l2, lam=config.lambda_l2,
+      key=key, pgd_steps=config.pgd_steps)
+
+
+def _certified_metrics(prefix, robust):
+  return {f"{prefix}_loss": robust.loss.mean(),
+          f"{prefix}_certified": robust.certified.mean()}
+
+
+def _ibp_term(config, network, batch, ctx):
+  del config
+  robust = robust_losses.ibp_linf(network, batch.images, batch.labels,
+                                  ctx.eps_linf)
+  return robust.loss.mean(), _certified_metrics("linf", robust)
+
+
+def _sabr_term(config, network, batch, ctx):
+  robust = _linf_loss(config, network, batch, ctx, _keys(ctx)[0])
+  return robust.loss.mean(), _certified_metrics("linf", robust)
+
+
+def _l2_term(config, network, batch, ctx):
+  robust = _l2_loss(config, network, batch, ctx, _keys(ctx)[1])
+  return robust.loss.mean(), _certified_metrics("l2", robust)
+
+
+def _crown_ibp_term(config, network, batch, ctx):
+  del config
+  margins = network.margin_bounds(
+      LinfBall(batch.images, ctx.eps_linf, domain=DOMAIN), batch.labels,
+      transform=crown_ibp)
+  robust = robust_losses.RobustLoss(
+      robust_losses.robust_cross_entropy(margins.lower), None,
+      jnp.all(margins.lower > 0, -1))
+  return robust.loss.mean(), _certified_metrics("linf", robust)
+
+
+def _pgd_term(norm, config, network, batch, ctx):
+  eps = ctx.eps_linf if norm == "linf" else ctx.eps_l2
+  step_size = config.pgd_step_fraction * eps
+  losses, _ = adversarial.pgd_training_loss(
+      network, batch.images, batch.labels, norm=norm, eps=eps,
+      steps=config.pgd_steps, step_size=step_size, key=_keys(ctx)[0])
+  return losses.mean(), {f"pgd_{norm}_loss": losses.mean()}
+
+
+def _take(batch: Batch, idx) -> Batch:
+  return Batch(batch.images[idx], batch.labels[idx])
+
+
+def _cure_term(config, network, batch, ctx):
+  """CURE: l∞ and l2 small-box losses combined, plus bound alignment."""
+  cure = config.cure
+  if cure.combine not in CURE_COMBINATIONS:
+    raise ValueError(f"unknown cure.combine {cure.combine!r}; valid ones are "
+                     f"{list(CURE_COMBINATIONS)}.")
+  k_inf, k_2, k_split = _keys(ctx)
+  if cure.combine == "random":
+    if cure.ba_weight:
+      raise ValueError("bound alignment needs both bounds on every example; "
+                       "it cannot be combined with cure.combine='random'.")
+    linf_idx, l2_idx = multi_norm.random_partition(k_split, batch.labels.shape[0])
+    linf = _linf_loss(config, network, _take(batch, linf_idx), ctx, k_inf)
+    l2 = _l2_loss(config, network, _take(batch, l2_idx), ctx, k_2)
+    loss = multi_norm.random_loss(linf.loss, l2.loss)
+  else:
+    linf = _linf_loss(config, network, batch, ctx, k_inf)
+    l2 = _l2_loss(config, network, batch, ctx, k_2)
+    loss = (multi_norm.joint(linf.loss, l2.loss, cure.alpha)
+            if cure.combine == "joint" else
+            multi_norm.maximum(linf.loss, l2.loss))
+  metrics = {**_certified_metrics("linf", linf), **_certified_metrics("l2", l2)}
+  if cure.ba_weight:
+    ba = bound_alignment.bound_alignment(
+        linf.logits, l2.logits, linf.certified, l2.certified,
+        direction=cure.ba_direction, stop_gradient=cure.ba_stop_gradient)
+    loss = loss + cure.ba_weight * ba
+    metrics["bound_alignment"] = ba
+  return loss, metrics
+
+
+ROBUST_TERMS: Dict[str, Callable] = {
+    "natural": None,
+    "ibp": _ibp_term,
+    "sabr": _sabr_term,
+    "crown_ibp": _crown_ibp_term,
+    "pgd_linf": functools.partial(_pgd_term, "linf"),
+    "pgd_l2": functools.partial(_pgd_term, "l2"),
+    "l2": _l2_term,
+    "cure_joint": _cure_term,
+    "cure_max": _cure_term,
+    "cure_random": _cure_term,
+    "cure_scratch": _cure_term,
+    "cure_finetune": _cure_term,
+}
+METHODS = tuple(ROBUST_TERMS)
+
+
+def check_method(method: str) -> None:
+  if method not in ROBUST_TERMS:
+    raise ValueError(f"unknown method {method!r}; valid methods are "
+                     f"{list(METHODS)}.")
+
+
+def _warmup_term(network: Network, batch: Batch, ctx: StepContext):
+  """Shi et al.'s warm-up regularizers on IBP bounds of B∞(x, ε∞)."""
+  input_set = LinfBall(batch.images, ctx.eps_linf, domain=DOMAIN)
+  spec_free = ibp(network.apply, return_preactivations=True)
+  _, preactivations = spec_free(network.variables, input_set, train=False)
+  input_radius = input_set.bounding_box().radius.mean()
+  return regularizers.warmup_regularizer(preactivations, input_radius)
+
+
+def make_objective(config: ml_collections.ConfigDict, model) -> Objective:
+  """The objective of ``config.method`` for ``model`` (see module doc)."""
+  check_method(config.method)
+  robust_term = ROBUST_TERMS[config.method]
+  num_classes = config.model.num_classes
+
+  def objective(params, batch_stats, batch: Batch, ctx: StepContext):
+    logits, new_stats, moments = clean_pass(model, params, batch_stats,
+                                            batch.images)
+    clean = cross_entropy(logits, batch.labels).mean()
+    metrics = {"clean_loss": clean, "accuracy": accuracy(logits, batch.labels)}
+    loss = clean
+    if robust_term is not None:
+      network = Network(model.apply, {"params": params, "batch_stats": moments},
+                        num_classes)
+      term = functools.partial(robust_term, config, network, batch, ctx)
+      shapes = jax.eval_shape(term)
+      # The first (natural) epochs have κ = 1: skip the robust pass there.
+      robust, robust_metrics = jax.lax.cond(
+          ctx.kappa < 1.0, term,
+          lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes))
+      loss = (1.0 - ctx.kappa) * robust + ctx.kappa * clean
+      metrics.update(robust_metrics, robust_loss=robust)
+      if config.warmup_reg:
+        reg = jax.lax.cond(
+            ctx.reg_scale > 0,
+            lambda: _warmup_term(network, batch, ctx), lambda: jnp.zeros(()))
+        loss = loss + ctx.reg_scale * reg
+        metrics["warmup_reg"] = reg
+    if config.l1_reg:
+      l1 = regularizers.l1_penalty(params)
+      loss = loss + config.l1_reg * l1
+      metrics["l1"] = l1
+    metrics["loss"] = loss
+    return loss, (new_stats, metrics)
+
+  return objective

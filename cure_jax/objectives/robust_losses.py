@@ -1,0 +1,99 @@
+"""Per-example certified losses over one threat model (spec §2).
+
+Each returns a `RobustLoss`: the per-example robust cross-entropy, the
+worst-case logits o = [0, −lb] (needed by bound alignment) and whether the
+propagated region is certified. They are the pieces CURE combines.
+
+* `ibp_linf`: IBP over the whole ball B∞(x, ε) ∩ [0, 1] (Gowal et al., 2018).
+* `sabr_linf`: SABR (Müller et al., ICLR 2023): PGD inside the ball, the
+  point clamped into [lo + τ, hi − τ], then IBP over the small box B∞(c, τ),
+  τ = λ·ε. λ = 1 is IBP.
+* `l2_sabr_box`: the reference's l2 loss: l2-PGD, then a tiny l∞ box of
+  radius λ2·ε2 (λ2 = 1e-5) around the attack point — in effect l2
+  adversarial training.
+* `l2_certified`: our certified variant: the l2 ball B2(c, λ2·ε2) around the
+  attack point c projected into B2(x, (1 − λ2)·ε2) — so the small ball lies
+  inside the big one — bounded exactly through the first affine layer by the
+  dual norm and by IBP after it.
+"""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from cure_jax.attacks import projections
+from cure_jax.attacks.sabr import sabr_attack
+from cure_jax.bounds import L2Ball, LinfBall
+from cure_jax.objectives.base import (DOMAIN, Network, certified,
+                                      robust_cross_entropy, worst_case_logits)
+
+
+class RobustLoss(NamedTuple):
+  loss: jax.Array  # [B] robust cross-entropy
+  logits: jax.Array  # [B, K] worst-case logits o = [0, -lb]
+  certified: jax.Array  # [B] bool: the propagated region is certified
+
+
+def _from_margins(margin_lower: jax.Array) -> RobustLoss:
+  return RobustLoss(robust_cross_entropy(margin_lower),
+                    worst_case_logits(margin_lower), certified(margin_lower))
+
+
+def _per_example(value, x):
+  value = jnp.asarray(value, x.dtype)
+  return jnp.broadcast_to(value.reshape((-1,) + (1,) * (x.ndim - 1)) if
+                          value.ndim else value, (x.shape[0],) + (1,) * (x.ndim - 1))
+
+
+def ibp_linf(network: Network, images, labels, eps) -> RobustLoss:
+  """IBP robust CE over B∞(x, ε) ∩ [0, 1]."""
+  margins = network.margin_bounds(LinfBall(images, eps, domain=DOMAIN), labels)
+  return _from_margins(margins.lower)
+
+
+def small_box_center(adversarial, images, eps, tau):
+  """Clamps the attack point into [lo + τ, hi − τ] of B∞(x, ε) ∩ [0, 1].
+
+  Then the small box B∞(c, τ) lies inside the big one.
+  """
+  eps, tau = _per_example(eps, images), _per_example(tau, images)
+  lo = jnp.clip(images - eps, *DOMAIN)
+  hi = jnp.clip(images + eps, *DOMAIN)
+  return jnp.clip(adversarial, lo + tau, jnp.maximum(hi - tau, lo + tau))
+
+
+def sabr_linf(network: Network, images, labels, eps, *, lam: float,
+              key: jax.Array, pgd_steps: int) -> RobustLoss:
+  """SABR's l∞ loss: IBP over the small box B∞(c, λε) around a PGD point."""
+  adversarial = sabr_attack(network.logits, images, labels, eps=eps, key=key,
+                            steps=pgd_steps, norm="linf", domain=DOMAIN)
+  tau = lam * eps
+  center = jax.lax.stop_gradient(small_box_center(adversarial, images, eps, tau))
+  margins = network.margin_bounds(LinfBall(center, tau, domain=DOMAIN), labels)
+  return _from_margins(margins.lower)
+
+
+def l2_sabr_box(network: Network, images, labels, eps, *, lam: float,
+                key: jax.Array, pgd_steps: int) -> RobustLoss:
+  """The reference l2 loss: IBP over an l∞ box of radius λ2·ε2 at an l2-PGD point."""
+  adversarial = sabr_attack(network.logits, images, labels, eps=eps, key=key,
+                            steps=pgd_steps, norm="l2", domain=DOMAIN)
+  tau = lam * eps
+  lo = jnp.zeros_like(images) + _per_example(tau, images)
+  center = jax.lax.stop_gradient(jnp.clip(adversarial, lo, 1.0 - lo))
+  margins = network.margin_bounds(LinfBall(center, tau, domain=DOMAIN), labels)
+  return _from_margins(margins.lower)
+
+
+def l2_certified(network: Network, images, labels, eps, *, lam: float,
+                 key: jax.Array, pgd_steps: int) -> RobustLoss:
+  """Certified l2 loss: IBP over B2(c, λ2·ε2) ∩ [0, 1], dual norm at layer one."""
+  adversarial = sabr_attack(network.logits, images, labels, eps=eps, key=key,
+                            steps=pgd_steps, norm="l2", domain=DOMAIN)
+  center = projections.project_l2(adversarial, images, (1.0 - lam) * eps,
+                                  domain=DOMAIN)
+  center = jax.lax.stop_gradient(center)
+  margins = network.margin_bounds(L2Ball(center, lam * eps, domain=DOMAIN),
+                                  labels)
+  return _from_margins(margins.lower)

@@ -1,0 +1,144 @@
+"""The paper's settings (spec §6) and the config every run starts from.
+
+Config files in ``configs/`` are plain Python (big_vision style):
+``get_config(arg)`` parses ``arg`` ("setting=large,method=sabr,cpu=True"),
+starts from `base_config`, applies the dataset's setting row and the
+method's preset, and returns a locked `ml_collections.ConfigDict`, so a
+mistyped ``--config.key=value`` override fails and lists the valid keys.
+"""
+
+import ast
+from typing import Any, Dict, Optional
+
+import ml_collections
+
+from cure_jax.objectives.registry import METHODS
+
+
+def parse_arg(arg: Optional[str], **defaults) -> ml_collections.ConfigDict:
+  """Parses "k1=v1,k2=v2" into a ConfigDict over ``defaults``.
+
+  Values are Python literals where they parse as such (``cpu=True``,
+  ``epochs=3``), strings otherwise. Unknown keys are an error that lists the
+  known ones.
+  """
+  result = ml_collections.ConfigDict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    key, _, value = item.partition("=")
+    if key not in defaults:
+      raise KeyError(f"unknown config argument {key!r}; valid ones are "
+                     f"{sorted(defaults)}.")
+    try:
+      value = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      pass
+    result[key] = value
+  return result
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every key a run reads, with the reference defaults (spec §3–§4)."""
+  c = ml_collections.ConfigDict()
+  c.seed = 12
+  c.method = "sabr"
+
+  c.dataset = ml_collections.ConfigDict(dict(
+      name="mnist",
+      data_dir="",           # local dir with the original files ("" = env/online)
+      train_examples=0,      # 0 = the whole training split
+  ))  # augmentation and test-time crop: the dataset's reference ones
+  c.model = ml_collections.ConfigDict(dict(name="cnn7", num_classes=10))
+  c.init = "ibp"             # ibp (Shi et al., 2021) | default
+
+  # Threat models: training radii and small-box sizes (spec §2, §6).
+  c.eps_linf = 0.1
+  c.lambda_linf = 0.4
+  c.eps_l2_train = 0.75
+  c.lambda_l2 = 1e-5
+  c.l2_variant = "sabr_box"  # sabr_box (reference) | certified (ours)
+  c.pgd_steps = 8
+  c.pgd_step_fraction = 0.25  # PGD training baselines: step = fraction·ε
+
+  c.cure = ml_collections.ConfigDict(dict(
+      combine="max",          # joint | max | random
+      alpha=0.5,              # Joint weight of the l2 loss
+      ba_weight=0.0,          # bound alignment λ_BA (0 = off)
+      ba_direction="l2_to_linf",  # l2_to_linf (MNIST) | linf_to_l2
+      ba_stop_gradient=False,
+      gp_beta=0.0,            # gradient projection β (0 = off)
+      gp_interval_steps=0,    # 0 = one epoch
+  ))
+  c.finetune_from = ""        # workdir of an l∞ model to start from
+
+  # Optimization and schedules (spec §4).
+  c.batch_size = 128
+  c.num_epochs = 70
+  c.learning_rate = 5e-4
+  c.lr_milestones = (50, 60)  # epochs
+  c.lr_decay = 0.2
+  c.grad_clip_norm = 10.0
+  c.natural_epochs = 1        # κ = 1 (clean CE only) for these epochs
+  c.eps_ramp_start = 1        # epoch
+  c.eps_ramp_end = 22         # epoch
+  c.l1_reg = 0.0
+  c.warmup_reg = True
+  c.warmup_reg_weight = 0.5
+
+  c.checkpoint_every_steps = 1000
+  c.keep_checkpoints = 3
+  c.log_every_steps = 50
+  c.mixed_precision = False   # bfloat16 compute on accelerators
+
+  # Evaluation at the end of training (and by `python -m cure_jax.certify`).
+  c.eval = ml_collections.ConfigDict(dict(
+      batch_size=500,
+      final_examples=0,       # test points for the final eval (0 = all)
+      final_methods=("ibp", "crown_ibp"),
+      certify_examples=1000,  # the paper's first 1000 test points
+      methods=("ibp", "crown", "alpha_crown"),
+      alpha_steps=20,
+      eps_linf=0.1,
+      eps_l2=0.5,
+      eps_l1=1.0,
+      norms=("linf", "l2", "l1"),
+      pgd_steps=50,
+      pgd_restarts=1,
+  ))
+  return c
+
+
+# method -> config changes (CURE presets, spec §3 and §6).
+METHOD_PRESETS: Dict[str, Dict[str, Any]] = {
+    "natural": dict(warmup_reg=False),
+    "ibp": dict(lambda_linf=1.0),
+    "sabr": {},
+    "crown_ibp": {},
+    "pgd_linf": dict(warmup_reg=False),
+    "pgd_l2": dict(warmup_reg=False),
+    "l2": {},
+    "cure_joint": {"cure.combine": "joint"},
+    "cure_max": {"cure.combine": "max"},
+    "cure_random": {"cure.combine": "random"},
+    "cure_scratch": {"cure.combine": "max"},
+    "cure_finetune": {"cure.combine": "max"},
+}
+assert set(METHOD_PRESETS) == set(METHODS)
+
+
+def apply_overrides(config: ml_collections.ConfigDict,
+                    overrides: Dict[str, Any]) -> None:
+  """Sets dotted keys, e.g. {"cure.combine": "joint"}; unknown keys raise."""
+  for dotted, value in overrides.items():
+    node = config
+    *parents, leaf = dotted.split(".")
+    for name in parents:
+      node = node[name]
+    if leaf not in node:
+      raise KeyError(f"unknown config key {dotted!r}.")
+    node[leaf] = value
+
+
+def check_method(method: str) -> None:
+  if method not in METHOD_PRESETS:
+    raise ValueError(f"unknown method {method!r}; valid methods are "
+                     f"{sorted(METHOD_PRESETS)}.")
