@@ -7,7 +7,7 @@ Multi-host: start the same command on every host (see ``launch/``);
 or from ``--coordinator_address/--num_processes/--process_id``.
 """
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from cure_jax.parallel import distributed
@@ -29,6 +29,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
                          _PROCESS_ID.value)
   from cure_jax.train.loop import train_and_evaluate  # after initialize()

@@ -36,6 +36,13 @@ def test_clip_to_domain():
   np.testing.assert_array_equal(norms.clip_to_domain(x, None), x)
 
 
+def test_check_count_accepts_python_and_numpy_integers_only():
+  assert norms.check_count("steps", np.int64(8), minimum=0) == 8
+  for bad in (True, 8.0, -1):
+    with pytest.raises(ValueError, match="steps must be an int >= 0"):
+      norms.check_count("steps", bad, minimum=0)
+
+
 def test_bad_arguments_raise_clear_errors():
   x = jnp.zeros((3, 4))
   with pytest.raises(ValueError, match=r"Unknown norm 'inf': use one of"):

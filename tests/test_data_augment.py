@@ -1,4 +1,4 @@
-"""Tests for cure_jax.data.augment: exact crops and flips on hand-made images."""
+"""Tests for cure_jax.data.augment: exact crops and flips of made-up images."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""Tests for cure_jax.data.batching: stateless, resumable, multi-host batches."""
+"""Tests for cure_jax.data.batching: stateless, multi-host batches."""
 
 import numpy as np
 import pytest
@@ -29,7 +29,7 @@ def test_steps_per_epoch_drops_the_remainder():
   assert batching.steps_per_epoch(10, 3) == 3
   assert batching.steps_per_epoch(60_000, 256) == 234
   for bad in (0, 11):
-    with pytest.raises(ValueError, match=r'global_batch_size must be in \[1, 10'):
+    with pytest.raises(ValueError, match=r'batch_size must be in \[1, 10\]'):
       batching.steps_per_epoch(10, bad)
 
 
@@ -62,12 +62,21 @@ def test_batches_are_pure_functions_of_seed_and_step():
   assert not np.array_equal(first.images, other_seed.images)
 
 
+def test_step_and_seed_may_be_scalar_arrays():
+  split = _random_split(20)
+  expected = batching.train_batch(split, 3, global_batch_size=4, seed=2)
+  got = batching.train_batch(split, np.asarray(3), global_batch_size=4,
+                             seed=np.int64(2))
+  np.testing.assert_array_equal(got.labels, expected.labels)
+
+
 def test_batch_values_are_the_examples_in_unit_range():
   split = _random_split(20)
   batch = batching.train_batch(split, 1, global_batch_size=5, seed=0)
   indices = batching.epoch_permutation(20, 0, 0)[5:10]
   assert batch.images.dtype == np.float32 and batch.labels.dtype == np.int32
-  np.testing.assert_array_equal(batch.images, split.images[indices] / np.float32(255))
+  np.testing.assert_array_equal(batch.images,
+                                split.images[indices] / np.float32(255))
   np.testing.assert_array_equal(batch.labels, split.labels[indices])
 
 
@@ -76,9 +85,9 @@ def test_augmentation_changes_only_pixels_not_examples():
   batch = batching.train_batch(split, 2, global_batch_size=4, seed=1,
                                augmentation=_CIFAR_AUG)
   # Every pixel of an indexed image equals its index, whatever the crop/flip.
-  np.testing.assert_array_equal(batch.images * 255,
-                                np.broadcast_to(batch.labels[:, None, None, None],
-                                                batch.images.shape))
+  labels_as_pixels = batch.labels[:, None, None, None]
+  np.testing.assert_array_equal(
+      batch.images * 255, np.broadcast_to(labels_as_pixels, batch.images.shape))
 
 
 @pytest.mark.parametrize('process_count', [2, 4])
@@ -98,7 +107,8 @@ def test_host_slices_concatenate_to_the_global_batch(process_count):
 
 def test_invalid_host_splits_and_arguments_are_rejected():
   split = _random_split(20)
-  with pytest.raises(ValueError, match='must be divisible by the number of processes 3'):
+  with pytest.raises(ValueError,
+                     match='must be divisible by the number of processes 3'):
     batching.train_batch(split, 0, global_batch_size=8, seed=0,
                          process_count=3)
   with pytest.raises(ValueError, match='process_index must be in'):

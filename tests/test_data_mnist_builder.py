@@ -88,8 +88,10 @@ def test_real_mnist_sizes_labels_and_pixels(real_mnist):
   assert train.images.shape == (60_000, 28, 28, 1)
   assert test.images.shape == (10_000, 28, 28, 1)
   # The well-known first labels of each split, in file order.
-  np.testing.assert_array_equal(train.labels[:10], [5, 0, 4, 1, 9, 2, 1, 3, 1, 4])
-  np.testing.assert_array_equal(test.labels[:10], [7, 2, 1, 0, 4, 1, 4, 9, 5, 9])
+  np.testing.assert_array_equal(train.labels[:10],
+                                [5, 0, 4, 1, 9, 2, 1, 3, 1, 4])
+  np.testing.assert_array_equal(test.labels[:10],
+                                [7, 2, 1, 0, 4, 1, 4, 9, 5, 9])
   # Roughly balanced classes: 5421 (digit 5) to 6742 (digit 1) in train.
   train_counts = np.bincount(train.labels, minlength=10)
   test_counts = np.bincount(test.labels, minlength=10)

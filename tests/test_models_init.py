@@ -88,9 +88,11 @@ def _ibp_radius_growth(params, widths, x_center, eps):
   for i in range(len(widths)):
     layer = params[f'dense_{i}']
     w, b = np.asarray(layer['kernel']), np.asarray(layer['bias'])
-    center, radius = (upper + lower) / 2 @ w + b, (upper - lower) / 2 @ np.abs(w)
+    center = (upper + lower) / 2 @ w + b
+    radius = (upper - lower) / 2 @ np.abs(w)
     growth.append(radius.mean() / ((upper - lower) / 2).mean())
-    lower, upper = np.maximum(center - radius, 0), np.maximum(center + radius, 0)
+    lower = np.maximum(center - radius, 0)
+    upper = np.maximum(center + radius, 0)
   return np.array(growth)
 
 

@@ -4,6 +4,7 @@ import os
 import pathlib
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import textwrap
@@ -111,7 +112,7 @@ def test_save_schedule_and_no_overwrite(ckpt_dir):
     assert ckpt.save(10, first)
     with pytest.raises(ValueError, match='newest checkpoint .* is step 10'):
       ckpt.save(9, first, force=True)
-    assert ckpt.all_steps() == (5, 7, 10)
+    assert ckpt.all_steps == (5, 7, 10)
     assert_bitwise_equal(ckpt.restore(5, second), first)
   assert step_dirs(ckpt_dir) == ['10', '5', '7']
 
@@ -120,7 +121,7 @@ def test_keeps_only_the_newest_checkpoints(ckpt_dir):
   with Checkpointer(ckpt_dir, max_to_keep=2, save_interval_steps=1) as ckpt:
     for step in range(1, 6):
       assert ckpt.save(step, make_state(step))
-    assert ckpt.all_steps() == (4, 5)
+    assert ckpt.all_steps == (4, 5)
   assert step_dirs(ckpt_dir) == ['4', '5']
 
 
@@ -132,7 +133,7 @@ def test_resume_restores_the_latest_checkpoint(ckpt_dir):
       ckpt.save(step, make_state(step), metadata={'position': step * 10})
   # A new process: a new Checkpointer on the same directory.
   with Checkpointer(ckpt_dir, save_interval_steps=1) as ckpt:
-    assert ckpt.latest_step() == 3
+    assert ckpt.latest_step == 3
     assert_bitwise_equal(ckpt.restore_latest(make_state(0)), make_state(3))
     assert ckpt.read_metadata() == {'position': 30}
 
@@ -169,7 +170,7 @@ def test_refuses_non_finite_state_and_keeps_previous(ckpt_dir, bad_value):
                        match=r"step 2: state leaf 'params/dense/kernel'.*"
                        r'2 non-finite leaves.*batch_stats/mean'):
       ckpt.save(2, bad, force=True)
-    assert ckpt.all_steps() == (1,)
+    assert ckpt.all_steps == (1,)
   assert step_dirs(ckpt_dir) == ['1']  # Not even a tmp directory.
   with Checkpointer(ckpt_dir) as ckpt:
     assert_bitwise_equal(ckpt.restore_latest(make_state(0)), good)
@@ -225,7 +226,7 @@ def test_corrupt_checkpoint_raises_clear_error(ckpt_dir, corrupt):
   assert f'{ckpt_dir / "2"}' in str(error.value)
   assert 'move this checkpoint aside' in str(error.value)
   assert 'fresh workdir' in str(error.value)
-  if corrupt in (_flip_one_bit, _data_of_another_step):
+  if corrupt is _data_of_another_step:  # Readable: caught by fingerprints.
     assert 'data corruption' in str(error.value)
     assert 'params/dense/kernel' in str(error.value)
   # Following the advice resumes from the previous checkpoint.
@@ -261,7 +262,7 @@ def test_interrupted_save_is_ignored_and_cleaned_up(ckpt_dir):
   shutil.copytree(ckpt_dir / '2', stale)
   _truncate_data(stale)
   with Checkpointer(ckpt_dir, save_interval_steps=1) as ckpt:
-    assert ckpt.latest_step() == 2
+    assert ckpt.latest_step == 2
     assert_bitwise_equal(ckpt.restore_latest(make_state(0)), make_state(2))
     assert ckpt.save(3, make_state(3))  # The step can be saved again.
   assert step_dirs(ckpt_dir) == ['1', '2', '3']
@@ -279,7 +280,7 @@ def test_bad_arguments_raise_helpful_errors(ckpt_dir):
       ckpt.save(1, {'lr': 0.1, 'w': jnp.ones(2)}, force=True)
     with pytest.raises(TypeError, match='step must be an integer'):
       ckpt.save(1.0, make_state(), force=True)
-    assert ckpt.all_steps() == ()
+    assert ckpt.all_steps == ()
 
 
 @pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16, jnp.int8,
@@ -308,38 +309,99 @@ def test_fingerprint_detects_any_single_bit_flip_and_swaps(dtype):
   assert np.all(np.any(fingerprints[:-1] != reference, axis=1))
 
 
-_SHARDED_SCRIPT = textwrap.dedent("""
+@pytest.mark.parametrize('dtype', [np.float32, jnp.bfloat16, np.int8,
+                                   np.uint16, np.bool_])
+def test_host_and_device_fingerprints_agree(dtype):
+  values = np.arange(-12, 12).reshape(2, 3, 4) * 3
+  x = np.asarray(values % 2 == 0 if dtype == np.bool_ else values, dtype)
+  _, on_host = checkpoint._host_statistics(x)
+  on_device = np.asarray(checkpoint._fingerprint(jnp.asarray(x)))
+  assert on_host == on_device.tolist()
+
+
+def test_numpy_leaves_round_trip_as_numpy(ckpt_dir):
+  """Host-side leaves (e.g. a data-iterator position) stay NumPy, even 64-bit
+  ones that JAX cannot hold without x64."""
+  state = {'position': np.array([2**40 + 3, -7], np.int64),
+           'host_stats': np.linspace(0.0, 1.0, 5),  # float64.
+           'params': jnp.arange(4.0)}
+  with Checkpointer(ckpt_dir) as ckpt:
+    ckpt.save(1, state, force=True)
+    template = jax.tree.map(np.zeros_like, state)
+    template['params'] = jnp.zeros(4)
+    restored = ckpt.restore_latest(template)
+    assert_bitwise_equal(restored, state)
+    nan_state = {**state, 'host_stats': np.array([0.0, np.nan])}
+    with pytest.raises(NonFiniteStateError, match="'host_stats'"):
+      ckpt.save(2, nan_state, force=True)
+
+
+_TWO_PROCESS_WORKER = textwrap.dedent("""
     import sys
     import jax, jax.numpy as jnp, numpy as np
+    from jax.experimental import multihost_utils
     from jax.sharding import NamedSharding, PartitionSpec as P
-    from cure_jax.train.checkpoint import Checkpointer
-    assert jax.device_count() == 4, jax.devices()
+    process_id, port, directory = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    jax.distributed.initialize(f'localhost:{port}', num_processes=2,
+                               process_id=process_id,
+                               initialization_timeout=60)
+    from cure_jax.train.checkpoint import Checkpointer, NonFiniteStateError
+    assert jax.device_count() == 4 and jax.local_device_count() == 2
     mesh = jax.make_mesh((4,), ('data',))
     rows = NamedSharding(mesh, P('data', None))
     cols = NamedSharding(mesh, P(None, 'data'))
-    replicated = NamedSharding(mesh, P())
-    x = jnp.arange(8 * 12, dtype=jnp.float32).reshape(8, 12)
-    state = {'w': jax.device_put(x, rows), 'b': jax.device_put(x[0], replicated)}
-    with Checkpointer(sys.argv[1]) as ckpt:
-      ckpt.save(1, state, force=True)
+
+    def global_array(value, sharding):
+      return jax.make_array_from_callback(value.shape, sharding,
+                                          lambda index: value[index])
+
+    x = np.arange(8 * 12, dtype=np.float32).reshape(8, 12)
+    state = {'w': global_array(x, rows),
+             'b': global_array(x[0], NamedSharding(mesh, P()))}
+    with Checkpointer(directory) as ckpt:
+      assert ckpt.save(1, state, force=True)
+      x_nan = x.copy()
+      x_nan[7, 3] = np.nan  # Row 7 lives on a device of process 1 only.
+      try:
+        ckpt.save(2, {**state, 'w': global_array(x_nan, rows)}, force=True)
+        raise AssertionError('A NaN state was saved.')
+      except NonFiniteStateError as error:
+        assert "leaf 'w'" in str(error), error
     # Restore with other shardings than saved: orbax reshards on read.
-    target = {'w': jax.ShapeDtypeStruct((8, 12), jnp.float32, sharding=cols),
-              'b': jax.ShapeDtypeStruct((12,), jnp.float32,
-                                        sharding=NamedSharding(mesh, P('data')))}
-    with Checkpointer(sys.argv[1]) as ckpt:
+    target = {
+        'w': jax.ShapeDtypeStruct((8, 12), jnp.float32, sharding=cols),
+        'b': jax.ShapeDtypeStruct((12,), jnp.float32,
+                                  sharding=NamedSharding(mesh, P('data'))),
+    }
+    with Checkpointer(directory) as ckpt:
+      assert ckpt.all_steps == (1,)
       restored = ckpt.restore_latest(target)
-    assert restored['w'].sharding == cols, restored['w'].sharding
+    assert restored['w'].sharding == target['w'].sharding
     assert restored['b'].sharding == target['b'].sharding
-    np.testing.assert_array_equal(restored['w'], x)
-    np.testing.assert_array_equal(restored['b'], x[0])
-    print('OK')
+    for name, expected in (('w', x), ('b', x[0])):
+      np.testing.assert_array_equal(
+          multihost_utils.process_allgather(restored[name], tiled=True),
+          expected)
+    print('OK', flush=True)
 """)
 
 
-def test_restores_into_target_shardings_on_a_mesh(ckpt_dir):
+def _free_port() -> int:
+  with socket.socket() as sock:
+    sock.bind(('localhost', 0))
+    return sock.getsockname()[1]
+
+
+def test_two_process_mesh_save_refuse_nan_and_reshard(ckpt_dir):
+  """2 processes x 2 CPU devices: arrays span processes, as on a pod."""
+  port = str(_free_port())
   env = dict(os.environ, JAX_PLATFORMS='cpu',
-             XLA_FLAGS='--xla_force_host_platform_device_count=4')
-  result = subprocess.run(
-      [sys.executable, '-c', _SHARDED_SCRIPT, str(ckpt_dir)], env=env,
-      capture_output=True, text=True, timeout=120, check=False)
-  assert result.returncode == 0 and 'OK' in result.stdout, result.stderr[-3000:]
+             XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  workers = [subprocess.Popen(
+      [sys.executable, '-c', _TWO_PROCESS_WORKER, str(i), port, str(ckpt_dir)],
+      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+  for worker in workers:
+    stdout, stderr = worker.communicate(timeout=120)
+    assert worker.returncode == 0 and 'OK' in stdout, stderr[-3000:]
+  assert step_dirs(ckpt_dir) == ['1']

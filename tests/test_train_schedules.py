@@ -51,9 +51,9 @@ def test_smoothed_hand_values():
 
 
 def test_smoothed_matches_auto_lirpa():
-  # start=2 (after one natural epoch), length=3, 7 batches per epoch: the
-  # ramp has 21 steps and switches at ⌊21/4⌋ = 5, so truncation matters.
-  eps, epoch_length = 8 / 255, 7
+  # start=2 (after one natural epoch), length=3, 10 batches per epoch: the
+  # ramp has 30 steps and switches after ⌊30/4⌋ = 7 (not round(7.5) = 8).
+  eps, epoch_length = 8 / 255, 10
   reference = _auto_lirpa_smoothed(eps, 2, 3, epoch_length)
   schedule = smoothed_eps_schedule(eps, start_step=1 * epoch_length,
                                    end_step=4 * epoch_length)

@@ -11,10 +11,11 @@
   drawn in the same call as y: for p = 1 it is |t| of one more Laplace
   coordinate; for p = 2 it is the squared norm of two more Gaussian
   coordinates (of variance 1/2). So we draw D + 1 (l1) or D + 2 (l2)
-  coordinates, divide by the l_p norm of all of them and keep the first D —
-  for p = 2 this is "uniform on the (D+1)-sphere, projected to D dimensions"
-  (Voelker, Gosmann & Stewart, 2017). One random draw per start keeps the
-  compiled attack small.
+  coordinates, divide by the l_p norm of all of them and keep the first D
+  (for p = 2: a uniform point of the unit sphere of R^{D+2} with two
+  coordinates dropped, as in Voelker, Gosmann & Stewart, "Efficiently
+  sampling vectors and coordinates from the n-sphere and n-ball", 2017). One
+  random draw per start keeps the compiled attack small.
 """
 
 import jax

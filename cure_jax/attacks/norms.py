@@ -92,6 +92,26 @@ def check_nonnegative(name: str, value) -> None:
     raise ValueError(f"{name} must be non-negative, got {concrete.min()}.")
 
 
+def check_count(name: str, value, minimum: int) -> int:
+  """Validates a static count such as the number of steps or restarts.
+
+  Args:
+    name: the argument's name, for the error message.
+    value: a Python or NumPy integer (not a bool, float or traced value).
+    minimum: the smallest allowed value.
+
+  Returns:
+    ``value`` as a Python int.
+
+  Raises:
+    ValueError: if ``value`` is not an integer >= ``minimum``.
+  """
+  if (not isinstance(value, (int, np.integer)) or isinstance(value, bool) or
+      value < minimum):
+    raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}.")
+  return int(value)
+
+
 def per_example(value, x: jax.Array, name: str) -> jax.Array:
   """A scalar or per-example [B] quantity, shaped to broadcast against ``x``.
 

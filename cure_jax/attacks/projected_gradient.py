@@ -10,9 +10,9 @@ with d_p the steepest ascent direction of unit l_p norm (`steepest_ascent`),
 Π the projection onto B_p(x, ε) ∩ domain (`projections`) and
 α_t = step_size · step_decay(t). Every iterate x⁰, …, x^{steps} of every
 restart competes with the clean point x for the output, per example: the
-highest loss wins; for the margin loss a misclassified point first beats a
-correctly classified one. The returned point therefore never has a lower loss
-than x itself.
+highest loss wins (for the margin loss, any misclassified point beats any
+correctly classified one; ties keep the earlier point). The returned point
+therefore never has a lower loss than x itself.
 
 The model enters as a closure ``logits_fn(x) -> logits`` that must act on
 each example independently (e.g. BatchNorm in inference mode), since the
@@ -25,10 +25,10 @@ from typing import Callable, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
+from cure_jax.attacks import ball_sampling
 from cure_jax.attacks import losses
 from cure_jax.attacks import norms
 from cure_jax.attacks import projections
-from cure_jax.attacks import ball_sampling
 from cure_jax.attacks import steepest_ascent
 
 LogitsFn = Callable[[jax.Array], jax.Array]
@@ -106,10 +106,8 @@ def _check_arguments(x, y, steps, restarts, random_start, key, l1_sparsity):
     raise ValueError(
         f"y must hold one integer label per example, shape {jnp.shape(x)[:1]};"
         f" got shape {jnp.shape(y)} and dtype {jnp.result_type(y)}.")
-  if not isinstance(steps, int) or steps < 0:
-    raise ValueError(f"steps must be a non-negative int, got {steps!r}.")
-  if not isinstance(restarts, int) or restarts < 1:
-    raise ValueError(f"restarts must be a positive int, got {restarts!r}.")
+  norms.check_count("steps", steps, minimum=0)
+  norms.check_count("restarts", restarts, minimum=1)
   if random_start and key is None:
     raise ValueError("random_start=True needs a PRNG key: pass key=...")
   if restarts > 1 and not random_start:

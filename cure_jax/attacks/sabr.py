@@ -7,11 +7,17 @@ You Need" (ICLR 2023), as run by the CURE reference code: cross-entropy PGD,
 the steps ⌈0.5n⌉, ⌈0.8n⌉ and ⌈0.9n⌉, and the best iterate kept per sample.
 For n = 8 the milestones are 4, 7 and 8, so steps 0–3 use 0.5ε, steps 4–6
 0.05ε and step 7 0.005ε.
+
+Deliberate differences from the reference code: the clean point competes with
+the iterates (so the box centre never has a lower loss than x), the l∞ start
+is exactly uniform in B∞(x, ε) ∩ [0, 1], the radius is per example rather
+than the batch maximum, and the l2 projection is the correct one (spec §2,
+**Decision**).
 """
 
 import fractions
 import math
-from typing import Callable, Optional, Tuple
+from typing import Callable, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -49,7 +55,8 @@ def sabr_step_decay(steps: int) -> Callable[[int], float]:
     steps: number of PGD steps n.
 
   Returns:
-    A schedule for `projected_gradient.pgd`'s ``step_decay`` (Python ints in, floats out).
+    A schedule for the ``step_decay`` of `projected_gradient.pgd` (Python
+    ints in, floats out).
   """
   milestones = sabr_milestones(steps)
 
@@ -79,8 +86,7 @@ def sabr_step_sizes(eps, steps: int, norm: str = "linf") -> jax.Array:
   Returns:
     [steps] step sizes, or [steps, B] for per-example ``eps``.
   """
-  if not isinstance(steps, int) or steps < 0:
-    raise ValueError(f"steps must be a non-negative int, got {steps!r}.")
+  norms.check_count("steps", steps, minimum=0)
   norms.check_nonnegative("eps", eps)
   eps = jnp.asarray(eps)
   eps = eps.astype(jnp.promote_types(eps.dtype, jnp.float32))
@@ -90,10 +96,10 @@ def sabr_step_sizes(eps, steps: int, norm: str = "linf") -> jax.Array:
   return multipliers.reshape((steps,) + (1,) * eps.ndim) * (fraction * eps)
 
 
-def sabr_attack(logits_fn: projected_gradient.LogitsFn, x: jax.Array, y: jax.Array, *,
-                eps, key: jax.Array, steps: int = 8, norm: str = "linf",
-                restarts: int = 1,
-                domain: Optional[norms.Domain] = (0.0, 1.0)) -> jax.Array:
+def sabr_attack(logits_fn: projected_gradient.LogitsFn, x: jax.Array,
+                y: jax.Array, *, eps, key: jax.Array, steps: int = 8,
+                norm: str = "linf", restarts: int = 1,
+                domain: norms.Domain = (0.0, 1.0)) -> jax.Array:
   """SABR's PGD: the adversarial point around which SABR puts its small box.
 
   Args:
@@ -108,7 +114,8 @@ def sabr_attack(logits_fn: projected_gradient.LogitsFn, x: jax.Array, y: jax.Arr
     domain: ``(lo, hi)`` box the points stay in, or None.
 
   Returns:
-    [B, ...] the highest-cross-entropy iterate per example (no gradient).
+    [B, ...] the highest-cross-entropy point per example (the clean point
+    included), carrying no gradient.
   """
   fraction = SABR_STEP_FRACTION[_check_sabr_norm(norm)]
   norms.check_nonnegative("eps", eps)

@@ -170,7 +170,8 @@ def _mixing_bound(eqn: Eqn, args, ball: PendingBall) -> Interval:
 
 
 def _is_first_mixing(eqn: Eqn, args) -> bool:
-  if not isinstance(args[0], PendingBall) or isinstance(args[1], (PendingBall, Interval)):
+  if len(args) != 2 or not isinstance(args[0], PendingBall) or isinstance(
+      args[1], (PendingBall, Interval)):
     return False
   if eqn.name == "conv_general_dilated":
     lhs_spec = eqn.params["dimension_numbers"][0]

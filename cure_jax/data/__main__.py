@@ -4,10 +4,12 @@
 """
 
 import argparse
+import sys
 import time
 
 from cure_jax.data import info
 from cure_jax.data import loading
+from cure_jax.data import sources
 
 
 def main() -> None:
@@ -26,9 +28,12 @@ def main() -> None:
   for name in args.names:
     for split in loading.SPLITS:
       start = time.perf_counter()
-      data = loading.load_split(
-          name, split, data_dir=args.data_dir,
-          tfds_data_dir=args.tfds_data_dir, download=not args.no_download)
+      try:
+        data = loading.load_split(
+            name, split, data_dir=args.data_dir,
+            tfds_data_dir=args.tfds_data_dir, download=not args.no_download)
+      except sources.DataNotFoundError as e:
+        sys.exit(f'error: {e}')
       print(f'{name} {split}: {data.num_examples} examples, images'
             f' {data.images.shape[1:]}, {time.perf_counter() - start:.1f} s')
 

@@ -159,7 +159,8 @@ def train_batch(
 
   Args:
     split: the training split.
-    step: the global step (>= 0); epochs follow one another indefinitely.
+    step: the global step (>= 0, an int or a scalar array); epochs follow
+      one another indefinitely.
     global_batch_size: B, summed over all hosts.
     seed: the data seed (>= 0), for shuffling and augmentation.
     augmentation: applied to every image (None: none).
@@ -174,6 +175,7 @@ def train_batch(
     ValueError: invalid step, seed, batch size or host split.
   """
   _check_split(split)
+  step, seed = int(step), int(seed)  # Also accepts scalar (jax) arrays.
   if step < 0 or seed < 0:
     raise ValueError(f'step and seed must be >= 0, got {step} and {seed}.')
   epoch, position = divmod(

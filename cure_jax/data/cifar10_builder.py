@@ -41,10 +41,10 @@ REMOTE_FILES = {
         'https://www.cs.toronto.edu/~kriz/' + ARCHIVE_NAME,
         'c58f30108f718f92721af3b95e74349a'),
 }
+# What to put in a directory to prepare the dataset from local files.
 LOCAL_FILES_HELP = (
-    f'CIFAR-10: the python-version archive {ARCHIVE_NAME}, or its extracted'
-    f' folder {FOLDER_NAME}/ (data_batch_1 ... data_batch_5, test_batch), in'
-    ' the directory.')
+    f'the CIFAR-10 python-version archive {ARCHIVE_NAME} or its extracted'
+    f' folder {FOLDER_NAME}/ (data_batch_1 ... data_batch_5, test_batch)')
 
 # NumPy's array-reconstruction function, whatever its module is called.
 _RECONSTRUCT_ARRAY = np.zeros(0).__reduce__()[0]
@@ -145,7 +145,8 @@ def read_batch_files(
   return found
 
 
-def read_split(source: CifarSource, split: str) -> tuple[np.ndarray, np.ndarray]:
+def read_split(
+    source: CifarSource, split: str) -> tuple[np.ndarray, np.ndarray]:
   """Reads one CIFAR-10 split, its batches concatenated in file order.
 
   Args:
@@ -177,7 +178,7 @@ class CureCifar10(sources.OriginalFilesBuilder):
   RELEASE_NOTES = {
       '1.0.0': 'Raw uint8 images from the python batches, in file order.',
   }
-  MANUAL_DOWNLOAD_INSTRUCTIONS = LOCAL_FILES_HELP
+  MANUAL_DOWNLOAD_INSTRUCTIONS = f'Put {LOCAL_FILES_HELP} in manual_dir.'
   REMOTE_FILES = REMOTE_FILES
 
   def _info(self) -> tfds.core.DatasetInfo:

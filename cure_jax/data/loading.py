@@ -110,8 +110,9 @@ def _named_source_dir(
 def _where_to_put_files(name: str) -> str:
   """The message part saying which files to put where, and how to name it."""
   return (
-      f'{_LOCAL_FILES_HELP[name]} Pass that directory as data_dir (config key'
-      f' `data_dir`) or set ${dataset_env_var(name)} or ${DATA_DIR_ENV}.')
+      f'Put {_LOCAL_FILES_HELP[name]} in a directory and pass it as data_dir'
+      f' (config key `data_dir`), or set ${dataset_env_var(name)} or'
+      f' ${DATA_DIR_ENV} to it.')
 
 
 def _manual_dir(
@@ -219,7 +220,7 @@ def _read_data_source(
   labels = np.empty((len(source),), np.int32)
   for start in range(0, len(source), _READ_CHUNK):
     stop = min(start + _READ_CHUNK, len(source))
-    examples = source.__getitems__(range(start, stop))
+    examples = source.__getitems__(range(start, stop))  # A batched read.
     images[start:stop] = [example['image'] for example in examples]
     labels[start:stop] = [example['label'] for example in examples]
   return Split(images, labels)

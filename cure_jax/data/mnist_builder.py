@@ -43,9 +43,9 @@ REMOTE_FILES = {
         _MIRROR + FILE_NAMES['test_labels'],
         'ec29112dd5afa0611ce80d1b7f02629c'),
 }
-LOCAL_FILES_HELP = (
-    'MNIST: the four original IDX files, gzipped, directly in the directory: '
-    + ', '.join(FILE_NAMES.values()) + '.')
+# What to put in a directory to prepare the dataset from local files.
+LOCAL_FILES_HELP = ('the four original gzipped IDX files of MNIST ('
+                    + ', '.join(FILE_NAMES.values()) + ')')
 
 # IDX type codes (third magic byte) -> big-endian NumPy dtype.
 _IDX_DTYPES = {
@@ -151,7 +151,7 @@ class CureMnist(sources.OriginalFilesBuilder):
   RELEASE_NOTES = {
       '1.0.0': 'Raw uint8 images from the original IDX files, in file order.',
   }
-  MANUAL_DOWNLOAD_INSTRUCTIONS = LOCAL_FILES_HELP
+  MANUAL_DOWNLOAD_INSTRUCTIONS = f'Put {LOCAL_FILES_HELP} in manual_dir.'
   REMOTE_FILES = REMOTE_FILES
 
   def _info(self) -> tfds.core.DatasetInfo:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import abc
 import hashlib
 import inspect
-import os
 import threading
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar, NamedTuple
@@ -42,7 +41,7 @@ class RemoteFile(NamedTuple):
   md5: str
 
 
-def file_md5(path: os.PathLike[str] | str) -> str:
+def file_md5(path: epath.PathLike) -> str:
   """Returns the hex MD5 digest of a file, read in 1 MiB chunks.
 
   Args:
@@ -52,7 +51,7 @@ def file_md5(path: os.PathLike[str] | str) -> str:
     The 32-character lowercase hex digest.
   """
   digest = hashlib.md5(usedforsecurity=False)
-  with open(path, 'rb') as f:
+  with epath.Path(path).open('rb') as f:
     for chunk in iter(lambda: f.read(1 << 20), b''):
       digest.update(chunk)
   return digest.hexdigest()

@@ -40,10 +40,11 @@ REMOTE_FILES = {
         'http://cs231n.stanford.edu/' + ARCHIVE_NAME,
         '90528d7ca1a48142e341f4ef8d21d0de'),
 }
+# What to put in a directory to prepare the dataset from local files.
 LOCAL_FILES_HELP = (
-    f'TinyImageNet: the archive {ARCHIVE_NAME}, or its extracted folder'
+    f'the TinyImageNet archive {ARCHIVE_NAME} or its extracted folder'
     f' {FOLDER_NAME}/ (wnids.txt, train/<wnid>/images/*.JPEG, val/images/'
-    ' and val/val_annotations.txt), in the directory.')
+    ' and val/val_annotations.txt)')
 
 _WNIDS_FILE = 'wnids.txt'
 _VAL_ANNOTATIONS_FILE = 'val/val_annotations.txt'
@@ -62,7 +63,7 @@ class TinyImagenetSource(NamedTuple):
   is_archive: bool
 
 
-class _FileTree(NamedTuple):
+class FileTree(NamedTuple):
   """Read access to the dataset's files by path relative to its root.
 
   Attributes:
@@ -74,7 +75,7 @@ class _FileTree(NamedTuple):
 
 
 @contextlib.contextmanager
-def open_tree(source: TinyImagenetSource) -> Iterator[_FileTree]:
+def open_tree(source: TinyImagenetSource) -> Iterator[FileTree]:
   """Opens the archive or folder for reading.
 
   In the archive, the root is the folder holding `wnids.txt` (normally
@@ -97,7 +98,7 @@ def open_tree(source: TinyImagenetSource) -> Iterator[_FileTree]:
         for folder, _, names in os.walk(os.path.join(root, subtree))
         for name in names
     ]
-    yield _FileTree(lambda path: (source.path / path).read_bytes(), paths)
+    yield FileTree(lambda path: (source.path / path).read_bytes(), paths)
     return
   with zipfile.ZipFile(source.path) as archive:
     roots = [name[:-len(_WNIDS_FILE)] for name in archive.namelist()
@@ -107,10 +108,10 @@ def open_tree(source: TinyImagenetSource) -> Iterator[_FileTree]:
     root = min(roots, key=len)
     paths = [name[len(root):] for name in archive.namelist()
              if name.startswith(root) and not name.endswith('/')]
-    yield _FileTree(lambda path: archive.read(root + path), paths)
+    yield FileTree(lambda path: archive.read(root + path), paths)
 
 
-def read_class_ids(tree: _FileTree) -> list[str]:
+def read_class_ids(tree: FileTree) -> list[str]:
   """Returns the 200 class ids (wnids), sorted: label i is the i-th.
 
   Args:
@@ -131,7 +132,7 @@ def read_class_ids(tree: _FileTree) -> list[str]:
 
 
 def list_split(
-    tree: _FileTree, split: str, wnids: Sequence[str]
+    tree: FileTree, split: str, wnids: Sequence[str]
 ) -> list[tuple[str, int]]:
   """Lists one split's image files with their labels, in dataset order.
 
@@ -213,7 +214,7 @@ class CureTinyImagenet(sources.OriginalFilesBuilder):
       '1.0.0': 'Raw uint8 RGB images decoded from the original JPEGs; labels'
                ' index the sorted wnids; test = the labelled validation set.',
   }
-  MANUAL_DOWNLOAD_INSTRUCTIONS = LOCAL_FILES_HELP
+  MANUAL_DOWNLOAD_INSTRUCTIONS = f'Put {LOCAL_FILES_HELP} in manual_dir.'
   REMOTE_FILES = REMOTE_FILES
 
   def _info(self) -> tfds.core.DatasetInfo:

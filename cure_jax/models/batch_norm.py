@@ -143,7 +143,7 @@ class BatchNorm(nn.Module):
     return normalize(x, mean, var, scale, bias, self.epsilon)
 
   def _record(self, mean, var, count, running_mean, running_var):
-    """Stores the batch moments and updates the running averages (if mutable)."""
+    """Stores the batch moments and updates the running stats, if mutable."""
     if self.is_mutable_collection(BATCH_MOMENTS):
       self.put_variable(BATCH_MOMENTS, 'mean', mean)
       self.put_variable(BATCH_MOMENTS, 'var', var)

@@ -1,4 +1,4 @@
-"""Convolutional classifiers for certified training: `ConvNet`, `CNN7`, `SmallCNN`.
+"""Convolutional classifiers for certified training: ConvNet, CNN7, SmallCNN.
 
 All of them are sequences of plain primitives that the bound transforms
 propagate: ``(x − mean) / std``, ``nn.Conv``/``nn.Dense``, our `BatchNorm`

@@ -24,13 +24,14 @@ adds the guarantees a long certified-training run needs to survive restarts:
 Typical use, with `cure_jax.train.preemption.PreemptionGuard`::
 
   with PreemptionGuard() as guard, Checkpointer(workdir / 'ckpt') as ckpt:
-    state = ckpt.restore_latest(state) or state
-    for step in range(int(state.step), num_steps):
+    restored = ckpt.restore_latest(state)  # None on a fresh run.
+    state = state if restored is None else restored
+    step = int(state.step)
+    while step < num_steps and not guard.should_stop(step):
       state = train_step(state, next(batches))
-      ckpt.save(step + 1, state, metadata={'config': config.to_dict()})
-      if guard.should_stop(step + 1):
-        break
-    ckpt.save(step + 1, state, force=True)  # No-op if just saved.
+      step += 1
+      ckpt.save(step, state, metadata={'config': config.to_dict()})
+    ckpt.save(step, state, force=True)  # Final or preemption save.
 """
 
 from collections.abc import Iterator, Mapping
@@ -43,6 +44,7 @@ from typing import Any
 from absl import logging
 import jax
 from jax import lax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
@@ -104,7 +106,12 @@ def _leaves_by_path(tree: Any) -> dict[str, Any]:
     An insertion-ordered dict (pytree flattening order) from path to leaf.
   """
   flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-  return {'/'.join(_key_name(k) for k in path): leaf for path, leaf in flat}
+  leaves = {'/'.join(_key_name(k) for k in path): leaf for path, leaf in flat}
+  if len(leaves) != len(flat):
+    raise ValueError(
+        'Two leaves of the pytree have the same path once joined with "/"; '
+        'rename the keys that contain "/".')
+  return leaves
 
 
 def _is_key_array(x: Any) -> bool:
@@ -158,9 +165,10 @@ def _fingerprint(x: jax.Array) -> jax.Array:
 
   All arithmetic is mod 2^32. A change of one word w_i by d != 0 changes the
   second checksum by (2i+1) d != 0 (an odd factor is invertible mod 2^32), so
-  any single corrupted element is always detected, and the position weights
-  also catch swapped elements. Only elementwise ops and full reductions are
-  used, so it runs on sharded arrays without resharding.
+  corruption confined to one 32-bit word (any single bit flip, any one element
+  of a <=32-bit dtype) is always detected; the position weights also catch
+  swapped elements. Only elementwise ops and full reductions are used, so it
+  runs on sharded arrays without resharding.
 
   Args:
     x: an array of any dtype, shape and sharding.
@@ -194,18 +202,48 @@ def _leaf_statistics(leaves: list[Any]) -> tuple[jax.Array, jax.Array]:
 
 
 def _to_host(x: jax.Array) -> np.ndarray:
-  """Fetches a (replicated) result, also when it spans several processes."""
-  if isinstance(x, jax.Array) and not x.is_fully_addressable:
-    return np.asarray(x.addressable_data(0))
+  """Fetches a result to NumPy, also when it spans several processes."""
+  if not x.is_fully_addressable:
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
   return np.asarray(x)
+
+
+def _host_statistics(x: np.ndarray) -> tuple[bool, list[int]]:
+  """`_is_finite` and `_fingerprint` of a NumPy leaf, computed on the host.
+
+  NumPy leaves (which may be 64-bit while JAX runs in 32-bit mode) never go
+  to the device. The words are those of `_as_uint32_words` in row-major
+  order, so both paths give the same fingerprint for the same bits.
+
+  Args:
+    x: a NumPy array.
+
+  Returns:
+    (whether all elements are finite, the two uint32 checksums).
+  """
+  finite = (not jnp.issubdtype(x.dtype, jnp.inexact)
+            or bool(np.isfinite(x).all()))
+  words = np.ascontiguousarray(x).reshape(-1)
+  if jnp.issubdtype(words.dtype, jnp.complexfloating):
+    words = np.stack([words.real, words.imag], axis=-1).reshape(-1)
+  if jnp.issubdtype(words.dtype, jnp.floating) or words.dtype.itemsize == 8:
+    words = words.view(f'u{min(words.dtype.itemsize, 4)}')
+  words = words.astype(np.uint32)
+  weights = 2 * np.arange(words.size, dtype=np.uint32) + np.uint32(1)
+  return finite, [int(words.sum(dtype=np.uint32)),
+                  int((words * weights).sum(dtype=np.uint32))]
 
 
 def _statistics(tree: Any) -> tuple[dict[str, bool], dict[str, list[int]]]:
   """Finiteness and fingerprint of every leaf of `tree`, keyed by path."""
   leaves = _leaves_by_path(tree)
-  finite, fingerprints = map(_to_host, _leaf_statistics(list(leaves.values())))
-  return (dict(zip(leaves, finite.tolist())),
-          dict(zip(leaves, fingerprints.tolist())))
+  on_device = [p for p, leaf in leaves.items() if isinstance(leaf, jax.Array)]
+  finite, fingerprints = map(
+      _to_host, _leaf_statistics([leaves[p] for p in on_device]))
+  stats = dict(zip(on_device, zip(finite.tolist(), fingerprints.tolist())))
+  stats.update({p: _host_statistics(leaf) for p, leaf in leaves.items()
+                if p not in stats})
+  return ({p: stats[p][0] for p in leaves}, {p: stats[p][1] for p in leaves})
 
 
 # ---------------------------------------------------------------------------
@@ -247,8 +285,8 @@ def _list_some(items: list[str]) -> str:
   return shown + (f' and {more} more' if more > 0 else '')
 
 
-def _check_compatible(path: Any, saved_tree: Any, target: Any) -> dict[str,
-                                                                       np.dtype]:
+def _check_compatible(path: Any, saved_tree: Any,
+                      target: Any) -> dict[str, np.dtype]:
   """Checks the checkpoint's leaves against the target's.
 
   Args:
@@ -269,7 +307,8 @@ def _check_compatible(path: Any, saved_tree: Any, target: Any) -> dict[str,
   problems = []
   missing = [p for p in wanted if p not in saved]
   if missing:
-    problems.append(f'leaves missing from the checkpoint: {_list_some(missing)}')
+    problems.append(
+        f'leaves missing from the checkpoint: {_list_some(missing)}')
   unexpected = [p for p in saved if p not in wanted]
   if unexpected:
     problems.append(
@@ -384,10 +423,12 @@ class Checkpointer:
     """The checkpoint directory (an `etils.epath.Path`)."""
     return self._manager.directory
 
+  @property
   def all_steps(self) -> tuple[int, ...]:
     """The steps of all complete checkpoints, ascending."""
     return tuple(sorted(self._manager.all_steps()))
 
+  @property
   def latest_step(self) -> int | None:
     """The newest complete checkpoint's step, or None if there is none."""
     return self._manager.latest_step()
@@ -420,12 +461,13 @@ class Checkpointer:
       TypeError: if `state` has non-array leaves or `metadata` is not JSON-able.
     """
     step = _as_step(step)
-    latest = self.latest_step()
+    latest = self.latest_step
     if latest is not None and step < latest:
       raise ValueError(
           f'Cannot save step {step}: the newest checkpoint in {self.directory} '
-          f'is step {latest}, so resuming would skip this save. Restore with '
-          '`restore_latest` before training, or use a fresh directory.')
+          f'is step {latest}, so this state belongs to another run (a resume '
+          'would ignore it). Resume with `restore_latest` before training, or '
+          'use a fresh directory.')
     if step == latest:
       logging.info('Checkpoint of step %d already exists; keeping it.', step)
       return False
@@ -454,7 +496,7 @@ class Checkpointer:
     """Restores the checkpoint of `step` into the structure of `target`.
 
     Args:
-      step: a step in `all_steps()`.
+      step: a step in `all_steps`.
       target: a pytree of `jax.Array`, `jax.ShapeDtypeStruct` (with a
         `sharding`, e.g. from `jax.eval_shape`) or NumPy arrays giving the
         structure, shapes, dtypes and shardings to restore into.
@@ -473,7 +515,7 @@ class Checkpointer:
     if step not in self._manager.all_steps():
       raise FileNotFoundError(
           f'No checkpoint of step {step} in {self.directory}; available '
-          f'steps: {list(self.all_steps())}.')
+          f'steps: {list(self.all_steps)}.')
     _check_array_leaves(target, 'target', allow_abstract=True)
     path = self.step_path(step)
     with _restore_errors(path):
@@ -506,7 +548,7 @@ class Checkpointer:
         incompatible; older ones are never used silently instead.
     """
     self.wait_until_finished()
-    step = self.latest_step()
+    step = self.latest_step
     if step is None:
       return None
     logging.info('Restoring checkpoint %s.', self.step_path(step))
@@ -516,7 +558,7 @@ class Checkpointer:
     """The metadata dict saved with `step` (default: the newest checkpoint).
 
     Args:
-      step: a step in `all_steps()`, or None for the latest.
+      step: a step in `all_steps`, or None for the latest.
 
     Returns:
       The dict given to `save` (as read back from JSON), or None if the
@@ -527,13 +569,13 @@ class Checkpointer:
       CheckpointRestoreError: if the metadata file is unreadable.
     """
     self.wait_until_finished()
-    step = self.latest_step() if step is None else _as_step(step)
+    step = self.latest_step if step is None else _as_step(step)
     if step is None:
       return None
     if step not in self._manager.all_steps():
       raise FileNotFoundError(
           f'No checkpoint of step {step} in {self.directory}; available '
-          f'steps: {list(self.all_steps())}.')
+          f'steps: {list(self.all_steps)}.')
     with _restore_errors(self.step_path(step)):
       restored = self._manager.restore(step, args=ocp.args.Composite(
           **{_METADATA: ocp.args.JsonRestore()}))

@@ -6,12 +6,11 @@ SIGUSR1 via e.g. SLURM's ``--signal``) some time before killing the job.
 training loop checkpoints at the next step boundary and exits cleanly::
 
   with PreemptionGuard() as guard:
-    for step in range(start, num_steps):
+    while step < num_steps and not guard.should_stop(step):
       state = train_step(state, next(batches))
-      ckpt.save(step + 1, state)
-      if guard.should_stop(step + 1):
-        ckpt.save(step + 1, state, force=True)
-        break
+      step += 1
+      ckpt.save(step, state)  # Periodic.
+    ckpt.save(step, state, force=True)  # Final or preemption save.
 
 Multi-host agreement. Every process must stop at the *same* step, or the
 collectives of the next step deadlock. Two mechanisms provide it:
@@ -82,7 +81,8 @@ class PreemptionGuard:
         `(signal.SIGTERM, signal.SIGINT)` to also stop cleanly on Ctrl-C.
       sync_every_steps: in multi-process runs, how often (in steps) the
         processes all-gather their local flags; a stop is then decided at the
-        first multiple of it after the signal. Irrelevant on one process.
+        first multiple of it at or after the signal. Irrelevant on one
+        process.
     """
     self._signals = tuple(_as_signal(s) for s in signals)
     if not self._signals:

@@ -36,9 +36,9 @@ def smoothed_eps_schedule(final_eps: float, start_step: int, end_step: int,
   the switch point m = a + ⌊(b − a) · mid_fraction⌋ (auto_LiRPA's ``int()``),
   P = m − a and L = b − m::
 
-    ε(s) = 0                              s ≤ a
-         = α (s − a)^d                    a < s < m
-         = min(ε_m + (F − ε_m)(s − m)/L, F)   s ≥ m
+    ε(s) = 0                                   s ≤ a
+         = α (s − a)^d                         a < s < m
+         = min(ε_m + (F − ε_m)(s − m)/L, F)    s ≥ m
 
   with ε_m = α P^d. Matching the slopes at m, α d P^(d−1) = (F − α P^d)/L,
   gives α = F / (P^(d−1) (d L + P)), so ε is continuous with a continuous
@@ -78,7 +78,8 @@ def smoothed_eps_schedule(final_eps: float, start_step: int, end_step: int,
 
   ramp = end_step - start_step
   if not ramp:
-    return lambda step: jnp.where(jnp.asarray(step) >= end_step, final_eps, 0.0)
+    return lambda step: jnp.where(jnp.asarray(step) >= end_step, final_eps,
+                                  0.0)
   mid_step = start_step + int(math.floor(ramp * mid_fraction))
   poly_len, linear_len = mid_step - start_step, end_step - mid_step
   # ε_m = α P^d with α = F / (P^(d−1) (d L + P)), i.e. ε_m = F P / (d L + P).
@@ -123,7 +124,7 @@ def kappa_schedule(natural_steps: int) -> optax.Schedule:
 
 def multistep_lr_schedule(base_lr: float, milestones_steps: Sequence[int],
                           decay: float = 0.2) -> optax.Schedule:
-  """Learning rate multiplied by ``decay`` at each milestone (PyTorch MultiStepLR).
+  """Learning rate times ``decay`` at each milestone, as PyTorch MultiStepLR.
 
   ``lr(step) = base_lr · decay^k`` with k the number of milestones ≤ step.
 

@@ -1,0 +1,1 @@
+"""Benchmarks: ratios of costs measured in one run (never timed tests)."""

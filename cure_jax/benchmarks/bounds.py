@@ -1,0 +1,72 @@
+r"""Cost of each bound transform relative to a plain forward pass.
+
+  python -m cure_jax.benchmarks.bounds [--model=cnn7] [--batch=128]
+
+Measures, on one random MNIST-shaped batch in one run: the forward pass
+(eval mode), IBP of the logits, IBP with the margin specification,
+CROWN-IBP with the margin specification, and α-CROWN (20 steps, CROWN-IBP
+intermediate bounds by default, on a smaller batch) per example.
+"""
+
+import argparse
+import json
+
+import jax
+import jax.numpy as jnp
+
+from cure_jax.benchmarks.timing import median_seconds
+from cure_jax.bounds import LinfBall, alpha_crown, crown_ibp, ibp, margin_spec
+from cure_jax.models import get_model, ibp_init
+
+
+def run(model_name: str = "cnn7", batch: int = 128, alpha_batch: int = 8,
+        alpha_steps: int = 20, eps: float = 0.1, repeats: int = 10):
+  """Returns a dict of seconds and ratios to the forward pass."""
+  model = get_model(model_name, num_classes=10)
+  key_x, key_y, key_init, key_ibp = jax.random.split(jax.random.key(0), 4)
+  x = jax.random.uniform(key_x, (batch, 28, 28, 1))
+  y = jax.random.randint(key_y, (batch,), 0, 10)
+  variables = model.init(key_init, x[:2], train=False)
+  variables = dict(variables, params=ibp_init(variables["params"], key_ibp))
+  spec = margin_spec(y, 10)
+  ball = lambda x: LinfBall(x, eps, domain=(0.0, 1.0))
+
+  forward = jax.jit(lambda v, x: model.apply(v, x, train=False))
+  ibp_logits = jax.jit(lambda v, x: ibp(model.apply)(v, ball(x), train=False))
+  ibp_spec = jax.jit(lambda v, x, c: ibp(model.apply)(v, ball(x), train=False,
+                                                      spec=c))
+  crown_ibp_spec = jax.jit(lambda v, x, c: crown_ibp(model.apply)(
+      v, ball(x), train=False, spec=c))
+  alpha = jax.jit(lambda v, x, c: alpha_crown(
+      model.apply, steps=alpha_steps, intermediate="ibp")(
+          v, ball(x), train=False, spec=c))
+
+  t_forward = median_seconds(forward, variables, x, repeats=repeats)
+  results = {
+      "model": model_name, "batch": batch, "backend": jax.default_backend(),
+      "forward_s": t_forward,
+      "ibp_s": median_seconds(ibp_logits, variables, x, repeats=repeats),
+      "ibp_spec_s": median_seconds(ibp_spec, variables, x, spec, repeats=repeats),
+      "crown_ibp_spec_s": median_seconds(crown_ibp_spec, variables, x, spec,
+                                         repeats=repeats),
+  }
+  t_alpha = median_seconds(alpha, variables, x[:alpha_batch], spec[:alpha_batch],
+                           repeats=max(2, repeats // 5), warmup=1)
+  results["alpha_crown_s_per_example"] = t_alpha / alpha_batch
+  results["alpha_crown_steps"] = alpha_steps
+  for name in ("ibp", "ibp_spec", "crown_ibp_spec"):
+    results[f"{name}_over_forward"] = results[f"{name}_s"] / t_forward
+  return results
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__)
+  parser.add_argument("--model", default="cnn7")
+  parser.add_argument("--batch", type=int, default=128)
+  parser.add_argument("--repeats", type=int, default=10)
+  args = parser.parse_args()
+  print(json.dumps(run(args.model, args.batch, repeats=args.repeats), indent=2))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,178 @@
+"""`evaluate`: certify and attack a test set, batch by batch, with timings.
+
+For every batch and every threat model (norm, ε) the bound cascade
+(`cascade.certify_batch`) certifies the points and PGD (`empirical`) attacks
+them; the per-point outcomes become records and a summary (`report`). The
+last batch is padded to the batch size and masked, so every stage compiles
+for a bounded set of shapes (the gathered sizes of `cascade.gather_size`),
+and each stage's run time, excluding compilation, is accumulated per norm so
+that the report can give the seconds per test point of every stage.
+"""
+
+import time
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cure_jax.certify import cascade
+from cure_jax.certify import empirical
+from cure_jax.certify import report
+from cure_jax.certify import timing
+from cure_jax.parallel.batching import pad_batch
+from cure_jax.parallel.precision import cast_floating
+
+PyTree = Any
+
+
+def _check_arguments(images, labels, radii, batch_size, pgd, pgd_norms):
+  """Raises a ValueError saying what to fix for malformed arguments."""
+  if not radii:
+    raise ValueError("radii must map at least one norm to its radius, e.g. "
+                     "{'linf': 0.1, 'l2': 0.5}.")
+  report.ordered_norms(radii)
+  for norm, eps in radii.items():
+    if not np.ndim(eps) == 0 or not float(eps) >= 0:
+      raise ValueError(f"radius for {norm} must be a scalar >= 0, got {eps!r}.")
+  if not isinstance(batch_size, int) or batch_size < 1:
+    raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}.")
+  if len(images) == 0 or len(images) != len(labels):
+    raise ValueError(f"need as many labels as images, at least one; got "
+                     f"{len(images)} images and {len(labels)} labels.")
+  if pgd is not None:
+    empirical.check_pgd_settings(pgd)
+  extra = sorted(set(pgd_norms) - set(radii))
+  if extra:
+    raise ValueError(f"pgd_norms {extra} have no radius in radii "
+                     f"{sorted(radii)}.")
+
+
+def _add_time(totals: Dict[str, float], points: int, rows: int,
+              compile_seconds: float, run_seconds: float) -> None:
+  """Accumulates one measurement into a timing entry (see `report`)."""
+  totals["points"] += points
+  totals["rows"] += rows
+  totals["compile_seconds"] += compile_seconds
+  totals["seconds"] += run_seconds
+
+
+def _new_time() -> Dict[str, float]:
+  return dict(points=0, rows=0, compile_seconds=0.0, seconds=0.0)
+
+
+def _stage_names(method_index: np.ndarray, methods: Sequence[str]) -> np.ndarray:
+  names = np.asarray(list(methods) + [report.STAGE_NONE])
+  return names[np.where(method_index >= 0, method_index, len(methods))]
+
+
+def _progress(done: int, total: int, correct, certified, robust,
+              elapsed: float) -> str:
+  """One log line with the running accuracies."""
+  parts = [f"[{done}/{total}] clean {np.mean(np.concatenate(correct)):.2%}"]
+  for norm in report.ordered_norms(certified):
+    part = (f"{report.NORM_SYMBOLS[norm]} certified "
+            f"{np.mean(np.concatenate(certified[norm])):.2%}")
+    if norm in robust:
+      part += f" PGD {np.mean(np.concatenate(robust[norm])):.2%}"
+    parts.append(part)
+  return " | ".join(parts) + f" ({elapsed:.1f}s)"
+
+
+def evaluate(
+    apply_fn: Callable[..., jax.Array], variables: PyTree, images, labels, *,
+    radii: Mapping[str, float], num_classes: int, batch_size: int = 500,
+    methods: Sequence[str] = cascade.DEFAULT_METHODS, alpha_steps: int = 20,
+    pgd: Optional[empirical.PGDSettings] = empirical.PGDSettings(),
+    pgd_norms: Optional[Sequence[str]] = None,
+    key: Optional[jax.Array] = None, gather: bool = True,
+    log: Optional[Callable[[str], Any]] = print,
+) -> Tuple[report.Records, Dict[str, Any]]:
+  """Certifies and attacks ``images`` for every radius; records and summary.
+
+  Args:
+    apply_fn: ``apply_fn(variables, x, train=False) -> logits [B, K]``; pass
+      a stable object such as ``model.apply`` (jit caches key on it).
+    variables: the model's variables (cast to float32).
+    images: [N, ...] test inputs in [0, 1] (numpy or jax).
+    labels: [N] integer labels.
+    radii: norm -> ε, e.g. ``{'linf': 0.1, 'l2': 0.5, 'l1': 1.0}``.
+    num_classes: K.
+    batch_size: points per batch (the last one is padded and masked).
+    methods: the cascade's bound methods, cheapest first.
+    alpha_steps: optimization steps of α-CROWN.
+    pgd: the attack (`empirical.PGDSettings`), or None for no attack.
+    pgd_norms: norms to attack (default: every norm in ``radii``).
+    key: PRNG key of the attack's random starts (default PRNGKey(0)).
+    gather: run later cascade stages on the gathered pending points only.
+    log: called with progress lines and the final table (None: silent).
+
+  Returns:
+    ``(records, summary)`` as `report.build_records` and `report.summarize`
+    make them, ready for `report.write_report`.
+
+  Raises:
+    ValueError: for malformed arguments.
+  """
+  pgd_norms = report.ordered_norms(
+      (radii if pgd_norms is None else pgd_norms) if pgd is not None else ())
+  _check_arguments(images, labels, radii, batch_size, pgd, pgd_norms)
+  norms = report.ordered_norms(radii)
+  methods = tuple(methods)
+  log = log or (lambda line: None)
+  key = jax.random.PRNGKey(0) if key is None else key
+  variables = cast_floating(variables, jnp.float32)
+  num = len(labels)
+  batch = min(batch_size, num)
+  predictions, correct = [], []
+  certified = {n: [] for n in norms}
+  stages = {n: [] for n in norms}
+  robust = {n: [] for n in pgd_norms}
+  times = {"certify": {n: {m: _new_time() for m in methods} for n in norms},
+           "pgd": {n: _new_time() for n in pgd_norms}}
+  start_time = time.perf_counter()
+  for batch_index, start in enumerate(range(0, num, batch)):
+    (x, y), valid = pad_batch(
+        (np.asarray(images[start:start + batch], np.float32),
+         np.asarray(labels[start:start + batch], np.int32)), batch)
+    prediction = np.asarray(cascade.predict(apply_fn, variables, x,
+                                            num_classes))[valid]
+    predictions.append(prediction)
+    correct.append(prediction == y[valid])
+    for norm in norms:
+      result, stage_reports = cascade.certify_batch(
+          apply_fn, variables, x, y, norm=norm, eps=radii[norm],
+          num_classes=num_classes, methods=methods, alpha_steps=alpha_steps,
+          valid=valid, gather=gather, return_stage_reports=True)
+      certified[norm].append(np.asarray(result.certified)[valid])
+      stages[norm].append(_stage_names(
+          np.asarray(result.method_index)[valid], methods))
+      for stage in stage_reports:
+        _add_time(times["certify"][norm][stage.method], stage.points,
+                  stage.rows, stage.compile_seconds, stage.run_seconds)
+    batch_key = jax.random.fold_in(key, batch_index)
+    for norm_index, norm in enumerate(pgd_norms):
+      timed = timing.compile_and_run(
+          empirical.pgd_robust_jit, (apply_fn, norm, pgd),
+          (variables, x, y, jnp.float32(radii[norm]),
+           jax.random.fold_in(batch_key, norm_index)))
+      robust[norm].append(np.asarray(timed.value)[valid])
+      _add_time(times["pgd"][norm], int(valid.sum()), batch,
+                timed.compile_seconds, timed.run_seconds)
+    log(_progress(min(start + batch, num), num, correct, certified, robust,
+                  time.perf_counter() - start_time))
+
+  records = report.build_records(
+      labels=np.asarray(labels), predictions=np.concatenate(predictions),
+      certified={n: np.concatenate(v) for n, v in certified.items()},
+      stages={n: np.concatenate(v) for n, v in stages.items()},
+      pgd_robust={n: np.concatenate(v) for n, v in robust.items()})
+  settings = dict(num_classes=num_classes, batch_size=batch,
+                  alpha_steps=alpha_steps, gather=gather,
+                  pgd=None if pgd is None else pgd._asdict(),
+                  pgd_norms=list(pgd_norms),
+                  wall_seconds=time.perf_counter() - start_time)
+  summary = report.summarize(records, radii=radii, methods=methods,
+                             timing=times, settings=settings)
+  log(report.format_table(summary))
+  return records, summary

@@ -1,0 +1,226 @@
+"""Tests for cure_jax/certify/cascade.py."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cure_jax import attacks
+from cure_jax.certify import cascade
+from cure_jax.models import ConvNet
+from cure_jax.models import MLP
+
+NUM_CLASSES = 3
+BATCH = 16
+ALPHA_STEPS = 10
+MISCLASSIFIED = np.arange(3)  # Points whose label the fixtures flip.
+# Two radii per batch: IBP certifies some points at the small one, CROWN and
+# α-CROWN others at the large one (checked in test_every_stage_certifies).
+LINF_EPS = np.where(np.arange(BATCH) % 2, 0.04, 0.01).astype(np.float32)
+MLP_MODEL = MLP(num_classes=NUM_CLASSES, hidden_widths=(16, 16))
+CNN_MODEL = ConvNet(num_classes=NUM_CLASSES, conv_widths=(4,),
+                    conv_strides=(2,), dense_widths=(16,), batch_norm=True)
+CNN_EPS = {"l2": 0.1, "l1": 0.3}
+
+
+def _problem(model, seed=0):
+  """Random weights, 8×8 images; labels = predictions but 3 flipped."""
+  x = jax.random.uniform(jax.random.PRNGKey(seed + 1), (BATCH, 8, 8, 1))
+  variables = model.init(jax.random.PRNGKey(seed), x, train=False)
+  if "batch_stats" in variables:  # Non-trivial running statistics.
+    stats = jax.tree.map(lambda s: s + 0.1, variables["batch_stats"])
+    variables = dict(variables, batch_stats=stats)
+  labels = np.array(jnp.argmax(model.apply(variables, x, train=False), -1))
+  labels[MISCLASSIFIED] = (labels[MISCLASSIFIED] + 1) % NUM_CLASSES
+  return variables, x, labels
+
+
+def _min_margin(model, variables, x, labels):
+  """min_{j≠y} z_y − z_j at the points x."""
+  logits = model.apply(variables, x, train=False)
+  return -attacks.margin(logits, jnp.asarray(labels))
+
+
+@pytest.fixture(scope="module")
+def mlp():
+  variables, x, labels = _problem(MLP_MODEL)
+  result, reports = cascade.certify_batch(
+      MLP_MODEL.apply, variables, x, labels, norm="linf", eps=LINF_EPS,
+      num_classes=NUM_CLASSES, alpha_steps=ALPHA_STEPS,
+      return_stage_reports=True)
+  return variables, x, labels, result, reports
+
+
+@pytest.fixture(scope="module")
+def cnn():
+  variables, x, labels = _problem(CNN_MODEL)
+  results = {norm: cascade.certify_batch(
+      CNN_MODEL.apply, variables, x, labels, norm=norm, eps=eps,
+      num_classes=NUM_CLASSES, methods=("ibp", "crown"))
+             for norm, eps in CNN_EPS.items()}
+  return variables, x, labels, results
+
+
+def _assert_sound(model, variables, x, labels, result, norm, eps, key):
+  """No attack breaks a certified point, nor beats any margin lower bound."""
+  eps = jnp.broadcast_to(jnp.asarray(eps, jnp.float32), (BATCH,))
+  logits_fn = lambda z: model.apply(variables, z, train=False)
+  x_adv = attacks.pgd(logits_fn, x, jnp.asarray(labels), norm=norm, eps=eps,
+                      steps=40, step_size=2.5 * eps / 40, key=key,
+                      restarts=10, loss="margin")
+  # Random vertices of the l∞ box (a ReLU net's extremes are often there).
+  signs = jax.random.rademacher(key, (32,) + x.shape, jnp.float32)
+  corners = jnp.clip(x + eps[:, None, None, None] * signs, 0.0, 1.0)
+  tried = [x_adv] + ([c for c in corners] if norm == "linf" else [])
+  attacked = jnp.min(jnp.stack(
+      [_min_margin(model, variables, z, labels) for z in tried]), axis=0)
+  certified = np.asarray(result.certified)
+  assert np.all(np.asarray(attacked)[certified] > 0)
+  np.testing.assert_array_less(np.asarray(result.margins_lower),
+                               np.asarray(attacked) + 1e-5)
+
+
+def test_certified_points_survive_strong_pgd_linf(mlp):
+  variables, x, labels, result, _ = mlp
+  _assert_sound(MLP_MODEL, variables, x, labels, result, "linf", LINF_EPS,
+                jax.random.PRNGKey(7))
+
+
+@pytest.mark.parametrize("norm", sorted(CNN_EPS))
+def test_certified_points_survive_strong_pgd_l2_l1_batchnorm_cnn(cnn, norm):
+  variables, x, labels, results = cnn
+  assert np.any(results[norm].certified)
+  _assert_sound(CNN_MODEL, variables, x, labels, results[norm], norm,
+                CNN_EPS[norm], jax.random.PRNGKey(8))
+
+
+def test_every_stage_certifies_some_point_and_some_remain(mlp):
+  _, _, _, result, reports = mlp
+  index = np.asarray(result.method_index)
+  for stage in range(3):
+    assert np.any(index == stage), reports
+  assert np.any(index[3:] == cascade.NOT_CERTIFIED)  # A correct point fails.
+
+
+def test_misclassified_points_are_never_certified(mlp, cnn):
+  results = [mlp[3]] + list(cnn[3].values())
+  for result in results:
+    np.testing.assert_array_equal(
+        np.asarray(result.certified)[MISCLASSIFIED], False)
+    np.testing.assert_array_equal(
+        np.asarray(result.method_index)[MISCLASSIFIED],
+        cascade.NOT_CERTIFIED)
+    assert np.all(np.isneginf(np.asarray(result.margins_lower)[MISCLASSIFIED]))
+
+
+@pytest.mark.parametrize("model,norm", [(MLP_MODEL, "linf"),
+                                        (CNN_MODEL, "l2"), (CNN_MODEL, "l1")])
+def test_eps_zero_certifies_exactly_the_correct_points(model, norm):
+  variables, x, labels = _problem(model)
+  result = cascade.certify_batch(model.apply, variables, x, labels, norm=norm,
+                                 eps=0.0, num_classes=NUM_CLASSES,
+                                 methods=("ibp",))
+  clean = np.asarray(_min_margin(model, variables, x, labels))
+  correct = np.ones(BATCH, bool)
+  correct[MISCLASSIFIED] = False
+  np.testing.assert_array_equal(result.certified, correct)
+  np.testing.assert_array_equal(result.method_index, np.where(correct, 0, -1))
+  # At ε = 0 the bound is the clean margin itself.
+  np.testing.assert_allclose(np.asarray(result.margins_lower)[correct],
+                             clean[correct], atol=1e-5)
+
+
+def test_adding_stages_never_uncertifies(mlp):
+  variables, x, labels, full, _ = mlp
+  previous = None
+  for length in (1, 2):
+    methods = cascade.DEFAULT_METHODS[:length]
+    prefix = cascade.certify_batch(
+        MLP_MODEL.apply, variables, x, labels, norm="linf", eps=LINF_EPS,
+        num_classes=NUM_CLASSES, methods=methods, alpha_steps=ALPHA_STEPS)
+    certified = np.asarray(prefix.certified)
+    if previous is not None:
+      assert np.all(certified[previous])
+    # Earlier stages decide identically whatever follows them.
+    np.testing.assert_array_equal(
+        np.asarray(full.method_index)[certified],
+        np.asarray(prefix.method_index)[certified])
+    previous = certified
+  assert np.all(np.asarray(full.certified)[previous])
+  assert np.sum(full.certified) > np.sum(previous)
+
+
+def test_traced_full_batch_cascade_matches_gathered(mlp):
+  variables, x, labels, gathered, _ = mlp
+  traced = jax.jit(lambda v, images, y, eps: cascade.certify_batch(
+      MLP_MODEL.apply, v, images, y, norm="linf", eps=eps,
+      num_classes=NUM_CLASSES, alpha_steps=ALPHA_STEPS, gather=False))(
+          variables, x, labels, LINF_EPS)
+  np.testing.assert_array_equal(traced.certified, gathered.certified)
+  np.testing.assert_array_equal(traced.method_index, gathered.method_index)
+  np.testing.assert_allclose(traced.margins_lower, gathered.margins_lower,
+                             atol=1e-5)
+
+
+def test_stage_reports_account_for_every_point(mlp):
+  _, _, _, result, reports = mlp
+  assert [r.method for r in reports] == list(cascade.DEFAULT_METHODS)
+  assert reports[0].points == BATCH - len(MISCLASSIFIED)
+  for before, after in zip(reports, reports[1:]):
+    assert after.points == before.points - before.certified
+  assert sum(r.certified for r in reports) == int(np.sum(result.certified))
+  for report in reports:
+    assert report.rows == cascade.gather_size(report.points, BATCH)
+    assert report.run_seconds >= 0 and report.compile_seconds >= 0
+
+
+def test_invalid_rows_are_skipped(mlp):
+  variables, x, labels, full, _ = mlp
+  valid = np.arange(BATCH) < 10
+  result, reports = cascade.certify_batch(
+      MLP_MODEL.apply, variables, x, labels, norm="linf", eps=LINF_EPS,
+      num_classes=NUM_CLASSES, methods=("ibp", "crown"), valid=valid,
+      return_stage_reports=True)
+  assert not np.any(np.asarray(result.certified)[~valid])
+  assert np.all(np.isneginf(np.asarray(result.margins_lower)[~valid]))
+  assert reports[0].points == 10 - len(MISCLASSIFIED)
+  twostage = np.asarray(full.method_index)[valid] <= 1
+  np.testing.assert_array_equal(np.asarray(result.certified)[valid],
+                                np.asarray(full.certified)[valid] & twostage)
+
+
+@pytest.mark.parametrize("pending,batch,expected", [
+    (16, 16, 16), (9, 16, 16), (8, 16, 8), (3, 16, 4), (1, 16, 1),
+    (300, 500, 500), (40, 500, 63), (5, 500, 32), (2, 3, 2), (1, 3, 1)])
+def test_gather_size_by_hand(pending, batch, expected):
+  assert cascade.gather_size(pending, batch) == expected
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(norm="l3"), "Unknown norm"),
+    (dict(methods=("ibp", "beta_crown")), "Unknown bound method"),
+    (dict(methods="ibp"), "non-empty sequence"),
+    (dict(eps=-0.1), "eps must be >= 0"),
+    (dict(eps=np.zeros(3)), "eps must be a scalar or have shape"),
+    (dict(labels=np.full(BATCH, 3)), r"labels must lie in \[0, 3\)"),
+    (dict(labels=np.zeros(BATCH, np.float32)), "labels must be integers"),
+    (dict(images=np.full((BATCH, 8, 8, 1), 255.0)), "must lie in \\[0, 1\\]"),
+    (dict(num_classes=4), "Is num_classes right"),
+    (dict(alpha_steps=-1), "alpha_steps"),
+    (dict(valid=np.ones(3, bool)), "valid must be"),
+])
+def test_bad_arguments_explain_the_fix(change, message):
+  variables, x, labels = _problem(MLP_MODEL)
+  kwargs = dict(images=x, labels=labels, norm="linf", eps=0.01,
+                num_classes=NUM_CLASSES, methods=("ibp",))
+  kwargs.update(change)
+  with pytest.raises(ValueError, match=message):
+    cascade.certify_batch(MLP_MODEL.apply, variables, **kwargs)
+
+
+def test_gathering_under_jit_is_refused():
+  variables, x, labels = _problem(MLP_MODEL)
+  with pytest.raises(ValueError, match="gather=False"):
+    jax.jit(lambda images: cascade.certify_batch(
+        MLP_MODEL.apply, variables, images, labels, norm="linf", eps=0.01,
+        num_classes=NUM_CLASSES, methods=("ibp",)))(x)
