@@ -32,7 +32,7 @@ def get_config(arg=None):
   """Returns the locked config for ``arg`` (see module docstring)."""
   arg = settings.parse_arg(arg, setting="small", method="sabr", cpu=False)
   settings.check_method(arg.method)
-  row = SETTINGS[arg.setting]
+  row = settings.setting_row(SETTINGS, arg.setting)
   c = settings.base_config()
   c.method = arg.method
   c.dataset.name = "mnist"

@@ -45,6 +45,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.dataset = ml_collections.ConfigDict(dict(
       name="mnist",
       data_dir="",           # local dir with the original files ("" = env/online)
+      tfds_data_dir="",      # prepared datasets ("" = $TFDS_DATA_DIR, else
+                             # ~/tensorflow_datasets)
+      download=True,         # may fetch the original files when none is local
       train_examples=0,      # 0 = the whole training split
   ))  # augmentation and test-time crop: the dataset's reference ones
   c.model = ml_collections.ConfigDict(dict(name="cnn7", num_classes=10))
@@ -138,7 +141,28 @@ def apply_overrides(config: ml_collections.ConfigDict,
     node[leaf] = value
 
 
+def setting_row(rows: Dict[str, Dict[str, Any]], setting: str
+                ) -> Dict[str, Any]:
+  """The row of ``setting`` in a config file's table of settings (spec §6).
+
+  Args:
+    rows: setting name -> that setting's values.
+    setting: the ``setting=...`` argument of the config.
+
+  Returns:
+    ``rows[setting]``.
+
+  Raises:
+    ValueError: an unknown setting; the message lists the valid ones.
+  """
+  if setting not in rows:
+    raise ValueError(f"unknown setting {setting!r}; valid settings are "
+                     f"{sorted(rows)}.")
+  return rows[setting]
+
+
 def check_method(method: str) -> None:
+  """Raises ValueError, listing the valid methods, for an unknown ``method``."""
   if method not in METHOD_PRESETS:
     raise ValueError(f"unknown method {method!r}; valid methods are "
                      f"{sorted(METHOD_PRESETS)}.")

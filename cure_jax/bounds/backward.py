@@ -97,36 +97,44 @@ def lower_bound(graph: Graph, env: Env, sets: Dict[int, Any],
   return bias
 
 
-def identity_coefficients(shape: Sequence[int], dtype) -> jax.Array:
+def identity_coefficients(shape: Sequence[int], dtype,
+                          both: bool = True) -> jax.Array:
   """A = [I; -I] over a value's per-example elements: [2n, B, *shape[1:]].
 
-  The first n rows bound each element from below, the last n from above
-  (as lower bounds of its negation).
+  The first n rows bound each element from below, the last n from above (as
+  lower bounds of its negation); with ``both=False`` only A = I.
   """
   n = math.prod(shape[1:])
   eye = jnp.eye(n, dtype=dtype).reshape((n, 1) + tuple(shape[1:]))
   eye = jnp.broadcast_to(eye, (n,) + tuple(shape))
-  return jnp.concatenate([eye, -eye], axis=0)
+  return jnp.concatenate([eye, -eye], axis=0) if both else eye
 
 
-def interval_from_identity(lower: jax.Array, shape: Sequence[int]) -> Interval:
-  """Splits the [2n, B] result of `identity_coefficients` into an Interval."""
+def _split_rows(lower: jax.Array, both: bool):
+  """(lower rows, upper rows) of a [2n, B] or [n, B] backward result."""
+  if not both:
+    return lower, jnp.full_like(lower, jnp.inf)
   n = lower.shape[0] // 2
-  lo = lower[:n].T.reshape(shape)
-  hi = -lower[n:].T.reshape(shape)
-  return Interval(lo, hi)
+  return lower[:n], -lower[n:]
 
 
-def spec_coefficients(spec: jax.Array) -> jax.Array:
-  """A = [C; -C] for a specification C [B, S, K]: [2S, B, K]."""
+def interval_from_identity(lower: jax.Array, shape: Sequence[int],
+                           both: bool = True) -> Interval:
+  """The `Interval` of a value from the result of `identity_coefficients`."""
+  lo, hi = _split_rows(lower, both)
+  return Interval(lo.T.reshape(shape), hi.T.reshape(shape))
+
+
+def spec_coefficients(spec: jax.Array, both: bool = True) -> jax.Array:
+  """A = [C; -C] for a specification C [B, S, K]: [2S, B, K] (or just C)."""
   c = jnp.swapaxes(spec, 0, 1)
-  return jnp.concatenate([c, -c], axis=0)
+  return jnp.concatenate([c, -c], axis=0) if both else c
 
 
-def interval_from_spec(lower: jax.Array) -> Interval:
-  """Splits the [2S, B] result of `spec_coefficients` into [B, S] bounds."""
-  s = lower.shape[0] // 2
-  return Interval(lower[:s].T, -lower[s:].T)
+def interval_from_spec(lower: jax.Array, both: bool = True) -> Interval:
+  """[B, S] bounds from the result of `spec_coefficients`."""
+  lo, hi = _split_rows(lower, both)
+  return Interval(lo.T, hi.T)
 
 
 def is_pending(value) -> bool:

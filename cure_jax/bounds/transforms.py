@@ -85,20 +85,31 @@ def _stop_at_nonaffine(eqn: Eqn) -> bool:
   return eqn.name not in linear_rules.AFFINE_PRIMITIVES
 
 
-def _start(graph: Graph, env: Env, spec, what: str):
-  """Initial coefficients: [C; -C] with a spec, else [I; -I] over the output."""
+def _start(graph: Graph, env: Env, spec, what: str, both: bool = True):
+  """Initial coefficients and how to read the result back.
+
+  [C; -C] with a spec, else [I; -I] over the output's elements; only the
+  first half when ``both`` is False (lower bounds only).
+
+  Returns:
+    (output id, coefficients, finish: lower rows -> Interval).
+  """
   out = _single_output(graph, env, what)
   shape = as_interval(env[out]).shape
   if spec is None:
-    return out, backward.identity_coefficients(shape, jnp.float32), shape
+    coeffs = backward.identity_coefficients(shape, jnp.float32, both)
+    return out, coeffs, lambda lower: backward.interval_from_identity(
+        lower, shape, both)
   spec = _check_spec(spec, shape)
-  return out, backward.spec_coefficients(spec.astype(jnp.float32)), None
+  coeffs = backward.spec_coefficients(spec.astype(jnp.float32), both)
+  return out, coeffs, lambda lower: backward.interval_from_spec(lower, both)
 
 
-def _finish(lower, shape):
-  if shape is None:
-    return backward.interval_from_spec(lower)
-  return backward.interval_from_identity(lower, shape)
+def _check_bound(bound: str) -> bool:
+  """``both`` for bound="both", False for "lower" (upper bounds left +inf)."""
+  if bound not in ("both", "lower"):
+    raise ValueError(f"bound must be 'both' or 'lower', got {bound!r}.")
+  return bound == "both"
 
 
 def ibp(fn: Callable, return_preactivations: bool = False) -> Callable:
@@ -126,52 +137,51 @@ def ibp(fn: Callable, return_preactivations: bool = False) -> Callable:
     if spec is None:
       result = _output_intervals(graph, env)
     else:
-      out, start, _ = _start(graph, env, spec, "ibp with a spec")
-      lower = backward.lower_bound(graph, env, _sets_by_id(graph, leaves),
-                                   {out: start}, linear_rules.RULES,
-                                   stop=_stop_at_nonaffine)
-      result = backward.interval_from_spec(lower)
+      out, start, finish = _start(graph, env, spec, "ibp with a spec")
+      result = finish(backward.lower_bound(
+          graph, env, _sets_by_id(graph, leaves), {out: start},
+          linear_rules.RULES, stop=_stop_at_nonaffine))
     if return_preactivations:
       return result, list(_unstable_relus(graph, env).values())
     return result
   return bounded
 
 
-def _linear_bound(graph, env, leaves, spec, what, alphas=None):
-  out, start, shape = _start(graph, env, spec, what)
-  lower = backward.lower_bound(graph, env, _sets_by_id(graph, leaves),
-                               {out: start}, linear_rules.RULES, alphas)
-  return lower, shape
-
-
-def _crown_ibp_lower(graph, env, leaves, spec):
-  """max(CROWN-IBP, IBP) lower bounds on an IBP environment.
+def _crown_ibp_lower(graph, env, leaves, spec, both):
+  """max(CROWN-IBP, IBP) lower bounds on an IBP environment, and ``finish``.
 
   A single CROWN pass can be looser than IBP (Zhang et al., 2020, observe
   this early in training); both are sound, so the elementwise larger one is.
   """
-  out, start, shape = _start(graph, env, spec, "crown_ibp")
+  out, start, finish = _start(graph, env, spec, "crown_ibp", both)
   sets = _sets_by_id(graph, leaves)
   linear = backward.lower_bound(graph, env, sets, {out: start},
                                 linear_rules.RULES)
   interval = backward.lower_bound(graph, env, sets, {out: start},
                                   linear_rules.RULES, stop=_stop_at_nonaffine)
-  return jnp.maximum(linear, interval), shape
+  return jnp.maximum(linear, interval), finish
 
 
-def crown_ibp(fn: Callable) -> Callable:
+def crown_ibp(fn: Callable, bound: str = "both") -> Callable:
   """CROWN-IBP (Zhang et al., ICLR 2020): IBP intermediates, CROWN output.
+
+  Args:
+    fn: the function to bound.
+    bound: "both", or "lower" to skip the upper bounds (returned as +inf):
+      half the cost, and all that margins need for training or certifying.
 
   Returns:
     ``bounded(*args, spec=None, **kwargs)``; without a spec the output must
     be a single array and every element is bounded.
   """
+  both = _check_bound(bound)
+
   @functools.wraps(fn)
   def bounded(*args, spec=None, **kwargs):
     graph, leaves = _trace_checked(fn, args, kwargs)
     env = propagate(graph, leaves, ibp_rules.RULES, "CROWN-IBP")
-    lower, shape = _crown_ibp_lower(graph, env, leaves, spec)
-    return _finish(lower, shape)
+    lower, finish = _crown_ibp_lower(graph, env, leaves, spec, both)
+    return finish(lower)
   return bounded
 
 
@@ -217,26 +227,39 @@ def _crown_environment(graph: Graph, leaves) -> Env:
   return propagate(graph, leaves, ibp_rules.RULES, "CROWN", refine=refine)
 
 
-def _crown_lower(graph, leaves, spec, alphas=None):
-  """CROWN lower bounds, never looser than CROWN-IBP (and so than IBP)."""
+def _crown_lower(graph, leaves, spec, both):
+  """CROWN lower bounds, never looser than CROWN-IBP (and so than IBP).
+
+  Returns:
+    (lower rows, finish, the CROWN environment).
+  """
   env = _crown_environment(graph, leaves)
-  lower, shape = _linear_bound(graph, env, leaves, spec, "crown", alphas)
+  out, start, finish = _start(graph, env, spec, "crown", both)
+  lower = backward.lower_bound(graph, env, _sets_by_id(graph, leaves),
+                               {out: start}, linear_rules.RULES)
   ibp_env = propagate(graph, leaves, ibp_rules.RULES, "CROWN")
-  reference, _ = _crown_ibp_lower(graph, ibp_env, leaves, spec)
-  return jnp.maximum(lower, reference), shape, env
+  reference, _ = _crown_ibp_lower(graph, ibp_env, leaves, spec, both)
+  return jnp.maximum(lower, reference), finish, env
 
 
-def crown(fn: Callable) -> Callable:
+def crown(fn: Callable, bound: str = "both") -> Callable:
   """CROWN (Zhang et al., NeurIPS 2018): linear bounds for every layer.
+
+  Args:
+    fn: the function to bound.
+    bound: "both", or "lower" (upper bounds of the output returned as +inf;
+      intermediate bounds are always two-sided).
 
   Returns:
     ``bounded(*args, spec=None, **kwargs)``.
   """
+  both = _check_bound(bound)
+
   @functools.wraps(fn)
   def bounded(*args, spec=None, **kwargs):
     graph, leaves = _trace_checked(fn, args, kwargs)
-    lower, shape, _ = _crown_lower(graph, leaves, spec)
-    return _finish(lower, shape)
+    lower, finish, _ = _crown_lower(graph, leaves, spec, both)
+    return finish(lower)
   return bounded
 
 
@@ -257,7 +280,7 @@ def _unstable_relus(graph: Graph, env: Env) -> Dict[int, Interval]:
 
 def alpha_crown(fn: Callable, steps: int = 20,
                 optimizer: Optional[optax.GradientTransformation] = None,
-                intermediate: str = "crown") -> Callable:
+                intermediate: str = "crown", bound: str = "both") -> Callable:
   """α-CROWN (Xu et al., ICLR 2021): CROWN with optimized lower slopes.
 
   The lower slope α ∈ [0, 1] of every unstable ReLU, separately for every
@@ -272,6 +295,7 @@ def alpha_crown(fn: Callable, steps: int = 20,
     steps: optimization steps.
     optimizer: an optax gradient transformation (minimizes -bound).
     intermediate: "crown" (default) or "ibp" for the intermediate bounds.
+    bound: "both", or "lower" (upper bounds returned as +inf; half the cost).
 
   Returns:
     ``bounded(*args, spec=None, **kwargs)``.
@@ -281,16 +305,17 @@ def alpha_crown(fn: Callable, steps: int = 20,
   if steps < 0:
     raise ValueError(f"steps must be >= 0, got {steps}.")
   optimizer = optimizer if optimizer is not None else optax.adam(0.1)
+  both = _check_bound(bound)
 
   @functools.wraps(fn)
   def bounded(*args, spec=None, **kwargs):
     graph, leaves = _trace_checked(fn, args, kwargs)
     if intermediate == "crown":
-      reference, shape, env = _crown_lower(graph, leaves, spec)
+      reference, finish, env = _crown_lower(graph, leaves, spec, both)
     else:
       env = propagate(graph, leaves, ibp_rules.RULES, "α-CROWN")
-      reference, shape = _crown_ibp_lower(graph, env, leaves, spec)
-    out, start, _ = _start(graph, env, spec, "alpha_crown")
+      reference, finish = _crown_ibp_lower(graph, env, leaves, spec, both)
+    out, start, _ = _start(graph, env, spec, "alpha_crown", both)
     sets = _sets_by_id(graph, leaves)
     pre = _unstable_relus(graph, env)
     rows = start.shape[0]
@@ -303,19 +328,26 @@ def alpha_crown(fn: Callable, steps: int = 20,
                                   (rows,) + box.shape)
               for v, box in pre.items()}
     alphas = jax.lax.stop_gradient(alphas)
-    best = jnp.maximum(reference, bound(alphas))
+
+    def negated_sum(a):
+      lower = bound(a)
+      return -lower.sum(), lower
 
     def step(carry, _):
+      # One bound evaluation per step: its value updates the best bound seen
+      # (at the current slopes), its gradient the slopes.
       alphas, opt_state, best = carry
-      grads = jax.grad(lambda a: -bound(a).sum())(alphas)
+      (_, lower), grads = jax.value_and_grad(negated_sum, has_aux=True)(alphas)
+      best = jnp.maximum(best, lower)
       updates, opt_state = optimizer.update(grads, opt_state, alphas)
       alphas = jax.tree.map(lambda a: jnp.clip(a, 0.0, 1.0),
                             optax.apply_updates(alphas, updates))
-      best = jnp.maximum(best, bound(alphas))
       return (alphas, opt_state, best), None
 
+    best = reference
     if alphas and steps:
       (alphas, _, best), _ = jax.lax.scan(
           step, (alphas, optimizer.init(alphas), best), None, length=steps)
-    return _finish(best, shape)
+      best = jnp.maximum(best, bound(alphas))
+    return finish(best)
   return bounded
