@@ -8,6 +8,7 @@ mistyped ``--config.key=value`` override fails and lists the valid keys.
 """
 
 import ast
+import difflib
 from typing import Any, Dict, Optional
 
 import ml_collections
@@ -19,15 +20,17 @@ def parse_arg(arg: Optional[str], **defaults) -> ml_collections.ConfigDict:
   """Parses "k1=v1,k2=v2" into a ConfigDict over ``defaults``.
 
   Values are Python literals where they parse as such (``cpu=True``,
-  ``epochs=3``), strings otherwise. Unknown keys are an error that lists the
-  known ones.
+  ``epochs=3``), strings otherwise.
+
+  Raises:
+    ValueError: an unknown key; the message lists the known ones.
   """
   result = ml_collections.ConfigDict(defaults)
   for item in filter(None, (arg or "").split(",")):
     key, _, value = item.partition("=")
     if key not in defaults:
-      raise KeyError(f"unknown config argument {key!r}; valid ones are "
-                     f"{sorted(defaults)}.")
+      raise ValueError(f"unknown config argument {key!r}; valid ones are "
+                       f"{sorted(defaults)}.")
     try:
       value = ast.literal_eval(value)
     except (ValueError, SyntaxError):
@@ -48,7 +51,8 @@ def base_config() -> ml_collections.ConfigDict:
       tfds_data_dir="",      # prepared datasets ("" = $TFDS_DATA_DIR, else
                              # ~/tensorflow_datasets)
       download=True,         # may fetch the original files when none is local
-      train_examples=0,      # 0 = the whole training split
+      train_examples=0,      # 0 = the whole training split, else a fixed
+                             # random subset of this size
   ))  # augmentation and test-time crop: the dataset's reference ones
   c.model = ml_collections.ConfigDict(dict(name="cnn7", num_classes=10))
   c.init = "ibp"             # ibp (Shi et al., 2021) | default
@@ -128,16 +132,50 @@ METHOD_PRESETS: Dict[str, Dict[str, Any]] = {
 assert set(METHOD_PRESETS) == set(METHODS)
 
 
+def unknown_key_message(config: ml_collections.ConfigDict,
+                        dotted: str) -> Optional[str]:
+  """Why the dotted key (e.g. "cure.gp_beta") is not in ``config``, or None.
+
+  Args:
+    config: a config.
+    dotted: a key path, as in ``--config.<dotted>=value``.
+
+  Returns:
+    None when the key exists; otherwise a message naming the first missing
+    part, the valid keys at that level and the closest one.
+  """
+  node, parents = config, []
+  for name in dotted.split("."):
+    where = ".".join(parents)
+    if not isinstance(node, ml_collections.ConfigDict):
+      return (f"unknown config key {dotted!r}: {where!r} is a value, not a "
+              "group of keys.")
+    if name not in node:
+      valid = sorted(node.keys())
+      close = difflib.get_close_matches(name, valid, n=1)
+      hint = f" Did you mean {close[0]!r}?" if close else ""
+      level = f"under {where!r}" if where else "at the top level"
+      return (f"unknown config key {dotted!r}; valid keys {level} are "
+              f"{valid}.{hint}")
+    node, parents = node[name], parents + [name]
+  return None
+
+
 def apply_overrides(config: ml_collections.ConfigDict,
                     overrides: Dict[str, Any]) -> None:
-  """Sets dotted keys, e.g. {"cure.combine": "joint"}; unknown keys raise."""
+  """Sets dotted keys, e.g. {"cure.combine": "joint"}; unknown keys raise.
+
+  Raises:
+    KeyError: a key the config lacks (`unknown_key_message` says which).
+  """
   for dotted, value in overrides.items():
-    node = config
+    message = unknown_key_message(config, dotted)
+    if message:
+      raise KeyError(message)
     *parents, leaf = dotted.split(".")
+    node = config
     for name in parents:
       node = node[name]
-    if leaf not in node:
-      raise KeyError(f"unknown config key {dotted!r}.")
     node[leaf] = value
 
 
@@ -166,3 +204,18 @@ def check_method(method: str) -> None:
   if method not in METHOD_PRESETS:
     raise ValueError(f"unknown method {method!r}; valid methods are "
                      f"{sorted(METHOD_PRESETS)}.")
+
+
+def load_config(path_and_arg: str) -> ml_collections.ConfigDict:
+  """``get_config(arg)`` of a config file, e.g. "configs/mnist.py:cpu=True".
+
+  The programmatic twin of ``--config=...`` (for scripts, benchmarks, tests).
+  """
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  path, _, arg = path_and_arg.partition(":")
+  spec = importlib.util.spec_from_file_location("_cure_config", path)
+  if spec is None:
+    raise FileNotFoundError(f"no config file at {path!r}.")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg or None)

@@ -302,8 +302,8 @@ def _sample(key, center, eps, p, domain, n):
 # ------------------------------------------------------------------- attack
 
 
-def _ascent_direction(grad, p):
-  """The steepest descent step of unit l_p norm (sparse for l1)."""
+def _descent_direction(grad, p):
+  """The steepest ascent direction of unit l_p norm (sparse for l1)."""
   if p == math.inf:
     return jnp.sign(grad)
   flat = grad.reshape(grad.shape[0], -1)
@@ -316,54 +316,63 @@ def _ascent_direction(grad, p):
   return sparse.reshape(grad.shape)
 
 
-@functools.partial(jax.jit, static_argnames=("apply_fn", "p", "domain",
-                                             "steps"))
-def _attack(apply_fn, center, eps, directions, key, *, p, domain,
+@functools.lru_cache(maxsize=None)
+def _objective_gradient(apply_fn):
+  """Jitted (x [N, ...], d [N, K]) -> (<d_n, f(x_n)> [N], its gradient in x).
+
+  One compilation per network: the attack loop itself runs eagerly, so its
+  few elementwise operations are compiled once for all networks and sets.
+  """
+  def objective(x, directions):
+    per_point = jnp.sum(apply_fn(x) * directions, -1)
+    return per_point.sum(), per_point
+
+  gradient = jax.jit(jax.value_and_grad(objective, has_aux=True))
+
+  def value_and_gradient(x, directions):
+    (_, value), grad = gradient(x, directions)
+    return value, grad
+  return value_and_gradient
+
+
+def _attack(apply_fn, center, eps, directions, key, p, domain,
             steps=ATTACK_STEPS):
   """Projected gradient descent of <d_r, f(x_r)> over x_r in the set.
 
   Args:
-    apply_fn: x [N, ...] -> outputs [N, K] (hashable: static).
+    apply_fn: x [N, ...] -> outputs [N, K] (hashable: its gradient is cached).
     center: [B, ...] centers.
     eps: radius broadcast against ``center``.
     directions: [R, B, K] objectives, one attack per row and example.
     key: PRNG key of the random start.
     p: the norm; domain: None or (lo, hi).
-    steps: iterations; the step size decays from eps/2 to eps/50.
+    steps: iterations; the step size decays geometrically from eps/2 to
+      eps/100.
 
   Returns:
     [R, B, ...] the best iterate of each attack (lowest objective).
   """
   rows = directions.shape[0]
-  tiled_center = jnp.broadcast_to(center, (rows,) + center.shape)
-  tiled_eps = jnp.broadcast_to(eps, (rows,) + eps.shape)
-  flat_center = tiled_center.reshape((-1,) + center.shape[1:])
-  flat_eps = tiled_eps.reshape((-1,) + eps.shape[1:])
+  flat_center = jnp.broadcast_to(center, (rows,) + center.shape).reshape(
+      (-1,) + center.shape[1:])
+  flat_eps = jnp.broadcast_to(eps, (rows,) + eps.shape).reshape(
+      (-1,) + eps.shape[1:])
   flat_directions = directions.reshape(-1, directions.shape[-1])
-
-  def objective(x):
-    per_point = jnp.sum(apply_fn(x) * flat_directions, -1)
-    return per_point.sum(), per_point
-
+  value_and_gradient = _objective_gradient(apply_fn)
+  # Random start half-way to a random point of the set.
   start = _sample(key, flat_center, flat_eps, p, domain, 1)[0]
   x = 0.5 * (start + flat_center)
-
-  def step(i, carry):
-    x, best_x, best_value = carry
-    (_, value), grad = jax.value_and_grad(objective, has_aux=True)(x)
-    better = (value < best_value).reshape((-1,) + (1,) * (x.ndim - 1))
-    best_x = jnp.where(better, x, best_x)
-    best_value = jnp.minimum(value, best_value)
-    size = flat_eps * (0.5 * 0.02 ** (i / (steps - 1)))
-    x = _into_set(flat_center, x - flat_center - size * _ascent_direction(
-        grad, p), flat_eps, p, domain)
-    return x, best_x, best_value
-
-  init = (x, x, jnp.full(flat_center.shape[:1], jnp.inf))
-  x, best_x, best_value = jax.lax.fori_loop(0, steps, step, init)
-  last = objective(x)[1]
-  best_x = jnp.where((last < best_value).reshape((-1,) + (1,) * (x.ndim - 1)),
-                     x, best_x)
+  best_x, best_value = x, jnp.full(flat_center.shape[:1], jnp.inf)
+  per_point = (-1,) + (1,) * (center.ndim - 1)
+  for i in range(steps + 1):
+    value, grad = value_and_gradient(x, flat_directions)
+    better = value < best_value
+    best_x = jnp.where(better.reshape(per_point), x, best_x)
+    best_value = jnp.where(better, value, best_value)
+    size = flat_eps * (0.5 * 0.02 ** (i / steps))
+    x = _into_set(flat_center,
+                  x - flat_center - size * _descent_direction(grad, p),
+                  flat_eps, p, domain)
   return best_x.reshape((rows,) + center.shape)
 
 
@@ -404,8 +413,8 @@ def test_attack_reaches_the_minimum_of_a_linear_function(p):
   eps = _per_example(jnp.asarray(0.3), center)
   directions = _attack_directions(
       margin_spec(jnp.arange(BATCH), NUM_CLASSES), NUM_CLASSES)
-  points = _attack(apply_fn, center, eps, directions, jax.random.key(2), p=p,
-                   domain=None, steps=60)
+  points = _attack(apply_fn, center, eps, directions, jax.random.key(2), p,
+                   None, steps=60)
   _assert_in_set(points, center, eps, p, None)
   achieved = jnp.sum(jax.vmap(apply_fn)(points) * directions, -1)
   # min over the ball of <d, W x> = <d, W c> - eps ||W d||_q.
@@ -453,12 +462,17 @@ def _set_points(net_name, set_name):
   directions = _attack_directions(margin_spec(labels, NUM_CLASSES),
                                   NUM_CLASSES)
   attacked = _attack(_bound_model(net_name), x, eps, directions,
-                     jax.random.key(4), p=p, domain=domain)
+                     jax.random.key(4), p, domain)
   points = jnp.concatenate([samples, attacked], axis=0)
   _assert_in_set(points, x, eps, p, domain)
   return points
 
 
+# Every set on the MLP and on the strided CNN, two sets on each other network
+# (together every network sees a clipped and an unclipped set, and every set
+# a CNN). α-CROWN compiles its slope optimization once per call (a couple of
+# seconds): it runs with the margin spec everywhere and also without a spec
+# on the MLP, the output-identity path being the one CROWN shares.
 SOUNDNESS_CASES = [(net, set_name) for net in ("mlp", "strided_cnn")
                    for set_name in SETS] + [
     ("grouped_dilated_cnn", "linf_clipped"), ("grouped_dilated_cnn", "l1"),
@@ -480,6 +494,7 @@ def test_points_of_the_set_stay_within_every_methods_bounds(net_name, set_name):
   for method_name, method in METHODS.items():
     bounded = method(module.apply)
     what = f"{method_name} on {net_name} over {set_name}"
-    _assert_within(bounded(variables, input_set), outputs, what)
+    if method_name != "alpha_crown" or net_name == "mlp":
+      _assert_within(bounded(variables, input_set), outputs, what)
     _assert_within(bounded(variables, input_set, spec=spec), margins,
                    what + " with a margin spec")

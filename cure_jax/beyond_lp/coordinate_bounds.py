@@ -40,16 +40,19 @@ _TWO_PI = 2.0 * jnp.pi
 
 def _hull(*values: jax.Array) -> Interval:
   """The smallest interval holding every value (elementwise)."""
-  return Interval(jnp.minimum.reduce(jnp.stack(jnp.broadcast_arrays(*values))),
-                  jnp.maximum.reduce(jnp.stack(jnp.broadcast_arrays(*values))))
+  stacked = jnp.stack(jnp.broadcast_arrays(*values))
+  return Interval(jnp.min(stacked, axis=0), jnp.max(stacked, axis=0))
 
 
 def _union(*intervals: Interval) -> Interval:
-  return Interval(
-      jnp.min(jnp.stack(jnp.broadcast_arrays(*[i.lower for i in intervals])),
-              axis=0),
-      jnp.max(jnp.stack(jnp.broadcast_arrays(*[i.upper for i in intervals])),
-              axis=0))
+  """The smallest interval holding every interval (elementwise)."""
+  return Interval(_hull(*[i.lower for i in intervals]).lower,
+                  _hull(*[i.upper for i in intervals]).upper)
+
+
+def _add(a: Interval, b: Interval) -> Interval:
+  """{x + y : x ∈ a, y ∈ b}."""
+  return Interval(a.lower + b.lower, a.upper + b.upper)
 
 
 def scale_interval(factor: jax.Array, interval: Interval) -> Interval:
@@ -113,10 +116,6 @@ def rotate_back(x: Interval, y: Interval, angle: Interval
   pick = lambda p, r: Interval(jnp.where(single, p.lower, r.lower),
                                jnp.where(single, p.upper, r.upper))
   return pick(point_x, new_x), pick(point_y, new_y)
-
-
-def _add(a: Interval, b: Interval) -> Interval:
-  return Interval(a.lower + b.lower, a.upper + b.upper)
 
 
 def divide_positive(a: Interval, divisor: Interval) -> Interval:

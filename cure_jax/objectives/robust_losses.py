@@ -6,15 +6,15 @@ propagated region is certified. They are the pieces CURE combines.
 
 * `ibp_linf`: IBP over the whole ball B∞(x, ε) ∩ [0, 1] (Gowal et al., 2018).
 * `sabr_linf`: SABR (Müller et al., ICLR 2023): PGD inside the ball, the
-  point clamped into [lo + τ, hi − τ], then IBP over the small box B∞(c, τ),
-  τ = λ·ε. λ = 1 is IBP.
+  point clamped into [lo + τ, hi − τ], then IBP over the small box
+  B∞(c, τ) ∩ B∞(x, ε) ∩ [0, 1], τ = λ·ε (`small_box`). λ = 1 is IBP.
 * `l2_sabr_box`: the reference's l2 loss: l2-PGD, then a tiny l∞ box of
   radius λ2·ε2 (λ2 = 1e-5) around the attack point — in effect l2
   adversarial training.
 * `l2_certified`: our certified variant: the l2 ball B2(c, λ2·ε2) around the
   attack point c projected into B2(x, (1 − λ2)·ε2) — so the small ball lies
-  inside the big one — bounded exactly through the first affine layer by the
-  dual norm and by IBP after it.
+  inside the big one (`small_l2_ball`) — bounded exactly through the first
+  affine layer by the dual norm and by IBP after it.
 """
 
 from typing import NamedTuple
@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 from cure_jax.attacks import projections
 from cure_jax.attacks.sabr import sabr_attack
-from cure_jax.bounds import L2Ball, LinfBall
+from cure_jax.bounds import Box, L2Ball, LinfBall
 from cure_jax.objectives.base import (DOMAIN, Network, certified,
                                       robust_cross_entropy, worst_case_logits)
 
@@ -52,26 +52,77 @@ def ibp_linf(network: Network, images, labels, eps) -> RobustLoss:
   return _from_margins(margins.lower)
 
 
+def _big_box(images, eps):
+  """[lo, hi] = B∞(x, ε) ∩ [0, 1], elementwise."""
+  eps = _per_example(eps, images)
+  return (jnp.clip(images - eps, *DOMAIN), jnp.clip(images + eps, *DOMAIN))
+
+
 def small_box_center(adversarial, images, eps, tau):
   """Clamps the attack point into [lo + τ, hi − τ] of B∞(x, ε) ∩ [0, 1].
 
-  Then the small box B∞(c, τ) lies inside the big one.
+  Where the big box is narrower than 2τ (a pixel near 0 or 1) the interval
+  is empty and c = lo + τ.
+
+  Args:
+    adversarial: [B, ...] attack points.
+    images: [B, ...] clean points x in [0, 1].
+    eps: the big box's radius ε, scalar or [B].
+    tau: the small box's radius τ ≤ ε, scalar or [B].
+
+  Returns:
+    [B, ...] centres c.
   """
-  eps, tau = _per_example(eps, images), _per_example(tau, images)
-  lo = jnp.clip(images - eps, *DOMAIN)
-  hi = jnp.clip(images + eps, *DOMAIN)
+  lo, hi = _big_box(images, eps)
+  tau = _per_example(tau, images)
   return jnp.clip(adversarial, lo + tau, jnp.maximum(hi - tau, lo + tau))
+
+
+def small_box(adversarial, images, eps, tau) -> Box:
+  """SABR's propagated region B∞(c, τ) ∩ B∞(x, ε) ∩ [0, 1], c = `small_box_center`.
+
+  The intersection keeps the region inside the threat model where the big
+  box is narrower than 2τ: there the reference clamps with torch (the upper
+  limit wins) and so leaves the big box near 1; here the region is then the
+  whole (narrow) big box. With τ = ε the region is the big box: SABR with
+  λ = 1 is IBP.
+
+  Args:
+    adversarial: [B, ...] attack points.
+    images: [B, ...] clean points x in [0, 1].
+    eps: the big box's radius ε, scalar or [B].
+    tau: the small box's radius τ ≤ ε, scalar or [B].
+
+  Returns:
+    The region as a `Box` [B, ...].
+  """
+  lo, hi = _big_box(images, eps)
+  center = small_box_center(adversarial, images, eps, tau)
+  tau = _per_example(tau, images)
+  return Box(jnp.maximum(center - tau, lo), jnp.minimum(center + tau, hi))
 
 
 def sabr_linf(network: Network, images, labels, eps, *, lam: float,
               key: jax.Array, pgd_steps: int) -> RobustLoss:
-  """SABR's l∞ loss: IBP over the small box B∞(c, λε) around a PGD point."""
+  """SABR's l∞ loss: IBP over the small box of radius λε around a PGD point.
+
+  Args:
+    network: the model at this step's parameters and batch moments.
+    images: [B, H, W, C] clean images in [0, 1].
+    labels: [B] labels.
+    eps: the l∞ radius ε (scalar or [B]).
+    lam: λ ∈ (0, 1], the small box's relative size.
+    key: PRNG key of the attack's random start.
+    pgd_steps: attack steps.
+
+  Returns:
+    The per-example `RobustLoss` over `small_box`.
+  """
   adversarial = sabr_attack(network.logits, images, labels, eps=eps, key=key,
                             steps=pgd_steps, norm="linf", domain=DOMAIN)
-  tau = lam * eps
-  center = jax.lax.stop_gradient(small_box_center(adversarial, images, eps, tau))
-  margins = network.margin_bounds(LinfBall(center, tau, domain=DOMAIN), labels)
-  return _from_margins(margins.lower)
+  region = jax.lax.stop_gradient(
+      small_box(adversarial, images, eps, lam * eps))
+  return _from_margins(network.margin_bounds(region, labels).lower)
 
 
 def l2_sabr_box(network: Network, images, labels, eps, *, lam: float,
@@ -86,14 +137,30 @@ def l2_sabr_box(network: Network, images, labels, eps, *, lam: float,
   return _from_margins(margins.lower)
 
 
-def l2_certified(network: Network, images, labels, eps, *, lam: float,
-                 key: jax.Array, pgd_steps: int) -> RobustLoss:
-  """Certified l2 loss: IBP over B2(c, λ2·ε2) ∩ [0, 1], dual norm at layer one."""
-  adversarial = sabr_attack(network.logits, images, labels, eps=eps, key=key,
-                            steps=pgd_steps, norm="l2", domain=DOMAIN)
+def small_l2_ball(adversarial, images, eps, lam) -> L2Ball:
+  """B2(c, λ·ε) ∩ [0, 1] with c the attack point projected into B2(x, (1 − λ)·ε).
+
+  ||c − x||₂ ≤ (1 − λ)·ε, so by the triangle inequality the small ball lies
+  inside B2(x, ε) (clipping c into [0, 1] ∋ x only brings it closer to x).
+
+  Args:
+    adversarial: [B, ...] attack points.
+    images: [B, ...] clean points x in [0, 1].
+    eps: the big ball's radius ε, scalar or [B].
+    lam: λ ∈ (0, 1], the small ball's relative radius.
+
+  Returns:
+    The small ball, an `L2Ball` over [0, 1].
+  """
   center = projections.project_l2(adversarial, images, (1.0 - lam) * eps,
                                   domain=DOMAIN)
-  center = jax.lax.stop_gradient(center)
-  margins = network.margin_bounds(L2Ball(center, lam * eps, domain=DOMAIN),
-                                  labels)
-  return _from_margins(margins.lower)
+  return L2Ball(center, lam * eps, domain=DOMAIN)
+
+
+def l2_certified(network: Network, images, labels, eps, *, lam: float,
+                 key: jax.Array, pgd_steps: int) -> RobustLoss:
+  """Certified l2 loss: IBP over `small_l2_ball`, dual norm at layer one."""
+  adversarial = sabr_attack(network.logits, images, labels, eps=eps, key=key,
+                            steps=pgd_steps, norm="l2", domain=DOMAIN)
+  region = jax.lax.stop_gradient(small_l2_ball(adversarial, images, eps, lam))
+  return _from_margins(network.margin_bounds(region, labels).lower)

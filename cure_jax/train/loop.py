@@ -31,6 +31,8 @@ from cure_jax.train.step import (is_gp_boundary, make_gp_boundary,
                                  make_train_step)
 
 RESULTS_FILE = "results.json"
+TFDS_DATA_DIR_ENV = "TFDS_DATA_DIR"
+SUBSET_STREAM = 2  # seed stream of the training subset (batching uses 0, 1)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -41,14 +43,58 @@ def checkpoint_dir(workdir: str) -> str:
   return os.path.join(workdir, "checkpoints")
 
 
-def load_datasets(config):
+def tfds_data_dir(config: ml_collections.ConfigDict) -> Optional[str]:
+  """Where prepared datasets live: the config, else $TFDS_DATA_DIR, else None.
+
+  tfds reads $TFDS_DATA_DIR once, when it is imported; reading it here, at
+  call time, lets a caller (or a test) redirect the cache at any time.
+  """
+  return (config.dataset.tfds_data_dir or os.environ.get(TFDS_DATA_DIR_ENV)
+          or None)
+
+
+def load_datasets(config: ml_collections.ConfigDict):
+  """(info, train split, test split) of ``config.dataset``.
+
+  Raises:
+    DataNotFoundError: the dataset is not prepared and its files are neither
+      local nor downloadable (within seconds, naming the files and settings).
+  """
   info = data.dataset_info(config.dataset.name)
-  data_dir = config.dataset.data_dir or None
-  train = data.load_split(info.name, "train", data_dir=data_dir)
+  kwargs = dict(data_dir=config.dataset.data_dir or None,
+                tfds_data_dir=tfds_data_dir(config),
+                download=config.dataset.download)
+  train = data.load_split(info.name, "train", **kwargs)
   if config.dataset.train_examples:
-    train = train.take(config.dataset.train_examples)
-  test = data.load_split(info.name, "test", data_dir=data_dir)
+    train = train_subset(train, config.dataset.train_examples, config.seed)
+  test = data.load_split(info.name, "test", **kwargs)
   return info, train, test
+
+
+def train_subset(split: data.Split, num_examples: int, seed: int) -> data.Split:
+  """A fixed random subset of ``num_examples`` examples, in dataset order.
+
+  Random rather than the leading examples: TinyImageNet's training split is
+  sorted by class, so its first examples cover only a few classes.
+
+  Args:
+    split: the training split.
+    num_examples: the subset's size, in [1, N].
+    seed: the run's seed; the subset is a pure function of it.
+
+  Returns:
+    The subset.
+
+  Raises:
+    ValueError: ``num_examples`` is outside [1, N].
+  """
+  if not 0 < num_examples <= split.num_examples:
+    raise ValueError(
+        f"dataset.train_examples must be in [1, {split.num_examples}] (the "
+        f"split's size), or 0 for all of it; got {num_examples}.")
+  rng = np.random.default_rng([seed, SUBSET_STREAM])
+  indices = np.sort(rng.choice(split.num_examples, num_examples, replace=False))
+  return data.Split(split.images[indices], split.labels[indices])
 
 
 def _template(config, model, optimizer, info) -> TrainState:
@@ -112,6 +158,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   Returns:
     The final evaluation (also written to ``workdir/results.json``), or
     ``{"stopped_at_step": step}`` when the run stopped early.
+
+  Raises:
+    DataNotFoundError: the dataset is missing (see `load_datasets`).
+    CheckpointRestoreError: the newest checkpoint in ``workdir`` is corrupt
+      or belongs to another model; the run never silently starts over.
+    NonFiniteLossError: the loss diverged; the last good checkpoint is kept.
   """
   settings.check_method(config.method)
   main = distributed.is_main_process()
@@ -123,84 +175,83 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   model = build_model(config)
   optimizer = make_optimizer(config, steps_per_epoch)
-  state = (_pretrained(config, model, optimizer, info) if config.finetune_from
-           else _template(config, model, optimizer, info))
   sched = make_schedules(config, steps_per_epoch)
   gp_interval = config.cure.gp_interval_steps or steps_per_epoch
 
-  ckpt = Checkpointer(checkpoint_dir(workdir),
-                      max_to_keep=config.keep_checkpoints,
-                      save_interval_steps=config.checkpoint_every_steps)
-  restored = ckpt.restore_latest(state)
-  if restored is not None:
-    state = restored
-  state = mesh_lib.replicate(state, mesh)
-  first_step = int(state.step)
-
-  replicated = mesh_lib.replicated_sharding(mesh)
-  batch_sharding = mesh_lib.data_sharding(mesh)
-  train_step = jax.jit(
-      make_train_step(config, model, make_objective(config, model), optimizer,
-                      sched),
-      in_shardings=(replicated, batch_sharding),
-      out_shardings=(replicated, replicated), donate_argnums=0)
-  gp_boundary = jax.jit(make_gp_boundary(config), donate_argnums=0)
-  gp_restart = jax.jit(make_gp_restart(), donate_argnums=0)
-
   writer = MetricWriter(os.path.join(workdir, "tensorboard"), enabled=main)
-  progress = Progress(total_steps, first_step, enabled=main)
-  if main:
-    print(f"{config.method} on {info.name}: {total_steps} steps "
-          f"({steps_per_epoch}/epoch) from step {first_step}, "
-          f"{len(jax.devices())} device(s), {jax.process_count()} process(es)",
-          flush=True)
-  start_time = time.monotonic()
-  stop_at = total_steps if stop_after_steps is None else min(
-      total_steps, first_step + stop_after_steps)
-  with PreemptionGuard() as guard:
-    for step in range(first_step, stop_at):
-      if config.cure.gp_beta > 0 and step == sched.ramp_end:
-        state = gp_restart(state)
-      elif is_gp_boundary(config, sched, step, gp_interval):
-        state = gp_boundary(state)
-      local = data.train_batch(
-          train, step, global_batch_size=config.batch_size, seed=config.seed,
-          augmentation=info.train_augmentation,
-          process_index=jax.process_index(), process_count=jax.process_count())
-      batch = mesh_lib.shard_global_batch(
-          Batch(local.images, local.labels), mesh)
-      state, metrics = train_step(state, batch)
-      done = step + 1
-      log_now = done % config.log_every_steps == 0 or done == total_steps
-      save_now = done % config.checkpoint_every_steps == 0
-      if log_now or save_now:
-        metrics = jax.device_get(metrics)
-        _check_finite(metrics, done, ckpt)
-      if log_now:
-        writer.write_scalars(done, metrics)
-        progress.update(done)
-      if save_now:
-        ckpt.save(done, state)
-      if guard.should_stop(done) or done == stop_at < total_steps:
-        _check_finite(jax.device_get(metrics), done, ckpt)
-        ckpt.save(done, state, force=True)
-        ckpt.close()
-        writer.close()
-        return {"stopped_at_step": done}
-  train_seconds = time.monotonic() - start_time
-  if int(state.step) == total_steps and ckpt.latest_step != total_steps:
-    ckpt.save(total_steps, state, force=True)
-  ckpt.close()
+  try:  # Closing waits for pending asynchronous saves, also on errors.
+    with Checkpointer(checkpoint_dir(workdir),
+                      max_to_keep=config.keep_checkpoints,
+                      save_interval_steps=config.checkpoint_every_steps) as ckpt:
+      state = (_pretrained(config, model, optimizer, info)
+               if config.finetune_from else
+               _template(config, model, optimizer, info))
+      restored = ckpt.restore_latest(state)
+      state = mesh_lib.replicate(state if restored is None else restored, mesh)
+      first_step = int(state.step)
 
-  variables = {"params": state.params, "batch_stats": state.batch_stats}
-  results = final_eval.evaluate_model(config, model, variables, test, info,
-                                      log=print if main else (lambda *_: None))
-  results.update(method=config.method, dataset=info.name, steps=total_steps,
-                 train_seconds_this_run=train_seconds,
-                 resumed_from_step=first_step)
-  if main:
-    writer.write_scalars(total_steps, {f"final/{k}": v for k, v in results.items()
-                                       if isinstance(v, (int, float))})
-    write_json_atomic(os.path.join(workdir, RESULTS_FILE), results)
-  writer.close()
-  return results
+      replicated = mesh_lib.replicated_sharding(mesh)
+      train_step = jax.jit(
+          make_train_step(config, model, make_objective(config, model),
+                          optimizer, sched),
+          in_shardings=(replicated, mesh_lib.data_sharding(mesh)),
+          out_shardings=(replicated, replicated), donate_argnums=0)
+      gp_boundary = jax.jit(make_gp_boundary(config), donate_argnums=0)
+      gp_restart = jax.jit(make_gp_restart(), donate_argnums=0)
+
+      progress = Progress(total_steps, first_step, enabled=main)
+      if main:
+        print(f"{config.method} on {info.name}: {total_steps} steps "
+              f"({steps_per_epoch}/epoch) from step {first_step}, "
+              f"{len(jax.devices())} device(s), {jax.process_count()} "
+              "process(es)", flush=True)
+      start_time = time.monotonic()
+      stop_at = total_steps if stop_after_steps is None else min(
+          total_steps, first_step + stop_after_steps)
+      with PreemptionGuard() as guard:
+        for step in range(first_step, stop_at):
+          if config.cure.gp_beta > 0 and step == sched.ramp_end:
+            state = gp_restart(state)
+          elif is_gp_boundary(config, sched, step, gp_interval):
+            state = gp_boundary(state)
+          local = data.train_batch(
+              train, step, global_batch_size=config.batch_size,
+              seed=config.seed, augmentation=info.train_augmentation,
+              process_index=jax.process_index(),
+              process_count=jax.process_count())
+          batch = mesh_lib.shard_global_batch(
+              Batch(local.images, local.labels), mesh)
+          state, metrics = train_step(state, batch)
+          done = step + 1
+          log_now = done % config.log_every_steps == 0 or done == total_steps
+          save_now = done % config.checkpoint_every_steps == 0
+          if log_now or save_now:
+            metrics = jax.device_get(metrics)
+            _check_finite(metrics, done, ckpt)
+          if log_now:
+            writer.write_scalars(done, metrics)
+            progress.update(done)
+          if save_now:
+            ckpt.save(done, state)
+          if guard.should_stop(done) or done == stop_at < total_steps:
+            _check_finite(jax.device_get(metrics), done, ckpt)
+            ckpt.save(done, state, force=True)
+            return {"stopped_at_step": done}
+      train_seconds = time.monotonic() - start_time
+      if int(state.step) == total_steps and ckpt.latest_step != total_steps:
+        ckpt.save(total_steps, state, force=True)
+
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    results = final_eval.evaluate_model(config, model, variables, test, info,
+                                        log=print if main else (lambda *_: None))
+    results.update(method=config.method, dataset=info.name, steps=total_steps,
+                   train_seconds_this_run=train_seconds,
+                   resumed_from_step=first_step)
+    if main:
+      writer.write_scalars(total_steps, {
+          f"final/{k}": v for k, v in results.items()
+          if isinstance(v, (int, float))})
+      write_json_atomic(os.path.join(workdir, RESULTS_FILE), results)
+    return results
+  finally:
+    writer.close()

@@ -1,0 +1,73 @@
+r"""Train-step time of each objective relative to natural training.
+
+  python -m cure_jax.benchmarks.train_step [--models=small_cnn,cnn7] \
+      [--methods=natural,ibp,sabr,cure_max,cure_scratch] [--batch=128]
+
+Times the jitted `train_step` of `cure_jax.train.step` (objective, gradient,
+Adam update; gradient projection's natural branch included for
+cure_scratch) on one random MNIST-shaped batch, after the ε ramp (κ = 0,
+full radii), in one run so that the ratios are comparable.
+"""
+
+import argparse
+import json
+
+import jax
+import jax.numpy as jnp
+
+from cure_jax.benchmarks.timing import median_seconds
+from cure_jax.objectives.base import Batch
+from cure_jax.objectives.registry import make_objective
+from cure_jax.settings import load_config
+from cure_jax.train.state import build_model, create_train_state, make_optimizer
+from cure_jax.train.step import make_schedules, make_train_step
+
+
+def step_seconds(model_name: str, method: str, batch: int, repeats: int,
+                 config_path: str = "configs/mnist.py") -> float:
+  config = load_config(f"{config_path}:method={method}")
+  config.unlock()
+  config.model.name = model_name
+  config.batch_size = batch
+  config.lock()
+  steps_per_epoch = 100
+  model = build_model(config)
+  optimizer = make_optimizer(config, steps_per_epoch)
+  state = create_train_state(config, model, optimizer, (28, 28, 1))
+  sched = make_schedules(config, steps_per_epoch)
+  # Past the ramp: full radii, robust loss on, gradient projection active.
+  state = state._replace(step=jnp.asarray(sched.ramp_end + 1, jnp.int32))
+  step = jax.jit(make_train_step(config, model, make_objective(config, model),
+                                 optimizer, sched))
+  key_x, key_y = jax.random.split(jax.random.key(1))
+  data = Batch(jax.random.uniform(key_x, (batch, 28, 28, 1)),
+               jax.random.randint(key_y, (batch,), 0, 10))
+  return median_seconds(lambda s, b: step(s, b)[1]["loss"], state, data,
+                        repeats=repeats)
+
+
+def run(models, methods, batch=128, repeats=5):
+  results = []
+  for model_name in models:
+    base = step_seconds(model_name, "natural", batch, repeats)
+    for method in methods:
+      seconds = base if method == "natural" else step_seconds(
+          model_name, method, batch, repeats)
+      results.append(dict(model=model_name, method=method, batch=batch,
+                          step_s=seconds, over_natural=seconds / base))
+      print(json.dumps(results[-1]), flush=True)
+  return results
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__)
+  parser.add_argument("--models", default="small_cnn,cnn7")
+  parser.add_argument("--methods", default="natural,ibp,sabr,cure_max,cure_scratch")
+  parser.add_argument("--batch", type=int, default=128)
+  parser.add_argument("--repeats", type=int, default=5)
+  args = parser.parse_args()
+  run(args.models.split(","), args.methods.split(","), args.batch, args.repeats)
+
+
+if __name__ == "__main__":
+  main()

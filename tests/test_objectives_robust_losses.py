@@ -1,0 +1,198 @@
+"""Tests for cure_jax.objectives.robust_losses."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cure_jax.bounds import Box, Interval
+from cure_jax.bounds.sets import LpBall
+from cure_jax.models import MLP
+from cure_jax.objectives import robust_losses
+from cure_jax.objectives.base import Network, cross_entropy
+
+# Slack for float32 comparisons of coordinates in [0, 1].
+TOL = 1e-6
+
+
+def _linear_apply(variables, x, train=False):
+  """logits = x W: a network whose bounds are known in closed form."""
+  del train
+  return x.reshape(x.shape[0], -1) @ variables["params"]["w"]
+
+
+def _mlp_network(num_classes=4, seed=0):
+  model = MLP(num_classes=num_classes, hidden_widths=(16, 16))
+  variables = model.init(jax.random.key(seed), jnp.zeros((1, 6, 6, 1)),
+                         train=False)
+  return Network(model.apply, variables, num_classes)
+
+
+def _images_with_borders(seed, shape=(5, 6, 6, 1)):
+  """Random pixels, a third of them exactly 0 or 1 (as in MNIST)."""
+  rng = np.random.default_rng(seed)
+  x = rng.uniform(size=shape)
+  x = np.where(rng.uniform(size=shape) < 0.2, 0.0, x)
+  x = np.where(rng.uniform(size=shape) < 0.15, 1.0, x)
+  return jnp.asarray(x, jnp.float32)
+
+
+def test_small_box_by_hand():
+  # Big boxes (ε = 0.1): [0, 0.1], [0.4, 0.6], [0.87, 1]; τ = 0.06.
+  x = jnp.array([[0.0, 0.5, 0.97]])
+  adversarial = jnp.array([[0.1, 0.45, 0.87]])
+  center = robust_losses.small_box_center(adversarial, x, 0.1, 0.06)
+  # Pixel 0: [lo + τ, hi − τ] = [0.06, 0.04] is empty, c = lo + τ.
+  np.testing.assert_allclose(center, [[0.06, 0.46, 0.93]], atol=TOL)
+  box = robust_losses.small_box(adversarial, x, 0.1, 0.06)
+  # Pixel 0 is cut to the big box [0, 0.1] (not [0, 0.12]).
+  np.testing.assert_allclose(box.lower, [[0.0, 0.40, 0.87]], atol=TOL)
+  np.testing.assert_allclose(box.upper, [[0.1, 0.52, 0.99]], atol=TOL)
+
+
+@pytest.mark.parametrize("lam", [0.1, 0.4, 0.6, 1.0])
+@pytest.mark.parametrize("per_example_eps", [False, True])
+def test_small_box_lies_in_the_big_box_and_the_domain(lam, per_example_eps):
+  x = _images_with_borders(1)
+  eps = (jnp.array([0.0, 0.05, 0.1, 0.3, 0.7]) if per_example_eps
+         else jnp.float32(0.3))
+  eps_b = jnp.broadcast_to(jnp.reshape(eps, (-1, 1, 1, 1)), x.shape)
+  # Attack points anywhere, also far outside the big box.
+  adversarial = x + jax.random.uniform(jax.random.key(2), x.shape,
+                                       minval=-1.0, maxval=1.0)
+  box = robust_losses.small_box(adversarial, x, eps, lam * eps)
+  lo, hi = jnp.clip(x - eps_b, 0, 1), jnp.clip(x + eps_b, 0, 1)
+  assert jnp.all(box.lower >= lo - TOL) and jnp.all(box.upper <= hi + TOL)
+  assert jnp.all(box.lower <= box.upper)
+  # Where the big box is wide enough the small box keeps its full size 2τ.
+  fits = hi - lo >= 2 * lam * eps_b
+  width = box.upper - box.lower
+  np.testing.assert_allclose(jnp.where(fits, width, 2 * lam * eps_b),
+                             2 * lam * eps_b, atol=1e-5)
+
+
+def test_small_box_center_keeps_an_attack_point_that_fits():
+  x = jnp.full((1, 4), 0.5)
+  adversarial = jnp.array([[0.42, 0.5, 0.55, 0.58]])
+  center = robust_losses.small_box_center(adversarial, x, 0.1, 0.02)
+  np.testing.assert_allclose(center, adversarial, atol=TOL)
+
+
+def test_ibp_linf_by_hand_on_a_linear_network():
+  # logits z_k = w_k·x with w_0 = (1, 0), w_1 = (0, 1), w_2 = (−1, 1);
+  # label 0 at x = (½, ½), ε = 0.1: margins z_0 − z_1 = (1, −1)·x and
+  # z_0 − z_2 = (2, −1)·x are 0 and ½, lowered by ε‖·‖₁ = 0.2 and 0.3.
+  w = jnp.array([[1.0, 0.0, -1.0], [0.0, 1.0, 1.0]])
+  network = Network(_linear_apply, {"params": {"w": w}}, 3)
+  robust = robust_losses.ibp_linf(network, jnp.array([[0.5, 0.5]]),
+                                  jnp.array([0]), 0.1)
+  np.testing.assert_allclose(robust.logits, [[0.0, 0.2, -0.2]], atol=TOL)
+  expected = math.log(1 + math.exp(0.2) + math.exp(-0.2))
+  np.testing.assert_allclose(robust.loss, [expected], rtol=1e-6)
+  assert not robust.certified[0]
+  certified = robust_losses.ibp_linf(network, jnp.array([[0.5, 0.5]]),
+                                     jnp.array([0]), 0.0)
+  assert not certified.certified[0]  # margin z_0 − z_1 is exactly 0
+  shifted = robust_losses.ibp_linf(network, jnp.array([[0.9, 0.1]]),
+                                   jnp.array([0]), 0.1)
+  assert shifted.certified[0]  # lower bounds 0.6 and 1.4
+
+
+def test_sabr_with_lambda_one_is_ibp():
+  network = _mlp_network()
+  x = _images_with_borders(3)
+  labels = jnp.array([0, 1, 2, 3, 0])
+  ibp = robust_losses.ibp_linf(network, x, labels, 0.1)
+  sabr = robust_losses.sabr_linf(network, x, labels, 0.1, lam=1.0,
+                                 key=jax.random.key(0), pgd_steps=3)
+  np.testing.assert_allclose(sabr.loss, ibp.loss, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(sabr.logits, ibp.logits, rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(sabr.certified, ibp.certified)
+
+
+@pytest.mark.parametrize("lam", [0.4, 0.6])
+def test_sabr_loss_is_at_most_the_ibp_loss(lam):
+  # The small box lies in the big one and IBP is monotone under inclusion,
+  # so every SABR margin bound is at least the IBP one.
+  network = _mlp_network(seed=1)
+  x = _images_with_borders(4)
+  labels = jnp.array([3, 2, 1, 0, 1])
+  ibp = robust_losses.ibp_linf(network, x, labels, 0.2)
+  sabr = robust_losses.sabr_linf(network, x, labels, 0.2, lam=lam,
+                                 key=jax.random.key(1), pgd_steps=3)
+  assert jnp.all(sabr.loss <= ibp.loss + 1e-5)
+  assert jnp.all(sabr.logits <= ibp.logits + 1e-5)  # o = −lb
+
+
+@pytest.mark.parametrize("lam", [1e-5, 0.3, 1.0])
+def test_small_l2_ball_lies_in_the_big_ball(lam):
+  x = _images_with_borders(5)
+  eps = jnp.array([0.1, 0.5, 1.0, 2.0, 3.0])
+  adversarial = x + 3.0 * jax.random.normal(jax.random.key(3), x.shape)
+  ball = robust_losses.small_l2_ball(adversarial, x, eps, lam)
+  assert isinstance(ball, LpBall) and ball.p == 2 and ball.domain == (0, 1)
+  distance = jnp.sqrt(jnp.sum((ball.center - x) ** 2, axis=(1, 2, 3)))
+  assert jnp.all(distance + ball.eps <= eps * (1 + 1e-5))
+  np.testing.assert_allclose(ball.eps, lam * eps, rtol=1e-6)
+  assert jnp.all((ball.center >= 0) & (ball.center <= 1))
+
+
+class _RecordingNetwork:
+  """Records the input set it is asked to bound; all bounds are 0."""
+
+  num_classes = 3
+
+  def __init__(self):
+    self.input_set = None
+
+  def logits(self, x):
+    return jnp.zeros((x.shape[0], self.num_classes))
+
+  def margin_bounds(self, input_set, labels, transform=None):
+    del transform
+    self.input_set = input_set
+    zeros = jnp.zeros((labels.shape[0], self.num_classes - 1))
+    return Interval(zeros, zeros)
+
+
+def test_l2_certified_bounds_the_small_ball(monkeypatch):
+  x = jnp.full((2, 4), 0.5)
+  far = x + jnp.array([[3.0, 0, 0, 0], [0, 0, 0, 0.05]])  # out, in the ball
+  monkeypatch.setattr(robust_losses, "sabr_attack", lambda *a, **k: far)
+  network = _RecordingNetwork()
+  robust_losses.l2_certified(network, x, jnp.array([0, 1]), 0.2, lam=0.25,
+                             key=jax.random.key(0), pgd_steps=1)
+  ball = network.input_set
+  assert isinstance(ball, LpBall) and ball.p == 2
+  # Projected onto B2(x, 0.15), so the ball of radius 0.05 fits.
+  np.testing.assert_allclose(ball.center[0], [0.65, 0.5, 0.5, 0.5], atol=TOL)
+  np.testing.assert_allclose(ball.center[1], far[1], atol=TOL)
+  np.testing.assert_allclose(ball.eps, 0.05, rtol=1e-6)
+
+
+def test_sabr_linf_bounds_the_small_box(monkeypatch):
+  x = jnp.array([[0.0, 0.5]])
+  monkeypatch.setattr(robust_losses, "sabr_attack",
+                      lambda *a, **k: jnp.array([[0.1, 0.3]]))
+  network = _RecordingNetwork()
+  robust_losses.sabr_linf(network, x, jnp.array([0]), 0.1, lam=0.5,
+                          key=jax.random.key(0), pgd_steps=1)
+  box = network.input_set
+  assert isinstance(box, Box)
+  np.testing.assert_allclose(box.lower, [[0.0, 0.4]], atol=TOL)
+  np.testing.assert_allclose(box.upper, [[0.1, 0.5]], atol=TOL)
+
+
+def test_l2_sabr_box_is_almost_cross_entropy_at_the_attack_point(monkeypatch):
+  network = _mlp_network(seed=2)
+  x = _images_with_borders(6)
+  labels = jnp.array([0, 1, 2, 3, 0])
+  point = jnp.clip(x + 0.05 * jax.random.normal(jax.random.key(4), x.shape),
+                   0, 1)
+  monkeypatch.setattr(robust_losses, "sabr_attack", lambda *a, **k: point)
+  robust = robust_losses.l2_sabr_box(network, x, labels, 0.5, lam=1e-5,
+                                     key=jax.random.key(0), pgd_steps=1)
+  np.testing.assert_allclose(
+      robust.loss, cross_entropy(network.logits(point), labels), atol=1e-3)
