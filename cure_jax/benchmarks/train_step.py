@@ -17,10 +17,9 @@ import jax.numpy as jnp
 
 from cure_jax.benchmarks.timing import median_seconds
 from cure_jax.objectives.base import Batch
-from cure_jax.objectives.registry import make_objective
 from cure_jax.settings import load_config
 from cure_jax.train.state import build_model, create_train_state, make_optimizer
-from cure_jax.train.step import make_schedules, make_train_step
+from cure_jax.train.step import make_schedules, make_train_step, phase_at
 
 
 def step_seconds(model_name: str, method: str, batch: int, repeats: int,
@@ -37,8 +36,8 @@ def step_seconds(model_name: str, method: str, batch: int, repeats: int,
   sched = make_schedules(config, steps_per_epoch)
   # Past the ramp: full radii, robust loss on, gradient projection active.
   state = state._replace(step=jnp.asarray(sched.ramp_end + 1, jnp.int32))
-  step = jax.jit(make_train_step(config, model, make_objective(config, model),
-                                 optimizer, sched))
+  phase = phase_at(config, sched, sched.ramp_end + 1)
+  step = jax.jit(make_train_step(config, model, optimizer, sched, phase))
   key_x, key_y = jax.random.split(jax.random.key(1))
   data = Batch(jax.random.uniform(key_x, (batch, 28, 28, 1)),
                jax.random.randint(key_y, (batch,), 0, 10))

@@ -18,7 +18,6 @@ import numpy as np
 
 from cure_jax import data, settings
 from cure_jax.objectives.base import Batch
-from cure_jax.objectives.registry import make_objective
 from cure_jax.parallel import distributed, mesh as mesh_lib
 from cure_jax.train import final_eval
 from cure_jax.train.checkpoint import Checkpointer
@@ -28,7 +27,7 @@ from cure_jax.train.state import (TrainState, build_model, create_train_state,
                                   fresh_state, make_optimizer)
 from cure_jax.train.step import (is_gp_boundary, make_gp_boundary,
                                  make_gp_restart, make_schedules,
-                                 make_train_step)
+                                 make_train_step, phase_at)
 
 RESULTS_FILE = "results.json"
 TFDS_DATA_DIR_ENV = "TFDS_DATA_DIR"
@@ -191,11 +190,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       first_step = int(state.step)
 
       replicated = mesh_lib.replicated_sharding(mesh)
-      train_step = jax.jit(
-          make_train_step(config, model, make_objective(config, model),
-                          optimizer, sched),
-          in_shardings=(replicated, mesh_lib.data_sharding(mesh)),
-          out_shardings=(replicated, replicated), donate_argnums=0)
+      compiled_steps = {}
+
+      def train_step_of(phase):  # one compilation per phase of training
+        if phase not in compiled_steps:
+          compiled_steps[phase] = jax.jit(
+              make_train_step(config, model, optimizer, sched, phase),
+              in_shardings=(replicated, mesh_lib.data_sharding(mesh)),
+              out_shardings=(replicated, replicated), donate_argnums=0)
+        return compiled_steps[phase]
       gp_boundary = jax.jit(make_gp_boundary(config), donate_argnums=0)
       gp_restart = jax.jit(make_gp_restart(), donate_argnums=0)
 
@@ -221,7 +224,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
               process_count=jax.process_count())
           batch = mesh_lib.shard_global_batch(
               Batch(local.images, local.labels), mesh)
-          state, metrics = train_step(state, batch)
+          state, metrics = train_step_of(phase_at(config, sched, step))(
+              state, batch)
           done = step + 1
           log_now = done % config.log_every_steps == 0 or done == total_steps
           save_now = done % config.checkpoint_every_steps == 0

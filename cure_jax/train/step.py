@@ -1,8 +1,14 @@
 """One training step, and the gradient-projection interval boundary.
 
 Both are pure functions of the `TrainState` and the batch; the loop jits
-them once over the device mesh (parameters replicated, the batch split along
-its first axis), so they run unchanged on 1 device or a pod.
+them over the device mesh (parameters replicated, the batch split along its
+first axis), so they run unchanged on 1 device or a pod.
+
+What a step computes changes at most three times in a run — the natural
+epochs (clean CE only), the ε ramp (with the warm-up regularizers), after
+the ramp (with gradient projection's natural branch) — so each `Phase` is
+compiled once, statically, instead of switching terms by a traced
+``lax.cond`` (which under ``grad`` costs ~12× the bound pass on CPU).
 """
 
 from typing import Callable, NamedTuple
@@ -13,6 +19,7 @@ import ml_collections
 import optax
 
 from cure_jax.objectives import gradient_projection
+from cure_jax.objectives.registry import make_objective
 from cure_jax.objectives.base import (Batch, StepContext, clean_pass,
                                       cross_entropy)
 from cure_jax.train import schedules
@@ -27,17 +34,42 @@ class Schedules(NamedTuple):
   kappa: Callable
   ramp_start: int  # step
   ramp_end: int  # step
+  natural_end: int  # step: κ = 1 before it
 
 
 def make_schedules(config: ml_collections.ConfigDict,
                    steps_per_epoch: int) -> Schedules:
   start = int(config.eps_ramp_start * steps_per_epoch)
   end = int(config.eps_ramp_end * steps_per_epoch)
+  natural_end = int(config.natural_epochs * steps_per_epoch)
   return Schedules(
       eps_linf=schedules.smoothed_eps_schedule(config.eps_linf, start, end),
       eps_l2=schedules.smoothed_eps_schedule(config.eps_l2_train, start, end),
-      kappa=schedules.kappa_schedule(int(config.natural_epochs * steps_per_epoch)),
-      ramp_start=start, ramp_end=end)
+      kappa=schedules.kappa_schedule(natural_end),
+      ramp_start=start, ramp_end=end, natural_end=natural_end)
+
+
+class Phase(NamedTuple):
+  """The terms a step computes; static, constant over a stretch of steps.
+
+  Attributes:
+    robust: the robust term (κ < 1: after the natural epochs).
+    warmup: the warm-up regularizers (during the ε ramp, if configured).
+    natural_branch: gradient projection's natural updates (after the ramp).
+  """
+
+  robust: bool
+  warmup: bool
+  natural_branch: bool
+
+
+def phase_at(config, sched: Schedules, step: int) -> Phase:
+  """The `Phase` of (Python int) ``step``; the loop compiles one per phase."""
+  return Phase(
+      robust=step >= sched.natural_end,
+      warmup=bool(config.warmup_reg) and config.eps_linf > 0 and (
+          sched.ramp_start <= step < sched.ramp_end),
+      natural_branch=gradient_projection_on(config) and step >= sched.ramp_end)
 
 
 def step_context(config, sched: Schedules, step: jax.Array) -> StepContext:
@@ -62,10 +94,16 @@ def _natural_gradients(model, params, batch_stats, batch: Batch):
   return jax.grad(loss)(params)
 
 
-def make_train_step(config, model, objective, optimizer: optax.GradientTransformation,
-                    sched: Schedules):
-  """Returns ``train_step(state, batch) -> (state, metrics)``."""
-  use_gp = gradient_projection_on(config)
+def make_train_step(config, model, optimizer: optax.GradientTransformation,
+                    sched: Schedules, phase: Phase):
+  """Returns ``train_step(state, batch) -> (state, metrics)`` of ``phase``.
+
+  The step is exact only for the steps of ``phase`` (`phase_at`): it leaves
+  out the terms whose weight is zero elsewhere, and the gradient-projection
+  branch that starts after the ramp.
+  """
+  objective = make_objective(config, model, robust=phase.robust,
+                             warmup=phase.warmup)
 
   def train_step(state: TrainState, batch: Batch):
     ctx = step_context(config, sched, state.step)
@@ -75,13 +113,11 @@ def make_train_step(config, model, objective, optimizer: optax.GradientTransform
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     gp = state.gp
-    if use_gp:
+    if phase.natural_branch:
       # The natural branch of gradient projection (spec §3): the same steps
       # with clean CE, from the interval's start, with its own optimizer state.
-      def natural(gp):
-        g = _natural_gradients(model, gp.natural_params, state.batch_stats, batch)
-        return gradient_projection.natural_step(gp, g, optimizer)
-      gp = jax.lax.cond(state.step >= sched.ramp_end, natural, lambda gp: gp, gp)
+      g = _natural_gradients(model, gp.natural_params, state.batch_stats, batch)
+      gp = gradient_projection.natural_step(gp, g, optimizer)
     metrics = dict(metrics, eps_linf=ctx.eps_linf, eps_l2=ctx.eps_l2,
                    kappa=ctx.kappa, grad_norm=optax.global_norm(grads))
     return TrainState(state.step + 1, params, batch_stats, opt_state, gp), metrics
