@@ -11,14 +11,12 @@ checkpoint, a diverged loss — ends the program with exit status 1 and one
 message that says what to do, not a traceback.
 """
 
-import importlib.util
 import sys
-from typing import List, Optional
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cure_jax import settings
+from cure_jax import cli
 from cure_jax.parallel import distributed
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -33,62 +31,6 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None,
 _PROCESS_ID = flags.DEFINE_integer("process_id", None,
                                    "This process's index (multi-host only).")
 flags.mark_flags_as_required(["config", "workdir"])
-
-_CONFIG_FLAG = "--config="
-_OVERRIDE_PREFIX = "--config."
-
-
-def load_config_file(spec: str):
-  """``get_config(arg)`` of "path/to/config.py[:arg]", as ``--config`` does."""
-  path, colon, arg = spec.partition(":")
-  module_spec = importlib.util.spec_from_file_location("cure_jax_config", path)
-  if module_spec is None:
-    raise FileNotFoundError(f"cannot load a config file from {path!r}.")
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg) if colon else module.get_config()
-
-
-def unknown_override(argv: List[str]) -> Optional[str]:
-  """The message for the first ``--config.<key>=`` naming no key, or None.
-
-  Args:
-    argv: the command line.
-
-  Returns:
-    `settings.unknown_key_message` of the first unknown override key, or
-    None when the config cannot be loaded or every override key exists.
-  """
-  specs = [a[len(_CONFIG_FLAG):] for a in argv if a.startswith(_CONFIG_FLAG)]
-  if not specs:
-    return None
-  try:
-    config = load_config_file(specs[-1])
-  except Exception:  # pylint: disable=broad-exception-caught
-    return None  # absl reports a config that does not load.
-  for arg in argv:
-    if arg.startswith(_OVERRIDE_PREFIX):
-      key = arg[len(_OVERRIDE_PREFIX):].partition("=")[0]
-      message = settings.unknown_key_message(config, key)
-      if message:
-        return message
-  return None
-
-
-def parse_flags(argv: List[str]) -> List[str]:
-  """absl's flag parsing; an unknown ``--config.<key>`` is one clear line.
-
-  ml_collections reports an override of a missing key as a bare
-  AttributeError deep inside flag parsing (no valid keys listed for nested
-  ones); it exits here with `settings.unknown_key_message` instead.
-  """
-  try:
-    return app.parse_flags_with_usage(argv)
-  except (AttributeError, KeyError):
-    message = unknown_override(argv)
-    if message is None:
-      raise
-    raise SystemExit(f"FATAL Flags parsing error: {message}") from None
 
 
 def main(argv):
@@ -112,4 +54,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

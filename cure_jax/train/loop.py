@@ -52,22 +52,33 @@ def tfds_data_dir(config: ml_collections.ConfigDict) -> Optional[str]:
           or None)
 
 
-def load_datasets(config: ml_collections.ConfigDict):
-  """(info, train split, test split) of ``config.dataset``.
+def load_config_split(config: ml_collections.ConfigDict, split: str) -> data.Split:
+  """The ``split`` ('train' or 'test') of ``config.dataset``, whole.
 
   Raises:
     DataNotFoundError: the dataset is not prepared and its files are neither
       local nor downloadable (within seconds, naming the files and settings).
   """
+  return data.load_split(config.dataset.name, split,
+                         data_dir=config.dataset.data_dir or None,
+                         tfds_data_dir=tfds_data_dir(config),
+                         download=config.dataset.download)
+
+
+def load_datasets(config: ml_collections.ConfigDict):
+  """(info, train split, test split) of ``config.dataset``.
+
+  The training split is ``config.dataset.train_examples`` random examples
+  when that is set (`train_subset`).
+
+  Raises:
+    DataNotFoundError: see `load_config_split`.
+  """
   info = data.dataset_info(config.dataset.name)
-  kwargs = dict(data_dir=config.dataset.data_dir or None,
-                tfds_data_dir=tfds_data_dir(config),
-                download=config.dataset.download)
-  train = data.load_split(info.name, "train", **kwargs)
+  train = load_config_split(config, "train")
   if config.dataset.train_examples:
     train = train_subset(train, config.dataset.train_examples, config.seed)
-  test = data.load_split(info.name, "test", **kwargs)
-  return info, train, test
+  return info, train, load_config_split(config, "test")
 
 
 def train_subset(split: data.Split, num_examples: int, seed: int) -> data.Split:
