@@ -69,7 +69,6 @@ def get_config(arg=None):
     c.num_epochs, c.lr_milestones = 6, (4, 5)
     c.eps_ramp_start, c.eps_ramp_end = 1, 3
     c.pgd_steps = 4
-    c.eval.methods = ("ibp", "crown", "alpha_crown")
     if arg.method == "cure_finetune":
       c.num_epochs, c.lr_milestones = 2, (1,)
       c.eps_ramp_start, c.eps_ramp_end = 0, 1

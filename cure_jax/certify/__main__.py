@@ -73,7 +73,7 @@ def certify_checkpoint(config, workdir: str, output_name: str = "certify",
   records, summary = certify.evaluate(
       model.apply, variables, np.asarray(images), test.labels, radii=radii,
       num_classes=config.model.num_classes,
-      batch_size=config.eval.batch_size, methods=tuple(config.eval.methods),
+      batch_size=config.eval.certify_batch_size, methods=tuple(config.eval.methods),
       alpha_steps=config.eval.alpha_steps, pgd=pgd, log=log)
   summary = dict(summary, method=config.method, dataset=info.name,
                  workdir=os.path.abspath(workdir))
