@@ -96,12 +96,13 @@ def _start(graph: Graph, env: Env, spec, what: str, both: bool = True):
   """
   out = _single_output(graph, env, what)
   shape = as_interval(env[out]).shape
+  dtype = as_interval(env[out]).lower.dtype  # float64 functions stay float64
   if spec is None:
-    coeffs = backward.identity_coefficients(shape, jnp.float32, both)
+    coeffs = backward.identity_coefficients(shape, dtype, both)
     return out, coeffs, lambda lower: backward.interval_from_identity(
         lower, shape, both)
   spec = _check_spec(spec, shape)
-  coeffs = backward.spec_coefficients(spec.astype(jnp.float32), both)
+  coeffs = backward.spec_coefficients(spec.astype(dtype), both)
   return out, coeffs, lambda lower: backward.interval_from_spec(lower, both)
 
 

@@ -1,0 +1,232 @@
+"""What theory says of the bound transforms, beyond soundness.
+
+Exactness (a single affine layer: IBP over a box, CROWN over any l_p ball,
+by hand), ε = 0 gives the forward pass, the tightness order IBP ≤ CROWN-IBP
+≤ CROWN ≤ α-CROWN on the margins of ReLU networks, jit = no-jit, vmap and
+grad compose (the IBP loss's gradient matches finite differences), and bad
+input gets a clear error.
+"""
+
+import functools
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cure_jax.bounds import (Box, L1Ball, L2Ball, LinfBall, LpBall,
+                             UnsupportedPrimitiveError, alpha_crown, crown,
+                             crown_ibp, ibp, margin_spec)
+from cure_jax.objectives.base import robust_cross_entropy
+
+METHODS = {"ibp": ibp, "crown_ibp": crown_ibp, "crown": crown,
+           "alpha_crown": functools.partial(alpha_crown, steps=5)}
+DOMAIN = (0.0, 1.0)
+NUM_CLASSES = 5
+
+
+class Mlp(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    x = x.reshape(x.shape[0], -1)
+    x = nn.relu(nn.Dense(12)(x))
+    x = nn.relu(nn.Dense(12)(x))
+    return nn.Dense(NUM_CLASSES)(x)
+
+
+class Cnn(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    x = nn.relu(nn.Conv(4, (3, 3), strides=2, padding="SAME")(x))
+    x = nn.relu(nn.Conv(4, (3, 3), padding="SAME")(x))
+    x = nn.avg_pool(x, (2, 2), strides=(2, 2))
+    return nn.Dense(NUM_CLASSES)(x.reshape(x.shape[0], -1))
+
+
+def _network(module, seed=0, shape=(3, 8, 8, 1)):
+  keys = jax.random.split(jax.random.key(seed), 3)
+  x = jax.random.uniform(keys[0], shape)
+  y = jax.random.randint(keys[1], shape[:1], 0, NUM_CLASSES)
+  params = module.init(keys[2], x)
+  return module.apply, params, x, y
+
+
+# ---------------------------------------------------------------- exactness
+
+W = jnp.array([[1.0, -2.0], [3.0, 4.0]])  # x @ W: column j is output j
+B = jnp.array([0.5, -1.0])
+
+
+def _affine(x):
+  return x @ W + B
+
+
+def test_ibp_of_an_affine_map_over_a_box_by_hand():
+  box = Box(jnp.array([[0.5, 0.5]]), jnp.array([[1.5, 1.5]]))
+  out = ibp(_affine)(box)
+  # Centre (1, 1): W^T c + b = (4.5, 1); radius |W|^T (0.5, 0.5) = (2, 3).
+  np.testing.assert_allclose(out.lower, [[2.5, -2.0]])
+  np.testing.assert_allclose(out.upper, [[6.5, 4.0]])
+  # Attained at corners: the bounds are exact, not just sound.
+  upper_corner = jnp.where(W > 0, box.upper.T, box.lower.T)  # per output
+  np.testing.assert_allclose(
+      [_affine(upper_corner[:, j][None])[0, j] for j in range(2)],
+      out.upper[0])
+
+
+# (p, dual norms of W's columns (1, 3) and (-2, 4), times eps = 0.5)
+@pytest.mark.parametrize("p, radius", [
+    (math.inf, [0.5 * 4.0, 0.5 * 6.0]),
+    (2.0, [0.5 * math.sqrt(10.0), 0.5 * math.sqrt(20.0)]),
+    (1.0, [0.5 * 3.0, 0.5 * 4.0]),
+])
+@pytest.mark.parametrize("method", ["crown", "crown_ibp", "alpha_crown"])
+def test_linear_methods_bound_an_affine_map_exactly_over_lp_balls(
+    p, radius, method):
+  ball = LpBall(jnp.array([[1.0, 1.0]]), 0.5, p)
+  out = METHODS[method](_affine)(ball)
+  center = np.array([4.5, 1.0])
+  np.testing.assert_allclose(out.lower[0], center - radius, rtol=1e-6)
+  np.testing.assert_allclose(out.upper[0], center + radius, rtol=1e-6)
+
+
+@pytest.mark.parametrize("p", [math.inf, 2.0, 1.0])
+def test_ibp_is_exact_through_the_first_affine_layer_of_an_lp_ball(p):
+  # IBP bounds an l_p ball through the first layer by the dual norm.
+  out = ibp(_affine)(LpBall(jnp.array([[1.0, 1.0]]), 0.5, p))
+  exact = crown(_affine)(LpBall(jnp.array([[1.0, 1.0]]), 0.5, p))
+  np.testing.assert_allclose(out.lower, exact.lower, rtol=1e-6)
+  np.testing.assert_allclose(out.upper, exact.upper, rtol=1e-6)
+
+
+@pytest.mark.parametrize("module", [Mlp(), Cnn()], ids=["mlp", "cnn"])
+@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("make_set", [LinfBall, L2Ball, L1Ball],
+                         ids=["linf", "l2", "l1"])
+def test_zero_radius_gives_the_forward_pass(module, method, make_set):
+  apply, params, x, y = _network(module)
+  out = METHODS[method](apply)(params, make_set(x, 0.0, domain=DOMAIN))
+  logits = apply(params, x)
+  np.testing.assert_allclose(out.lower, logits, atol=1e-5)
+  np.testing.assert_allclose(out.upper, logits, atol=1e-5)
+  margins = METHODS[method](apply)(params, make_set(x, 0.0),
+                                   spec=margin_spec(y, NUM_CLASSES))
+  expected = jnp.take_along_axis(logits, y[:, None], 1) - logits
+  expected = expected[jnp.arange(NUM_CLASSES)[None] != y[:, None]].reshape(
+      len(y), -1)
+  np.testing.assert_allclose(margins.lower, expected, atol=1e-5)
+
+
+# ----------------------------------------------------------------- ordering
+
+
+@pytest.mark.parametrize("module", [Mlp(), Cnn()], ids=["mlp", "cnn"])
+@pytest.mark.parametrize("make_set, eps", [(LinfBall, 0.05), (L2Ball, 0.3),
+                                           (L1Ball, 0.6)],
+                         ids=["linf", "l2", "l1"])
+def test_tighter_methods_give_tighter_margin_lower_bounds(module, make_set,
+                                                          eps):
+  apply, params, x, y = _network(module, seed=1)
+  spec = margin_spec(y, NUM_CLASSES)
+  input_set = make_set(x, eps, domain=DOMAIN)
+  lower = {name: np.asarray(METHODS[name](apply)(params, input_set,
+                                                  spec=spec).lower)
+           for name in METHODS}
+  slack = 1e-5 * (1 + np.abs(lower["ibp"]))
+  assert np.all(lower["crown_ibp"] >= lower["ibp"] - slack)
+  assert np.all(lower["crown"] >= lower["crown_ibp"] - slack)
+  assert np.all(lower["alpha_crown"] >= lower["crown"] - slack)
+  # And strictly tighter somewhere: the relaxations are doing work.
+  assert np.any(lower["crown"] > lower["ibp"] + 1e-3)
+
+
+# ----------------------------------------------- jit, vmap and grad compose
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_jit_equals_no_jit(method):
+  apply, params, x, y = _network(Cnn(), seed=2)
+  spec = margin_spec(y, NUM_CLASSES)
+
+  def bounds(params, x):
+    return METHODS[method](apply)(params, L2Ball(x, 0.2, domain=DOMAIN),
+                                  spec=spec)
+
+  eager, jitted = bounds(params, x), jax.jit(bounds)(params, x)
+  for a, b in zip(jax.tree.leaves(eager), jax.tree.leaves(jitted)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["ibp", "crown"])
+def test_vmap_over_radii_equals_a_loop(method):
+  apply, params, x, _ = _network(Mlp(), seed=3)
+  radii = jnp.array([0.0, 0.01, 0.05])
+
+  def upper(eps):
+    return METHODS[method](apply)(params, LinfBall(x, eps)).upper
+
+  stacked = jax.vmap(upper)(radii)
+  for i, eps in enumerate(radii):
+    np.testing.assert_allclose(stacked[i], upper(eps), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("make_set", [LinfBall, L2Ball], ids=["linf", "l2"])
+def test_gradient_of_the_ibp_loss_matches_finite_differences(make_set):
+  # In float64 so that a tiny step stays clear of the bounds' kinks (ReLU
+  # states, the dual-norm/box intersection) and of round-off.
+  with jax.enable_x64(True):
+    apply, params, x, y = _network(Mlp(), seed=4, shape=(4, 3, 3, 1))
+    params = jax.tree.map(lambda p: p.astype(jnp.float64), params)
+    x = x.astype(jnp.float64)
+    spec = margin_spec(y, NUM_CLASSES)
+
+    def loss(params):
+      margins = ibp(apply)(params, make_set(x, 0.1, domain=DOMAIN), spec=spec)
+      return robust_cross_entropy(margins.lower).mean()
+
+    grads = jax.grad(loss)(params)
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(5), len(leaves))
+    direction = jax.tree.unflatten(treedef, [
+        jax.random.normal(k, p.shape, jnp.float64) for p, k in zip(leaves, keys)])
+    h = 1e-6
+    shifted = lambda s: jax.tree.map(lambda p, d: p + s * h * d, params,
+                                     direction)
+    numeric = (loss(shifted(1.0)) - loss(shifted(-1.0))) / (2 * h)
+    analytic = sum(jnp.vdot(g, d) for g, d in zip(jax.tree.leaves(grads),
+                                                   jax.tree.leaves(direction)))
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-5)
+    assert abs(float(analytic)) > 1e-3  # a real, non-vanishing gradient
+
+
+# ---------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_unsupported_primitive_names_itself_and_the_source_line(method):
+  def net(x):
+    return jnp.sin(x @ jnp.ones((3, 2)))  # the offending line
+
+  with pytest.raises(UnsupportedPrimitiveError) as error:
+    METHODS[method](net)(LinfBall(jnp.zeros((2, 3)), 0.1))
+  message = str(error.value)
+  assert "'sin'" in message
+  assert "test_bounds_properties.py" in message and "(net)" in message
+
+
+def test_a_set_of_the_wrong_shape_is_explained():
+  with pytest.raises(ValueError, match="does each set have the shape"):
+    ibp(_affine)(LinfBall(jnp.zeros((1, 3)), 0.1))
+
+
+@pytest.mark.parametrize("make_set", [LinfBall, L2Ball, L1Ball])
+def test_a_negative_radius_is_refused(make_set):
+  with pytest.raises(ValueError, match="non-negative"):
+    make_set(jnp.zeros((2, 3)), -0.1)
+
+
+def test_a_radius_that_fits_no_axis_is_refused():
+  with pytest.raises(ValueError, match="does not fit a center"):
+    L2Ball(jnp.zeros((2, 3)), jnp.ones((3,)))
