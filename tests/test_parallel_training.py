@@ -1,0 +1,156 @@
+"""The real training loop on 1 and 8 (simulated) devices, and after SIGKILL.
+
+Run as a script, this file is a worker: it trains the natural, IBP and
+CURE-Max objectives for a few steps on generated MNIST files with whatever
+devices it sees, and writes the final parameters to an .npz file. The tests
+start it in subprocesses, since the number of CPU devices must be fixed
+before JAX initializes. A second test kills `python -m cure_jax.main` with
+SIGKILL in the middle of an epoch, restarts it, and checks that the result
+is bitwise the parameters of an uninterrupted run.
+"""
+
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+MNIST_CONFIG = str(REPO / "configs" / "mnist.py")
+METHODS = ("natural", "ibp", "cure_max")
+GLOBAL_BATCH = 16
+
+
+def _config(method, files, tfds, **overrides):
+  from cure_jax import settings  # pylint: disable=g-import-not-at-top
+  config = settings.load_config(f"{MNIST_CONFIG}:cpu=True,method={method}")
+  values = {"dataset.data_dir": str(files), "dataset.tfds_data_dir": str(tfds),
+            "dataset.download": False, "model.name": "mlp",
+            "batch_size": GLOBAL_BATCH, "num_epochs": 2, "lr_milestones": (1,),
+            "natural_epochs": 0, "eps_ramp_start": 0, "eps_ramp_end": 1,
+            "pgd_steps": 2, "checkpoint_every_steps": 100,
+            "log_every_steps": 1, "eval.final_examples": 4,
+            "eval.final_methods": ("ibp",), "eval.batch_size": 4}
+  values.update(overrides)
+  config.unlock()
+  settings.apply_overrides(config, values)
+  config.lock()
+  return config
+
+
+def _worker(files, tfds, workdir, out_path):
+  import jax  # pylint: disable=g-import-not-at-top
+  from cure_jax.train import loop  # pylint: disable=g-import-not-at-top
+  arrays = {"devices": np.asarray(jax.device_count())}
+  for method in METHODS:
+    config = _config(method, files, tfds)
+    results = loop.train_and_evaluate(config, os.path.join(workdir, method))
+    _, variables = loop.restore_for_eval(config, os.path.join(workdir, method))
+    leaves = jax.tree_util.tree_leaves_with_path(jax.device_get(variables))
+    for path, leaf in leaves:
+      arrays[f"{method}/{jax.tree_util.keystr(path)}"] = np.asarray(leaf)
+    arrays[f"{method}/clean_accuracy"] = np.asarray(results["clean_accuracy"])
+  np.savez(out_path, **arrays)
+
+
+@pytest.fixture(scope="module")
+def mnist(tmp_path_factory):
+  from cure_jax.data import fake_sources  # pylint: disable=g-import-not-at-top
+  files = tmp_path_factory.mktemp("files")
+  fake_sources.write_fake_mnist(files, num_train=48, num_test=8, seed=7)
+  return files, tmp_path_factory.mktemp("tfds")
+
+
+def _env(devices):
+  env = {k: v for k, v in os.environ.items()
+         if not k.startswith(("CURE_", "TFDS_"))}
+  env.update(JAX_PLATFORMS="cpu",
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  return env
+
+
+def _train_on(devices, files, tfds, tmp_path):
+  out = tmp_path / f"{devices}.npz"
+  subprocess.run([sys.executable, __file__, str(files), str(tfds),
+                  str(tmp_path / f"run{devices}"), str(out)],
+                 check=True, cwd=REPO, env=_env(devices), timeout=600)
+  return dict(np.load(out))
+
+
+def test_eight_devices_train_like_one(mnist, tmp_path):
+  files, tfds = mnist
+  one = _train_on(1, files, tfds, tmp_path)
+  eight = _train_on(8, files, tfds, tmp_path)
+  assert one.pop("devices") == 1 and eight.pop("devices") == 8
+  assert one.keys() == eight.keys()
+  for name in one:
+    # Same global batch, split 8 ways: only the summation order differs.
+    np.testing.assert_allclose(eight[name], one[name], rtol=1e-4, atol=1e-5,
+                               err_msg=name)
+  assert {k.split("/")[0] for k in one} == set(METHODS)
+
+
+def _steps(ckpt_dir):
+  if not ckpt_dir.exists():
+    return []
+  return sorted(int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit())
+
+
+def test_sigkill_mid_epoch_then_restart_gives_the_uninterrupted_result(
+    tmp_path):
+  from cure_jax.data import fake_sources  # pylint: disable=g-import-not-at-top
+  files, tfds = tmp_path / "files", tmp_path / "tfds"
+  fake_sources.write_fake_mnist(files, num_train=1600, num_test=8, seed=8)
+  args = [f"--config={MNIST_CONFIG}:cpu=True,method=sabr",
+          f"--config.dataset.data_dir={files}",
+          f"--config.dataset.tfds_data_dir={tfds}",
+          "--config.dataset.download=False", "--config.model.name=mlp",
+          f"--config.batch_size={GLOBAL_BATCH}", "--config.num_epochs=2",
+          "--config.lr_milestones=(1,)", "--config.natural_epochs=0",
+          "--config.eps_ramp_start=0", "--config.eps_ramp_end=1",
+          "--config.checkpoint_every_steps=7", "--config.log_every_steps=1000",
+          "--config.eval.final_examples=4", "--config.eval.batch_size=4",
+          "--config.eval.final_methods=('ibp',)"]
+  main = [sys.executable, "-m", "cure_jax.main"]
+  straight, killed = tmp_path / "straight", tmp_path / "killed"
+  subprocess.run(main + args + [f"--workdir={straight}"], check=True,
+                 cwd=REPO, env=_env(1), timeout=600, capture_output=True)
+
+  process = subprocess.Popen(main + args + [f"--workdir={killed}"], cwd=REPO,
+                             env=_env(1), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+  deadline = time.monotonic() + 300
+  # 100 steps per epoch: kill once a checkpoint past step 20 exists, which
+  # is in the middle of the first epoch.
+  while not [s for s in _steps(killed / "checkpoints") if s > 20]:
+    assert process.poll() is None, "the run ended before it could be killed"
+    assert time.monotonic() < deadline
+    time.sleep(0.01)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  assert not (killed / "results.json").exists()
+  kill_step = max(_steps(killed / "checkpoints"))
+  assert kill_step < 200
+
+  subprocess.run(main + args + [f"--workdir={killed}"], check=True, cwd=REPO,
+                 env=_env(1), timeout=600, capture_output=True)
+  sys.path.insert(0, str(REPO))
+  from cure_jax import settings  # pylint: disable=g-import-not-at-top
+  from cure_jax.train import loop  # pylint: disable=g-import-not-at-top
+  config = settings.load_config(f"{MNIST_CONFIG}:cpu=True,method=sabr")
+  config.unlock()
+  settings.apply_overrides(config, {"model.name": "mlp"})
+  _, a = loop.restore_for_eval(config, str(straight))
+  _, b = loop.restore_for_eval(config, str(killed))
+  import jax  # pylint: disable=g-import-not-at-top
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+if __name__ == "__main__":
+  sys.path.insert(0, str(REPO))
+  _worker(*sys.argv[1:5])
