@@ -1,0 +1,103 @@
+r"""A comparison table of several certified runs, as Markdown.
+
+  python -m cure_jax.certify.table /tmp/mnist_sabr /tmp/mnist_cure_max ... \
+      [--first=500] [--name=certify]
+
+Each argument is a workdir holding ``certify.csv`` (written by
+``python -m cure_jax.certify``) and, from training, ``results.json``. Rows
+are the runs; columns clean, certified accuracy per norm, union certified,
+PGD union (the empirical upper bound) and the training time. ``--first=N``
+recomputes every figure on the first N test points of each CSV, so runs
+certified on different numbers of points compare on the same points.
+"""
+
+import argparse
+import json
+import os
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from cure_jax.certify.report import NORM_SYMBOLS, ordered_norms, read_csv
+
+
+def run_row(workdir: str, first: Optional[int] = None,
+            name: str = "certify") -> Dict[str, object]:
+  """The figures of one run (fractions in [0, 1]) from its reports.
+
+  Args:
+    workdir: the run's directory.
+    first: use only the first ``first`` test points (None: all).
+    name: the reports' file stem.
+
+  Returns:
+    A dict with method, points, clean, certified_<norm>, union_certified,
+    union_pgd and train_seconds (None when there is no results.json).
+
+  Raises:
+    FileNotFoundError: the workdir has no ``<name>.csv``.
+    ValueError: ``first`` exceeds the certified points.
+  """
+  records = read_csv(os.path.join(workdir, f"{name}.csv"))
+  points = len(records["index"])
+  if first is not None:
+    if first > points:
+      raise ValueError(f"{workdir} certified {points} points, fewer than "
+                       f"--first={first}.")
+    records = {k: v[:first] for k, v in records.items()}
+  summary_path = os.path.join(workdir, f"{name}.json")
+  method = os.path.basename(os.path.normpath(workdir))
+  if os.path.exists(summary_path):
+    with open(summary_path, encoding="utf-8") as f:
+      method = json.load(f).get("method", method)
+  row = {"method": method, "points": len(records["index"]),
+         "clean": float(np.mean(np.asarray(records["correct"], bool)))}
+  norms = ordered_norms([c[len("certified_"):] for c in records
+                         if c.startswith("certified_")])
+  for norm in norms:
+    row[f"certified_{norm}"] = float(np.mean(np.asarray(
+        records[f"certified_{norm}"], bool)))
+  row["union_certified"] = float(np.mean(np.asarray(
+      records["union_certified"], bool)))
+  if "union_pgd" in records:
+    row["union_pgd"] = float(np.mean(np.asarray(records["union_pgd"], bool)))
+  results_path = os.path.join(workdir, "results.json")
+  row["train_seconds"] = None
+  if os.path.exists(results_path):
+    with open(results_path, encoding="utf-8") as f:
+      row["train_seconds"] = json.load(f).get("train_seconds_this_run")
+  return row
+
+
+def markdown(rows: Sequence[Dict[str, object]]) -> str:
+  """The rows as a Markdown table (percentages, minutes)."""
+  norms = ordered_norms([k[len("certified_"):] for k in rows[0]
+                         if k.startswith("certified_")])
+  header = (["method", "points", "clean"] +
+            [f"cert. {NORM_SYMBOLS[n]}" for n in norms] +
+            ["cert. union", "PGD union", "train min"])
+  lines = ["| " + " | ".join(header) + " |",
+           "|" + "---|" * len(header)]
+  for row in rows:
+    cells = [str(row["method"]), str(row["points"]), f"{row['clean']:.1%}"]
+    cells += [f"{row[f'certified_{n}']:.1%}" for n in norms]
+    cells.append(f"{row['union_certified']:.1%}")
+    cells.append(f"{row['union_pgd']:.1%}" if "union_pgd" in row else "—")
+    seconds = row["train_seconds"]
+    cells.append("—" if seconds is None else f"{seconds / 60:.1f}")
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawTextHelpFormatter)
+  parser.add_argument("workdirs", nargs="+")
+  parser.add_argument("--first", type=int, default=None)
+  parser.add_argument("--name", default="certify")
+  args = parser.parse_args(argv)
+  print(markdown([run_row(w, args.first, args.name) for w in args.workdirs]))
+
+
+if __name__ == "__main__":
+  main()
