@@ -32,6 +32,7 @@ from cure_jax.attacks import projections
 from cure_jax.attacks import steepest_ascent
 
 LogitsFn = Callable[[jax.Array], jax.Array]
+MAX_UNROLLED_STEPS = 16
 StepDecay = Callable[[int], float]
 
 
@@ -132,7 +133,8 @@ def pgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, norm: str, eps,
         restarts: int = 1, random_start: bool = True, loss: str = "ce",
         domain: norms.Domain = (0.0, 1.0),
         step_decay: Optional[StepDecay] = None,
-        l1_sparsity: float = 0.99) -> jax.Array:
+        l1_sparsity: float = 0.99,
+        unroll: Optional[bool] = None) -> jax.Array:
   """Runs PGD and returns the best point found per example.
 
   Args:
@@ -154,6 +156,11 @@ def pgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, norm: str, eps,
       with Python ints.
     l1_sparsity: fraction of coordinates an l1 step leaves untouched
       (`steepest_ascent.l1_direction`).
+    unroll: unroll the steps and restarts into straight-line code. On
+      XLA:CPU a convolution inside a loop runs ~5× slower than outside one,
+      but unrolled code grows with steps × restarts (compile time, memory).
+      Default: unrolled when steps × restarts <= `MAX_UNROLLED_STEPS` (the
+      training attacks), rolled otherwise (evaluation attacks).
 
   Returns:
     [B, ...] the best iterate per example, a constant for autodiff.
@@ -186,14 +193,17 @@ def pgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, norm: str, eps,
           jax.random.fold_in(key, restart), x, eps, norm=norm, domain=domain)
     else:
       x_0 = x
-    # Unrolled: on XLA:CPU a convolution inside a while loop runs ~5× slower
-    # than the same convolution outside one (measured on the small CNN).
     (x_last, best), _ = jax.lax.scan(gradient_step, (x_0, best), step_sizes,
-                                     unroll=True)
+                                     unroll=True if unroll else 1)
     final = _evaluate(logits_fn, loss_fn, x_last, y)
     return keep_better(best, final, loss == "margin"), None
 
+  if unroll is None:
+    unroll = steps * restarts <= MAX_UNROLLED_STEPS
   best = _evaluate(logits_fn, loss_fn, x, y)
-  for restart in range(restarts):  # few; unrolled like the steps
-    best, _ = one_restart(best, restart)
+  if unroll:
+    for restart in range(restarts):
+      best, _ = one_restart(best, restart)
+  else:
+    best, _ = jax.lax.scan(one_restart, best, jnp.arange(restarts))
   return jax.lax.stop_gradient(best.x)
