@@ -50,27 +50,12 @@ def get_config(arg=None):
   c.num_epochs, c.lr_milestones = 70, (50, 60)
   c.eps_ramp_start, c.eps_ramp_end = 1, 22
   c.eval.eps_linf, c.eval.eps_l2, c.eval.eps_l1 = row["eval_eps"]
-  settings.apply_overrides(c, settings.METHOD_PRESETS[arg.method])
-
-  if arg.method == "cure_scratch":
-    c.cure.ba_weight, c.cure.gp_beta = row["ba_weight"], row["gp_beta"]
-  if arg.method == "cure_finetune":
-    # A short schedule from a pre-trained l∞ (SABR) model, spec §6.
-    c.cure.ba_weight = 0.5
-    c.num_epochs, c.lr_milestones = 14, (10, 12)
-    c.natural_epochs, c.eps_ramp_start, c.eps_ramp_end = 0, 0, 4
-    c.init = "default"
+  settings.apply_method(c, arg.method, row, finetune_schedule=(14, (10, 12), 4))
 
   if arg.cpu:
     # The small CNN and a short schedule that fits a laptop CPU.
     c.model = settings.ml_collections.ConfigDict(dict(
         name="small_cnn", num_classes=10))
-    c.batch_size = 128
-    c.num_epochs, c.lr_milestones = 6, (4, 5)
-    c.eps_ramp_start, c.eps_ramp_end = 1, 3
-    c.pgd_steps = 4
-    if arg.method == "cure_finetune":
-      c.num_epochs, c.lr_milestones = 2, (1,)
-      c.eps_ramp_start, c.eps_ramp_end = 0, 1
+    settings.apply_cpu_schedule(c, arg.method)
   c.lock()
   return c

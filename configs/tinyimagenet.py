@@ -66,17 +66,7 @@ def get_config(arg=None):
   c.eval.batch_size = 50
   c.eval.methods = ("ibp", "crown_ibp", "alpha_crown_ibp")
   c.cure.ba_direction = "linf_to_l2"  # the reverse direction (spec §3)
-  settings.apply_overrides(c, settings.METHOD_PRESETS[arg.method])
-
-  if arg.method == "cure_scratch":
-    c.cure.ba_weight, c.cure.gp_beta = row["ba_weight"], row["gp_beta"]
-  if arg.method == "cure_finetune":
-    # A short schedule from a pre-trained l∞ (SABR) model, spec §6: the
-    # reference scripts train 32–36 epochs with the ramp ending at epoch 16.
-    c.cure.ba_weight = 0.5
-    c.num_epochs, c.lr_milestones = 36, (28, 32)
-    c.natural_epochs, c.eps_ramp_start, c.eps_ramp_end = 0, 0, 16
-    c.init = "default"
+  settings.apply_method(c, arg.method, row, finetune_schedule=(36, (28, 32), 16))
 
   if arg.cpu:
     # The small CNN on a training subset and a short schedule that fit a
@@ -84,15 +74,9 @@ def get_config(arg=None):
     c.model = settings.ml_collections.ConfigDict(dict(
         name="small_cnn", num_classes=NUM_CLASSES, mean=MEAN, std=STD))
     c.dataset.train_examples = 4096
-    c.batch_size = 128
-    c.num_epochs, c.lr_milestones = 6, (4, 5)
-    c.eps_ramp_start, c.eps_ramp_end = 1, 3
-    c.pgd_steps = 4
+    settings.apply_cpu_schedule(c, arg.method)
     c.eval.batch_size = 50
     c.eval.final_examples = 500
     c.eval.certify_examples = 100
-    if arg.method == "cure_finetune":
-      c.num_epochs, c.lr_milestones = 2, (1,)
-      c.eps_ramp_start, c.eps_ramp_end = 0, 1
   c.lock()
   return c

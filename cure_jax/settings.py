@@ -136,6 +136,38 @@ METHOD_PRESETS: Dict[str, Dict[str, Any]] = {
 assert set(METHOD_PRESETS) == set(METHODS)
 
 
+def apply_method(c: ml_collections.ConfigDict, method: str,
+                 row: Dict[str, Any], finetune_schedule) -> None:
+  """Applies ``METHOD_PRESETS[method]`` and the setting's CURE weights.
+
+  Args:
+    c: the config being built.
+    method: a method name.
+    row: the setting's row (``ba_weight``, ``gp_beta`` of CURE-Scratch).
+    finetune_schedule: CURE-Finetune's (epochs, LR milestones, ramp end), a
+      short schedule from a pre-trained l∞ model (spec §6).
+  """
+  apply_overrides(c, METHOD_PRESETS[method])
+  if method == "cure_scratch":
+    c.cure.ba_weight, c.cure.gp_beta = row["ba_weight"], row["gp_beta"]
+  if method == "cure_finetune":
+    c.cure.ba_weight = 0.5
+    c.num_epochs, c.lr_milestones, c.eps_ramp_end = finetune_schedule
+    c.natural_epochs, c.eps_ramp_start = 0, 0
+    c.init = "default"
+
+
+def apply_cpu_schedule(c: ml_collections.ConfigDict, method: str) -> None:
+  """The short schedule of the CPU variants (6 epochs; 2 to fine-tune)."""
+  c.batch_size = 128
+  c.num_epochs, c.lr_milestones = 6, (4, 5)
+  c.eps_ramp_start, c.eps_ramp_end = 1, 3
+  c.pgd_steps = 4
+  if method == "cure_finetune":
+    c.num_epochs, c.lr_milestones = 2, (1,)
+    c.eps_ramp_start, c.eps_ramp_end = 0, 1
+
+
 def unknown_key_message(config: ml_collections.ConfigDict,
                         dotted: str) -> Optional[str]:
   """Why the dotted key (e.g. "cure.gp_beta") is not in ``config``, or None.
