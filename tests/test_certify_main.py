@@ -78,3 +78,4 @@ def test_command_line_prints_the_table(trained, tmp_path):
       env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert missing.returncode == 1
   assert "no checkpoint" in missing.stderr and "Traceback" not in missing.stderr
+  assert not (tmp_path / "nothing").exists()  # nothing created

@@ -11,6 +11,7 @@ import os
 import time
 from typing import Any, Dict, Optional
 
+from etils import epath
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -117,12 +118,15 @@ def restore_for_eval(config: ml_collections.ConfigDict, workdir: str):
   model = build_model(config)
   optimizer = make_optimizer(config, steps_per_epoch=1)
   template = _template(config, model, optimizer, info)
+  missing = FileNotFoundError(
+      f"no checkpoint in {checkpoint_dir(workdir)}: train first with "
+      f"python -m cure_jax.main --config=... --workdir={workdir}")
+  if not epath.Path(checkpoint_dir(workdir)).exists():
+    raise missing  # before orbax, which would create the directory
   with Checkpointer(checkpoint_dir(workdir), async_save=False) as ckpt:
     state = ckpt.restore_latest(template)
   if state is None:
-    raise FileNotFoundError(
-        f"no checkpoint in {checkpoint_dir(workdir)}: train first with "
-        f"python -m cure_jax.main --config=... --workdir={workdir}")
+    raise missing
   return model, {"params": state.params, "batch_stats": state.batch_stats}
 
 
