@@ -40,6 +40,23 @@ def test_rows_by_hand_and_first_n(tmp_path):
     table.run_row(str(tmp_path / "a"), first=9)
 
 
+def test_linf_l2_union_beside_the_all_norms_union(tmp_path):
+  directory = tmp_path / "c"
+  directory.mkdir()
+  n = 4
+  certified = {"linf": np.array([1, 1, 0, 1], bool),
+               "l2": np.array([1, 1, 1, 0], bool),
+               "l1": np.array([0, 1, 0, 0], bool)}
+  records = build_records(
+      labels=np.zeros(n, np.int32), predictions=np.zeros(n, np.int32),
+      certified=certified,
+      stages={k: np.where(v, "ibp", "none") for k, v in certified.items()})
+  write_csv(str(directory / "certify.csv"), records)
+  row = table.run_row(str(directory))
+  assert row["union_certified"] == 0.25 and row["union_linf_l2"] == 0.5
+  assert "cert. l∞ ∪ l2" in table.markdown([row])
+
+
 def test_markdown_table_lists_every_run(tmp_path, capsys):
   _write_run(tmp_path / "a", "sabr", [1, 1], [1, 0], [0, 0])
   _write_run(tmp_path / "b", "cure_max", [1, 1], [1, 1], [1, 0], 600.0)
