@@ -12,13 +12,10 @@ from cure_jax.certify import __main__ as certify_main
 from cure_jax.certify import read_csv
 from cure_jax.train import loop
 
+# The shared helpers, and the autouse fixture that ignores the caller's
+# data environment.
+from test_train_loop import _no_data_env  # pylint: disable=unused-import,g-bad-import-order
 from test_train_loop import MNIST_CONFIG, NUM_TEST, REPO, tiny_config  # pylint: disable=g-bad-import-order
-
-
-@pytest.fixture(autouse=True)
-def _no_data_env(monkeypatch):
-  for var in ("CURE_DATA_DIR", "CURE_MNIST_DIR", "TFDS_DATA_DIR"):
-    monkeypatch.delenv(var, raising=False)
 
 
 @pytest.fixture(scope="module")
