@@ -76,6 +76,11 @@ def base_config() -> ml_collections.ConfigDict:
       gp_interval_steps=0,    # 0 = one epoch
   ))
   c.finetune_from = ""        # workdir of an l∞ model to start from
+  # Certified patch training (method patch_ibp, Chiang et al., 2020).
+  c.patch = ml_collections.ConfigDict(dict(
+      size=2,                 # p×p patches
+      train_positions=4,      # positions sampled per example (worst one)
+  ))
 
   # Optimization and schedules (spec §4).
   c.batch_size = 128
@@ -114,6 +119,27 @@ def base_config() -> ml_collections.ConfigDict:
       norms=("linf", "l2", "l1"),
       pgd_steps=50,
       pgd_restarts=1,
+      # python -m cure_jax.certify.beyond_lp: patches and geometry (issue 6).
+      beyond_lp=ml_collections.ConfigDict(dict(
+          examples=500,       # the first test points
+          methods=("ibp", "crown_ibp"),  # cascade per region
+          rows_per_batch=512,  # (point, region) rows per bounded chunk
+          patch_sizes=(2, 5),
+          patch_attack_steps=10,  # PGD steps per position (uncertified pts)
+          families=("rotation", "translation", "scaling", "shearing",
+                    "brightness_contrast", "combined"),
+          ranges=ml_collections.ConfigDict(dict(   # ± magnitudes
+              rotation=15.0, translation=2.0, scaling=0.1, shearing=0.1,
+              brightness=0.1, contrast=0.1)),
+          # Pieces per parameter of a family's box (k parameters: pieces^k
+          # sub-boxes) and values per parameter of the attack's grid.
+          subintervals=ml_collections.ConfigDict(dict(
+              rotation=30, translation=8, scaling=20, shearing=20,
+              brightness_contrast=4, combined=2)),
+          grid_points=ml_collections.ConfigDict(dict(
+              rotation=61, translation=17, scaling=41, shearing=41,
+              brightness_contrast=9, combined=3)),
+      )),
   ))
   return c
 
@@ -132,6 +158,7 @@ METHOD_PRESETS: Dict[str, Dict[str, Any]] = {
     "cure_random": {"cure.combine": "random"},
     "cure_scratch": {"cure.combine": "max"},
     "cure_finetune": {"cure.combine": "max"},
+    "patch_ibp": dict(warmup_reg=False),  # the regularizers are l∞ ones
 }
 assert set(METHOD_PRESETS) == set(METHODS)
 

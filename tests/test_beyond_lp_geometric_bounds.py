@@ -73,6 +73,27 @@ def test_every_sub_box_of_a_split_is_sound_and_tighter(family):
   assert np.mean(widths) < width_whole  # splitting buys tightness
 
 
+@pytest.mark.parametrize("family, magnitude", [
+    ("rotation", dict(rotation=1.0)), ("translation", dict(translation=0.05)),
+    ("scaling", dict(scaling=0.01)), ("shearing", dict(shearing=0.01))])
+def test_small_boxes_are_sound_and_shrink_towards_the_image(family,
+                                                            magnitude):
+  # Around the identity a coordinate box straddles integer pixels, where the
+  # window's extrema alone cover 3 pixels however small the box: the mean
+  # value bound must narrow the interval in proportion to the box.
+  images = _images(seed=4)
+  widths = []
+  for scale in (1.0, 0.1):
+    box = family_box(family, GeometricRanges(
+        **{k: v * scale for k, v in magnitude.items()}))
+    _assert_inside(images, box, parameter_grid(box, 7))
+    _assert_inside(images, box, _random_params(box, jax.random.key(5), 8))
+    bounds = transformed_image_bounds(images, box)
+    widths.append(float(jnp.max(bounds.upper - bounds.lower)))
+  assert widths[1] < 0.2 * widths[0]
+  assert widths[1] < 0.05
+
+
 def test_identity_box_gives_the_image_itself():
   images = _images(seed=3)
   identity = parameters.parameter_box()

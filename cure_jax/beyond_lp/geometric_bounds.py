@@ -102,3 +102,21 @@ def geometric_input_boxes(images: jax.Array, regions: ParameterBox,
   box = jax.tree.map(lambda leaf: leaf[region], regions)
   bounds = row_bounds(window_tables(images), point, box)
   return Box(bounds.lower, bounds.upper)
+
+
+def region_boxes(images: jax.Array, point: jax.Array,
+                 box: ParameterBox) -> Box:
+  """Input boxes of rows (image ``point[i]``, parameter box ``box[i]``).
+
+  The region builder of geometric certification (`certify.regions`).
+
+  Args:
+    images: [B, H, W, C] in [0, 1].
+    point: [R] image index of each row.
+    box: parameter boxes with leaves [R].
+
+  Returns:
+    A `Box` [R, H, W, C].
+  """
+  bounds = row_bounds(window_tables(images), point, box)
+  return Box(bounds.lower, bounds.upper)

@@ -14,6 +14,14 @@ box is within d_u = max(0, k_lo − u_lo, u_hi − k_hi) <= τ of; interpolation
 L-Lipschitz in each coordinate, with L the spread of the image's values and
 0, so the bounds widen by L·(d_u + d_v) — nothing where no snapping happened.
 
+Mean value. The window's extrema do not shrink with the box: a box of
+width 0.01 around an integer coordinate still spans a 3-pixel window. So the
+bounds are intersected with I(c) ± (high − low)·(δ_u + δ_v), c the box's
+centre and δ its half-widths (`_mean_value_bounds`): interpolation is
+piecewise bilinear, each partial derivative a difference of two window
+values. Splitting a parameter range into k pieces then narrows the bounds
+about k-fold, as splitting should.
+
 Window extrema come from 2-D sparse tables (range-minimum queries): level
 (a, b) holds the min (max) over the 2^a × 2^b window at each pixel, so any
 window is the union of 4 overlapping table windows — O(1) gathers per output
@@ -26,9 +34,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cure_jax.beyond_lp.transforms import bilinear_sample
 from cure_jax.bounds import Interval
 
 SNAP_TOLERANCE = 1e-4
+# Float error of interpolating at the centre and of the half-widths (values
+# in [0, 1], coordinates below ~10^3 pixels).
+MEAN_VALUE_TOLERANCE = 1e-5
 
 
 class WindowTables(NamedTuple):
@@ -144,4 +156,33 @@ def interpolation_bounds(tables: WindowTables, point: jax.Array, u: Interval,
   high = jnp.where(expand(empty), 0.0, high)
   lipschitz = tables.lipschitz[point]  # [R, C]
   slack = lipschitz[:, None, None, :] * expand(gap_u + gap_v)
-  return Interval(low - slack, high + slack)
+  window = Interval(low - slack, high + slack)
+  return _intersect(window, _mean_value_bounds(tables, point, u, v, low, high,
+                                               slack))
+
+
+def _mean_value_bounds(tables: WindowTables, point: jax.Array, u: Interval,
+                       v: Interval, low: jax.Array, high: jax.Array,
+                       slack: jax.Array) -> Interval:
+  """I(c) ± (G_u·δ_u + G_v·δ_v): tight where the coordinate box is small.
+
+  Inside a cell, ∂I/∂u = (1 − f_v)(b − a) + f_v(d − c) for its four pixels,
+  so |∂I/∂u| is at most a difference of two window values, <= high − low
+  (likewise ∂I/∂v). Along the path from the box's centre c = (u_c, v_c) to
+  any (u, v) of the box, |I(u, v) − I(c)| <= (high − low)·(δ_u + δ_v), δ the
+  half-widths, plus ``slack`` for the part of the path a snapped window
+  misses. Unlike the window's extrema, this shrinks to 0 with the box.
+  """
+  images = tables.minima[:, 0, 0]  # level (0, 0) is the image itself
+  centre_u, centre_v = 0.5 * (u.lower + u.upper), 0.5 * (v.lower + v.upper)
+  half_u = jnp.maximum(u.upper - centre_u, centre_u - u.lower)
+  half_v = jnp.maximum(v.upper - centre_v, centre_v - v.lower)
+  centre = jax.vmap(bilinear_sample)(jnp.take(images, point, axis=0),
+                                     centre_u, centre_v)
+  radius = ((high - low) * (half_u + half_v)[..., None] + slack +
+            MEAN_VALUE_TOLERANCE)
+  return Interval(centre - radius, centre + radius)
+
+
+def _intersect(a: Interval, b: Interval) -> Interval:
+  return Interval(jnp.maximum(a.lower, b.lower), jnp.minimum(a.upper, b.upper))

@@ -301,7 +301,8 @@ def _parse_column(name: str, cells: Sequence[str]) -> np.ndarray:
     return np.asarray([int(c) for c in cells], np.int64)
   if name.startswith("stage_"):
     return np.asarray(cells, dtype=str)
-  if name == "correct" or name.startswith(("certified_", "pgd_", "union_")):
+  if name == "correct" or name.startswith(("certified_", "pgd_", "attack_",
+                                            "union_")):
     if set(cells) - {"0", "1"}:
       raise ValueError(f"column {name!r} must hold 0/1, got "
                        f"{sorted(set(cells) - {'0', '1'})[:3]}.")

@@ -23,6 +23,7 @@ Methods (``config.method``):
   cure_random    L∞ on one half of the batch, L2 on the other
   cure_scratch   Max + bound alignment (+ gradient projection in the loop)
   cure_finetune  Max (or Joint) + bound alignment from an l∞ checkpoint
+  patch_ibp      IBP over sampled p×p patch positions (Chiang et al., 2020)
 """
 
 import functools
@@ -34,7 +35,7 @@ import ml_collections
 
 from cure_jax.bounds import LinfBall, crown_ibp, ibp
 from cure_jax.objectives import (adversarial, bound_alignment, multi_norm,
-                                 regularizers, robust_losses)
+                                 patch_training, regularizers, robust_losses)
 from cure_jax.objectives.base import (DOMAIN, Batch, Metrics, Network,
                                       Objective, StepContext, accuracy,
                                       clean_pass, cross_entropy)
@@ -112,6 +113,16 @@ def _pgd_term(norm, config, network, batch, ctx):
   return losses.mean(), {f"pgd_{norm}_loss": losses.mean()}
 
 
+def _patch_term(config, network, batch, ctx):
+  """Random-patch IBP; the ε ramp's progress ε/ε_end widens the window's box."""
+  progress = ctx.eps_linf / config.eps_linf if config.eps_linf else 1.0
+  robust = patch_training.random_patch_ibp(
+      network, batch.images, batch.labels, size=config.patch.size,
+      positions=config.patch.train_positions, key=_keys(ctx)[0],
+      fraction=jnp.clip(progress, 0.0, 1.0))
+  return robust.loss.mean(), _certified_metrics("patch", robust)
+
+
 def _take(batch: Batch, idx) -> Batch:
   return Batch(batch.images[idx], batch.labels[idx])
 
@@ -160,6 +171,7 @@ ROBUST_TERMS: Dict[str, Callable] = {
     "cure_random": _cure_term,
     "cure_scratch": _cure_term,
     "cure_finetune": _cure_term,
+    "patch_ibp": _patch_term,
 }
 METHODS = tuple(ROBUST_TERMS)
 

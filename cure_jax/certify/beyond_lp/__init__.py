@@ -1,0 +1,30 @@
+"""Certification beyond l_p: adversarial patches and geometric transformations.
+
+  threats = [patch_threat(2, (28, 28)),
+             geometric_threat('rotation', {'rotation': 15.0}, 30, 61)]
+  records, summary = evaluate_threats(model.apply, variables, images, labels,
+                                      threats, num_classes=10)
+
+or, for a trained run, ``python -m cure_jax.certify.beyond_lp --config=...
+--workdir=...`` (see `__main__`).
+"""
+
+from cure_jax.certify.beyond_lp.evaluate import certify_checkpoint_beyond_lp
+from cure_jax.certify.beyond_lp.evaluate import evaluate_threats
+from cure_jax.certify.beyond_lp.evaluate import format_threat_table
+from cure_jax.certify.beyond_lp.threats import FAMILY_DESCRIPTIONS
+from cure_jax.certify.beyond_lp.threats import geometric_threat
+from cure_jax.certify.beyond_lp.threats import patch_threat
+from cure_jax.certify.beyond_lp.threats import Threat
+from cure_jax.certify.beyond_lp.threats import threats_from_config
+
+__all__ = (
+    "FAMILY_DESCRIPTIONS",
+    "Threat",
+    "certify_checkpoint_beyond_lp",
+    "evaluate_threats",
+    "format_threat_table",
+    "geometric_threat",
+    "patch_threat",
+    "threats_from_config",
+)

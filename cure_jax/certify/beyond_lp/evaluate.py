@@ -1,0 +1,170 @@
+"""Certified and empirical accuracy of a model under patches and geometry.
+
+`evaluate_threats` certifies every point under every `Threat` (a point is
+certified when all its regions are, `certify.regions`), then attacks the
+correctly classified points left uncertified for the empirical upper bound —
+a certified point is robust by its certificate, so attacking it could only
+confirm that — and returns per-point records and a summary in the format of
+the l_p reports (`certify.report`): columns ``certified_<threat>``,
+``stage_<threat>``, ``attack_<threat>``, ``union_certified``.
+`certify_checkpoint_beyond_lp` does it for a trained run and writes
+``beyond_lp.csv`` / ``beyond_lp.json``.
+"""
+
+import os
+import time
+from typing import Any, Dict, Mapping, Sequence, Tuple
+
+import numpy as np
+
+from cure_jax import data
+from cure_jax.certify import cascade, regions, report
+from cure_jax.certify.beyond_lp.threats import Threat, threats_from_config
+
+
+def _fraction(mask) -> Dict[str, Any]:
+  mask = np.asarray(mask, bool)
+  return {"count": int(mask.sum()),
+          "accuracy": float(mask.mean()) if mask.size else 0.0}
+
+
+def _threat_summary(threat: Threat, result: regions.RegionResult, reports,
+                    empirical, attack_seconds: float, attacked: int,
+                    num_examples: int) -> Dict[str, Any]:
+  stage_seconds = {r.method: r.run_seconds for r in reports}
+  total = sum(stage_seconds.values()) + attack_seconds
+  return {
+      "description": threat.description,
+      "regions": threat.region.num_regions,
+      "certified": _fraction(result.certified),
+      "certified_by_stage": {r.method: r.certified for r in reports},
+      "empirical": _fraction(empirical),
+      "rows_bounded": {r.method: r.rows for r in reports},
+      "seconds": dict(stage_seconds, attack=attack_seconds),
+      "compile_seconds": {r.method: r.compile_seconds for r in reports},
+      "attacked_points": int(attacked),
+      # Certification and attack together, compilation excluded.
+      "seconds_per_point": total / max(num_examples, 1),
+  }
+
+
+def evaluate_threats(apply_fn, variables, images, labels,
+                     threats: Sequence[Threat], *, num_classes: int,
+                     methods: Sequence[str] = regions.REGION_METHODS,
+                     rows_per_batch: int = 512, log=print
+                     ) -> Tuple[report.Records, Dict[str, Any]]:
+  """Certifies and attacks every point under every threat.
+
+  Args:
+    apply_fn: ``apply_fn(variables, x, train=False) -> logits``; the same
+      object on every call.
+    variables: the model's variables.
+    images: [N, H, W, C] in [0, 1].
+    labels: [N] integer labels.
+    threats: the threat models.
+    num_classes: K.
+    methods: the region cascade, from `regions.REGION_METHODS`.
+    rows_per_batch: (point, region) rows per bounded chunk.
+    log: progress output (None: silent).
+
+  Returns:
+    (records, summary): per-point columns and the JSON-ready summary.
+  """
+  labels = np.asarray(labels, np.int64)
+  predictions = np.asarray(cascade.predict(apply_fn, variables, images,
+                                           num_classes), np.int64)
+  correct = predictions == labels
+  records = {"index": np.arange(len(labels)), "label": labels,
+             "prediction": predictions, "correct": correct}
+  per_threat = {}
+  stage_names = np.asarray(tuple(methods) + (report.STAGE_NONE,))
+  for threat in threats:
+    result, reports = regions.certify_regions(
+        apply_fn, variables, images, labels, threat.region,
+        num_classes=num_classes, methods=methods,
+        rows_per_batch=rows_per_batch)
+    start = time.perf_counter()
+    pending = np.flatnonzero(correct & ~result.certified)
+    empirical = np.asarray(threat.attack(apply_fn, variables, images, labels,
+                                         pending)) | result.certified
+    attack_seconds = time.perf_counter() - start
+    records[f"certified_{threat.name}"] = result.certified
+    records[f"stage_{threat.name}"] = stage_names[result.method_index]
+    records[f"attack_{threat.name}"] = empirical
+    entry = _threat_summary(threat, result, reports, empirical,
+                            attack_seconds, len(pending), len(labels))
+    per_threat[threat.name] = entry
+    if log:
+      log(f"{threat.name}: certified {entry['certified']['accuracy']:.1%}, "
+          f"empirical {entry['empirical']['accuracy']:.1%}, "
+          f"{entry['seconds_per_point']:.3f} s/point")
+  records["union_certified"] = correct & np.all(
+      [records[f"certified_{t.name}"] for t in threats], axis=0)
+  summary = {"num_examples": int(len(labels)), "clean": _fraction(correct),
+             "methods": list(methods), "threats": per_threat,
+             "union_certified": _fraction(records["union_certified"])}
+  return records, summary
+
+
+def format_threat_table(summary: Mapping[str, Any]) -> str:
+  """The summary as an aligned text table, one row per threat."""
+  header = ("threat", "regions", "certified", "empirical", "s/point",
+            "threat model")
+  rows = [header]
+  for name, entry in summary["threats"].items():
+    rows.append((name, str(entry["regions"]),
+                 f"{entry['certified']['accuracy']:.1%}",
+                 f"{entry['empirical']['accuracy']:.1%}",
+                 f"{entry['seconds_per_point']:.4f}", entry["description"]))
+  widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+  lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()
+           for r in rows]
+  return (f"{summary['num_examples']} test points, clean accuracy "
+          f"{summary['clean']['accuracy']:.2%}\n" + "\n".join(lines))
+
+
+def certify_checkpoint_beyond_lp(config, workdir: str,
+                                 output_name: str = "beyond_lp",
+                                 log=print) -> Dict[str, Any]:
+  """Certifies the newest checkpoint of ``workdir`` beyond l_p.
+
+  Args:
+    config: the config the checkpoint was trained with; its
+      ``eval.beyond_lp`` names the threat models.
+    workdir: the run's directory.
+    output_name: file stem of the reports written into ``workdir``.
+    log: progress and table output (None: silent).
+
+  Returns:
+    The summary (also in ``workdir/<output_name>.json``).
+
+  Raises:
+    ValueError: a bad ``config.eval.beyond_lp`` setting (before anything
+      is loaded).
+    FileNotFoundError: ``workdir`` has no checkpoint.
+    DataNotFoundError: the test split is not available.
+  """
+  from cure_jax.train import loop  # pylint: disable=g-import-not-at-top
+  settings = config.eval.beyond_lp
+  info = data.dataset_info(config.dataset.name)
+  image_shape = ((info.eval_crop, info.eval_crop) if info.eval_crop else
+                 tuple(info.image_shape[:2]))
+  threats = threats_from_config(settings, image_shape)
+  model, variables = loop.restore_for_eval(config, workdir)
+  test = loop.load_config_split(config, "test")
+  if settings.examples:
+    test = test.take(min(settings.examples, test.num_examples))
+  images = data.to_unit_float(test.images)
+  if info.eval_crop:
+    images = data.center_crop(images, info.eval_crop)
+  records, summary = evaluate_threats(
+      model.apply, variables, np.asarray(images), test.labels, threats,
+      num_classes=config.model.num_classes, methods=tuple(settings.methods),
+      rows_per_batch=settings.rows_per_batch, log=log)
+  summary = dict(summary, method=config.method, dataset=info.name,
+                 workdir=os.path.abspath(workdir),
+                 settings=settings.to_dict())
+  report.write_report(workdir, records, summary, name=output_name)
+  if log:
+    log(format_threat_table(summary))
+  return summary
