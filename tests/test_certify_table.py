@@ -66,3 +66,35 @@ def test_markdown_table_lists_every_run(tmp_path, capsys):
   assert out[2].startswith("| sabr | 2 | 100.0% | 50.0% | 0.0% | 0.0%")
   assert out[3].startswith("| cure_max | 2 | 100.0% | 100.0% | 50.0% | 50.0%")
   assert out[3].endswith("| 10.0 |")
+
+
+def _write_beyond_lp(directory, method, correct, patch_2, rotation):
+  correct = np.asarray(correct, bool)
+  records = {"index": np.arange(len(correct)),
+             "label": np.zeros(len(correct), np.int64),
+             "prediction": np.where(correct, 0, 1), "correct": correct}
+  for name, cert in (("patch_2", patch_2), ("rotation", rotation)):
+    cert = np.asarray(cert, bool)
+    records[f"certified_{name}"] = cert
+    records[f"stage_{name}"] = np.where(cert, "ibp", "none")
+    records[f"attack_{name}"] = cert | correct
+  write_csv(str(directory / "beyond_lp.csv"), records)
+  (directory / "beyond_lp.json").write_text(json.dumps({"method": method}))
+
+
+def test_beyond_lp_columns_by_hand(tmp_path, capsys):
+  _write_run(tmp_path / "a", "sabr", correct=[1, 1, 1, 0],
+             linf=[1, 1, 0, 0], l2=[0, 1, 1, 0])
+  _write_beyond_lp(tmp_path / "a", "sabr", correct=[1, 1, 1, 0],
+                   patch_2=[1, 0, 0, 0], rotation=[1, 1, 0, 0])
+  _write_run(tmp_path / "b", "l2", correct=[1, 0], linf=[0, 0], l2=[1, 0])
+  row = table.beyond_lp_row(str(tmp_path / "a"))
+  assert row["certified_patch_2"] == 0.25 and row["certified_rotation"] == 0.5
+  assert row["attack_patch_2"] == 0.75
+  assert table.beyond_lp_row(str(tmp_path / "a"), first=2)[
+      "certified_rotation"] == 1.0
+  assert table.beyond_lp_row(str(tmp_path / "b")) is None
+  table.main([str(tmp_path / "a"), str(tmp_path / "b")])
+  out = capsys.readouterr().out
+  assert "| patch 2 | rotation |" in out
+  assert "| sabr | 4 | 75.0% | 25.0% (75.0%) | 50.0% (75.0%) |" in out

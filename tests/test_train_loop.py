@@ -105,7 +105,7 @@ def test_trains_evaluates_and_writes_results(mnist_files, tfds_dir, tmp_path,
   assert "sabr on mnist: 9 steps" in out and "final evaluation" in out
 
 
-@pytest.mark.parametrize("method", ["natural", "ibp", "cure_max"])
+@pytest.mark.parametrize("method", ["natural", "ibp", "cure_max", "patch_ibp"])
 def test_each_objective_trains_with_finite_losses(mnist_files, tfds_dir,
                                                   tmp_path, method):
   config = tiny_config(mnist_files, tfds_dir, method=method, num_epochs=2,

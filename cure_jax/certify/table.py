@@ -8,7 +8,10 @@ Each argument is a workdir holding ``certify.csv`` (written by
 are the runs; columns clean, certified accuracy per norm, union certified,
 PGD union (the empirical upper bound) and the training time. ``--first=N``
 recomputes every figure on the first N test points of each CSV, so runs
-certified on different numbers of points compare on the same points.
+certified on different numbers of points compare on the same points. Runs
+with a ``beyond_lp.csv`` (``python -m cure_jax.certify.beyond_lp``) add a
+second table: certified and empirical accuracy per patch size and
+transformation family (``--beyond_lp_first=N`` as ``--first``).
 """
 
 import argparse
@@ -98,14 +101,75 @@ def markdown(rows: Sequence[Dict[str, object]]) -> str:
   return "\n".join(lines)
 
 
+def beyond_lp_row(workdir: str, first: Optional[int] = None,
+                  name: str = "beyond_lp") -> Optional[Dict[str, object]]:
+  """The beyond-l_p figures of one run, or None if it has no such report.
+
+  Returns:
+    A dict with method, points, clean and, per threat, ``certified_<t>``
+    and ``attack_<t>`` (fractions), threats in the report's order.
+
+  Raises:
+    ValueError: ``first`` exceeds the evaluated points.
+  """
+  path = os.path.join(workdir, f"{name}.csv")
+  if not os.path.exists(path):
+    return None
+  records = read_csv(path)
+  points = len(records["index"])
+  if first is not None:
+    if first > points:
+      raise ValueError(f"{path} holds {points} points, fewer than "
+                       f"--first={first}.")
+    records = {k: v[:first] for k, v in records.items()}
+  method = os.path.basename(os.path.normpath(workdir))
+  summary_path = os.path.join(workdir, f"{name}.json")
+  if os.path.exists(summary_path):
+    with open(summary_path, encoding="utf-8") as f:
+      method = json.load(f).get("method", method)
+  row = {"method": method, "points": len(records["index"]),
+         "clean": float(np.mean(np.asarray(records["correct"], bool)))}
+  for column in records:
+    if column.startswith(("certified_", "attack_")):
+      row[column] = float(np.mean(np.asarray(records[column], bool)))
+  return row
+
+
+def beyond_lp_markdown(rows: Sequence[Dict[str, object]]) -> str:
+  """Certified (empirical) accuracy per threat, one row per run."""
+  threats = []
+  for row in rows:
+    threats += [k[len("certified_"):] for k in row
+                if k.startswith("certified_") and
+                k[len("certified_"):] not in threats]
+  header = ["method", "points", "clean"] + [
+      t.replace("patch_", "patch ") for t in threats]
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for row in rows:
+    cells = [str(row["method"]), str(row["points"]), f"{row['clean']:.1%}"]
+    for t in threats:
+      cert, attack = row.get(f"certified_{t}"), row.get(f"attack_{t}")
+      cells.append("—" if cert is None else f"{cert:.1%} ({attack:.1%})")
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
 def main(argv: Optional[List[str]] = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawTextHelpFormatter)
   parser.add_argument("workdirs", nargs="+")
   parser.add_argument("--first", type=int, default=None)
   parser.add_argument("--name", default="certify")
+  parser.add_argument("--beyond_lp_first", type=int, default=None,
+                      help="points of beyond_lp.csv to use (default all)")
   args = parser.parse_args(argv)
   print(markdown([run_row(w, args.first, args.name) for w in args.workdirs]))
+  beyond = [beyond_lp_row(w, args.beyond_lp_first) for w in args.workdirs]
+  beyond = [row for row in beyond if row is not None]
+  if beyond:
+    print("\nBeyond l_p: certified (empirical) accuracy per threat model, "
+          "from beyond_lp.csv\n")
+    print(beyond_lp_markdown(beyond))
 
 
 if __name__ == "__main__":

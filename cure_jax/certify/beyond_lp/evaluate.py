@@ -11,6 +11,7 @@ the l_p reports (`certify.report`): columns ``certified_<threat>``,
 ``beyond_lp.csv`` / ``beyond_lp.json``.
 """
 
+import json
 import os
 import time
 from typing import Any, Dict, Mapping, Sequence, Tuple
@@ -163,7 +164,7 @@ def certify_checkpoint_beyond_lp(config, workdir: str,
       rows_per_batch=settings.rows_per_batch, log=log)
   summary = dict(summary, method=config.method, dataset=info.name,
                  workdir=os.path.abspath(workdir),
-                 settings=settings.to_dict())
+                 settings=json.loads(json.dumps(settings.to_dict())))
   report.write_report(workdir, records, summary, name=output_name)
   if log:
     log(format_threat_table(summary))
