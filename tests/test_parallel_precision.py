@@ -119,3 +119,41 @@ def test_certification_precision_asks_for_full_float32_matmuls():
   with parallel.certification_precision():
     assert jax.config.jax_default_matmul_precision == 'highest'
   assert jax.config.jax_default_matmul_precision != 'highest'
+
+
+@pytest.mark.parametrize("method", ["ibp", "cure_max"])
+def test_mixed_precision_train_step_computes_in_bfloat16_keeps_float32_state(
+    method):
+  from cure_jax import settings  # pylint: disable=g-import-not-at-top
+  from cure_jax.objectives.base import Batch  # pylint: disable=g-import-not-at-top
+  from cure_jax.train import state as state_lib, step as step_lib  # pylint: disable=g-import-not-at-top
+  import pathlib  # pylint: disable=g-import-not-at-top
+  mnist = pathlib.Path(__file__).resolve().parents[1] / "configs" / "mnist.py"
+  config = settings.load_config(f"{mnist}:cpu=True,method={method}")
+  config.unlock()
+  settings.apply_overrides(config, {"natural_epochs": 0, "eps_ramp_start": 0,
+                                    "eps_ramp_end": 1, "pgd_steps": 2})
+  model = state_lib.build_model(config)
+  optimizer = state_lib.make_optimizer(config, 10)
+  sched = step_lib.make_schedules(config, 10)
+  phase = step_lib.phase_at(config, sched, 20)  # after the ramp
+  state = state_lib.create_train_state(config, model, optimizer, (28, 28, 1))
+  x = jax.random.uniform(jax.random.key(0), (8, 28, 28, 1))
+  batch = Batch(x, jnp.arange(8) % 10)
+  state = state._replace(step=jnp.asarray(20, state.step.dtype))
+  steps = {mixed: jax.jit(step_lib.make_train_step(
+      config, parallel.precision.training_model(model, mixed), optimizer,
+      sched, phase)) for mixed in (False, True)}
+  jaxpr = str(jax.make_jaxpr(steps[True])(state, batch))
+  assert "bf16" in jaxpr and "conv_general_dilated" in jaxpr
+  assert "bf16" not in str(jax.make_jaxpr(steps[False])(state, batch))
+  results = {mixed: fn(state, batch) for mixed, fn in steps.items()}
+  new_state, metrics = results[True]
+  for leaf in jax.tree.leaves((new_state.params, new_state.batch_stats,
+                               new_state.opt_state)):
+    if jnp.issubdtype(leaf.dtype, jnp.floating):
+      assert leaf.dtype == jnp.float32
+  assert metrics["loss"].dtype == jnp.float32
+  loss_32, loss_16 = float(results[False][1]["loss"]), float(metrics["loss"])
+  assert np.isfinite(loss_16) and loss_16 != loss_32
+  assert abs(loss_16 - loss_32) < 0.05 * abs(loss_32)

@@ -150,3 +150,28 @@ def certification_precision():
     A context manager (`jax.default_matmul_precision('highest')`).
   """
   return jax.default_matmul_precision('highest')
+
+
+class PolicyModel:
+  """A Flax module whose ``apply`` runs under a precision policy.
+
+  The training step takes it in place of the module: parameters stay in
+  ``param_dtype`` in the train state and optimizer, the forward, backward and
+  bounded passes compute in ``compute_dtype`` (`apply_with_policy`, BatchNorm
+  statistics uncast), and losses, metrics and new statistics come back in
+  ``output_dtype``. Certification uses the module itself, in float32.
+  """
+
+  def __init__(self, module, policy: Policy):
+    self.module = module
+    self.policy = policy
+    self.apply = apply_with_policy(module.apply, policy)
+
+  def __getattr__(self, name):
+    return getattr(self.module, name)
+
+
+def training_model(module, mixed_precision: bool):
+  """``module``, or a `PolicyModel` of `MIXED_BFLOAT16` if asked for."""
+  return PolicyModel(module, MIXED_BFLOAT16) if mixed_precision else module
+

@@ -20,6 +20,7 @@ import numpy as np
 from cure_jax import data, settings
 from cure_jax.objectives.base import Batch
 from cure_jax.parallel import distributed, mesh as mesh_lib
+from cure_jax.parallel.precision import training_model
 from cure_jax.train import final_eval
 from cure_jax.train.checkpoint import Checkpointer
 from cure_jax.train.preemption import PreemptionGuard
@@ -210,7 +211,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       def train_step_of(phase):  # one compilation per phase of training
         if phase not in compiled_steps:
           compiled_steps[phase] = jax.jit(
-              make_train_step(config, model, optimizer, sched, phase),
+              make_train_step(config, training_model(
+                  model, config.mixed_precision), optimizer, sched, phase),
               in_shardings=(replicated, mesh_lib.data_sharding(mesh)),
               out_shardings=(replicated, replicated), donate_argnums=0)
         return compiled_steps[phase]
