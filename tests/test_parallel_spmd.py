@@ -84,6 +84,10 @@ def _worker(out_path: str, mesh_sizes: list[int] | None) -> None:
     results[f'{size}/compilations'] = np.array(compilations)
     for path, leaf in jax.tree_util.tree_leaves_with_path(final):
       results[f'{size}/params{jax.tree_util.keystr(path)}'] = leaf
+  # A collective: every process calls it.
+  reduced = parallel.sum_over_processes({'index': jax.process_index() + 1,
+                                         'half': 0.5})
+  results['reduced'] = np.array([reduced['index'], reduced['half']])
   if parallel.is_main_process():
     np.savez(out_path, process_count=jax.process_count(), **results)
 
@@ -145,6 +149,9 @@ def test_two_processes_match_one_process(tmp_path):
   _assert_same_training(results, 4, reference, 1)
   assert results['4/compilations'] == 1
   assert 'multiple of 4' in str(results['split_error'])
+  # Counters summed over the two processes (1 + 2, 0.5 + 0.5).
+  np.testing.assert_array_equal(results['reduced'], [3.0, 1.0])
+  np.testing.assert_array_equal(reference['reduced'], [1.0, 0.5])
 
 
 if __name__ == '__main__':

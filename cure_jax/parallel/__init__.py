@@ -15,6 +15,7 @@ from cure_jax.parallel.distributed import DistributedConfig
 from cure_jax.parallel.distributed import initialize
 from cure_jax.parallel.distributed import is_main_process
 from cure_jax.parallel.distributed import resolve_config
+from cure_jax.parallel.distributed import sum_over_processes
 from cure_jax.parallel.mesh import DATA_AXIS
 from cure_jax.parallel.mesh import data_sharding
 from cure_jax.parallel.mesh import gather_to_host
@@ -40,6 +41,7 @@ __all__ = [
     'Policy',
     'apply_with_policy',
     'barrier',
+    'sum_over_processes',
     'cast_floating',
     'certification_precision',
     'check_global_batch_size',

@@ -36,6 +36,7 @@ from typing import NamedTuple
 
 import jax
 from jax.experimental import multihost_utils
+import numpy as np
 
 ENV_COORDINATOR = 'CURE_COORDINATOR'
 ENV_NUM_PROCESSES = 'CURE_NUM_PROCESSES'
@@ -195,6 +196,28 @@ def initialize(
 def is_main_process() -> bool:
   """Whether this is process 0, the one that writes logs and summaries."""
   return jax.process_index() == 0
+
+
+def sum_over_processes(values: Mapping[str, float]) -> dict[str, float]:
+  """Sums each named number over all processes (an all-gather of a vector).
+
+  Every process must call it with the same names. Use it for counters that
+  each process accumulates over its own share of the data (evaluation
+  counts, seconds), so that every process ends with the global totals. With
+  one process it returns the values unchanged (as floats).
+
+  Args:
+    values: name -> this process's number.
+
+  Returns:
+    name -> the sum over processes.
+  """
+  names = sorted(values)
+  local = np.asarray([float(values[n]) for n in names], np.float64)
+  if jax.process_count() > 1:
+    local = np.asarray(multihost_utils.process_allgather(local)).reshape(
+        jax.process_count(), -1).sum(axis=0)
+  return {n: float(v) for n, v in zip(names, local)}
 
 
 def barrier(name: str) -> None:

@@ -4,7 +4,10 @@ Runs over the test split (``config.eval.final_examples``, 0 = all) with the
 cheap stages of the certification cascade (``config.eval.final_methods``,
 IBP then CROWN-IBP by default) at the setting's radii for each norm. The full
 cascade with α-CROWN and the PGD upper bounds on the paper's 1000 points is
-``python -m cure_jax.certify``.
+``python -m cure_jax.certify``. With several processes each evaluates its
+share of the test set and the counts are summed over processes, so every
+process reports the global figures (certification seconds are summed too:
+compute-seconds per point).
 """
 
 import time
@@ -16,6 +19,7 @@ import numpy as np
 
 from cure_jax import data
 from cure_jax.certify.cascade import certify_batch
+from cure_jax.parallel.distributed import sum_over_processes
 
 NORM_RADIUS_KEYS = {"linf": "eps_linf", "l2": "eps_l2", "l1": "eps_l1"}
 
@@ -59,6 +63,15 @@ def evaluate_model(config, model, variables, test, info,
     union += int(np.sum(all_norms & mask))
     correct += int(np.sum(ok & mask))
     total += int(mask.sum())
+  # Each process evaluated its own share of the test set.
+  totals = sum_over_processes(dict(
+      correct=correct, total=total, union=union,
+      **{f"certified_{n}": c for n, c in certified.items()},
+      **{f"seconds_{n}": t for n, t in seconds.items()}))
+  correct, total, union = (int(totals[k]) for k in ("correct", "total",
+                                                      "union"))
+  certified = {n: int(totals[f"certified_{n}"]) for n in radii}
+  seconds = {n: totals[f"seconds_{n}"] for n in radii}
   results = {"test_examples": total, "clean_accuracy": correct / total,
              "union_certified_accuracy": union / total,
              "certification_methods": list(methods)}
