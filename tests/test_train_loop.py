@@ -260,3 +260,13 @@ def test_main_reports_missing_data_without_a_traceback(tmp_path):
   assert result.returncode == 1
   assert "DataNotFoundError" in result.stderr
   assert "Traceback" not in result.stderr
+
+
+def test_finetune_from_a_missing_run_says_to_train_it_first(
+    mnist_files, tfds_dir, tmp_path):
+  source = tmp_path / "no_such_run"
+  config = tiny_config(mnist_files, tfds_dir, method="cure_finetune",
+                       finetune_from=str(source))
+  with pytest.raises(FileNotFoundError, match="train the l∞ model there"):
+    loop.train_and_evaluate(config, str(tmp_path / "run"))
+  assert not source.exists()  # nothing created where the source should be

@@ -8,11 +8,12 @@ an input `Box`, built from the point and a *region parameter* by a
 `RegionThreat`, so the work is a list of (point, region) rows.
 
 Rows are bounded in fixed-size chunks (one compilation per method), point
-after point, by the cascade ``methods`` (IBP, then CROWN-IBP on the rows IBP
-left, gathered to the sizes of `cascade.gather_size`). A point fails as soon
-as one of its regions fails every stage, and its remaining rows are dropped,
-so an uncertifiable point costs little; a certified point costs all its
-regions. The stage reported for a certified point is the most expensive one
+after point, by the cascade ``methods``: IBP on the chunk, then each later
+stage on the rows left (gathered to the sizes of `cascade.gather_size`); the
+last stage takes them in small pieces, worst IBP margin first. A point fails
+as soon as one of its regions fails every stage, and its remaining rows are
+dropped, so an uncertifiable point costs little; a certified point costs all
+its regions. The stage reported for a certified point is the most expensive one
 any of its regions needed.
 """
 
@@ -169,6 +170,29 @@ class _Stages:
                                                       self.totals))
 
 
+def _last_stage(stages: _Stages, stage: int, point, region, margin,
+                row_stage, rows_per_batch: int, failed: np.ndarray) -> None:
+  """The last stage on the chunk's failing rows, worst first, in pieces.
+
+  A row the last stage cannot certify fails its point, so the failing rows
+  are bounded in pieces of the smallest gather size, those with the most
+  negative margin so far first (the likeliest to fail again), and a point's
+  rows are dropped once it has failed. Updates ``margin``, ``row_stage`` and
+  ``failed`` in place.
+  """
+  piece = gather_size(1, rows_per_batch)
+  pending = np.flatnonzero(margin <= 0)
+  order = pending[np.argsort(margin[pending], kind="stable")]
+  while len(order):
+    order = order[~failed[point[order]]]
+    take, order = order[:piece], order[piece:]
+    if not len(take):
+      break
+    margin[take] = stages.run(stage, point[take], region[take], piece)
+    row_stage[take] = stage
+    failed[point[take[margin[take] <= 0]]] = True
+
+
 def _check(threat: RegionThreat, methods, rows_per_batch):
   if isinstance(methods, str) or not methods:
     raise ValueError(f"methods must be a non-empty sequence of names from "
@@ -225,7 +249,7 @@ def certify_regions(apply_fn, variables: PyTree, images, labels,
                                   rows_per_batch, failed):
     margin = stages.run(0, point, region, rows_per_batch)
     row_stage = np.zeros(len(point), np.int32)
-    for stage in range(1, len(methods)):
+    for stage in range(1, len(methods) - 1):
       pending = np.flatnonzero(margin <= 0)
       if not len(pending):
         break
@@ -233,6 +257,9 @@ def certify_regions(apply_fn, variables: PyTree, images, labels,
       margin[pending] = stages.run(stage, point[pending], region[pending],
                                    size)
       row_stage[pending] = stage
+    if len(methods) > 1:
+      _last_stage(stages, len(methods) - 1, point, region, margin, row_stage,
+                  rows_per_batch, failed)
     np.add.at(bounded, point, 1)
     np.minimum.at(worst, point, margin)
     np.maximum.at(needed, point, row_stage)

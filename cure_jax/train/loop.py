@@ -137,13 +137,16 @@ def _pretrained(config, model, optimizer, info) -> TrainState:
   pre_config = ml_collections.ConfigDict(config.to_dict())
   pre_config.cure.gp_beta = 0.0
   template = _template(pre_config, model, optimizer, info)
+  missing = FileNotFoundError(
+      f"finetune_from={source!r} holds no checkpoint under "
+      f"{checkpoint_dir(source)}; train the l∞ model there first (e.g. "
+      "method=sabr).")
+  if not epath.Path(checkpoint_dir(source)).exists():
+    raise missing  # before orbax, which would create the directory
   with Checkpointer(checkpoint_dir(source), async_save=False) as ckpt:
     restored = ckpt.restore_latest(template)
   if restored is None:
-    raise FileNotFoundError(
-        f"finetune_from={source!r} holds no checkpoint under "
-        f"{checkpoint_dir(source)}; train the l∞ model there first (e.g. "
-        "method=sabr).")
+    raise missing
   return fresh_state(config, restored.params, restored.batch_stats, optimizer)
 
 

@@ -18,6 +18,7 @@ from typing import Any, Callable, List, Mapping, NamedTuple
 from cure_jax.beyond_lp import geometric_bounds, parameters, patches
 from cure_jax.certify import region_attacks, regions
 
+ATTACK_ROWS = 128  # (point, region) rows per attack call
 FAMILY_DESCRIPTIONS = {
     "rotation": "rotation ±{rotation:g}°",
     "translation": "translation ±{translation:g} px in x and y",
@@ -67,14 +68,17 @@ def patch_threat(size: int, image_shape, *, attack_steps: int = 10) -> Threat:
 
 def _patch_attack(apply_fn, variables, images, labels, points, *, size,
                   positions, steps):
+  # Small chunks: a broken point stops after the chunk that broke it.
   return region_attacks.patch_attack(apply_fn, variables, images, labels,
                                      size=size, positions=positions,
-                                     steps=steps, points=points)
+                                     steps=steps, points=points,
+                                     rows_per_batch=ATTACK_ROWS)
 
 
 def _grid_attack(apply_fn, variables, images, labels, points, *, grid):
   return region_attacks.grid_attack(apply_fn, variables, images, labels,
-                                    grid=grid, points=points)
+                                    grid=grid, points=points,
+                                    rows_per_batch=ATTACK_ROWS)
 
 
 def geometric_threat(family: str, ranges: Mapping[str, float],
