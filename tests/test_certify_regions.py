@@ -200,3 +200,25 @@ def test_bad_arguments_explain_the_fix(problem, kwargs, message):
     regions.certify_regions(MODEL.apply, variables, x, labels,
                             _patch_threat(1), num_classes=NUM_CLASSES,
                             **kwargs)
+
+
+def test_failing_region_is_one_whose_bound_fails(patch_1, problem):
+  variables, x, labels = problem
+  result, _ = patch_1
+  positions = patches.patch_positions(SIDE, SIDE, 1)
+  correct = _predict(variables, x) == labels
+  assert np.all(result.failing_region[result.certified | ~correct] == -1)
+  for i in np.flatnonzero(correct & ~result.certified):
+    region = result.failing_region[i]
+    assert 0 <= region < len(positions)
+    box = patches.patch_boxes(x, np.array([i]), positions[region:region + 1],
+                              1)
+    spec = bounds.margin_spec(jnp.asarray(labels[i:i + 1]), NUM_CLASSES)
+    for transform in (bounds.ibp, bounds.crown_ibp):
+      margin = transform(MODEL.apply)(variables, box, train=False, spec=spec)
+      assert np.min(margin.lower) <= 0
+  # Starting the attack there never breaks a certified point.
+  hinted = region_attacks.patch_attack(
+      MODEL.apply, variables, x, labels, size=1, positions=positions,
+      steps=10, rows_per_batch=100, first_positions=result.failing_region)
+  assert np.all(hinted[result.certified])

@@ -57,7 +57,8 @@ def patch_attack(apply_fn: Callable, variables: PyTree, images, labels, *,
                  size: int, positions: np.ndarray, steps: int = 10,
                  step_size: float = 0.25, key: Optional[jax.Array] = None,
                  rows_per_batch: int = 512,
-                 points: Optional[np.ndarray] = None) -> np.ndarray:
+                 points: Optional[np.ndarray] = None,
+                 first_positions: Optional[np.ndarray] = None) -> np.ndarray:
   """Whether each point survives PGD at every patch position.
 
   Args:
@@ -73,6 +74,10 @@ def patch_attack(apply_fn: Callable, variables: PyTree, images, labels, *,
     rows_per_batch: (point, position) rows per call.
     points: indices to attack (default: the correctly classified points);
       the others are reported as they are classified.
+    first_positions: optional [B] index into ``positions`` (−1: none) tried
+      first for each point, all points in one batch — e.g. the position
+      whose bound failed (`RegionResult.failing_region`); a point broken
+      there skips the full sweep.
 
   Returns:
     [B] bool, correctly classified and not broken at any position.
@@ -86,17 +91,30 @@ def patch_attack(apply_fn: Callable, variables: PyTree, images, labels, *,
   broken = ~correct
   key = jax.random.key(0) if key is None else key
   positions = np.asarray(positions, np.int32)
-  for chunk, (point, region) in enumerate(row_chunks(
-      points, len(positions), rows_per_batch, broken)):
+
+  def attack(point, region, chunk):
     rows = np.concatenate([np.arange(len(point)), np.zeros(
         rows_per_batch - len(point), np.int64)])
     with certification_precision():
       hit = _patch_rows_broken(
           apply_fn, size, steps, variables,
-          jnp.take(images, point[rows], axis=0), jnp.asarray(labels[point[rows]]),
+          jnp.take(images, point[rows], axis=0),
+          jnp.asarray(labels[point[rows]]),
           jnp.asarray(positions[region[rows]]), jnp.float32(step_size),
           jax.random.fold_in(key, chunk))
     broken[point[np.asarray(hit)[:len(point)]]] = True
+
+  chunk = 0
+  if first_positions is not None:
+    first = np.asarray(points)[np.asarray(first_positions)[points] >= 0]
+    for start in range(0, len(first), rows_per_batch):
+      point = first[start:start + rows_per_batch]
+      attack(point, np.asarray(first_positions)[point], chunk)
+      chunk += 1
+  for point, region in row_chunks(points, len(positions), rows_per_batch,
+                                  broken):
+    attack(point, region, chunk)
+    chunk += 1
   return ~broken
 
 

@@ -69,12 +69,15 @@ class RegionResult(NamedTuple):
     worst_margin: min over the bounded regions of the lower bound on
       min_j z_y − z_j from the last stage that bounded the region (−∞ where
       nothing was bounded).
+    failing_region: the region whose bound failed the point (−1 where the
+      point is certified or misclassified): where an attack should start.
   """
 
   certified: np.ndarray
   method_index: np.ndarray
   regions_bounded: np.ndarray
   worst_margin: np.ndarray
+  failing_region: np.ndarray
 
 
 def _region_min_margin(apply_fn, boxes_fn, method, num_classes, variables,
@@ -170,15 +173,24 @@ class _Stages:
                                                       self.totals))
 
 
+def _mark_failed(point, region, failing_rows, failed, failing) -> None:
+  """Marks the points of ``failing_rows``, noting a region for new ones."""
+  rows = np.flatnonzero(failing_rows & (failing[point] < 0) &
+                        ~failed[point])
+  failing[point[rows[::-1]]] = region[rows[::-1]]  # the first row wins
+  failed[point[failing_rows]] = True
+
+
 def _last_stage(stages: _Stages, stage: int, point, region, margin,
-                row_stage, rows_per_batch: int, failed: np.ndarray) -> None:
+                row_stage, rows_per_batch: int, failed: np.ndarray,
+                failing: np.ndarray) -> None:
   """The last stage on the chunk's failing rows, worst first, in pieces.
 
   A row the last stage cannot certify fails its point, so the failing rows
   are bounded in pieces of the smallest gather size, those with the most
   negative margin so far first (the likeliest to fail again), and a point's
-  rows are dropped once it has failed. Updates ``margin``, ``row_stage`` and
-  ``failed`` in place.
+  rows are dropped once it has failed. Updates ``margin``, ``row_stage``,
+  ``failed`` and ``failing`` in place.
   """
   piece = gather_size(1, rows_per_batch)
   pending = np.flatnonzero(margin <= 0)
@@ -190,7 +202,8 @@ def _last_stage(stages: _Stages, stage: int, point, region, margin,
       break
     margin[take] = stages.run(stage, point[take], region[take], piece)
     row_stage[take] = stage
-    failed[point[take[margin[take] <= 0]]] = True
+    _mark_failed(point[take], region[take], margin[take] <= 0, failed,
+                 failing)
 
 
 def _check(threat: RegionThreat, methods, rows_per_batch):
@@ -240,6 +253,7 @@ def certify_regions(apply_fn, variables: PyTree, images, labels,
   correct = np.asarray(predict(apply_fn, variables, images, num_classes)
                        ) == labels_np
   failed = ~correct
+  failing = np.full(batch, -1, np.int64)
   needed = np.full(batch, NOT_CERTIFIED, np.int32)
   bounded = np.zeros(batch, np.int64)
   worst = np.full(batch, np.inf, np.float32)
@@ -259,15 +273,16 @@ def certify_regions(apply_fn, variables: PyTree, images, labels,
       row_stage[pending] = stage
     if len(methods) > 1:
       _last_stage(stages, len(methods) - 1, point, region, margin, row_stage,
-                  rows_per_batch, failed)
+                  rows_per_batch, failed, failing)
     np.add.at(bounded, point, 1)
     np.minimum.at(worst, point, margin)
     np.maximum.at(needed, point, row_stage)
-    failed[point[margin <= 0]] = True
+    _mark_failed(point, region, margin <= 0, failed, failing)
   certified = correct & ~failed
   worst[~correct] = -np.inf
   method_index = np.where(certified, needed, NOT_CERTIFIED).astype(np.int32)
   reports = stages.reports()
   reports = tuple(r._replace(certified=int(np.sum(method_index == i)))
                   for i, r in enumerate(reports))
-  return RegionResult(certified, method_index, bounded, worst), reports
+  return RegionResult(certified, method_index, bounded, worst,
+                      failing), reports

@@ -87,7 +87,8 @@ def evaluate_threats(apply_fn, variables, images, labels,
     start = time.perf_counter()
     pending = np.flatnonzero(correct & ~result.certified)
     empirical = np.asarray(threat.attack(apply_fn, variables, images, labels,
-                                         pending)) | result.certified
+                                         pending, result.failing_region)
+                           ) | result.certified
     attack_seconds = time.perf_counter() - start
     records[f"certified_{threat.name}"] = result.certified
     records[f"stage_{threat.name}"] = stage_names[result.method_index]

@@ -36,9 +36,10 @@ class Threat(NamedTuple):
   Attributes:
     region: the `regions.RegionThreat` (name, box builder, regions).
     description: the threat model in words.
-    attack: ``attack(apply_fn, variables, images, labels, points) -> [B]``
-      bool: correctly classified and not broken (points outside ``points``
-      are reported as classified).
+    attack: ``attack(apply_fn, variables, images, labels, points, hints)
+      -> [B]`` bool: correctly classified and not broken (points outside
+      ``points`` are reported as classified); ``hints`` is the certification's
+      [B] failing region per point (`RegionResult.failing_region`).
   """
 
   region: regions.RegionThreat
@@ -66,16 +67,20 @@ def patch_threat(size: int, image_shape, *, attack_steps: int = 10) -> Threat:
                 "positions", attack)
 
 
-def _patch_attack(apply_fn, variables, images, labels, points, *, size,
-                  positions, steps):
-  # Small chunks: a broken point stops after the chunk that broke it.
+def _patch_attack(apply_fn, variables, images, labels, points, hints, *,
+                  size, positions, steps):
+  # The failing position first; then small chunks, so that a broken point
+  # stops after the chunk that broke it.
   return region_attacks.patch_attack(apply_fn, variables, images, labels,
                                      size=size, positions=positions,
                                      steps=steps, points=points,
-                                     rows_per_batch=ATTACK_ROWS)
+                                     rows_per_batch=ATTACK_ROWS,
+                                     first_positions=hints)
 
 
-def _grid_attack(apply_fn, variables, images, labels, points, *, grid):
+def _grid_attack(apply_fn, variables, images, labels, points, hints, *,
+                 grid):
+  del hints  # failing sub-boxes do not index the grid
   return region_attacks.grid_attack(apply_fn, variables, images, labels,
                                     grid=grid, points=points,
                                     rows_per_batch=ATTACK_ROWS)
