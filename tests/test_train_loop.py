@@ -89,6 +89,10 @@ def test_trains_evaluates_and_writes_results(mnist_files, tfds_dir, tmp_path,
   assert on_disk == pytest.approx(results)
   assert results["test_examples"] == NUM_TEST
   assert results["steps"] == 9 and results["resumed_from_step"] == 0
+  # Natural epoch, ε ramp, after the ramp: each phase's step is compiled
+  # once, at its first step, and never again.
+  assert results["train_phases_this_run"] == 3
+  assert results["train_step_compilations_this_run"] == 3
   for key in ("clean_accuracy", "certified_accuracy_linf",
               "certified_accuracy_l2", "certified_accuracy_l1",
               "union_certified_accuracy"):

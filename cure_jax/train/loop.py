@@ -268,9 +268,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     results = final_eval.evaluate_model(config, model, variables, test, info,
                                         log=print if main else (lambda *_: None))
+    # One compilation per phase, none after a phase's first step.
+    compilations = sum(fn._cache_size() for fn in compiled_steps.values())  # pylint: disable=protected-access
     results.update(method=config.method, dataset=info.name, steps=total_steps,
                    train_seconds_this_run=train_seconds,
-                   resumed_from_step=first_step)
+                   resumed_from_step=first_step,
+                   train_phases_this_run=len(compiled_steps),
+                   train_step_compilations_this_run=compilations)
     if main:
       writer.write_scalars(total_steps, {
           f"final/{k}": v for k, v in results.items()
