@@ -14,7 +14,7 @@ CURE-Finetune starts from an l∞ model trained first (e.g. the SABR run):
       --config.finetune_from=/tmp/cifar10_sabr --workdir=/tmp/cifar10_ft
 
 CPU variant (the small CNN on a fixed random 2048-image training subset, a
-short schedule; about 5 min on 2 cores):
+short schedule; estimated at about 5 min on 2 cores, not measured):
 
   python -m cure_jax.main --config=configs/cifar10.py:cpu=True,method=ibp \
       --workdir=/tmp/cifar10_cpu

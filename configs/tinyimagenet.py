@@ -13,7 +13,7 @@ CURE-Finetune starts from an l∞ model trained first (e.g. the SABR run):
       --config.finetune_from=/tmp/tin_sabr --workdir=/tmp/tin_ft
 
 CPU variant (the small CNN on a fixed random 4096-image training subset, a
-short schedule; about 10 min on 2 cores):
+short schedule; estimated at about 10 min on 2 cores, not measured):
 
   python -m cure_jax.main --config=configs/tinyimagenet.py:cpu=True,method=ibp \
       --workdir=/tmp/tin_cpu
