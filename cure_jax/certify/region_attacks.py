@@ -33,6 +33,22 @@ from cure_jax.parallel.precision import cast_floating, certification_precision
 PyTree = Any
 
 
+def _prepare(apply_fn, variables, images, labels, points):
+  """float32 inputs, the points to attack, and the misclassified as broken."""
+  variables = cast_floating(variables, jnp.float32)
+  images = jnp.asarray(images, jnp.float32)
+  labels = np.asarray(labels, np.int32)
+  correct = np.asarray(predict(apply_fn, variables, images)) == labels
+  if points is None:
+    points = np.flatnonzero(correct)
+  return variables, images, labels, points, ~correct
+
+
+def _padded_rows(count: int, size: int) -> np.ndarray:
+  """0, …, count − 1, then row 0 repeated: a fixed-size (one-compile) call."""
+  return np.concatenate([np.arange(count), np.zeros(size - count, np.int64)])
+
+
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def _patch_rows_broken(apply_fn, size, steps, variables, images, labels,
                        position, step_size, key):
@@ -82,19 +98,13 @@ def patch_attack(apply_fn: Callable, variables: PyTree, images, labels, *,
   Returns:
     [B] bool, correctly classified and not broken at any position.
   """
-  variables = cast_floating(variables, jnp.float32)
-  images = jnp.asarray(images, jnp.float32)
-  labels = np.asarray(labels, np.int32)
-  correct = np.asarray(predict(apply_fn, variables, images)) == labels
-  if points is None:
-    points = np.flatnonzero(correct)
-  broken = ~correct
+  variables, images, labels, points, broken = _prepare(
+      apply_fn, variables, images, labels, points)
   key = jax.random.key(0) if key is None else key
   positions = np.asarray(positions, np.int32)
 
   def attack(point, region, chunk):
-    rows = np.concatenate([np.arange(len(point)), np.zeros(
-        rows_per_batch - len(point), np.int64)])
+    rows = _padded_rows(len(point), rows_per_batch)
     with certification_precision():
       hit = _patch_rows_broken(
           apply_fn, size, steps, variables,
@@ -141,18 +151,12 @@ def grid_attack(apply_fn: Callable, variables: PyTree, images, labels, *,
   Returns:
     [B] bool, correctly classified and never misclassified on the grid.
   """
-  variables = cast_floating(variables, jnp.float32)
-  images = jnp.asarray(images, jnp.float32)
-  labels = np.asarray(labels, np.int32)
-  correct = np.asarray(predict(apply_fn, variables, images)) == labels
-  if points is None:
-    points = np.flatnonzero(correct)
-  broken = ~correct
+  variables, images, labels, points, broken = _prepare(
+      apply_fn, variables, images, labels, points)
   grid = jax.tree.map(np.asarray, grid)
   size = int(np.shape(grid.rotation)[0])
   for point, region in row_chunks(points, size, rows_per_batch, broken):
-    rows = np.concatenate([np.arange(len(point)), np.zeros(
-        rows_per_batch - len(point), np.int64)])
+    rows = _padded_rows(len(point), rows_per_batch)
     params = TransformParams(*(leaf[region[rows]] for leaf in grid))
     with certification_precision():
       hit = _grid_rows_broken(apply_fn, variables,
