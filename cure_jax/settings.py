@@ -95,6 +95,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.l1_reg = 0.0
   c.warmup_reg = True
   c.warmup_reg_weight = 0.5
+  # Gradients through the clean batch's BatchNorm moments into the bounded
+  # pass. True is the reference (its moments are not detached); False treats
+  # them as constants, so after the natural epochs (κ = 0) the clean pass
+  # needs no backward pass: ~20% cheaper IBP steps on CNN7 (README).
+  c.bn_moment_gradients = True
 
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 3

@@ -143,6 +143,19 @@ def test_tighter_methods_give_tighter_margin_lower_bounds(module, make_set,
   assert np.any(lower["crown"] > lower["ibp"] + 1e-3)
 
 
+@pytest.mark.parametrize("method", ["crown_ibp", "crown", "alpha_crown"])
+def test_lower_bounds_alone_equal_the_lower_half_of_both(method):
+  """bound="lower" (what certificates use) loses nothing and skips the upper rows."""
+  apply, params, x, y = _network(Cnn(), seed=4)
+  spec = margin_spec(y, NUM_CLASSES)
+  input_set = L2Ball(x, 0.3, domain=DOMAIN)
+  both = METHODS[method](apply)(params, input_set, spec=spec)
+  lower_only = functools.partial(METHODS[method], bound="lower")(apply)(
+      params, input_set, spec=spec)
+  np.testing.assert_allclose(lower_only.lower, both.lower, rtol=1e-5, atol=1e-6)
+  assert np.all(np.isposinf(lower_only.upper))
+
+
 # ----------------------------------------------- jit, vmap and grad compose
 
 

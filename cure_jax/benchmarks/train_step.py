@@ -1,15 +1,19 @@
 r"""Train-step time of each objective relative to natural training.
 
   python -m cure_jax.benchmarks.train_step [--models=small_cnn,cnn7] \
-      [--methods=natural,ibp,sabr,cure_max,cure_scratch] [--batch=128]
+      [--methods=natural,ibp,ibp/bn_moment_gradients=False,sabr,...] \
+      [--batch=128]
 
 Times the jitted `train_step` of `cure_jax.train.step` (objective, gradient,
 Adam update; gradient projection's natural branch included for
 cure_scratch) on one random MNIST-shaped batch, after the ε ramp (κ = 0,
-full radii), in one run so that the ratios are comparable.
+full radii), in one run so that the ratios are comparable. A method may
+carry config overrides after slashes, ``METHOD/key=value/...`` (values are
+Python literals).
 """
 
 import argparse
+import ast
 import json
 
 import jax
@@ -22,13 +26,23 @@ from cure_jax.train.state import build_model, create_train_state, make_optimizer
 from cure_jax.train.step import make_schedules, make_train_step, phase_at
 
 
-def step_seconds(model_name: str, method: str, batch: int, repeats: int,
+def _method_and_overrides(spec: str):
+  """"ibp/bn_moment_gradients=False" -> ("ibp", {"bn_moment_gradients": False})."""
+  method, *pairs = spec.split("/")
+  overrides = {}
+  for pair in pairs:
+    key, _, value = pair.partition("=")
+    overrides[key] = ast.literal_eval(value)
+  return method, overrides
+
+
+def step_seconds(model_name: str, spec: str, batch: int, repeats: int,
                  config_path: str = "configs/mnist.py") -> float:
+  method, overrides = _method_and_overrides(spec)
   config = load_config(f"{config_path}:method={method}")
-  config.unlock()
   config.model.name = model_name
   config.batch_size = batch
-  config.lock()
+  config.update_from_flattened_dict(overrides)  # unknown keys raise
   steps_per_epoch = 100
   model = build_model(config)
   optimizer = make_optimizer(config, steps_per_epoch)

@@ -32,7 +32,9 @@ from cure_jax.parallel.precision import cast_floating
 
 PyTree = Any
 REGION_METHODS = ("ibp", "crown_ibp")
-TRANSFORMS = {"ibp": bounds.ibp, "crown_ibp": bounds.crown_ibp}
+# Certificates need the margins' lower bounds only (bound="lower").
+TRANSFORMS = {"ibp": bounds.ibp,
+              "crown_ibp": functools.partial(bounds.crown_ibp, bound="lower")}
 
 
 class RegionThreat(NamedTuple):

@@ -97,7 +97,7 @@ def _crown_ibp_term(config, network, batch, ctx):
   del config
   margins = network.margin_bounds(
       LinfBall(batch.images, ctx.eps_linf, domain=DOMAIN), batch.labels,
-      transform=crown_ibp)
+      transform=functools.partial(crown_ibp, bound="lower"))
   robust = robust_losses.RobustLoss(
       robust_losses.robust_cross_entropy(margins.lower), None,
       jnp.all(margins.lower > 0, -1))
@@ -192,7 +192,8 @@ def _warmup_term(network: Network, batch: Batch, ctx: StepContext):
 
 
 def make_objective(config: ml_collections.ConfigDict, model, *,
-                   robust: bool = True, warmup: bool | None = None) -> Objective:
+                   robust: bool = True, warmup: bool | None = None,
+                   kappa_is_zero: bool = False) -> Objective:
   """The objective of ``config.method`` for ``model`` (see module doc).
 
   Which terms are computed is fixed when the objective is built, not decided
@@ -208,6 +209,11 @@ def make_objective(config: ml_collections.ConfigDict, model, *,
     warmup: add Shi et al.'s warm-up regularizers, weighted by
       ``ctx.reg_scale`` (during the ε ramp); defaults to
       ``config.warmup_reg``. Methods without a robust term never add them.
+    kappa_is_zero: the caller guarantees ``ctx.kappa == 0`` (every step after
+      the natural epochs): the clean CE is then left out of the loss and
+      differentiated only through BatchNorm's batch moments — and not at all
+      when ``config.bn_moment_gradients`` is False, which makes the moments
+      constants of the bounded pass.
 
   Returns:
     ``objective(params, batch_stats, batch, ctx)``.
@@ -217,10 +223,16 @@ def make_objective(config: ml_collections.ConfigDict, model, *,
   with_warmup = (config.warmup_reg if warmup is None else warmup) and (
       ROBUST_TERMS[config.method] is not None)
   num_classes = config.model.num_classes
+  clean_is_metric = kappa_is_zero and robust_term is not None
+  moment_gradients = config.get("bn_moment_gradients", True)
 
   def objective(params, batch_stats, batch: Batch, ctx: StepContext):
     logits, new_stats, moments = clean_pass(model, params, batch_stats,
                                             batch.images)
+    if not moment_gradients:
+      moments = jax.lax.stop_gradient(moments)
+    if clean_is_metric:
+      logits = jax.lax.stop_gradient(logits)
     clean = cross_entropy(logits, batch.labels).mean()
     metrics = {"clean_loss": clean, "accuracy": accuracy(logits, batch.labels)}
     loss = clean
@@ -228,7 +240,8 @@ def make_objective(config: ml_collections.ConfigDict, model, *,
                       num_classes)
     if robust_term is not None:
       robust_loss, robust_metrics = robust_term(config, network, batch, ctx)
-      loss = (1.0 - ctx.kappa) * robust_loss + ctx.kappa * clean
+      loss = (robust_loss if clean_is_metric else
+              (1.0 - ctx.kappa) * robust_loss + ctx.kappa * clean)
       metrics.update(robust_metrics, robust_loss=robust_loss)
     if with_warmup:
       reg = _warmup_term(network, batch, ctx)

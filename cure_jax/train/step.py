@@ -102,8 +102,9 @@ def make_train_step(config, model, optimizer: optax.GradientTransformation,
   out the terms whose weight is zero elsewhere, and the gradient-projection
   branch that starts after the ramp.
   """
+  # κ = 1 before `natural_end` and 0 from it on, exactly where robust starts.
   objective = make_objective(config, model, robust=phase.robust,
-                             warmup=phase.warmup)
+                             warmup=phase.warmup, kappa_is_zero=phase.robust)
 
   def train_step(state: TrainState, batch: Batch):
     ctx = step_context(config, sched, state.step)
