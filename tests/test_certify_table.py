@@ -21,7 +21,12 @@ def _write_run(directory, method, correct, linf, l2, train_seconds=120.0):
                           pgd_robust={k: v | np.asarray(correct, bool)
                                       for k, v in certified.items()})
   write_csv(str(directory / "certify.csv"), records)
-  (directory / "certify.json").write_text(json.dumps({"method": method}))
+  timing = {"certify": {norm: {"ibp": {"seconds": 0.5 * n},
+                                "total": {"seconds": 0.5 * n}}
+                         for norm in ("linf", "l2")},
+            "pgd": {norm: {"seconds": 0.25 * n} for norm in ("linf", "l2")}}
+  (directory / "certify.json").write_text(json.dumps(
+      {"method": method, "num_examples": n, "timing": timing}))
   (directory / "results.json").write_text(
       json.dumps({"train_seconds_this_run": train_seconds}))
 
@@ -65,7 +70,8 @@ def test_markdown_table_lists_every_run(tmp_path, capsys):
   assert out[0].startswith("| method | points | clean | cert. l∞ | cert. l2")
   assert out[2].startswith("| sabr | 2 | 100.0% | 50.0% | 0.0% | 0.0%")
   assert out[3].startswith("| cure_max | 2 | 100.0% | 100.0% | 50.0% | 50.0%")
-  assert out[3].endswith("| 10.0 |")
+  # 0.5 s per point per norm for the cascade, 0.25 for PGD, two norms.
+  assert out[3].endswith("| 10.0 | 1.500 |")
 
 
 def _write_beyond_lp(directory, method, correct, patch_2, rotation):

@@ -6,7 +6,8 @@ r"""A comparison table of several certified runs, as Markdown.
 Each argument is a workdir holding ``certify.csv`` (written by
 ``python -m cure_jax.certify``) and, from training, ``results.json``. Rows
 are the runs; columns clean, certified accuracy per norm, union certified,
-PGD union (the empirical upper bound) and the training time. ``--first=N``
+PGD union (the empirical upper bound), the training time and the
+certification's run seconds per test point (all norms, cascade and PGD). ``--first=N``
 recomputes every figure on the first N test points of each CSV, so runs
 certified on different numbers of points compare on the same points. Runs
 with a ``beyond_lp.csv`` (``python -m cure_jax.certify.beyond_lp``) add a
@@ -35,7 +36,9 @@ def run_row(workdir: str, first: Optional[int] = None,
 
   Returns:
     A dict with method, points, clean, certified_<norm>, union_certified
-    (every norm), union_linf_l2 (with a third norm present), union_pgd and train_seconds (None when there is no results.json).
+    (every norm), union_linf_l2 (with a third norm present), union_pgd,
+    train_seconds (None when there is no results.json) and
+    certify_seconds_per_point (`certify_seconds_per_point`).
 
   Raises:
     FileNotFoundError: the workdir has no ``<name>.csv``.
@@ -49,12 +52,14 @@ def run_row(workdir: str, first: Optional[int] = None,
                        f"--first={first}.")
     records = {k: v[:first] for k, v in records.items()}
   summary_path = os.path.join(workdir, f"{name}.json")
-  method = os.path.basename(os.path.normpath(workdir))
+  summary = {}
   if os.path.exists(summary_path):
     with open(summary_path, encoding="utf-8") as f:
-      method = json.load(f).get("method", method)
+      summary = json.load(f)
+  method = summary.get("method", os.path.basename(os.path.normpath(workdir)))
   row = {"method": method, "points": len(records["index"]),
-         "clean": float(np.mean(np.asarray(records["correct"], bool)))}
+         "clean": float(np.mean(np.asarray(records["correct"], bool))),
+         "certify_seconds_per_point": certify_seconds_per_point(summary)}
   norms = ordered_norms([c[len("certified_"):] for c in records
                          if c.startswith("certified_")])
   for norm in norms:
@@ -77,6 +82,17 @@ def run_row(workdir: str, first: Optional[int] = None,
   return row
 
 
+def certify_seconds_per_point(summary: Dict) -> Optional[float]:
+  """Run seconds per test point of a certification, every norm's cascade and
+  attack together (compilation excluded); None without timings."""
+  timing = summary.get("timing", {})
+  entries = [stages["total"] for stages in timing.get("certify", {}).values()]
+  entries += list(timing.get("pgd", {}).values())
+  if not entries or not summary.get("num_examples"):
+    return None
+  return sum(e["seconds"] for e in entries) / summary["num_examples"]
+
+
 def markdown(rows: Sequence[Dict[str, object]]) -> str:
   """The rows as a Markdown table (percentages, minutes)."""
   norms = ordered_norms([k[len("certified_"):] for k in rows[0]
@@ -85,7 +101,7 @@ def markdown(rows: Sequence[Dict[str, object]]) -> str:
             [f"cert. {NORM_SYMBOLS[n]}" for n in norms] +
             ["cert. union"] +
             (["cert. l∞ ∪ l2"] if "union_linf_l2" in rows[0] else []) +
-            ["PGD union", "train min"])
+            ["PGD union", "train min", "certify s/point"])
   lines = ["| " + " | ".join(header) + " |",
            "|" + "---|" * len(header)]
   for row in rows:
@@ -97,6 +113,8 @@ def markdown(rows: Sequence[Dict[str, object]]) -> str:
     cells.append(f"{row['union_pgd']:.1%}" if "union_pgd" in row else "—")
     seconds = row["train_seconds"]
     cells.append("—" if seconds is None else f"{seconds / 60:.1f}")
+    per_point = row.get("certify_seconds_per_point")
+    cells.append("—" if per_point is None else f"{per_point:.3f}")
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
