@@ -3,7 +3,8 @@
 Starting from coefficients A on one value (the output specification, or an
 identity over a hidden layer's neurons), the pass walks the equations in
 reverse, pulling A back through each one with the method's rule table and
-collecting a bias, until A rests on the input sets. There the linear bound
+collecting a bias (chains of cheap affine equations as one: see
+`affine_chains`), until A rests on the input sets. There the linear bound
 ``<A, x> + bias`` is minimized over the set (concretization):
 
 * box [lo, hi]:      A⁺ lo + A⁻ hi (= A c - |A| r);
@@ -21,11 +22,12 @@ from typing import Any, Callable, Dict, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
+from cure_jax.bounds import affine_chains
 from cure_jax.bounds.first_layer import PendingBall
-from cure_jax.bounds.forward import Env, as_interval, read
-from cure_jax.bounds.graph import Eqn, Graph
+from cure_jax.bounds.forward import Env, as_interval, is_bounded, read
+from cure_jax.bounds.graph import Const, Eqn, Graph
 from cure_jax.bounds.interval import Interval
-from cure_jax.bounds.linear_rules import inner_product
+from cure_jax.bounds.linear_rules import AFFINE_PRIMITIVES, inner_product
 from cure_jax.bounds.sets import Box, LpBall, lp_norm
 
 
@@ -72,7 +74,11 @@ def lower_bound(graph: Graph, env: Env, sets: Dict[int, Any],
   pending = dict(start)
   some = next(iter(start.values()))
   bias = jnp.zeros(some.shape[:2], some.dtype)
-  for eqn in reversed(graph.eqns):
+  eqns = affine_chains.merge(
+      graph.eqns, lambda a: not isinstance(a, Const) and is_bounded(env.get(a)),
+      AFFINE_PRIMITIVES, keep_out=tuple(graph.outputs) + tuple(start),
+      exclude=stop)
+  for eqn in reversed(eqns):
     if not any(v in pending for v in eqn.outputs):
       continue
     if stop is not None and stop(eqn):

@@ -22,8 +22,9 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from cure_jax.bounds import relaxations
+from cure_jax.bounds import affine_chains, relaxations
 from cure_jax.bounds.first_layer import PendingBall
 from cure_jax.bounds.graph import Eqn, evaluate_concrete
 from cure_jax.bounds.interval import Interval
@@ -56,20 +57,26 @@ LINEAR_PRIMITIVES = frozenset({
 })
 # Affine with a possibly non-zero offset L(0).
 AFFINE_PRIMITIVES = LINEAR_PRIMITIVES | {"add", "add_any", "sub", "concatenate",
-                                         "pad", "select_n"}
+                                         "pad", "select_n", affine_chains.NAME}
 _SINGLE_BOUNDED = frozenset({"dot_general", "conv_general_dilated", "mul"})
 
 
-def affine(eqn: Eqn, args: Sequence[Any], coeffs: jax.Array,
-           alpha=None) -> Tuple[Dict[int, jax.Array], jax.Array]:
-  """Aᵀ through an affine operation by its vector-Jacobian product."""
-  del alpha
+def bounded_positions(eqn: Eqn, args: Sequence[Any]) -> list:
+  """Positions of an affine equation's bounded operands; errors if not affine."""
   positions = [i for i, a in enumerate(args) if _is_bounded(a)]
   if eqn.name in _SINGLE_BOUNDED and len(positions) > 1:
     raise eqn.unsupported("CROWN", "the product of two bounded values is not affine")
   if (eqn.name == "div" and positions != [0]) or (
       eqn.name == "select_n" and 0 in positions):
     raise eqn.unsupported("CROWN", "this operand may not be bounded")
+  return positions
+
+
+def affine(eqn: Eqn, args: Sequence[Any], coeffs: jax.Array,
+           alpha=None) -> Tuple[Dict[int, jax.Array], jax.Array]:
+  """Aᵀ through an affine operation by its vector-Jacobian product."""
+  del alpha
+  positions = bounded_positions(eqn, args)
 
   def at(*xs):
     values = list(args)
@@ -96,12 +103,22 @@ def relu_like(eqn: Eqn, args: Sequence[Any], coeffs: jax.Array,
   relax = relaxations.relu_relaxation(x.lower - c, x.upper - c, alpha)
   positive, negative = jnp.maximum(coeffs, 0), jnp.minimum(coeffs, 0)
   coeffs_in = positive * relax.lower_slope + negative * relax.upper_slope
-  # In x's coordinates: c + a (x - c) + b = a x + (c (1 - a) + b).
-  lower_offset = c * (1 - relax.lower_slope) + relax.lower_offset
   upper_offset = c * (1 - relax.upper_slope) + relax.upper_offset
-  bias = (inner_product(positive, lower_offset) +
-          inner_product(negative, upper_offset))
+  bias = inner_product(negative, upper_offset)
+  if not _is_literal_zero(c):
+    # In x's coordinates: c + a (x - c) + b = a x + (c (1 - a) + b); the
+    # ReLU's lower lines pass through 0 (b = 0), so for c = 0 this term is 0
+    # and its reduction over the [S, B, ...] coefficients is skipped.
+    lower_offset = c * (1 - relax.lower_slope) + relax.lower_offset
+    bias = bias + inner_product(positive, lower_offset)
   return {i: coeffs_in}, bias
+
+
+def _is_literal_zero(c) -> bool:
+  """Whether ``c`` is a trace-time constant equal to zero (``jax.nn.relu``)."""
+  if not isinstance(c, (int, float, np.ndarray, np.generic)):
+    return False  # an array computed at run time (or a tracer)
+  return bool(np.all(np.asarray(c) == 0))
 
 
 def max_pool(eqn: Eqn, args: Sequence[Any], coeffs: jax.Array, alpha=None):
