@@ -2,11 +2,13 @@ r"""Cost of each bound transform relative to a plain forward pass.
 
   python -m cure_jax.benchmarks.bounds [--model=cnn7] [--batch=128]
 
-Measures, on one random MNIST-shaped batch in one run: the forward pass
-(eval mode), IBP of the logits, IBP with the margin specification,
-CROWN-IBP with the margin specification (lower bounds: what margins need),
-and α-CROWN (20 steps, IBP intermediate bounds, lower bounds, on a smaller
-batch) per example.
+Measures, on one random MNIST-shaped batch: the forward pass (eval mode),
+and each in alternation with it (`timing.paired_ratio`) IBP of the logits,
+IBP with the margin specification, CROWN-IBP with the margin specification
+(lower bounds: what margins need) and the vector-Jacobian product of the
+network with the 9 margin rows (the floor of any back-substitution from
+them); then α-CROWN (20 steps, IBP intermediate bounds, lower bounds, on a
+smaller batch) per example.
 """
 
 import argparse
@@ -15,7 +17,7 @@ import json
 import jax
 import jax.numpy as jnp
 
-from cure_jax.benchmarks.timing import median_seconds
+from cure_jax.benchmarks.timing import median_seconds, paired_ratio
 from cure_jax.bounds import LinfBall, alpha_crown, crown_ibp, ibp, margin_spec
 from cure_jax.models import get_model, ibp_init
 
@@ -39,25 +41,32 @@ def run(model_name: str = "cnn7", batch: int = 128, alpha_batch: int = 8,
   # Margins need lower bounds only (training and certification).
   crown_ibp_spec = jax.jit(lambda v, x, c: crown_ibp(model.apply, bound="lower")(
       v, ball(x), train=False, spec=c))
+  # The floor of any back-substitution from S specification rows: one
+  # S-row vector-Jacobian product of the network, with no relaxation at all.
+  def spec_vjp(v, x, c):
+    _, pull = jax.vjp(lambda x: model.apply(v, x, train=False), x)
+    return jax.vmap(pull)(jnp.swapaxes(c, 0, 1))[0]
+  spec_vjp = jax.jit(spec_vjp)
   alpha = jax.jit(lambda v, x, c: alpha_crown(
       model.apply, steps=alpha_steps, intermediate="ibp", bound="lower")(
           v, ball(x), train=False, spec=c))
 
-  t_forward = median_seconds(forward, variables, x, repeats=repeats)
-  results = {
-      "model": model_name, "batch": batch, "backend": jax.default_backend(),
-      "forward_s": t_forward,
-      "ibp_s": median_seconds(ibp_logits, variables, x, repeats=repeats),
-      "ibp_spec_s": median_seconds(ibp_spec, variables, x, spec, repeats=repeats),
-      "crown_ibp_spec_s": median_seconds(crown_ibp_spec, variables, x, spec,
-                                         repeats=repeats),
-  }
+  timed = {"ibp": (ibp_logits, (variables, x)),
+           "ibp_spec": (ibp_spec, (variables, x, spec)),
+           "crown_ibp_spec": (crown_ibp_spec, (variables, x, spec)),
+           "spec_vjp": (spec_vjp, (variables, x, spec))}
+  results = {"model": model_name, "batch": batch,
+             "backend": jax.default_backend(),
+             "forward_s": median_seconds(forward, variables, x, repeats=repeats)}
+  for name, (fn, args) in timed.items():
+    # Each in alternation with the forward pass (`timing.paired_ratio`).
+    seconds, _, ratio = paired_ratio(fn, args, forward, (variables, x),
+                                     repeats=repeats)
+    results[f"{name}_s"], results[f"{name}_over_forward"] = seconds, ratio
   t_alpha = median_seconds(alpha, variables, x[:alpha_batch], spec[:alpha_batch],
                            repeats=max(2, repeats // 5), warmup=1)
   results["alpha_crown_s_per_example"] = t_alpha / alpha_batch
   results["alpha_crown_steps"] = alpha_steps
-  for name in ("ibp", "ibp_spec", "crown_ibp_spec"):
-    results[f"{name}_over_forward"] = results[f"{name}_s"] / t_forward
   return results
 
 

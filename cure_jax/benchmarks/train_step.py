@@ -7,7 +7,8 @@ r"""Train-step time of each objective relative to natural training.
 Times the jitted `train_step` of `cure_jax.train.step` (objective, gradient,
 Adam update; gradient projection's natural branch included for
 cure_scratch) on one random MNIST-shaped batch, after the ε ramp (κ = 0,
-full radii), in one run so that the ratios are comparable. A method may
+full radii), each method in alternation with the natural step so that the
+ratios survive a shared or throttled machine (`timing.paired_ratio`). A method may
 carry config overrides after slashes, ``METHOD/key=value/...`` (values are
 Python literals).
 """
@@ -19,7 +20,7 @@ import json
 import jax
 import jax.numpy as jnp
 
-from cure_jax.benchmarks.timing import median_seconds
+from cure_jax.benchmarks.timing import median_seconds, paired_ratio
 from cure_jax.objectives.base import Batch
 from cure_jax.settings import load_config
 from cure_jax.train.state import build_model, create_train_state, make_optimizer
@@ -36,8 +37,9 @@ def _method_and_overrides(spec: str):
   return method, overrides
 
 
-def step_seconds(model_name: str, spec: str, batch: int, repeats: int,
-                 config_path: str = "configs/mnist.py") -> float:
+def compiled_step(model_name: str, spec: str, batch: int,
+                  config_path: str = "configs/mnist.py"):
+  """(jitted step returning the loss, its arguments) for one method."""
   method, overrides = _method_and_overrides(spec)
   config = load_config(f"{config_path}:method={method}")
   config.model.name = model_name
@@ -55,19 +57,24 @@ def step_seconds(model_name: str, spec: str, batch: int, repeats: int,
   key_x, key_y = jax.random.split(jax.random.key(1))
   data = Batch(jax.random.uniform(key_x, (batch, 28, 28, 1)),
                jax.random.randint(key_y, (batch,), 0, 10))
-  return median_seconds(lambda s, b: step(s, b)[1]["loss"], state, data,
-                        repeats=repeats)
+  return (lambda s, b: step(s, b)[1]["loss"]), (state, data)
 
 
 def run(models, methods, batch=128, repeats=5):
+  """Each method timed in alternation with natural (`paired_ratio`)."""
   results = []
   for model_name in models:
-    base = step_seconds(model_name, "natural", batch, repeats)
+    natural, natural_args = compiled_step(model_name, "natural", batch)
     for method in methods:
-      seconds = base if method == "natural" else step_seconds(
-          model_name, method, batch, repeats)
+      if method == "natural":
+        seconds = base = median_seconds(natural, *natural_args, repeats=repeats)
+        ratio = 1.0
+      else:
+        fn, args = compiled_step(model_name, method, batch)
+        seconds, base, ratio = paired_ratio(fn, args, natural, natural_args,
+                                            repeats=repeats)
       results.append(dict(model=model_name, method=method, batch=batch,
-                          step_s=seconds, over_natural=seconds / base))
+                          step_s=seconds, natural_s=base, over_natural=ratio))
       print(json.dumps(results[-1]), flush=True)
   return results
 
