@@ -34,8 +34,13 @@ def setup():
   return variables["params"], variables["batch_stats"], batch, ctx
 
 
+def _objective(config, **kwargs):
+  """The objective, jitted (op-by-op dispatch of bound passes is slow)."""
+  return jax.jit(make_objective(config, MODEL, **kwargs))
+
+
 def _grads(objective, params, stats, batch, ctx):
-  return jax.grad(lambda p: objective(p, stats, batch, ctx)[0])(params)
+  return jax.jit(jax.grad(lambda p: objective(p, stats, batch, ctx)[0]))(params)
 
 
 def _assert_trees_close(a, b, **kw):
@@ -45,8 +50,8 @@ def _assert_trees_close(a, b, **kw):
 def test_kappa_is_zero_gives_the_kappa_weighted_loss_at_kappa_zero(setup):
   params, stats, batch, ctx = setup
   config = _config(warmup_reg=False)
-  mixed = make_objective(config, MODEL)
-  known = make_objective(config, MODEL, kappa_is_zero=True)
+  mixed = _objective(config)
+  known = _objective(config, kappa_is_zero=True)
   loss_mixed, (_, metrics_mixed) = mixed(params, stats, batch, ctx(0.0))
   loss_known, (_, metrics_known) = known(params, stats, batch, ctx(0.0))
   np.testing.assert_allclose(loss_known, loss_mixed, rtol=1e-6)
@@ -54,14 +59,14 @@ def test_kappa_is_zero_gives_the_kappa_weighted_loss_at_kappa_zero(setup):
                              metrics_mixed["clean_loss"], rtol=1e-6)
   _assert_trees_close(_grads(known, params, stats, batch, ctx(0.0)),
                       _grads(mixed, params, stats, batch, ctx(0.0)),
-                      rtol=1e-5, atol=1e-7)
+                      rtol=1e-4, atol=1e-5)  # two compiled programs: float order
 
 
 def test_constant_moments_change_the_gradient_only_through_the_moments(setup):
   params, stats, batch, ctx = setup
-  through = make_objective(_config(warmup_reg=False), MODEL, kappa_is_zero=True)
-  constant = make_objective(_config(warmup_reg=False, bn_moment_gradients=False),
-                            MODEL, kappa_is_zero=True)
+  through = _objective(_config(warmup_reg=False), kappa_is_zero=True)
+  constant = _objective(_config(warmup_reg=False, bn_moment_gradients=False),
+                        kappa_is_zero=True)
   # Same loss value: the moments are the same numbers, only their gradient goes.
   np.testing.assert_allclose(constant(params, stats, batch, ctx(0.0))[0],
                              through(params, stats, batch, ctx(0.0))[0],

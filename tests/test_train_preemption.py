@@ -68,16 +68,22 @@ def test_repeated_signal_is_passed_to_the_previous_handler(recorder):
 
 
 def test_sigint_is_optional_and_twice_still_interrupts():
-  previous = signal.getsignal(signal.SIGINT)
-  with PreemptionGuard() as guard:
-    assert signal.getsignal(signal.SIGINT) is previous  # Not handled.
-  with PreemptionGuard((signal.SIGTERM, signal.SIGINT)) as guard:
-    os.kill(os.getpid(), signal.SIGINT)  # No KeyboardInterrupt: a clean stop.
-    assert guard.signal_received == signal.SIGINT
-    assert guard.should_stop(1)
-    with pytest.raises(KeyboardInterrupt):
-      os.kill(os.getpid(), signal.SIGINT)
-  assert signal.getsignal(signal.SIGINT) is previous
+  # Python's own handler, even where the test runner was started with SIGINT
+  # ignored (nohup, a background job), to which the guard would pass it on.
+  outer = signal.signal(signal.SIGINT, signal.default_int_handler)
+  try:
+    previous = signal.getsignal(signal.SIGINT)
+    with PreemptionGuard() as guard:
+      assert signal.getsignal(signal.SIGINT) is previous  # Not handled.
+    with PreemptionGuard((signal.SIGTERM, signal.SIGINT)) as guard:
+      os.kill(os.getpid(), signal.SIGINT)  # No KeyboardInterrupt: a clean stop.
+      assert guard.signal_received == signal.SIGINT
+      assert guard.should_stop(1)
+      with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is previous
+  finally:
+    signal.signal(signal.SIGINT, outer)
 
 
 def test_guard_can_be_reused_and_not_nested(recorder):
