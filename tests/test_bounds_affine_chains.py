@@ -9,11 +9,14 @@ pass must take fewer reductions over the coefficients.
 import flax.linen as nn
 import jax
 import jax.extend as jex
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cure_jax.bounds import LinfBall, L2Ball, alpha_crown, crown, crown_ibp, margin_spec
-from cure_jax.bounds import affine_chains
+from cure_jax.bounds import (LinfBall, L2Ball, UnsupportedPrimitiveError,
+                             alpha_crown, crown, crown_ibp, ibp, margin_spec)
+from cure_jax.bounds import affine_chains, ibp_rules
+from cure_jax.bounds.interval import Interval
 from cure_jax.bounds.graph import Const, trace
 from cure_jax.bounds.linear_rules import AFFINE_PRIMITIVES
 
@@ -123,3 +126,19 @@ def test_merged_backward_pass_takes_fewer_reductions(monkeypatch):
   unmerged = _reductions(bound(), variables, x)
   # Per BN, one offset reduction instead of two (sub, add).
   assert merged == unmerged - 2
+
+
+def test_a_refused_equation_inside_a_chain_still_raises(monkeypatch):
+  """1 / (x + 1) is not affine in x. Given an IBP rule for it (here a
+  reciprocal of positive intervals), the forward pass succeeds; merged into a
+  chain, the backward pass would take its vector-Jacobian product silently.
+  It must stay alone and meet the affine rule's refusal."""
+  def reciprocal(eqn, args):
+    numerator, divisor = args
+    return [Interval(numerator / divisor.upper, numerator / divisor.lower)]
+  monkeypatch.setitem(ibp_rules.RULES, "div", reciprocal)
+  fn = lambda x: 2.0 * (1.0 / (x + 1.0)) - 3.0
+  ball = LinfBall(jnp.ones((2, 3)), 0.1)
+  ibp(fn)(ball)  # the forward pass bounds it
+  with pytest.raises(UnsupportedPrimitiveError, match="div"):
+    crown_ibp(fn)(ball)

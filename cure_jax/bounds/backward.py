@@ -25,9 +25,10 @@ import jax.numpy as jnp
 from cure_jax.bounds import affine_chains
 from cure_jax.bounds.first_layer import PendingBall
 from cure_jax.bounds.forward import Env, as_interval, is_bounded, read
-from cure_jax.bounds.graph import Const, Eqn, Graph
+from cure_jax.bounds.graph import Const, Eqn, Graph, UnsupportedPrimitiveError
 from cure_jax.bounds.interval import Interval
-from cure_jax.bounds.linear_rules import AFFINE_PRIMITIVES, inner_product
+from cure_jax.bounds.linear_rules import (AFFINE_PRIMITIVES, bounded_positions,
+                                         inner_product)
 from cure_jax.bounds.sets import Box, LpBall, lp_norm
 
 
@@ -74,10 +75,22 @@ def lower_bound(graph: Graph, env: Env, sets: Dict[int, Any],
   pending = dict(start)
   some = next(iter(start.values()))
   bias = jnp.zeros(some.shape[:2], some.dtype)
+  def stays_alone(eqn: Eqn) -> bool:
+    # Early stops, and equations the affine rule refuses (e.g. a bounded
+    # divisor), which must meet that rule alone to raise its error.
+    if stop is not None and stop(eqn):
+      return True
+    try:
+      bounded_positions(eqn, [read(env, a) if isinstance(a, Const) or a in env
+                              else None for a in eqn.inputs])
+    except UnsupportedPrimitiveError:
+      return True
+    return False
+
   eqns = affine_chains.merge(
       graph.eqns, lambda a: not isinstance(a, Const) and is_bounded(env.get(a)),
       AFFINE_PRIMITIVES, keep_out=tuple(graph.outputs) + tuple(start),
-      exclude=stop)
+      exclude=stays_alone)
   for eqn in reversed(eqns):
     if not any(v in pending for v in eqn.outputs):
       continue
