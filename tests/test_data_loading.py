@@ -185,3 +185,36 @@ def test_split_take_and_num_examples():
   np.testing.assert_array_equal(split.take(3).labels, [0, 1, 2])
   with pytest.raises(ValueError, match='Cannot take 6 of 5'):
     split.take(6)
+
+
+def test_a_dataset_prepared_meanwhile_by_another_process_is_used(
+    tmp_path, monkeypatch):
+  expected = fake_sources.write_fake_mnist(tmp_path / 'src', num_train=5)
+  real_prepare = mnist_builder.CureMnist.download_and_prepare
+
+  def lose_the_race(self, **kwargs):
+    # Another process finishes first: tfds's final rename then fails.
+    winner = mnist_builder.CureMnist(data_dir=self.data_dir_root,
+                                   file_format='array_record')
+    real_prepare(winner, **kwargs)
+    raise FileExistsError(f'Cannot rename: {self.data_path} already exists.')
+
+  monkeypatch.setattr(mnist_builder.CureMnist, 'download_and_prepare',
+                      lose_the_race)
+  got = data.load_split('mnist', 'train', data_dir=tmp_path / 'src',
+                        tfds_data_dir=tmp_path / 'tfds')
+  np.testing.assert_array_equal(got.images, expected['train'].images)
+
+
+def test_a_failed_rename_without_a_prepared_dataset_is_raised(
+    tmp_path, monkeypatch):
+  fake_sources.write_fake_mnist(tmp_path / 'src', num_train=5)
+
+  def fail(self, **kwargs):
+    del kwargs
+    raise FileExistsError('Cannot rename: something else is in the way.')
+
+  monkeypatch.setattr(mnist_builder.CureMnist, 'download_and_prepare', fail)
+  with pytest.raises(FileExistsError, match='something else'):
+    data.prepare('mnist', data_dir=tmp_path / 'src',
+                 tfds_data_dir=tmp_path / 'tfds')

@@ -62,7 +62,7 @@ def mnist(tmp_path_factory):
   from cure_jax.data import fake_sources  # pylint: disable=g-import-not-at-top
   files = tmp_path_factory.mktemp("files")
   fake_sources.write_fake_mnist(files, num_train=48, num_test=8, seed=7)
-  return files, tmp_path_factory.mktemp("tfds")
+  return files
 
 
 def _env(devices):
@@ -73,18 +73,30 @@ def _env(devices):
   return env
 
 
-def _train_on(devices, files, tfds, tmp_path):
+def _start_training_on(devices, files, tmp_path):
   out = tmp_path / f"{devices}.npz"
-  subprocess.run([sys.executable, __file__, str(files), str(tfds),
-                  str(tmp_path / f"run{devices}"), str(out)],
-                 check=True, cwd=REPO, env=_env(devices), timeout=600)
+  # Its own tfds directory: two builds of one dataset at once would race.
+  tfds = tmp_path / f"tfds{devices}"
+  process = subprocess.Popen([sys.executable, __file__, str(files), str(tfds),
+                              str(tmp_path / f"run{devices}"), str(out)],
+                             cwd=REPO, env=_env(devices))
+  return process, out
+
+
+def _finished(started):
+  process, out = started
+  assert process.wait(timeout=600) == 0, f"the worker for {out} failed"
   return dict(np.load(out))
 
 
 def test_eight_devices_train_like_one(mnist, tmp_path):
-  files, tfds = mnist
-  one = _train_on(1, files, tfds, tmp_path)
-  eight = _train_on(8, files, tfds, tmp_path)
+  # Both workers at once: each is mostly single-threaded compilation.
+  started = [_start_training_on(n, mnist, tmp_path) for n in (1, 8)]
+  try:
+    one, eight = (_finished(s) for s in started)
+  finally:
+    for process, _ in started:
+      process.kill()
   assert one.pop("devices") == 1 and eight.pop("devices") == 8
   assert one.keys() == eight.keys()
   for name in one:
@@ -103,11 +115,10 @@ def _steps(ckpt_dir):
 def test_sigkill_mid_epoch_then_restart_gives_the_uninterrupted_result(
     tmp_path):
   from cure_jax.data import fake_sources  # pylint: disable=g-import-not-at-top
-  files, tfds = tmp_path / "files", tmp_path / "tfds"
+  files = tmp_path / "files"
   fake_sources.write_fake_mnist(files, num_train=1600, num_test=8, seed=8)
   args = [f"--config={MNIST_CONFIG}:cpu=True,method=sabr",
           f"--config.dataset.data_dir={files}",
-          f"--config.dataset.tfds_data_dir={tfds}",
           "--config.dataset.download=False", "--config.model.name=mlp",
           f"--config.batch_size={GLOBAL_BATCH}", "--config.num_epochs=2",
           "--config.lr_milestones=(1,)", "--config.natural_epochs=0",
@@ -115,29 +126,24 @@ def test_sigkill_mid_epoch_then_restart_gives_the_uninterrupted_result(
           "--config.checkpoint_every_steps=7", "--config.log_every_steps=1000",
           "--config.eval.final_examples=4", "--config.eval.batch_size=4",
           "--config.eval.final_methods=('ibp',)"]
-  main = [sys.executable, "-m", "cure_jax.main"]
   straight, killed = tmp_path / "straight", tmp_path / "killed"
-  subprocess.run(main + args + [f"--workdir={straight}"], check=True,
-                 cwd=REPO, env=_env(1), timeout=600, capture_output=True)
 
-  process = subprocess.Popen(main + args + [f"--workdir={killed}"], cwd=REPO,
-                             env=_env(1), stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
-  deadline = time.monotonic() + 300
-  # 100 steps per epoch: kill once a checkpoint past step 20 exists, which
-  # is in the middle of the first epoch.
-  while not [s for s in _steps(killed / "checkpoints") if s > 20]:
-    assert process.poll() is None, "the run ended before it could be killed"
-    assert time.monotonic() < deadline
-    time.sleep(0.01)
-  process.send_signal(signal.SIGKILL)
-  process.wait()
-  assert not (killed / "results.json").exists()
-  kill_step = max(_steps(killed / "checkpoints"))
-  assert kill_step < 200
+  def main(workdir):
+    # Each run its own tfds directory: two builds at once would race.
+    return [sys.executable, "-m", "cure_jax.main", *args,
+            f"--config.dataset.tfds_data_dir={workdir}_tfds",
+            f"--workdir={workdir}"]
 
-  subprocess.run(main + args + [f"--workdir={killed}"], check=True, cwd=REPO,
-                 env=_env(1), timeout=600, capture_output=True)
+  # The uninterrupted run goes on beside the one that is killed.
+  log = tmp_path / "straight.log"
+  with open(log, "wb") as log_file:
+    uninterrupted = subprocess.Popen(main(straight), cwd=REPO, env=_env(1),
+                                     stdout=log_file, stderr=subprocess.STDOUT)
+  try:
+    _kill_mid_epoch_and_restart(main(killed), killed)
+    assert uninterrupted.wait(timeout=600) == 0, log.read_text()[-2000:]
+  finally:
+    uninterrupted.kill()
   sys.path.insert(0, str(REPO))
   from cure_jax import settings  # pylint: disable=g-import-not-at-top
   from cure_jax.train import loop  # pylint: disable=g-import-not-at-top
@@ -149,6 +155,25 @@ def test_sigkill_mid_epoch_then_restart_gives_the_uninterrupted_result(
   import jax  # pylint: disable=g-import-not-at-top
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def _kill_mid_epoch_and_restart(command, workdir):
+  process = subprocess.Popen(command, cwd=REPO, env=_env(1),
+                             stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+  deadline = time.monotonic() + 300
+  # 100 steps per epoch: kill once a checkpoint past step 20 exists, which
+  # is in the middle of the first epoch.
+  while not [s for s in _steps(workdir / "checkpoints") if s > 20]:
+    assert process.poll() is None, "the run ended before it could be killed"
+    assert time.monotonic() < deadline
+    time.sleep(0.01)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  assert not (workdir / "results.json").exists()
+  assert max(_steps(workdir / "checkpoints")) < 200
+  subprocess.run(command, check=True, cwd=REPO, env=_env(1), timeout=600,
+                 capture_output=True)
 
 
 if __name__ == "__main__":

@@ -156,8 +156,10 @@ def prepare(
 ) -> tfds.core.DatasetBuilder:
   """Returns the dataset's tfds builder, preparing the dataset if needed.
 
-  Preparation is done once per `tfds_data_dir`: in multi-host runs that
-  share a file system, prepare before launching (`python -m cure_jax.data`).
+  Preparation is done once per `tfds_data_dir`. Processes that prepare the
+  same dataset at once (hosts sharing a file system) each build it, and all
+  but the first to finish use the first one's; preparing before launching
+  (`python -m cure_jax.data`) saves the duplicate work.
 
   Args:
     name: 'mnist', 'cifar10' or 'tinyimagenet'.
@@ -197,9 +199,19 @@ def prepare(
           f' within {_PROBE_TIMEOUT_S:g} s (no network?). Download'
           f' {", ".join(urls)} elsewhere, or use a local copy. '
           + _where_to_put_files(name))
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(
-          manual_dir=manual_dir, try_download_gcs=False))
+  try:
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(
+            manual_dir=manual_dir, try_download_gcs=False))
+  except FileExistsError:
+    # tfds writes into a private folder and renames it into place at the
+    # end; the rename fails when another process (a second host on a shared
+    # file system, a second job) prepared the same dataset meanwhile. Use it.
+    fresh = _BUILDERS[name](data_dir=tfds_data_dir,
+                            file_format='array_record')
+    if not fresh.is_prepared():
+      raise
+    return fresh
   return builder
 
 

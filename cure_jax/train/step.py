@@ -120,7 +120,7 @@ def make_train_step(config, model, optimizer: optax.GradientTransformation,
       g = _natural_gradients(model, gp.natural_params, state.batch_stats, batch)
       gp = gradient_projection.natural_step(gp, g, optimizer)
     metrics = dict(metrics, eps_linf=ctx.eps_linf, eps_l2=ctx.eps_l2,
-                   kappa=ctx.kappa, grad_norm=optax.global_norm(grads))
+                   kappa=ctx.kappa, grad_norm=optax.tree_utils.tree_norm(grads))
     return TrainState(state.step + 1, params, batch_stats, opt_state, gp), metrics
 
   return train_step
