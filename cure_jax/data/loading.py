@@ -147,6 +147,10 @@ def _manual_dir(
   return None
 
 
+def _builder(name: str, tfds_data_dir) -> tfds.core.DatasetBuilder:
+  return _BUILDERS[name](data_dir=tfds_data_dir, file_format='array_record')
+
+
 def prepare(
     name: str,
     *,
@@ -179,7 +183,7 @@ def prepare(
       before any long network wait.
   """
   info_lib.check_dataset_name(name)
-  builder = _BUILDERS[name](data_dir=tfds_data_dir, file_format='array_record')
+  builder = _builder(name, tfds_data_dir)
   # (is_prepared alone warns about a missing folder.)
   if epath.Path(builder.data_path).exists() and builder.is_prepared():
     return builder
@@ -207,8 +211,7 @@ def prepare(
     # tfds writes into a private folder and renames it into place at the
     # end; the rename fails when another process (a second host on a shared
     # file system, a second job) prepared the same dataset meanwhile. Use it.
-    fresh = _BUILDERS[name](data_dir=tfds_data_dir,
-                            file_format='array_record')
+    fresh = _builder(name, tfds_data_dir)
     if not fresh.is_prepared():
       raise
     return fresh
