@@ -123,6 +123,41 @@ class NormalizedCnn(nn.Module):
     return nn.Dense(NUM_CLASSES)(x.reshape(x.shape[0], -1))
 
 
+class SmoothMlp(nn.Module):
+  """S-shaped activations: tanh, sigmoid, erf, asinh."""
+
+  @nn.compact
+  def __call__(self, x):
+    x = x.reshape(x.shape[0], -1)
+    for activation in (jnp.tanh, nn.sigmoid, jax.scipy.special.erf, jnp.arcsinh):
+      x = activation(nn.Dense(8)(x))
+    return nn.Dense(NUM_CLASSES)(x)
+
+
+class ConvexConcaveCnn(nn.Module):
+  """Convex, concave and reverse-S activations, some at the edge of their
+  domain (log1p and sqrt after a ReLU), then cbrt (infinite slope at 0)."""
+
+  @nn.compact
+  def __call__(self, x):
+    x = jnp.log1p(nn.relu(nn.Conv(4, (3, 3), strides=2, padding="SAME")(x)))
+    x = jnp.exp(0.5 * nn.Conv(4, (3, 3), padding="SAME")(x))
+    x = jnp.sqrt(nn.relu(nn.Dense(8)(x.reshape(x.shape[0], -1))))
+    x = jnp.cbrt(jnp.sinh(nn.Dense(8)(x)))
+    return nn.Dense(NUM_CLASSES)(x)
+
+
+class ClipStackMlp(nn.Module):
+  """min with a constant (relu6, clip: hard tanh) and a stack of branches."""
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.Dense(8)(x.reshape(x.shape[0], -1))
+    x = jnp.stack([jax.nn.relu6(3.0 * x), jnp.clip(x, -0.5, 0.5)], axis=-1)
+    x = jnp.clip(nn.Dense(8)(x.reshape(x.shape[0], -1)), -1.0, 1.0)
+    return nn.Dense(NUM_CLASSES)(x)
+
+
 NETWORKS = {
     "mlp": (Mlp(), (8, 8, 1)),
     "strided_cnn": (StridedCnn(), (8, 8, 2)),
@@ -131,6 +166,9 @@ NETWORKS = {
     "pooling_cnn": (PoolingCnn(), (8, 8, 2)),
     "residual_cnn": (ResidualCnn(), (8, 8, 2)),
     "normalized_cnn": (NormalizedCnn(), (8, 8, 3)),
+    "smooth_mlp": (SmoothMlp(), (8, 8, 1)),
+    "convex_concave_cnn": (ConvexConcaveCnn(), (8, 8, 2)),
+    "clip_stack_mlp": (ClipStackMlp(), (8, 8, 1)),
 }
 
 
@@ -480,6 +518,9 @@ SOUNDNESS_CASES = [(net, set_name) for net in ("mlp", "strided_cnn")
     ("pooling_cnn", "linf_clipped"), ("pooling_cnn", "l2"),
     ("residual_cnn", "l1_clipped"), ("residual_cnn", "linf_clipped"),
     ("normalized_cnn", "l2_clipped"), ("normalized_cnn", "l1"),
+    ("smooth_mlp", "linf_clipped"), ("smooth_mlp", "l2"),
+    ("convex_concave_cnn", "linf"), ("convex_concave_cnn", "l1_clipped"),
+    ("clip_stack_mlp", "linf_clipped"), ("clip_stack_mlp", "l2"),
 ]
 
 

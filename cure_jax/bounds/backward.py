@@ -7,7 +7,7 @@ collecting a bias (chains of cheap affine equations as one: see
 `affine_chains`), until A rests on the input sets. There the linear bound
 ``<A, x> + bias`` is minimized over the set (concretization):
 
-* box [lo, hi]:      A⁺ lo + A⁻ hi (= A c - |A| r);
+* box [lo, hi]:      A⁺ lo + A⁻ hi;
 * l_p ball (x0, ε):  A x0 - ε ||A||_q, row-wise dual norm (1/p + 1/q = 1);
 * ball ∩ domain:     the larger of the two (both are sound lower bounds).
 
@@ -33,8 +33,13 @@ from cure_jax.bounds.sets import Box, LpBall, lp_norm
 
 
 def concretize_interval(box: Interval, coeffs: jax.Array) -> jax.Array:
-  """min over x in [l, u] of <A, x> = <A, c> - <|A|, r>: [S, B]."""
-  return inner_product(coeffs, box.center) - inner_product(jnp.abs(coeffs), box.radius)
+  """min over x in [l, u] of <A, x> = <A⁺, l> + <A⁻, u>: [S, B].
+
+  A zero coefficient ignores its element, even an infinite end (log at 0).
+  """
+  terms = (jnp.where(coeffs > 0, coeffs * box.lower, 0.0) +
+           jnp.where(coeffs < 0, coeffs * box.upper, 0.0))
+  return terms.reshape(terms.shape[:2] + (-1,)).sum(-1)
 
 
 def concretize_set(leaf: Any, coeffs: jax.Array) -> jax.Array:

@@ -106,7 +106,8 @@ def select_n(eqn: Eqn, args) -> List[Interval]:
 # Structural and monotone primitives: exact (or tight) under `monotone`.
 MONOTONE_PRIMITIVES = (
     "add", "add_any", "max", "min", "reshape", "transpose", "broadcast_in_dim",
-    "squeeze", "expand_dims", "slice", "dynamic_slice", "concatenate", "pad",
+    "squeeze", "expand_dims", "slice", "dynamic_slice", "concatenate",
+    "stack", "split", "pad",
     "reduce_sum", "reduce_max", "reduce_min", "reduce_window_sum",
     "reduce_window_max", "reduce_window_min", "convert_element_type", "copy",
     "copy_p", "rev", "cumsum", "gather", "clamp", "exp", "exp2", "log",

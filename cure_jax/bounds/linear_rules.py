@@ -11,9 +11,13 @@ plus a bias term [S, B]:
   bias += <A_y, b> with b = L(0);
 * ReLU and max with a constant c, y = c + relu(x - c): for a *lower* bound,
   positive coefficients take the lower line and negative ones the upper line
-  of the relaxation (`relaxations.relu_relaxation`);
+  of the relaxation (`relaxations.relu_relaxation`); min with a constant as
+  min(x, c) = -max(-x, -c);
 * max pooling: y >= x_j for the window's argmax j of the lower bounds
-  (again a vector-Jacobian product), y <= max(u) for negative coefficients.
+  (again a vector-Jacobian product), y <= max(u) for negative coefficients;
+* smooth increasing activations (tanh, sigmoid, erf, atan, asinh, cbrt,
+  sinh, exp, exp2, log, log1p, sqrt): tangent and chord lines by curvature
+  (`relaxations.smooth_relaxation`).
 
 Upper bounds are lower bounds of the negated specification.
 """
@@ -26,6 +30,7 @@ import numpy as np
 
 from cure_jax.bounds import affine_chains, relaxations
 from cure_jax.bounds.first_layer import PendingBall
+from cure_jax.bounds.forward import as_interval
 from cure_jax.bounds.graph import Eqn, evaluate_concrete
 from cure_jax.bounds.interval import Interval
 
@@ -57,6 +62,7 @@ LINEAR_PRIMITIVES = frozenset({
 })
 # Affine with a possibly non-zero offset L(0).
 AFFINE_PRIMITIVES = LINEAR_PRIMITIVES | {"add", "add_any", "sub", "concatenate",
+                                         "stack",
                                          "pad", "select_n", affine_chains.NAME}
 _SINGLE_BOUNDED = frozenset({"dot_general", "conv_general_dilated", "mul"})
 
@@ -114,6 +120,20 @@ def relu_like(eqn: Eqn, args: Sequence[Any], coeffs: jax.Array,
   return {i: coeffs_in}, bias
 
 
+def min_like(eqn: Eqn, args: Sequence[Any], coeffs: jax.Array,
+             alpha: Optional[jax.Array] = None):
+  """min(x, c) = -max(-x, -c) for a concrete c (clip, relu6, hard tanh)."""
+  positions = [i for i, a in enumerate(args) if _is_bounded(a)]
+  if len(positions) != 1:
+    raise eqn.unsupported("CROWN", "min of two bounded values")
+  (i,) = positions
+  x = as_interval(args[i])
+  negated = [Interval(-x.upper, -x.lower) if j == i else -a
+             for j, a in enumerate(args)]
+  pulled, bias = relu_like(eqn, negated, -coeffs, alpha)
+  return {i: -pulled[i]}, bias
+
+
 def _is_literal_zero(c) -> bool:
   """Whether ``c`` is a trace-time constant equal to zero (``jax.nn.relu``)."""
   if not isinstance(c, (int, float, np.ndarray, np.generic)):
@@ -133,11 +153,34 @@ def max_pool(eqn: Eqn, args: Sequence[Any], coeffs: jax.Array, alpha=None):
   return {0: coeffs_in}, inner_product(negative, max_upper)
 
 
-NONLINEAR_PRIMITIVES = frozenset({"max", "reduce_window_max", "reduce_max"})
+def smooth_activation(eqn: Eqn, args: Sequence[Any], coeffs: jax.Array,
+                      alpha=None):
+  """tanh, sigmoid, exp, log, ...: `relaxations.smooth_relaxation`'s lines."""
+  del alpha  # the slopes are fixed; α-CROWN optimizes ReLU slopes only
+  (x,) = args
+  box = as_interval(x)
+  fn = lambda v: evaluate_concrete(eqn, [v])[0]
+  derivative = lambda v: jax.jvp(fn, (v,), (jnp.ones_like(v),))[1]
+  relax = relaxations.smooth_relaxation(
+      fn, derivative, relaxations.SMOOTH_CURVATURE[eqn.name], box.lower,
+      box.upper)
+  positive, negative = jnp.maximum(coeffs, 0), jnp.minimum(coeffs, 0)
+  coeffs_in = positive * relax.lower_slope + negative * relax.upper_slope
+  # A zero coefficient times an infinite offset (log at 0) contributes 0.
+  terms = (jnp.where(positive != 0, positive * relax.lower_offset, 0.0) +
+           jnp.where(negative != 0, negative * relax.upper_offset, 0.0))
+  return {0: coeffs_in}, terms.reshape(terms.shape[:2] + (-1,)).sum(-1)
+
+
+SMOOTH_PRIMITIVES = frozenset(relaxations.SMOOTH_CURVATURE)
+NONLINEAR_PRIMITIVES = frozenset({"max", "min", "reduce_window_max",
+                                  "reduce_max"}) | SMOOTH_PRIMITIVES
 
 RULES: Dict[str, LinearRule] = {name: affine for name in AFFINE_PRIMITIVES}
 RULES.update({
     "max": relu_like,
+    "min": min_like,
     "reduce_window_max": max_pool,
     "reduce_max": max_pool,
 })
+RULES.update({name: smooth_activation for name in SMOOTH_PRIMITIVES})

@@ -1,5 +1,8 @@
 """Linear relaxations of nonlinearities (CROWN, Zhang et al., NeurIPS 2018).
 
+ReLU first; smooth monotone activations (tanh, sigmoid, exp, log, ...) at the
+end of the file.
+
 For pre-activation bounds l <= x <= u, ReLU is enclosed by two lines,
 ``a_l x + b_l <= relu(x) <= a_u x + b_u``:
 
@@ -10,6 +13,7 @@ For pre-activation bounds l <= x <= u, ReLU is enclosed by two lines,
   α as a parameter and optimizes it.
 """
 
+import functools
 from typing import NamedTuple, Optional
 
 import jax
@@ -58,3 +62,84 @@ def relu_relaxation(lower: jax.Array, upper: jax.Array,
                           jnp.where(is_unstable, jnp.clip(alpha, 0.0, 1.0), 0.0))
   zero = jnp.zeros_like(lower)
   return LinearRelaxation(lower_slope, zero, upper_slope, upper_offset)
+
+
+# ------------------------------------------------ smooth monotone activations
+#
+# An increasing, twice-differentiable f on [l, u] (CROWN's general
+# activations, Zhang et al. 2018; the crossing case as DeepPoly's S-shaped
+# rule, Singh et al., POPL 2019):
+#
+# * f convex on [l, u]:  tangent at m = (l + u)/2  <=  f  <=  chord;
+# * f concave on [l, u]: chord  <=  f  <=  tangent at m;
+# * otherwise: with λ = min of f' over [l, u], g(x) = f(x) - λx is
+#   non-decreasing there, so  f(l) + λ(x - l)  <=  f  <=  f(u) + λ(x - u).
+#
+# A zero-width interval, or a non-finite value or slope (log at 0, say),
+# falls back to the interval lines f(l) <= f <= f(u), which need nothing but
+# monotonicity.
+
+# The curvature of each supported primitive, as the sign pattern of f'':
+# "convex" everywhere, "concave" on its domain, "s_shaped" (convex below 0,
+# concave above, so f' peaks at 0) or "reverse_s" (concave below 0, convex
+# above, so f' is least at 0).
+SMOOTH_CURVATURE = {
+    "exp": "convex", "exp2": "convex",
+    "log": "concave", "log1p": "concave", "sqrt": "concave",
+    "tanh": "s_shaped", "logistic": "s_shaped", "erf": "s_shaped",
+    "atan": "s_shaped", "asinh": "s_shaped", "cbrt": "s_shaped",
+    "sinh": "reverse_s",
+}
+
+
+def _chord_and_tangent(f_lower, f_upper, lower, upper, middle, f_middle,
+                       slope_middle):
+  """(chord slope, chord offset, tangent slope, tangent offset)."""
+  width = upper - lower
+  chord = (f_upper - f_lower) / jnp.where(width > 0, width, 1.0)
+  return (chord, f_lower - chord * lower,
+          slope_middle, f_middle - slope_middle * middle)
+
+
+def smooth_relaxation(fn, derivative, curvature: str, lower: jax.Array,
+                      upper: jax.Array) -> LinearRelaxation:
+  """Lines enclosing an increasing elementwise ``fn`` on [lower, upper].
+
+  Args:
+    fn, derivative: the function and its derivative, elementwise.
+    curvature: one of the values of `SMOOTH_CURVATURE`.
+    lower, upper: input bounds.
+  """
+  f_lower, f_upper = fn(lower), fn(upper)
+  middle = 0.5 * (lower + upper)
+  chord, chord_offset, tangent, tangent_offset = _chord_and_tangent(
+      f_lower, f_upper, lower, upper, middle, fn(middle), derivative(middle))
+  least_slope = jnp.zeros_like(lower)  # used by the mixed case only
+  if curvature == "convex":
+    convex, concave = jnp.ones_like(lower, bool), jnp.zeros_like(lower, bool)
+  elif curvature == "concave":
+    convex, concave = jnp.zeros_like(lower, bool), jnp.ones_like(lower, bool)
+  elif curvature == "s_shaped":
+    convex, concave = upper <= 0, lower >= 0
+    least_slope = jnp.minimum(derivative(lower), derivative(upper))
+  elif curvature == "reverse_s":
+    convex, concave = lower >= 0, upper <= 0
+    least_slope = derivative(jnp.clip(0.0, lower, upper))
+  else:
+    raise ValueError(f"unknown curvature {curvature!r}")
+  mixed_lower_offset = f_lower - least_slope * lower
+  mixed_upper_offset = f_upper - least_slope * upper
+  lower_slope = jnp.where(convex, tangent, jnp.where(concave, chord, least_slope))
+  lower_offset = jnp.where(convex, tangent_offset,
+                           jnp.where(concave, chord_offset, mixed_lower_offset))
+  upper_slope = jnp.where(convex, chord, jnp.where(concave, tangent, least_slope))
+  upper_offset = jnp.where(convex, chord_offset,
+                           jnp.where(concave, tangent_offset, mixed_upper_offset))
+  lines = (lower_slope, lower_offset, upper_slope, upper_offset)
+  usable = (upper > lower) & functools.reduce(
+      jnp.logical_and, [jnp.isfinite(v) for v in lines])
+  zero = jnp.zeros_like(lower)
+  return LinearRelaxation(jnp.where(usable, lower_slope, zero),
+                          jnp.where(usable, lower_offset, f_lower),
+                          jnp.where(usable, upper_slope, zero),
+                          jnp.where(usable, upper_offset, f_upper))
