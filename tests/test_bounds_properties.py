@@ -245,3 +245,15 @@ def test_a_negative_radius_is_refused(make_set):
 def test_a_radius_that_fits_no_axis_is_refused():
   with pytest.raises(ValueError, match="does not fit a center"):
     L2Ball(jnp.zeros((2, 3)), jnp.ones((3,)))
+
+
+def test_split_is_exact_under_ibp_and_named_by_crowns_error():
+  """jnp.split (a multi-output primitive): IBP slices the box exactly; the
+  backward pass, which handles one output per equation, says so."""
+  first_half = lambda x: jnp.split(x, 2, axis=-1)[0]
+  x = jnp.arange(8.0).reshape(2, 4)
+  box = ibp(first_half)(LinfBall(x, 0.1))
+  np.testing.assert_allclose(box.lower, x[:, :2] - 0.1, rtol=1e-6)
+  np.testing.assert_allclose(box.upper, x[:, :2] + 0.1, rtol=1e-6)
+  with pytest.raises(UnsupportedPrimitiveError, match="'split'.*multiple outputs"):
+    crown(first_half)(LinfBall(x, 0.1))
