@@ -257,3 +257,22 @@ def test_split_is_exact_under_ibp_and_named_by_crowns_error():
   np.testing.assert_allclose(box.upper, x[:, :2] + 0.1, rtol=1e-6)
   with pytest.raises(UnsupportedPrimitiveError, match="'split'.*multiple outputs"):
     crown(first_half)(LinfBall(x, 0.1))
+
+
+def test_a_comparison_selects_its_case_where_certain_and_covers_both_elsewhere():
+  """jnp.where(x > 1, 2x, -x) over x ∈ [2, 3], [-1, 0] and [0, 2], by hand."""
+  piecewise = lambda x: jnp.where(x > 1.0, 2.0 * x, -x)
+  box = Box(jnp.array([[2.0, -1.0, 0.0]]), jnp.array([[3.0, 0.0, 2.0]]))
+  for method in (ibp, crown_ibp, crown):
+    bounds = method(piecewise)(box)
+    # [4, 6]; [0, 1]; the hull of 2x on [0, 2] and -x on [0, 2]: [-2, 4].
+    np.testing.assert_allclose(bounds.lower, [[4.0, 0.0, -2.0]], rtol=1e-6)
+    np.testing.assert_allclose(bounds.upper, [[6.0, 1.0, 4.0]], rtol=1e-6)
+
+
+def test_a_selector_that_is_not_a_comparison_is_refused():
+  def three_way(x):
+    which = jnp.clip(x, 0, 2).astype(jnp.int32)
+    return jax.lax.select_n(which, x, 2 * x, 3 * x)
+  with pytest.raises(UnsupportedPrimitiveError):
+    ibp(three_way)(LinfBall(jnp.ones((1, 3)), 0.1))

@@ -158,6 +158,18 @@ class ClipStackMlp(nn.Module):
     return nn.Dense(NUM_CLASSES)(x)
 
 
+class PiecewiseCnn(nn.Module):
+  """Comparisons and selects: leaky ReLU, ELU, a thresholded jnp.where."""
+
+  @nn.compact
+  def __call__(self, x):
+    x = jax.nn.leaky_relu(nn.Conv(4, (3, 3), strides=2, padding="SAME")(x), 0.1)
+    x = jax.nn.elu(nn.Conv(4, (3, 3), padding="SAME")(x))
+    x = nn.Dense(8)(x.reshape(x.shape[0], -1))
+    x = jnp.where(x > 0.2, x, 0.5 * x - 0.1)
+    return nn.Dense(NUM_CLASSES)(x)
+
+
 NETWORKS = {
     "mlp": (Mlp(), (8, 8, 1)),
     "strided_cnn": (StridedCnn(), (8, 8, 2)),
@@ -169,6 +181,7 @@ NETWORKS = {
     "smooth_mlp": (SmoothMlp(), (8, 8, 1)),
     "convex_concave_cnn": (ConvexConcaveCnn(), (8, 8, 2)),
     "clip_stack_mlp": (ClipStackMlp(), (8, 8, 1)),
+    "piecewise_cnn": (PiecewiseCnn(), (8, 8, 2)),
 }
 
 
@@ -521,6 +534,7 @@ SOUNDNESS_CASES = [(net, set_name) for net in ("mlp", "strided_cnn")
     ("smooth_mlp", "linf_clipped"), ("smooth_mlp", "l2"),
     ("convex_concave_cnn", "linf"), ("convex_concave_cnn", "l1_clipped"),
     ("clip_stack_mlp", "linf_clipped"), ("clip_stack_mlp", "l2"),
+    ("piecewise_cnn", "linf"), ("piecewise_cnn", "l1_clipped"),
 ]
 
 

@@ -33,13 +33,8 @@ from cure_jax.bounds.sets import Box, LpBall, lp_norm
 
 
 def concretize_interval(box: Interval, coeffs: jax.Array) -> jax.Array:
-  """min over x in [l, u] of <A, x> = <A⁺, l> + <A⁻, u>: [S, B].
-
-  A zero coefficient ignores its element, even an infinite end (log at 0).
-  """
-  terms = (jnp.where(coeffs > 0, coeffs * box.lower, 0.0) +
-           jnp.where(coeffs < 0, coeffs * box.upper, 0.0))
-  return terms.reshape(terms.shape[:2] + (-1,)).sum(-1)
+  """min over x in [l, u] of <A, x> = <A⁺, l> + <A⁻, u>: [S, B]."""
+  return box.min_inner_product(coeffs)
 
 
 def concretize_set(leaf: Any, coeffs: jax.Array) -> jax.Array:

@@ -97,10 +97,43 @@ def abs_rule(eqn: Eqn, args) -> List[Interval]:
   return [Interval(lower, jnp.maximum(jnp.abs(x.lower), jnp.abs(x.upper)))]
 
 
+def _as_bound(x) -> Interval:
+  return x if is_bound(x) else Interval(x, x)
+
+
+def compare(eqn: Eqn, args) -> List[Interval]:
+  """x >= y (or >, <=, <) as a boolean interval [certainly, possibly].
+
+  For ``>=``: certainly true where l_x >= u_y, possibly where u_x >= l_y.
+  False < True, so the interval is monotone like any other: a selector, or
+  converted to a number (0 or 1) by ``convert_element_type``.
+  """
+  x, y = (_as_bound(a) for a in args)
+  compare_at = lambda a, b: evaluate_concrete(eqn, [a, b])[0]
+  if eqn.name in ("ge", "gt"):
+    return [Interval(compare_at(x.lower, y.upper), compare_at(x.upper, y.lower))]
+  return [Interval(compare_at(x.upper, y.lower), compare_at(x.lower, y.upper))]
+
+
 def select_n(eqn: Eqn, args) -> List[Interval]:
-  if is_bound(args[0]):
-    raise eqn.unsupported("IBP", "the selector of select_n is bounded")
-  return monotone(eqn, args)
+  """cases[which]; with an uncertain selector, the hull of both cases.
+
+  A selector bounded by a comparison (``jnp.where(x > 0, x, a * x)``: leaky
+  ReLU, ELU, any piecewise function) picks its case where the comparison is
+  certain and covers both elsewhere.
+  """
+  which, *cases = args
+  if not is_bound(which):
+    return monotone(eqn, args)
+  if len(cases) != 2 or which.lower.dtype != jnp.bool_:
+    raise eqn.unsupported("IBP", "a bounded selector must be a comparison")
+  if_false, if_true = (_as_bound(c) for c in cases)
+  certain, possible = which.lower, which.upper
+
+  def pick(a, b, hull):
+    return jnp.where(certain, b, jnp.where(possible, hull(a, b), a))
+  return [Interval(pick(if_false.lower, if_true.lower, jnp.minimum),
+                   pick(if_false.upper, if_true.upper, jnp.maximum))]
 
 
 # Structural and monotone primitives: exact (or tight) under `monotone`.
@@ -110,7 +143,7 @@ MONOTONE_PRIMITIVES = (
     "stack", "split", "pad",
     "reduce_sum", "reduce_max", "reduce_min", "reduce_window_sum",
     "reduce_window_max", "reduce_window_min", "convert_element_type", "copy",
-    "copy_p", "rev", "cumsum", "gather", "clamp", "exp", "exp2", "log",
+    "copy_p", "rev", "cumsum", "gather", "clamp", "exp", "exp2", "expm1", "log",
     "log1p", "tanh", "logistic", "sqrt", "cbrt",
     "erf", "atan", "asinh", "sinh", "reduce_precision",
 )
@@ -123,6 +156,7 @@ RULES.update({
     "div": div,
     "abs": abs_rule,
     "select_n": select_n,
+    "ge": compare, "gt": compare, "le": compare, "lt": compare,
     "dot_general": bilinear,
     "conv_general_dilated": bilinear,
 })

@@ -37,6 +37,17 @@ class Interval(NamedTuple):
     return Interval(jnp.maximum(self.lower, other.lower),
                     jnp.minimum(self.upper, other.upper))
 
+  def min_inner_product(self, coeffs: jax.Array) -> jax.Array:
+    """min over x in [l, u] of <A, x> = <A⁺, l> + <A⁻, u>, per row.
+
+    ``coeffs`` is [S, B, ...] (S rows, then this interval's shape); the
+    result [S, B]. A zero coefficient ignores its element, even an infinite
+    end (log at 0).
+    """
+    terms = (jnp.where(coeffs > 0, coeffs * self.lower, 0.0) +
+             jnp.where(coeffs < 0, coeffs * self.upper, 0.0))
+    return terms.reshape(terms.shape[:2] + (-1,)).sum(-1)
+
   def contains(self, x, atol: float = 0.0) -> jax.Array:
     """Whether ``x`` lies inside the bounds, up to ``atol`` (elementwise)."""
     return (x >= self.lower - atol) & (x <= self.upper + atol)

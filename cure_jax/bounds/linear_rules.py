@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cure_jax.bounds import affine_chains, relaxations
+from cure_jax.bounds import affine_chains, ibp_rules, relaxations
 from cure_jax.bounds.first_layer import PendingBall
 from cure_jax.bounds.forward import as_interval
 from cure_jax.bounds.graph import Eqn, evaluate_concrete
@@ -96,6 +96,21 @@ def affine(eqn: Eqn, args: Sequence[Any], coeffs: jax.Array,
   bias = (jnp.zeros(coeffs.shape[:2], coeffs.dtype)
           if eqn.name in LINEAR_PRIMITIVES else inner_product(coeffs, offset))
   return dict(zip(positions, pulled)), bias
+
+
+def select(eqn: Eqn, args: Sequence[Any], coeffs: jax.Array, alpha=None):
+  """select_n: affine for a concrete selector; else the output's interval.
+
+  With a selector bounded by a comparison (a piecewise function such as
+  leaky ReLU), the bound is concretized at the output with its IBP interval
+  (`ibp_rules.select_n`): sound, as tight as IBP at this equation, and no
+  coefficients flow to the operands.
+  """
+  if not _is_bounded(args[0]):
+    return affine(eqn, args, coeffs, alpha)
+  (box,) = ibp_rules.select_n(eqn, [as_interval(a) if _is_bounded(a) else a
+                                    for a in args])
+  return {}, box.min_inner_product(coeffs)
 
 
 def relu_like(eqn: Eqn, args: Sequence[Any], coeffs: jax.Array,
@@ -184,3 +199,4 @@ RULES.update({
     "reduce_max": max_pool,
 })
 RULES.update({name: smooth_activation for name in SMOOTH_PRIMITIVES})
+RULES["select_n"] = select

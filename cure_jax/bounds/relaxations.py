@@ -84,7 +84,7 @@ def relu_relaxation(lower: jax.Array, upper: jax.Array,
 # concave above, so f' peaks at 0) or "reverse_s" (concave below 0, convex
 # above, so f' is least at 0).
 SMOOTH_CURVATURE = {
-    "exp": "convex", "exp2": "convex",
+    "exp": "convex", "exp2": "convex", "expm1": "convex",
     "log": "concave", "log1p": "concave", "sqrt": "concave",
     "tanh": "s_shaped", "logistic": "s_shaped", "erf": "s_shaped",
     "atan": "s_shaped", "asinh": "s_shaped", "cbrt": "s_shaped",
