@@ -18,8 +18,9 @@ from cure_jax.bounds import LinfBall, crown, crown_ibp, ibp
 from cure_jax.bounds import relaxations
 
 FUNCTIONS = {
-    "exp": jnp.exp, "exp2": jnp.exp2, "log": jnp.log, "log1p": jnp.log1p,
-    "sqrt": jnp.sqrt, "tanh": jnp.tanh, "logistic": jax.nn.sigmoid,
+    "exp": jnp.exp, "exp2": jnp.exp2, "expm1": jnp.expm1, "log": jnp.log,
+    "log1p": jnp.log1p, "sqrt": jnp.sqrt, "tanh": jnp.tanh,
+    "logistic": jax.nn.sigmoid,
     "erf": jax.scipy.special.erf, "atan": jnp.arctan, "asinh": jnp.arcsinh,
     "cbrt": jnp.cbrt, "sinh": jnp.sinh,
 }

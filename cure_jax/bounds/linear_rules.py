@@ -16,8 +16,10 @@ plus a bias term [S, B]:
 * max pooling: y >= x_j for the window's argmax j of the lower bounds
   (again a vector-Jacobian product), y <= max(u) for negative coefficients;
 * smooth increasing activations (tanh, sigmoid, erf, atan, asinh, cbrt,
-  sinh, exp, exp2, log, log1p, sqrt): tangent and chord lines by curvature
-  (`relaxations.smooth_relaxation`).
+  sinh, exp, exp2, expm1, log, log1p, sqrt): tangent and chord lines by
+  curvature (`relaxations.smooth_relaxation`);
+* select_n with a selector bounded by a comparison (leaky ReLU, ELU,
+  jnp.where on a bounded value): the output's interval.
 
 Upper bounds are lower bounds of the negated specification.
 """
@@ -113,13 +115,18 @@ def select(eqn: Eqn, args: Sequence[Any], coeffs: jax.Array, alpha=None):
   return {}, box.min_inner_product(coeffs)
 
 
+def _the_bounded_operand(eqn: Eqn, args: Sequence[Any]) -> int:
+  """The position of the only bounded operand of a max or min."""
+  positions = [i for i, a in enumerate(args) if _is_bounded(a)]
+  if len(positions) != 1:
+    raise eqn.unsupported("CROWN", f"{eqn.name} of two bounded values")
+  return positions[0]
+
+
 def relu_like(eqn: Eqn, args: Sequence[Any], coeffs: jax.Array,
               alpha: Optional[jax.Array] = None):
   """max(x, c) = c + relu(x - c) for a concrete c, relaxed as in CROWN."""
-  positions = [i for i, a in enumerate(args) if _is_bounded(a)]
-  if len(positions) != 1:
-    raise eqn.unsupported("CROWN", "max of two bounded values")
-  (i,) = positions
+  i = _the_bounded_operand(eqn, args)
   x, c = args[i], args[1 - i]
   relax = relaxations.relu_relaxation(x.lower - c, x.upper - c, alpha)
   positive, negative = jnp.maximum(coeffs, 0), jnp.minimum(coeffs, 0)
@@ -138,10 +145,7 @@ def relu_like(eqn: Eqn, args: Sequence[Any], coeffs: jax.Array,
 def min_like(eqn: Eqn, args: Sequence[Any], coeffs: jax.Array,
              alpha: Optional[jax.Array] = None):
   """min(x, c) = -max(-x, -c) for a concrete c (clip, relu6, hard tanh)."""
-  positions = [i for i, a in enumerate(args) if _is_bounded(a)]
-  if len(positions) != 1:
-    raise eqn.unsupported("CROWN", "min of two bounded values")
-  (i,) = positions
+  i = _the_bounded_operand(eqn, args)
   x = as_interval(args[i])
   negated = [Interval(-x.upper, -x.lower) if j == i else -a
              for j, a in enumerate(args)]
