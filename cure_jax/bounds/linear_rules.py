@@ -175,7 +175,7 @@ def max_pool(eqn: Eqn, args: Sequence[Any], coeffs: jax.Array, alpha=None):
 def smooth_activation(eqn: Eqn, args: Sequence[Any], coeffs: jax.Array,
                       alpha=None):
   """tanh, sigmoid, exp, log, ...: `relaxations.smooth_relaxation`'s lines."""
-  del alpha  # the slopes are fixed; α-CROWN optimizes ReLU slopes only
+  del alpha  # fixed lines; α-CROWN optimizes the slopes of max and min only
   (x,) = args
   box = as_interval(x)
   fn = lambda v: evaluate_concrete(eqn, [v])[0]

@@ -18,8 +18,9 @@ Methods (all pure; compose with `jit`, `vmap` and `grad`):
 * `crown`      CROWN for every intermediate bound (one backward pass per
                hidden layer with an identity specification: memory grows
                with the square of the layer width);
-* `alpha_crown` CROWN with lower ReLU slopes optimized by gradient ascent
-               (optax), one set of slopes per output specification.
+* `alpha_crown` CROWN with lower ReLU slopes (also of max and min with a
+               constant) optimized by gradient ascent (optax), one set of
+               slopes per output specification.
 """
 
 import functools
@@ -265,17 +266,22 @@ def crown(fn: Callable, bound: str = "both") -> Callable:
 
 
 def _unstable_relus(graph: Graph, env: Env) -> Dict[int, Interval]:
-  """Output id -> pre-activation interval (x - c) of each max(x, c)."""
+  """Output id -> ReLU pre-activation interval of each max(x, c), min(x, c).
+
+  max(x, c) = c + relu(x - c); min(x, c) = c - relu(c - x).
+  """
   found = {}
   for eqn in graph.eqns:
-    if eqn.name != "max":
+    if eqn.name not in ("max", "min"):
       continue
     args = [read(env, a) for a in eqn.inputs]
     bounded = [a for a in args if isinstance(a, Interval)]
     if len(bounded) == 1:
-      concrete = [a for a in args if not isinstance(a, Interval)][0]
-      found[eqn.outputs[0]] = Interval(bounded[0].lower - concrete,
-                                       bounded[0].upper - concrete)
+      (x,) = bounded
+      c = [a for a in args if not isinstance(a, Interval)][0]
+      found[eqn.outputs[0]] = (Interval(x.lower - c, x.upper - c)
+                               if eqn.name == "max" else
+                               Interval(c - x.upper, c - x.lower))
   return found
 
 
