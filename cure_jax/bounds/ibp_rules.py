@@ -146,6 +146,7 @@ MONOTONE_PRIMITIVES = (
     "copy_p", "rev", "cumsum", "gather", "clamp", "exp", "exp2", "expm1", "log",
     "log1p", "tanh", "logistic", "sqrt", "cbrt",
     "erf", "atan", "asinh", "sinh", "reduce_precision",
+    "leaky_relu",  # `leaky_relu.LeakyRelu`, increasing for 0 <= k <= 1
 )
 
 RULES: Dict[str, IbpRule] = {name: monotone for name in MONOTONE_PRIMITIVES}

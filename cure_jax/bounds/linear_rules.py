@@ -18,8 +18,9 @@ plus a bias term [S, B]:
 * smooth increasing activations (tanh, sigmoid, erf, atan, asinh, cbrt,
   sinh, exp, exp2, expm1, log, log1p, sqrt): tangent and chord lines by
   curvature (`relaxations.smooth_relaxation`);
-* select_n with a selector bounded by a comparison (leaky ReLU, ELU,
-  jnp.where on a bounded value): the output's interval.
+* leaky ReLU (`leaky_relu.fuse`): k x + (1 - k) relu(x);
+* select_n with a selector bounded by a comparison (ELU, jnp.where on a
+  bounded value): the output's interval.
 
 Upper bounds are lower bounds of the negated specification.
 """
@@ -142,6 +143,20 @@ def relu_like(eqn: Eqn, args: Sequence[Any], coeffs: jax.Array,
   return {i: coeffs_in}, bias
 
 
+def leaky(eqn: Eqn, args: Sequence[Any], coeffs: jax.Array,
+          alpha: Optional[jax.Array] = None):
+  """leaky_relu(x) = k x + (1 - k) relu(x): the ReLU's lines, scaled, + k x."""
+  (x,) = args
+  box = as_interval(x)
+  k = eqn.primitive.negative_slope
+  relax = relaxations.relu_relaxation(box.lower, box.upper, alpha)
+  positive, negative = jnp.maximum(coeffs, 0), jnp.minimum(coeffs, 0)
+  coeffs_in = (k * coeffs + (1 - k) * (positive * relax.lower_slope +
+                                       negative * relax.upper_slope))
+  # The ReLU's lower lines pass through 0; its upper line has an offset.
+  return {0: coeffs_in}, inner_product(negative, (1 - k) * relax.upper_offset)
+
+
 def min_like(eqn: Eqn, args: Sequence[Any], coeffs: jax.Array,
              alpha: Optional[jax.Array] = None):
   """min(x, c) = -max(-x, -c) for a concrete c (clip, relu6, hard tanh)."""
@@ -193,12 +208,14 @@ def smooth_activation(eqn: Eqn, args: Sequence[Any], coeffs: jax.Array,
 
 SMOOTH_PRIMITIVES = frozenset(relaxations.SMOOTH_CURVATURE)
 NONLINEAR_PRIMITIVES = frozenset({"max", "min", "reduce_window_max",
-                                  "reduce_max"}) | SMOOTH_PRIMITIVES
+                                  "reduce_max", "leaky_relu"}
+                                 ) | SMOOTH_PRIMITIVES
 
 RULES: Dict[str, LinearRule] = {name: affine for name in AFFINE_PRIMITIVES}
 RULES.update({
     "max": relu_like,
     "min": min_like,
+    "leaky_relu": leaky,  # `leaky_relu.LeakyRelu`
     "reduce_window_max": max_pool,
     "reduce_max": max_pool,
 })

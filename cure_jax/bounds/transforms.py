@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from cure_jax.bounds import backward, ibp_rules, linear_rules
+from cure_jax.bounds import backward, ibp_rules, leaky_relu, linear_rules
 from cure_jax.bounds.forward import Env, as_interval, is_bounded, propagate, read
 from cure_jax.bounds.graph import Const, Eqn, Graph, trace
 from cure_jax.bounds.interval import Interval
@@ -45,13 +45,14 @@ def _trace_checked(fn, args, kwargs):
     raise ValueError("no input set among the arguments: pass e.g. "
                      "LinfBall(x, eps) in place of the array x.")
   try:
-    return trace(fn, args, kwargs)
+    graph, leaves = trace(fn, args, kwargs)
   except (TypeError, ValueError) as error:
     shapes = ", ".join(f"{type(s).__name__}{tuple(s.shape)}" for s in sets)
     raise ValueError(
         f"tracing {getattr(fn, '__name__', fn)} with input sets of shape "
         f"{shapes} failed: does each set have the shape (batch first) of the "
         f"argument it replaces? Original error: {error}") from error
+  return leaky_relu.fuse(graph), leaves
 
 
 def _sets_by_id(graph: Graph, leaves) -> Dict[int, Any]:
@@ -266,17 +267,21 @@ def crown(fn: Callable, bound: str = "both") -> Callable:
 
 
 def _unstable_relus(graph: Graph, env: Env) -> Dict[int, Interval]:
-  """Output id -> ReLU pre-activation interval of each max(x, c), min(x, c).
+  """Output id -> ReLU pre-activation interval of each max(x, c), min(x, c)
+  and leaky ReLU.
 
-  max(x, c) = c + relu(x - c); min(x, c) = c - relu(c - x).
+  max(x, c) = c + relu(x - c); min(x, c) = c - relu(c - x);
+  leaky_relu(x) = k x + (1 - k) relu(x).
   """
   found = {}
   for eqn in graph.eqns:
-    if eqn.name not in ("max", "min"):
+    if eqn.name not in ("max", "min", leaky_relu.NAME):
       continue
     args = [read(env, a) for a in eqn.inputs]
     bounded = [a for a in args if isinstance(a, Interval)]
-    if len(bounded) == 1:
+    if eqn.name == leaky_relu.NAME:  # k x + (1 - k) relu(x)
+      found[eqn.outputs[0]] = bounded[0]
+    elif len(bounded) == 1:
       (x,) = bounded
       c = [a for a in args if not isinstance(a, Interval)][0]
       found[eqn.outputs[0]] = (Interval(x.lower - c, x.upper - c)
