@@ -247,16 +247,32 @@ def test_a_radius_that_fits_no_axis_is_refused():
     L2Ball(jnp.zeros((2, 3)), jnp.ones((3,)))
 
 
-def test_split_is_exact_under_ibp_and_named_by_crowns_error():
-  """jnp.split (a multi-output primitive): IBP slices the box exactly; the
-  backward pass, which handles one output per equation, says so."""
-  first_half = lambda x: jnp.split(x, 2, axis=-1)[0]
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_split_pieces_are_bounded_exactly(method):
+  """jnp.split (several outputs), one piece used, or both recombined."""
   x = jnp.arange(8.0).reshape(2, 4)
-  box = ibp(first_half)(LinfBall(x, 0.1))
+  first_half = lambda v: jnp.split(v, 2, axis=-1)[0]
+  box = METHODS[method](first_half)(LinfBall(x, 0.1))
   np.testing.assert_allclose(box.lower, x[:, :2] - 0.1, rtol=1e-6)
   np.testing.assert_allclose(box.upper, x[:, :2] + 0.1, rtol=1e-6)
-  with pytest.raises(UnsupportedPrimitiveError, match="'split'.*multiple outputs"):
-    crown(first_half)(LinfBall(x, 0.1))
+  # a - b of the two halves: exact under the linear methods only (IBP adds
+  # the radii of a and b, which CROWN sees are the same inputs' halves).
+  def difference(v):
+    a, b = jnp.split(v, 2, axis=-1)
+    return (a - b) + (v[:, :2] - a)  # = v[:, :2] - b, a reused twice
+  box = METHODS[method](difference)(LinfBall(x, 0.1))
+  expected = x[:, :2] - x[:, 2:]
+  if method != "ibp":
+    np.testing.assert_allclose(box.lower, expected - 0.2, rtol=1e-5)
+    np.testing.assert_allclose(box.upper, expected + 0.2, rtol=1e-5)
+  assert np.all(box.lower <= expected - 0.2 + 1e-6)
+
+
+def test_a_multi_output_primitive_without_a_rule_is_named():
+  def eigen_values(v):
+    return jnp.linalg.eigh(v[:, :, None] * v[:, None, :])[0]
+  with pytest.raises(UnsupportedPrimitiveError, match="'eigh'"):
+    crown(eigen_values)(LinfBall(jnp.ones((1, 3)), 0.1))
 
 
 def test_a_comparison_selects_its_case_where_certain_and_covers_both_elsewhere():

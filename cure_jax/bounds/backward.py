@@ -27,8 +27,9 @@ from cure_jax.bounds.first_layer import PendingBall
 from cure_jax.bounds.forward import Env, as_interval, is_bounded, read
 from cure_jax.bounds.graph import Const, Eqn, Graph, UnsupportedPrimitiveError
 from cure_jax.bounds.interval import Interval
-from cure_jax.bounds.linear_rules import (AFFINE_PRIMITIVES, bounded_positions,
-                                         inner_product)
+from cure_jax.bounds.linear_rules import (AFFINE_PRIMITIVES,
+                                         MULTI_OUTPUT_PRIMITIVES,
+                                         bounded_positions, inner_product)
 from cure_jax.bounds.sets import Box, LpBall, lp_norm
 
 
@@ -99,12 +100,18 @@ def lower_bound(graph: Graph, env: Env, sets: Dict[int, Any],
         if v in pending:
           bias = bias + concretize_interval(as_interval(env[v]), pending.pop(v))
       continue
-    if len(eqn.outputs) != 1:
+    if len(eqn.outputs) != 1 and eqn.name not in MULTI_OUTPUT_PRIMITIVES:
       raise eqn.unsupported("CROWN", "multiple outputs")
     rule = rules.get(eqn.name)
     if rule is None:
       raise eqn.unsupported("CROWN")
-    coeffs = pending.pop(eqn.outputs[0])
+    if len(eqn.outputs) == 1:
+      coeffs = pending.pop(eqn.outputs[0])
+    else:  # one coefficient array per output, zeros where none is pending
+      coeffs = tuple(
+          pending.pop(v) if v in pending else jnp.zeros(
+              some.shape[:1] + as_interval(env[v]).shape, some.dtype)
+          for v in eqn.outputs)
     args = [read(env, a) for a in eqn.inputs]
     pulled, term = rule(eqn, args, coeffs, alphas.get(eqn.outputs[0]))
     bias = bias + term

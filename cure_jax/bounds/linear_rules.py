@@ -18,6 +18,7 @@ plus a bias term [S, B]:
 * smooth increasing activations (tanh, sigmoid, erf, atan, asinh, cbrt,
   sinh, exp, exp2, expm1, log, log1p, sqrt): tangent and chord lines by
   curvature (`relaxations.smooth_relaxation`);
+* split (several outputs): the pieces' coefficients, concatenated;
 * leaky ReLU (`leaky_relu.fuse`): k x + (1 - k) relu(x);
 * select_n with a selector bounded by a comparison (ELU, jnp.where on a
   bounded value): the output's interval.
@@ -124,6 +125,15 @@ def _the_bounded_operand(eqn: Eqn, args: Sequence[Any]) -> int:
   return positions[0]
 
 
+def split(eqn: Eqn, args: Sequence[Any], coeffs: Tuple[jax.Array, ...],
+          alpha=None):
+  """jnp.split, whose transpose concatenates the pieces' coefficients."""
+  del args, alpha
+  axis = eqn.params["axis"] + 1  # after the specification axis
+  pulled = jnp.concatenate(coeffs, axis=axis)
+  return {0: pulled}, jnp.zeros(pulled.shape[:2], pulled.dtype)
+
+
 def relu_like(eqn: Eqn, args: Sequence[Any], coeffs: jax.Array,
               alpha: Optional[jax.Array] = None):
   """max(x, c) = c + relu(x - c) for a concrete c, relaxed as in CROWN."""
@@ -221,3 +231,6 @@ RULES.update({
 })
 RULES.update({name: smooth_activation for name in SMOOTH_PRIMITIVES})
 RULES["select_n"] = select
+# Rules that take one coefficient array per output, as a tuple.
+MULTI_OUTPUT_PRIMITIVES = frozenset({"split"})
+RULES["split"] = split
