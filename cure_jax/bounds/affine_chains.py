@@ -15,11 +15,10 @@ nowhere else. The merged equation's primitive is an `AffineChain`, which
 evaluates the original equations; the affine rule treats it like any other.
 """
 
-import collections
 import dataclasses
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from cure_jax.bounds.graph import Const, Eqn, evaluate_concrete
+from cure_jax.bounds.graph import Const, Eqn, evaluate_concrete, use_counts
 
 NAME = "affine_chain"
 _CONTRACTIONS = frozenset({"dot_general", "conv_general_dilated"})
@@ -50,14 +49,6 @@ class AffineChain:
     return env[self.eqns[-1].outputs[0]]
 
 
-def _use_counts(eqns: Sequence[Eqn], extra: Iterable[Any]) -> Dict[int, int]:
-  counts = collections.Counter()
-  for eqn in eqns:
-    counts.update(a for a in eqn.inputs if not isinstance(a, Const))
-  counts.update(a for a in extra if not isinstance(a, Const))
-  return counts
-
-
 def merge(eqns: Sequence[Eqn], is_bounded: Callable[[Any], bool],
           affine: frozenset, keep_out: Iterable[Any] = (),
           exclude: Optional[Callable[[Eqn], bool]] = None) -> List[Eqn]:
@@ -76,7 +67,7 @@ def merge(eqns: Sequence[Eqn], is_bounded: Callable[[Any], bool],
     Equations in topological order (each merged one at its last member's
     place).
   """
-  uses = _use_counts(eqns, keep_out)
+  uses = use_counts(eqns, keep_out)
   visible = set(a for a in keep_out if not isinstance(a, Const))
 
   def joinable(eqn: Eqn) -> bool:

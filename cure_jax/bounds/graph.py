@@ -11,9 +11,11 @@ Values in a graph are referred to by integer ids; constants are wrapped in
 their own environment ``{id: value}``: nothing in a graph mutates.
 """
 
+import collections
 import dataclasses
 import itertools
-from typing import Any, Callable, Dict, List, NamedTuple, Sequence, Tuple
+from typing import (Any, Callable, Dict, Iterable, List, NamedTuple, Sequence,
+                    Tuple)
 
 import jax
 import jax.extend as jex
@@ -81,6 +83,15 @@ class Graph(NamedTuple):
 
   def producers(self) -> Dict[int, Eqn]:
     return {v: e for e in self.eqns for v in e.outputs}
+
+
+def use_counts(eqns: Sequence[Eqn], extra: Iterable[Any] = ()) -> Dict[int, int]:
+  """How many times each value id is an operand (plus once per ``extra``)."""
+  counts = collections.Counter()
+  for eqn in eqns:
+    counts.update(a for a in eqn.inputs if not isinstance(a, Const))
+  counts.update(a for a in extra if not isinstance(a, Const))
+  return counts
 
 
 def _source_line(eqn) -> str:

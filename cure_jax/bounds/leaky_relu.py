@@ -16,14 +16,13 @@ slope like a ReLU's). `fuse` replaces every such triple whose comparison and
 product are used nowhere else by one equation with a `LeakyRelu` primitive.
 """
 
-import collections
 import dataclasses
 from typing import Any, Dict, List, Optional
 
 import jax.numpy as jnp
 import numpy as np
 
-from cure_jax.bounds.graph import Const, Eqn, Graph
+from cure_jax.bounds.graph import Const, Eqn, Graph, use_counts
 
 NAME = "leaky_relu"
 
@@ -84,10 +83,8 @@ def _match(select: Eqn, producers: Dict[int, Eqn]) -> Optional[tuple]:
 
 def fuse(graph: Graph) -> Graph:
   """``graph`` with every leaky ReLU as one `LeakyRelu` equation."""
-  producers = {v: e for e in graph.eqns for v in e.outputs}
-  uses = collections.Counter(a for e in graph.eqns for a in e.inputs
-                             if not isinstance(a, Const))
-  uses.update(a for a in graph.outputs if not isinstance(a, Const))
+  producers = graph.producers()
+  uses = use_counts(graph.eqns, graph.outputs)
   dropped, replaced = set(), {}
   for eqn in graph.eqns:
     found = _match(eqn, producers)

@@ -134,37 +134,56 @@ def split(eqn: Eqn, args: Sequence[Any], coeffs: Tuple[jax.Array, ...],
   return {0: pulled}, jnp.zeros(pulled.shape[:2], pulled.dtype)
 
 
+def _masked_inner_product(coeffs: jax.Array, value: jax.Array) -> jax.Array:
+  """<A, v> with 0 wherever A is 0, even against an infinite v (log at 0)."""
+  product = jnp.where(coeffs != 0, coeffs * value, 0.0)
+  return product.reshape(product.shape[:2] + (-1,)).sum(-1)
+
+
+def _pull_through(relax: relaxations.LinearRelaxation, coeffs: jax.Array,
+                  zero_lower_offset: bool = False,
+                  finite_offsets: bool = True):
+  """A through ``a_l x + b_l <= y <= a_u x + b_u`` for a lower bound.
+
+  Positive coefficients take the lower line, negative ones the upper line:
+  A_x = A⁺ a_l + A⁻ a_u, bias <A⁺, b_l> + <A⁻, b_u>. With
+  ``zero_lower_offset`` (b_l = 0, known at trace time) the reduction of
+  <A⁺, b_l> over the [S, B, ...] coefficients is skipped.
+  """
+  positive, negative = jnp.maximum(coeffs, 0), jnp.minimum(coeffs, 0)
+  coeffs_in = positive * relax.lower_slope + negative * relax.upper_slope
+  product = inner_product if finite_offsets else _masked_inner_product
+  bias = product(negative, relax.upper_offset)
+  if not zero_lower_offset:
+    bias = bias + product(positive, relax.lower_offset)
+  return coeffs_in, bias
+
+
 def relu_like(eqn: Eqn, args: Sequence[Any], coeffs: jax.Array,
               alpha: Optional[jax.Array] = None):
   """max(x, c) = c + relu(x - c) for a concrete c, relaxed as in CROWN."""
   i = _the_bounded_operand(eqn, args)
   x, c = args[i], args[1 - i]
   relax = relaxations.relu_relaxation(x.lower - c, x.upper - c, alpha)
-  positive, negative = jnp.maximum(coeffs, 0), jnp.minimum(coeffs, 0)
-  coeffs_in = positive * relax.lower_slope + negative * relax.upper_slope
-  upper_offset = c * (1 - relax.upper_slope) + relax.upper_offset
-  bias = inner_product(negative, upper_offset)
-  if not _is_literal_zero(c):
-    # In x's coordinates: c + a (x - c) + b = a x + (c (1 - a) + b); the
-    # ReLU's lower lines pass through 0 (b = 0), so for c = 0 this term is 0
-    # and its reduction over the [S, B, ...] coefficients is skipped.
-    lower_offset = c * (1 - relax.lower_slope) + relax.lower_offset
-    bias = bias + inner_product(positive, lower_offset)
+  # In x's coordinates: c + a (x - c) + b = a x + (c (1 - a) + b); the
+  # ReLU's lower lines pass through 0 (b = 0), so for c = 0 the lower offset
+  # is 0 and its reduction is skipped.
+  in_x = relaxations.LinearRelaxation(
+      relax.lower_slope, c * (1 - relax.lower_slope) + relax.lower_offset,
+      relax.upper_slope, c * (1 - relax.upper_slope) + relax.upper_offset)
+  coeffs_in, bias = _pull_through(in_x, coeffs,
+                                  zero_lower_offset=_is_literal_zero(c))
   return {i: coeffs_in}, bias
 
 
 def leaky(eqn: Eqn, args: Sequence[Any], coeffs: jax.Array,
           alpha: Optional[jax.Array] = None):
-  """leaky_relu(x) = k x + (1 - k) relu(x): the ReLU's lines, scaled, + k x."""
-  (x,) = args
-  box = as_interval(x)
-  k = eqn.primitive.negative_slope
-  relax = relaxations.relu_relaxation(box.lower, box.upper, alpha)
-  positive, negative = jnp.maximum(coeffs, 0), jnp.minimum(coeffs, 0)
-  coeffs_in = (k * coeffs + (1 - k) * (positive * relax.lower_slope +
-                                       negative * relax.upper_slope))
-  # The ReLU's lower lines pass through 0; its upper line has an offset.
-  return {0: coeffs_in}, inner_product(negative, (1 - k) * relax.upper_offset)
+  """leaky_relu(x) = k x + (1 - k) relu(x) (`leaky_relu.LeakyRelu`)."""
+  box = as_interval(args[0])
+  relax = relaxations.leaky_relu_relaxation(
+      box.lower, box.upper, eqn.primitive.negative_slope, alpha)
+  coeffs_in, bias = _pull_through(relax, coeffs, zero_lower_offset=True)
+  return {0: coeffs_in}, bias
 
 
 def min_like(eqn: Eqn, args: Sequence[Any], coeffs: jax.Array,
@@ -208,12 +227,9 @@ def smooth_activation(eqn: Eqn, args: Sequence[Any], coeffs: jax.Array,
   relax = relaxations.smooth_relaxation(
       fn, derivative, relaxations.SMOOTH_CURVATURE[eqn.name], box.lower,
       box.upper)
-  positive, negative = jnp.maximum(coeffs, 0), jnp.minimum(coeffs, 0)
-  coeffs_in = positive * relax.lower_slope + negative * relax.upper_slope
-  # A zero coefficient times an infinite offset (log at 0) contributes 0.
-  terms = (jnp.where(positive != 0, positive * relax.lower_offset, 0.0) +
-           jnp.where(negative != 0, negative * relax.upper_offset, 0.0))
-  return {0: coeffs_in}, terms.reshape(terms.shape[:2] + (-1,)).sum(-1)
+  # Offsets may be infinite (log at 0) where a zero coefficient ignores them.
+  coeffs_in, bias = _pull_through(relax, coeffs, finite_offsets=False)
+  return {0: coeffs_in}, bias
 
 
 SMOOTH_PRIMITIVES = frozenset(relaxations.SMOOTH_CURVATURE)

@@ -64,6 +64,18 @@ def relu_relaxation(lower: jax.Array, upper: jax.Array,
   return LinearRelaxation(lower_slope, zero, upper_slope, upper_offset)
 
 
+def leaky_relu_relaxation(lower: jax.Array, upper: jax.Array,
+                          negative_slope: float,
+                          alpha: Optional[jax.Array] = None) -> LinearRelaxation:
+  """leaky_relu(x) = k x + (1 - k) relu(x), 0 <= k <= 1: the ReLU's lines,
+  scaled by 1 - k, plus k x (the lower lines still pass through 0)."""
+  k = negative_slope
+  relax = relu_relaxation(lower, upper, alpha)
+  return LinearRelaxation(k + (1 - k) * relax.lower_slope, relax.lower_offset,
+                          k + (1 - k) * relax.upper_slope,
+                          (1 - k) * relax.upper_offset)
+
+
 # ------------------------------------------------ smooth monotone activations
 #
 # An increasing, twice-differentiable f on [l, u] (CROWN's general
@@ -92,15 +104,6 @@ SMOOTH_CURVATURE = {
 }
 
 
-def _chord_and_tangent(f_lower, f_upper, lower, upper, middle, f_middle,
-                       slope_middle):
-  """(chord slope, chord offset, tangent slope, tangent offset)."""
-  width = upper - lower
-  chord = (f_upper - f_lower) / jnp.where(width > 0, width, 1.0)
-  return (chord, f_lower - chord * lower,
-          slope_middle, f_middle - slope_middle * middle)
-
-
 def smooth_relaxation(fn, derivative, curvature: str, lower: jax.Array,
                       upper: jax.Array) -> LinearRelaxation:
   """Lines enclosing an increasing elementwise ``fn`` on [lower, upper].
@@ -111,9 +114,12 @@ def smooth_relaxation(fn, derivative, curvature: str, lower: jax.Array,
     lower, upper: input bounds.
   """
   f_lower, f_upper = fn(lower), fn(upper)
+  width = upper - lower
+  chord = (f_upper - f_lower) / jnp.where(width > 0, width, 1.0)
+  chord_offset = f_lower - chord * lower
   middle = 0.5 * (lower + upper)
-  chord, chord_offset, tangent, tangent_offset = _chord_and_tangent(
-      f_lower, f_upper, lower, upper, middle, fn(middle), derivative(middle))
+  tangent = derivative(middle)
+  tangent_offset = fn(middle) - tangent * middle
   least_slope = jnp.zeros_like(lower)  # used by the mixed case only
   if curvature == "convex":
     convex, concave = jnp.ones_like(lower, bool), jnp.zeros_like(lower, bool)
