@@ -156,6 +156,43 @@ def test_lower_bounds_alone_equal_the_lower_half_of_both(method):
   assert np.all(np.isposinf(lower_only.upper))
 
 
+@pytest.mark.parametrize("method", ["crown_ibp", "crown", "alpha_crown"])
+@pytest.mark.parametrize("both", [True, False], ids=["both", "lower"])
+def test_passes_over_groups_of_rows_give_the_bounds_of_one_pass(method, both):
+  """rows_per_pass splits the specification rows (here one per pass): each
+  row is a separate linear bound, so the bounds are those of one pass, and
+  α-CROWN's per-row slopes follow their rows."""
+  apply, params, x, y = _network(Cnn(), seed=6)
+  spec = margin_spec(y, NUM_CLASSES)
+  input_set = LinfBall(x, 0.1, domain=DOMAIN)
+  bound = "both" if both else "lower"
+  one = METHODS[method](apply, bound=bound, rows_per_pass=None)(
+      params, input_set, spec=spec)
+  grouped = METHODS[method](apply, bound=bound, rows_per_pass=1)(
+      params, input_set, spec=spec)
+  np.testing.assert_allclose(grouped.lower, one.lower, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(grouped.upper, one.upper, rtol=1e-5, atol=1e-6)
+  assert np.all(np.isfinite(one.lower))
+
+
+def test_row_groups_cover_the_rows_in_order():
+  from cure_jax.bounds.backward import row_groups
+  # 9 margin rows of 128 examples: one row (128 rows·examples) per pass.
+  assert row_groups(9, 128) == [slice(i, i + 1) for i in range(9)]
+  # 32 examples: four rows per pass, the last group shorter.
+  assert row_groups(9, 32) == [slice(0, 4), slice(4, 8), slice(8, 9)]
+  # Few examples: one pass; a cap on the passes widens the groups.
+  assert row_groups(9, 8) == [slice(0, 9)]
+  assert row_groups(20, 128, max_groups=4) == [slice(i, i + 5)
+                                               for i in range(0, 20, 5)]
+
+
+@pytest.mark.parametrize("rows_per_pass", [0, -3, 1.5, "fast"])
+def test_a_bad_rows_per_pass_is_refused(rows_per_pass):
+  with pytest.raises(ValueError, match="rows_per_pass"):
+    crown_ibp(lambda x: x, rows_per_pass=rows_per_pass)
+
+
 # ----------------------------------------------- jit, vmap and grad compose
 
 

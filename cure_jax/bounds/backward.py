@@ -14,10 +14,16 @@ collecting a bias (chains of cheap affine equations as one: see
 A ``stop`` predicate lets the pass concretize early at any equation's output
 with that value's interval instead: IBP with a specification uses it to
 fold the specification into the last affine operations only.
+
+Rows are independent, so a pass may take the specification rows a group at
+a time (`row_groups`): the results are identical, and on a CPU a group of
+about `ROWS_PER_PASS` rows·examples keeps each layer's coefficients near
+the last-level cache (CNN7, batch 128, 9 margin rows: one row per pass
+runs the back-substitution ~25% faster than all nine at once).
 """
 
 import math
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -53,10 +59,45 @@ def concretize_set(leaf: Any, coeffs: jax.Array) -> jax.Array:
   return ball_bound if leaf.domain is None else jnp.maximum(ball_bound, box_bound)
 
 
+# A pass's rows·examples at which `row_groups` splits the specification rows.
+ROWS_PER_PASS = 128
+
+
+def default_rows_per_pass() -> Optional[int]:
+  """`ROWS_PER_PASS` on a CPU backend, else None (all rows in one pass).
+
+  Grouping pays on a CPU, where a pass is limited by the cache; an
+  accelerator is kept busiest by the largest kernels (not measured there).
+  """
+  return ROWS_PER_PASS if jax.default_backend() == "cpu" else None
+
+
+def row_groups(rows: int, batch: int, rows_per_pass: int = ROWS_PER_PASS,
+               max_groups: Optional[int] = None) -> List[slice]:
+  """Consecutive groups of the S specification rows, ~rows_per_pass·B each.
+
+  Args:
+    rows: S, the number of specification rows.
+    batch: B, the examples each row covers.
+    rows_per_pass: the target number of rows·examples per group.
+    max_groups: optional cap on the number of groups (each is a separately
+      compiled backward pass).
+
+  Returns:
+    Slices covering ``range(rows)`` in order; a single one when
+    ``rows · batch <= rows_per_pass``.
+  """
+  per_group = max(1, rows_per_pass // max(batch, 1))
+  if max_groups is not None:
+    per_group = max(per_group, -(-rows // max_groups))
+  return [slice(i, min(i + per_group, rows)) for i in range(0, rows, per_group)]
+
+
 def lower_bound(graph: Graph, env: Env, sets: Dict[int, Any],
                 start: Dict[int, jax.Array], rules: Dict[str, Any],
                 alphas: Optional[Dict[int, jax.Array]] = None,
-                stop: Optional[Callable[[Eqn], bool]] = None) -> jax.Array:
+                stop: Optional[Callable[[Eqn], bool]] = None,
+                groups: Optional[Sequence[slice]] = None) -> jax.Array:
   """Lower bound of ``sum_v <start[v], v>`` over the input sets.
 
   Args:
@@ -68,10 +109,19 @@ def lower_bound(graph: Graph, env: Env, sets: Dict[int, Any],
     alphas: optional lower slopes per nonlinear equation output id.
     stop: optional predicate; the pass concretizes the outputs of equations
       for which it holds with their forward intervals.
+    groups: optional slices of the S rows (`row_groups`), each bounded by
+      its own pass (``alphas``, per row, are sliced alike); the rows'
+      results are the same either way.
 
   Returns:
     [S, B] lower bounds.
   """
+  if groups is not None and len(groups) > 1:
+    return jnp.concatenate([
+        lower_bound(graph, env, sets, {v: a[rows] for v, a in start.items()},
+                    rules, {v: a[rows] for v, a in (alphas or {}).items()},
+                    stop)
+        for rows in groups], axis=0)
   alphas = alphas or {}
   pending = dict(start)
   some = next(iter(start.values()))

@@ -150,7 +150,33 @@ def ibp(fn: Callable, return_preactivations: bool = False) -> Callable:
   return bounded
 
 
-def _crown_ibp_lower(graph, env, leaves, spec, both):
+AUTO = "auto"
+
+
+def _check_rows_per_pass(rows_per_pass):
+  if rows_per_pass is None or rows_per_pass == AUTO or (
+      isinstance(rows_per_pass, int) and rows_per_pass > 0):
+    return rows_per_pass
+  raise ValueError(f"rows_per_pass must be 'auto', None or a positive int, "
+                   f"got {rows_per_pass!r}.")
+
+
+def _row_groups(start: jax.Array, rows_per_pass):
+  """The output pass's rows in cache-sized groups (`backward.row_groups`).
+
+  ``rows_per_pass``: "auto" (`backward.default_rows_per_pass`), None (one
+  pass) or rows·examples per pass. At most 20 groups (a pass over both sides
+  of 10 logits): each is a separately compiled pass.
+  """
+  if rows_per_pass == AUTO:
+    rows_per_pass = backward.default_rows_per_pass()
+  if rows_per_pass is None:
+    return None
+  return backward.row_groups(start.shape[0], start.shape[1], rows_per_pass,
+                             max_groups=20)
+
+
+def _crown_ibp_lower(graph, env, leaves, spec, both, rows_per_pass=AUTO):
   """max(CROWN-IBP, IBP) lower bounds on an IBP environment, and ``finish``.
 
   A single CROWN pass can be looser than IBP (Zhang et al., 2020, observe
@@ -159,33 +185,48 @@ def _crown_ibp_lower(graph, env, leaves, spec, both):
   out, start, finish = _start(graph, env, spec, "crown_ibp", both)
   sets = _sets_by_id(graph, leaves)
   linear = backward.lower_bound(graph, env, sets, {out: start},
-                                linear_rules.RULES)
+                                linear_rules.RULES,
+                                groups=_row_groups(start, rows_per_pass))
   interval = backward.lower_bound(graph, env, sets, {out: start},
                                   linear_rules.RULES, stop=_stop_at_nonaffine)
   return jnp.maximum(linear, interval), finish
 
 
-def crown_ibp(fn: Callable, bound: str = "both") -> Callable:
+_ROWS_PER_PASS_DOC = """rows_per_pass: the output's backward pass takes the specification
+      rows in groups of about this many rows·examples, one pass per group
+      (same bounds, ~25% faster on a CPU for CNN7 at batch 128: the
+      coefficients stay near the cache); "auto" (default) is 128 on a CPU
+      and one pass elsewhere, None always one pass."""
+
+
+def crown_ibp(fn: Callable, bound: str = "both",
+              rows_per_pass=AUTO) -> Callable:
   """CROWN-IBP (Zhang et al., ICLR 2020): IBP intermediates, CROWN output.
 
   Args:
     fn: the function to bound.
     bound: "both", or "lower" to skip the upper bounds (returned as +inf):
       half the cost, and all that margins need for training or certifying.
+    {rows_per_pass}
 
   Returns:
     ``bounded(*args, spec=None, **kwargs)``; without a spec the output must
     be a single array and every element is bounded.
   """
   both = _check_bound(bound)
+  rows_per_pass = _check_rows_per_pass(rows_per_pass)
 
   @functools.wraps(fn)
   def bounded(*args, spec=None, **kwargs):
     graph, leaves = _trace_checked(fn, args, kwargs)
     env = propagate(graph, leaves, ibp_rules.RULES, "CROWN-IBP")
-    lower, finish = _crown_ibp_lower(graph, env, leaves, spec, both)
+    lower, finish = _crown_ibp_lower(graph, env, leaves, spec, both,
+                                     rows_per_pass)
     return finish(lower)
   return bounded
+
+
+crown_ibp.__doc__ = crown_ibp.__doc__.format(rows_per_pass=_ROWS_PER_PASS_DOC)
 
 
 def _after_nonlinearity(graph: Graph) -> set:
@@ -230,7 +271,7 @@ def _crown_environment(graph: Graph, leaves) -> Env:
   return propagate(graph, leaves, ibp_rules.RULES, "CROWN", refine=refine)
 
 
-def _crown_lower(graph, leaves, spec, both):
+def _crown_lower(graph, leaves, spec, both, rows_per_pass=AUTO):
   """CROWN lower bounds, never looser than CROWN-IBP (and so than IBP).
 
   Returns:
@@ -239,31 +280,38 @@ def _crown_lower(graph, leaves, spec, both):
   env = _crown_environment(graph, leaves)
   out, start, finish = _start(graph, env, spec, "crown", both)
   lower = backward.lower_bound(graph, env, _sets_by_id(graph, leaves),
-                               {out: start}, linear_rules.RULES)
+                               {out: start}, linear_rules.RULES,
+                               groups=_row_groups(start, rows_per_pass))
   ibp_env = propagate(graph, leaves, ibp_rules.RULES, "CROWN")
-  reference, _ = _crown_ibp_lower(graph, ibp_env, leaves, spec, both)
+  reference, _ = _crown_ibp_lower(graph, ibp_env, leaves, spec, both,
+                                  rows_per_pass)
   return jnp.maximum(lower, reference), finish, env
 
 
-def crown(fn: Callable, bound: str = "both") -> Callable:
+def crown(fn: Callable, bound: str = "both", rows_per_pass=AUTO) -> Callable:
   """CROWN (Zhang et al., NeurIPS 2018): linear bounds for every layer.
 
   Args:
     fn: the function to bound.
     bound: "both", or "lower" (upper bounds of the output returned as +inf;
       intermediate bounds are always two-sided).
+    {rows_per_pass}
 
   Returns:
     ``bounded(*args, spec=None, **kwargs)``.
   """
   both = _check_bound(bound)
+  rows_per_pass = _check_rows_per_pass(rows_per_pass)
 
   @functools.wraps(fn)
   def bounded(*args, spec=None, **kwargs):
     graph, leaves = _trace_checked(fn, args, kwargs)
-    lower, finish, _ = _crown_lower(graph, leaves, spec, both)
+    lower, finish, _ = _crown_lower(graph, leaves, spec, both, rows_per_pass)
     return finish(lower)
   return bounded
+
+
+crown.__doc__ = crown.__doc__.format(rows_per_pass=_ROWS_PER_PASS_DOC)
 
 
 def _unstable_relus(graph: Graph, env: Env) -> Dict[int, Interval]:
@@ -293,7 +341,7 @@ def _unstable_relus(graph: Graph, env: Env) -> Dict[int, Interval]:
 def alpha_crown(fn: Callable, steps: int = 20,
                 optimizer: Optional[optax.GradientTransformation] = None,
                 intermediate: str = "crown", bound: str = "both",
-                unroll: int | bool = True) -> Callable:
+                unroll: int | bool = True, rows_per_pass=AUTO) -> Callable:
   """α-CROWN (Xu et al., ICLR 2021): CROWN with optimized lower slopes.
 
   The lower slope α ∈ [0, 1] of every unstable ReLU, separately for every
@@ -312,6 +360,7 @@ def alpha_crown(fn: Callable, steps: int = 20,
     unroll: the optimization loop's ``lax.scan`` unrolling: True (default,
       fastest on CPU), or an int / 1 for a rolled loop that compiles
       faster for many steps.
+    {rows_per_pass} Every optimization step takes the same groups.
 
   Returns:
     ``bounded(*args, spec=None, **kwargs)``.
@@ -322,23 +371,27 @@ def alpha_crown(fn: Callable, steps: int = 20,
     raise ValueError(f"steps must be >= 0, got {steps}.")
   optimizer = optimizer if optimizer is not None else optax.adam(0.1)
   both = _check_bound(bound)
+  rows_per_pass = _check_rows_per_pass(rows_per_pass)
 
   @functools.wraps(fn)
   def bounded(*args, spec=None, **kwargs):
     graph, leaves = _trace_checked(fn, args, kwargs)
     if intermediate == "crown":
-      reference, finish, env = _crown_lower(graph, leaves, spec, both)
+      reference, finish, env = _crown_lower(graph, leaves, spec, both,
+                                            rows_per_pass)
     else:
       env = propagate(graph, leaves, ibp_rules.RULES, "α-CROWN")
-      reference, finish = _crown_ibp_lower(graph, env, leaves, spec, both)
+      reference, finish = _crown_ibp_lower(graph, env, leaves, spec, both,
+                                           rows_per_pass)
     out, start, _ = _start(graph, env, spec, "alpha_crown", both)
     sets = _sets_by_id(graph, leaves)
     pre = _unstable_relus(graph, env)
     rows = start.shape[0]
+    groups = _row_groups(start, rows_per_pass)
 
     def bound(alphas):
       return backward.lower_bound(graph, env, sets, {out: start},
-                                  linear_rules.RULES, alphas)
+                                  linear_rules.RULES, alphas, groups=groups)
 
     alphas = {v: jnp.broadcast_to(crown_lower_slope(box.lower, box.upper),
                                   (rows,) + box.shape)
@@ -370,3 +423,7 @@ def alpha_crown(fn: Callable, steps: int = 20,
       best = jnp.maximum(best, bound(alphas))
     return finish(best)
   return bounded
+
+
+alpha_crown.__doc__ = alpha_crown.__doc__.format(
+    rows_per_pass=_ROWS_PER_PASS_DOC)
