@@ -5,10 +5,11 @@ r"""Cost of each bound transform relative to a plain forward pass.
 Measures, on one random MNIST-shaped batch: the forward pass (eval mode),
 and each in alternation with it (`timing.paired_ratio`) IBP of the logits,
 IBP with the margin specification, CROWN-IBP with the margin specification
-(lower bounds: what margins need) and the vector-Jacobian product of the
-network with the 9 margin rows (the floor of any back-substitution from
-them); then α-CROWN (20 steps, IBP intermediate bounds, lower bounds, on a
-smaller batch) per example.
+(lower bounds: what margins need) with its rows in cache-sized groups (the
+default, `backward.row_groups`) and in one pass, and the vector-Jacobian
+product of the network with the 9 margin rows in one pass (the floor of a
+one-pass back-substitution from them); then α-CROWN (20 steps, IBP
+intermediate bounds, lower bounds, on a smaller batch) per example.
 """
 
 import argparse
@@ -41,6 +42,9 @@ def run(model_name: str = "cnn7", batch: int = 128, alpha_batch: int = 8,
   # Margins need lower bounds only (training and certification).
   crown_ibp_spec = jax.jit(lambda v, x, c: crown_ibp(model.apply, bound="lower")(
       v, ball(x), train=False, spec=c))
+  crown_ibp_one_pass = jax.jit(lambda v, x, c: crown_ibp(
+      model.apply, bound="lower", rows_per_pass=None)(
+          v, ball(x), train=False, spec=c))
   # The floor of any back-substitution from S specification rows: one
   # S-row vector-Jacobian product of the network, with no relaxation at all.
   def spec_vjp(v, x, c):
@@ -54,6 +58,7 @@ def run(model_name: str = "cnn7", batch: int = 128, alpha_batch: int = 8,
   timed = {"ibp": (ibp_logits, (variables, x)),
            "ibp_spec": (ibp_spec, (variables, x, spec)),
            "crown_ibp_spec": (crown_ibp_spec, (variables, x, spec)),
+           "crown_ibp_spec_one_pass": (crown_ibp_one_pass, (variables, x, spec)),
            "spec_vjp": (spec_vjp, (variables, x, spec))}
   results = {"model": model_name, "batch": batch,
              "backend": jax.default_backend(),
