@@ -170,6 +170,20 @@ class PiecewiseCnn(nn.Module):
     return nn.Dense(NUM_CLASSES)(x)
 
 
+class GatedCnn(nn.Module):
+  """Products of bounded values: SiLU, GELU (tanh form: x³), a gate
+  h·sigmoid(g), and a square."""
+
+  @nn.compact
+  def __call__(self, x):
+    x = jax.nn.silu(nn.Conv(4, (3, 3), strides=2, padding="SAME")(x))
+    x = nn.gelu(nn.Conv(4, (3, 3), padding="SAME")(x), approximate=True)
+    x = x.reshape(x.shape[0], -1)
+    h = nn.Dense(8)(x)
+    x = h * nn.sigmoid(nn.Dense(8)(x)) - 0.2 * jnp.square(nn.Dense(8)(x))
+    return nn.Dense(NUM_CLASSES)(x)
+
+
 NETWORKS = {
     "mlp": (Mlp(), (8, 8, 1)),
     "strided_cnn": (StridedCnn(), (8, 8, 2)),
@@ -182,6 +196,7 @@ NETWORKS = {
     "convex_concave_cnn": (ConvexConcaveCnn(), (8, 8, 2)),
     "clip_stack_mlp": (ClipStackMlp(), (8, 8, 1)),
     "piecewise_cnn": (PiecewiseCnn(), (8, 8, 2)),
+    "gated_cnn": (GatedCnn(), (8, 8, 2)),
 }
 
 
@@ -535,6 +550,7 @@ SOUNDNESS_CASES = [(net, set_name) for net in ("mlp", "strided_cnn")
     ("convex_concave_cnn", "linf"), ("convex_concave_cnn", "l1_clipped"),
     ("clip_stack_mlp", "linf_clipped"), ("clip_stack_mlp", "l2"),
     ("piecewise_cnn", "linf"), ("piecewise_cnn", "l1_clipped"),
+    ("gated_cnn", "linf_clipped"), ("gated_cnn", "l2"),
 ]
 
 

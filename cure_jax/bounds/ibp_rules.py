@@ -97,6 +97,18 @@ def abs_rule(eqn: Eqn, args) -> List[Interval]:
   return [Interval(lower, jnp.maximum(jnp.abs(x.lower), jnp.abs(x.upper)))]
 
 
+def integer_pow(eqn: Eqn, args) -> List[Interval]:
+  """x^n (and square, n = 2): increasing for odd n; for even n, |x|^n of
+  `abs_rule`'s interval."""
+  n = 2 if eqn.name == "square" else eqn.params["y"]
+  if n < 0:
+    raise eqn.unsupported("IBP", f"a negative exponent ({n})")
+  if n % 2:
+    return monotone(eqn, args)
+  (magnitude,) = abs_rule(eqn, args)
+  return monotone(eqn, [magnitude])
+
+
 def _as_bound(x) -> Interval:
   return x if is_bound(x) else Interval(x, x)
 
@@ -156,6 +168,8 @@ RULES.update({
     "mul": mul,
     "div": div,
     "abs": abs_rule,
+    "integer_pow": integer_pow,
+    "square": integer_pow,
     "select_n": select_n,
     "ge": compare, "gt": compare, "le": compare, "lt": compare,
     "dot_general": bilinear,

@@ -18,6 +18,10 @@ plus a bias term [S, B]:
 * smooth increasing activations (tanh, sigmoid, erf, atan, asinh, cbrt,
   sinh, exp, exp2, expm1, log, log1p, sqrt): tangent and chord lines by
   curvature (`relaxations.smooth_relaxation`);
+* the product x·y of two bounded values (SiLU's x·sigmoid(x), GELU, gates,
+  x·x): McCormick's planes (`product`);
+* integer powers x^n, n >= 2 (GELU's x³, square): as smooth activations,
+  by curvature;
 * split (several outputs): the pieces' coefficients, concatenated;
 * leaky ReLU (`leaky_relu.fuse`): k x + (1 - k) relu(x);
 * select_n with a selector bounded by a comparison (ELU, jnp.where on a
@@ -216,23 +220,66 @@ def max_pool(eqn: Eqn, args: Sequence[Any], coeffs: jax.Array, alpha=None):
   return {0: coeffs_in}, inner_product(negative, max_upper)
 
 
+def product(eqn: Eqn, args: Sequence[Any], coeffs: jax.Array, alpha=None):
+  """z = x·y of two bounded values, by McCormick's planes.
+
+  On the box [lx, ux] × [ly, uy], (x − lx)(y − ly) >= 0 and
+  (x − lx)(uy − y) >= 0 give
+
+    ly x + lx y − lx ly  <=  x y  <=  uy x + lx y − lx uy
+
+  (auto_LiRPA's choice among the four planes; the two lower planes agree at
+  the box's centre). Positive coefficients take the lower plane, negative
+  ones the upper: A_x = A⁺ ly + A⁻ uy, A_y = A lx. Both operands may be the
+  same value (x·x): their coefficients add up in the backward pass.
+  """
+  del alpha
+  del eqn
+  x, y = (as_interval(a) for a in args)
+  positive, negative = jnp.maximum(coeffs, 0), jnp.minimum(coeffs, 0)
+  coeffs_x = positive * y.lower + negative * y.upper
+  coeffs_y = coeffs * x.lower
+  bias = (_masked_inner_product(positive, -x.lower * y.lower) +
+          _masked_inner_product(negative, -x.lower * y.upper))
+  return {0: coeffs_x, 1: coeffs_y}, bias
+
+
+def multiply(eqn: Eqn, args: Sequence[Any], coeffs: jax.Array, alpha=None):
+  """mul: affine with one bounded factor, else `product`."""
+  if all(_is_bounded(a) for a in args):
+    return product(eqn, args, coeffs, alpha)
+  return affine(eqn, args, coeffs, alpha)
+
+
+def is_product(eqn: Eqn, is_bounded: Callable[[Any], bool]) -> bool:
+  """Whether ``eqn`` multiplies two bounded values (``is_bounded`` of atoms)."""
+  return eqn.name == "mul" and all(is_bounded(a) for a in eqn.inputs)
+
+
+def is_nonlinear(eqn: Eqn, is_bounded: Callable[[Any], bool]) -> bool:
+  """Whether CROWN relaxes ``eqn`` (rather than pulling A through exactly)."""
+  return eqn.name in NONLINEAR_PRIMITIVES or is_product(eqn, is_bounded)
+
+
 def smooth_activation(eqn: Eqn, args: Sequence[Any], coeffs: jax.Array,
                       alpha=None):
-  """tanh, sigmoid, exp, log, ...: `relaxations.smooth_relaxation`'s lines."""
+  """tanh, sigmoid, exp, log, x³, ...: `relaxations.smooth_relaxation`'s lines."""
   del alpha  # fixed lines; α-CROWN optimizes the slopes of max and min only
   (x,) = args
   box = as_interval(x)
   fn = lambda v: evaluate_concrete(eqn, [v])[0]
   derivative = lambda v: jax.jvp(fn, (v,), (jnp.ones_like(v),))[1]
+  (fallback,) = ibp_rules.RULES[eqn.name](eqn, [box])  # exact at zero width
   relax = relaxations.smooth_relaxation(
-      fn, derivative, relaxations.SMOOTH_CURVATURE[eqn.name], box.lower,
-      box.upper)
+      fn, derivative, relaxations.curvature(eqn.name, eqn.params), box.lower,
+      box.upper, fallback=(fallback.lower, fallback.upper))
   # Offsets may be infinite (log at 0) where a zero coefficient ignores them.
   coeffs_in, bias = _pull_through(relax, coeffs, finite_offsets=False)
   return {0: coeffs_in}, bias
 
 
-SMOOTH_PRIMITIVES = frozenset(relaxations.SMOOTH_CURVATURE)
+SMOOTH_PRIMITIVES = frozenset(relaxations.SMOOTH_CURVATURE) | {"integer_pow",
+                                                               "square"}
 NONLINEAR_PRIMITIVES = frozenset({"max", "min", "reduce_window_max",
                                   "reduce_max", "leaky_relu"}
                                  ) | SMOOTH_PRIMITIVES
@@ -247,6 +294,7 @@ RULES.update({
 })
 RULES.update({name: smooth_activation for name in SMOOTH_PRIMITIVES})
 RULES["select_n"] = select
+RULES["mul"] = multiply
 # Rules that take one coefficient array per output, as a tuple.
 MULTI_OUTPUT_PRIMITIVES = frozenset({"split"})
 RULES["split"] = split

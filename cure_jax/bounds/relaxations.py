@@ -104,16 +104,40 @@ SMOOTH_CURVATURE = {
 }
 
 
+def curvature(name: str, params) -> str:
+  """The curvature of a smooth primitive; integer_pow's by its exponent n
+  (square: n = 2).
+
+  x^n for odd n >= 3 is increasing and "reverse_s" (f' = n x^(n−1) is least
+  at 0); for even n (and the linear or constant n = 1, 0) it is "convex",
+  which needs no monotonicity: the tangent below and the chord above enclose
+  any convex function. Negative n (IBP refuses it) raises a ValueError.
+  """
+  if name not in ("integer_pow", "square"):
+    return SMOOTH_CURVATURE[name]
+  n = 2 if name == "square" else params["y"]
+  if n < 0:
+    raise ValueError(f"integer_pow with a negative exponent ({n})")
+  return "reverse_s" if n % 2 and n >= 3 else "convex"
+
+
 def smooth_relaxation(fn, derivative, curvature: str, lower: jax.Array,
-                      upper: jax.Array) -> LinearRelaxation:
-  """Lines enclosing an increasing elementwise ``fn`` on [lower, upper].
+                      upper: jax.Array, fallback=None) -> LinearRelaxation:
+  """Lines enclosing an elementwise ``fn`` on [lower, upper].
+
+  ``fn`` must be increasing, or convex everywhere: tangent and chord
+  enclose any convex function, and the fallback is then given.
 
   Args:
     fn, derivative: the function and its derivative, elementwise.
     curvature: one of the values of `SMOOTH_CURVATURE`.
     lower, upper: input bounds.
+    fallback: optional (low, high) bounds of fn on [lower, upper], the
+      constant lines where the others are unusable; default
+      (fn(lower), fn(upper)), right for an increasing fn.
   """
   f_lower, f_upper = fn(lower), fn(upper)
+  fallback_lower, fallback_upper = (f_lower, f_upper) if fallback is None else fallback
   width = upper - lower
   chord = (f_upper - f_lower) / jnp.where(width > 0, width, 1.0)
   chord_offset = f_lower - chord * lower
@@ -146,6 +170,6 @@ def smooth_relaxation(fn, derivative, curvature: str, lower: jax.Array,
       jnp.logical_and, [jnp.isfinite(v) for v in lines])
   zero = jnp.zeros_like(lower)
   return LinearRelaxation(jnp.where(usable, lower_slope, zero),
-                          jnp.where(usable, lower_offset, f_lower),
+                          jnp.where(usable, lower_offset, fallback_lower),
                           jnp.where(usable, upper_slope, zero),
-                          jnp.where(usable, upper_offset, f_upper))
+                          jnp.where(usable, upper_offset, fallback_upper))

@@ -83,8 +83,16 @@ def _output_intervals(graph: Graph, env: Env):
   return jax.tree_util.tree_unflatten(graph.out_tree, values)
 
 
-def _stop_at_nonaffine(eqn: Eqn) -> bool:
-  return eqn.name not in linear_rules.AFFINE_PRIMITIVES
+def _bounded_in(env: Env) -> Callable[[Any], bool]:
+  """Whether an atom holds a bound in ``env``."""
+  return lambda a: not isinstance(a, Const) and a in env and is_bounded(env[a])
+
+
+def _stop_at_nonaffine(env: Env) -> Callable[[Eqn], bool]:
+  """Stops IBP's specification pass at the first equation that is not affine."""
+  bounded = _bounded_in(env)
+  return lambda eqn: (eqn.name not in linear_rules.AFFINE_PRIMITIVES or
+                      linear_rules.is_product(eqn, bounded))
 
 
 def _start(graph: Graph, env: Env, spec, what: str, both: bool = True):
@@ -143,7 +151,7 @@ def ibp(fn: Callable, return_preactivations: bool = False) -> Callable:
       out, start, finish = _start(graph, env, spec, "ibp with a spec")
       result = finish(backward.lower_bound(
           graph, env, _sets_by_id(graph, leaves), {out: start},
-          linear_rules.RULES, stop=_stop_at_nonaffine))
+          linear_rules.RULES, stop=_stop_at_nonaffine(env)))
     if return_preactivations:
       return result, list(_unstable_relus(graph, env).values())
     return result
@@ -188,7 +196,8 @@ def _crown_ibp_lower(graph, env, leaves, spec, both, rows_per_pass=AUTO):
                                 linear_rules.RULES,
                                 groups=_row_groups(start, rows_per_pass))
   interval = backward.lower_bound(graph, env, sets, {out: start},
-                                  linear_rules.RULES, stop=_stop_at_nonaffine)
+                                  linear_rules.RULES,
+                                  stop=_stop_at_nonaffine(env))
   return jnp.maximum(linear, interval), finish
 
 
@@ -229,13 +238,17 @@ def crown_ibp(fn: Callable, bound: str = "both",
 crown_ibp.__doc__ = crown_ibp.__doc__.format(rows_per_pass=_ROWS_PER_PASS_DOC)
 
 
-def _after_nonlinearity(graph: Graph) -> set:
-  """Ids of values computed downstream of a nonlinear equation."""
-  downstream = set()
+def _after_nonlinearity(graph: Graph, set_ids) -> set:
+  """Ids of values computed downstream of a nonlinear equation (a product
+  counts when both factors depend on the input sets)."""
+  depends, downstream = set(set_ids), set()
+  is_dependent = lambda a: not isinstance(a, Const) and a in depends
   for eqn in graph.eqns:
-    if eqn.name in linear_rules.NONLINEAR_PRIMITIVES or any(
+    if linear_rules.is_nonlinear(eqn, is_dependent) or any(
         a in downstream for a in eqn.inputs if not isinstance(a, Const)):
       downstream.update(eqn.outputs)
+    if any(is_dependent(a) for a in eqn.inputs):
+      depends.update(eqn.outputs)
   return downstream
 
 
@@ -249,10 +262,10 @@ def _crown_environment(graph: Graph, leaves) -> Env:
   exact under the forward rules.)
   """
   sets = _sets_by_id(graph, leaves)
-  downstream = _after_nonlinearity(graph)
+  downstream = _after_nonlinearity(graph, sets)
 
   def refine(eqn, args, env):
-    if eqn.name not in linear_rules.NONLINEAR_PRIMITIVES:
+    if not linear_rules.is_nonlinear(eqn, _bounded_in(env)):
       return args
     refined = list(args)
     for i, atom in enumerate(eqn.inputs):
