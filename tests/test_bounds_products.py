@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cure_jax.bounds import Box, crown, crown_ibp, ibp, relaxations
+from cure_jax.bounds import Box, alpha_crown, crown, crown_ibp, ibp, relaxations
 from cure_jax.bounds.graph import Eqn
 from cure_jax.bounds.ibp_rules import RULES as IBP_RULES
 from cure_jax.bounds.interval import Interval
@@ -31,9 +31,10 @@ def _mul_eqn():
   return Eqn(jax.lax.mul_p, (0, 1), (2,), {}, None)
 
 
-def _planes(sign):
+def _planes(sign, mix=None):
   """The plane `product` gives for coefficient ``sign`` (+1: a lower bound of
-  x·y, −1: a lower bound of −x·y), on every box: (a_x, a_y, bias)."""
+  x·y, −1: a lower bound of −x·y) and α-CROWN's plane mix ``mix`` (None:
+  CROWN's), on every box: (a_x, a_y, bias)."""
   lx, ux, ly, uy = (np.array([box[i][j] for box in BOXES], np.float32)
                     for i in (0, 1) for j in (0, 1))
   x, y = Interval(lx[None], ux[None]), Interval(ly[None], uy[None])
@@ -43,16 +44,18 @@ def _planes(sign):
   for k in range(len(BOXES)):
     one_hot = np.zeros((1, 1, len(BOXES)), np.float32)
     one_hot[..., k] = sign
-    pulled, bias = product(_mul_eqn(), [x, y], jnp.asarray(one_hot))
+    alpha = None if mix is None else jnp.full(one_hot.shape, mix)
+    pulled, bias = product(_mul_eqn(), [x, y], jnp.asarray(one_hot), alpha)
     planes.append((float(pulled[0][0, 0, k]), float(pulled[1][0, 0, k]),
                    float(bias[0, 0])))
   return planes
 
 
+@pytest.mark.parametrize("mix", [None, 0.0, 0.3, 1.0])
 @pytest.mark.parametrize("sign", [1.0, -1.0], ids=["lower", "upper"])
-def test_mccormick_planes_enclose_the_product_on_the_whole_box(sign):
+def test_mccormick_planes_enclose_the_product_on_the_whole_box(sign, mix):
   t = np.linspace(0.0, 1.0, 41)
-  for ((lx, ux), (ly, uy)), (a_x, a_y, bias) in zip(BOXES, _planes(sign)):
+  for ((lx, ux), (ly, uy)), (a_x, a_y, bias) in zip(BOXES, _planes(sign, mix)):
     x, y = np.meshgrid(lx + t * (ux - lx), ly + t * (uy - ly))
     # sign·(x y) >= a_x x + a_y y + bias everywhere on the box.
     slack = sign * x * y - (a_x * x + a_y * y + bias)
@@ -136,6 +139,19 @@ def test_curvature_of_powers():
   assert relaxations.curvature("integer_pow", {"y": 1}) == "convex"  # linear
   with pytest.raises(ValueError, match="negative exponent"):
     relaxations.curvature("integer_pow", {"y": -1})
+
+
+def test_alpha_crown_mixes_the_planes_of_a_product():
+  """f = x·y − x − y on [−1, 1]², least −1 (at (1, 1), (1, −1), (−1, 1)).
+  CROWN's plane P1 = −x − y − 1 gives f >= −2x − 2y − 1, least −5 (IBP's
+  −3 is kept); the other plane P2 = x + y − 1 gives f >= −1, exact. α-CROWN
+  starts at P1 and must move the mix towards P2."""
+  fn = lambda v: v[:, :1] * v[:, 1:] - v[:, :1] - v[:, 1:]
+  box = Box(jnp.array([[-1.0, -1.0]]), jnp.array([[1.0, 1.0]]))
+  assert float(crown(fn)(box).lower[0, 0]) <= -3.0 + 1e-6
+  optimized = alpha_crown(fn, steps=30)(box).lower
+  assert float(optimized[0, 0]) > -2.0
+  assert float(optimized[0, 0]) <= -1.0 + 1e-5  # sound
 
 
 def test_silu_network_crown_is_tighter_than_ibp_and_differentiable():

@@ -220,27 +220,39 @@ def max_pool(eqn: Eqn, args: Sequence[Any], coeffs: jax.Array, alpha=None):
   return {0: coeffs_in}, inner_product(negative, max_upper)
 
 
-def product(eqn: Eqn, args: Sequence[Any], coeffs: jax.Array, alpha=None):
+def product(eqn: Eqn, args: Sequence[Any], coeffs: jax.Array,
+            alpha: Optional[jax.Array] = None):
   """z = x·y of two bounded values, by McCormick's planes.
 
-  On the box [lx, ux] × [ly, uy], (x − lx)(y − ly) >= 0 and
-  (x − lx)(uy − y) >= 0 give
+  On the box [lx, ux] × [ly, uy], the four products (x − lx)(y − ly),
+  (ux − x)(uy − y), (x − lx)(uy − y), (ux − x)(y − ly) >= 0 give
 
-    ly x + lx y − lx ly  <=  x y  <=  uy x + lx y − lx uy
+    P1 = ly x + lx y − lx ly,  P2 = uy x + ux y − ux uy   <=  x y,
+    Q1 = uy x + lx y − lx uy,  Q2 = ly x + ux y − ux ly   >=  x y,
 
-  (auto_LiRPA's choice among the four planes; the two lower planes agree at
-  the box's centre). Positive coefficients take the lower plane, negative
-  ones the upper: A_x = A⁺ ly + A⁻ uy, A_y = A lx. Both operands may be the
+  and so does any mix λ P1 + (1 − λ) P2, λ Q1 + (1 − λ) Q2 with λ ∈ [0, 1].
+  Positive coefficients take the lower mix, negative ones the upper:
+  A_x = A⁺ (λ ly + (1−λ) uy) + A⁻ (λ uy + (1−λ) ly),
+  A_y = A (λ lx + (1−λ) ux). CROWN takes λ = 1 (auto_LiRPA's planes; P1
+  and P2 agree at the box's centre); α-CROWN optimizes λ per element and
+  specification row, as it does the ReLU's slopes. Both operands may be the
   same value (x·x): their coefficients add up in the backward pass.
   """
-  del alpha
   del eqn
   x, y = (as_interval(a) for a in args)
+  if alpha is None:  # λ = 1 exactly (the other planes may be infinite)
+    blend = lambda first, second: first
+  else:
+    mix = jnp.clip(alpha, 0.0, 1.0)
+    blend = lambda first, second: mix * first + (1 - mix) * second
   positive, negative = jnp.maximum(coeffs, 0), jnp.minimum(coeffs, 0)
-  coeffs_x = positive * y.lower + negative * y.upper
-  coeffs_y = coeffs * x.lower
-  bias = (_masked_inner_product(positive, -x.lower * y.lower) +
-          _masked_inner_product(negative, -x.lower * y.upper))
+  coeffs_x = (positive * blend(y.lower, y.upper) +
+              negative * blend(y.upper, y.lower))
+  coeffs_y = coeffs * blend(x.lower, x.upper)
+  bias = (_masked_inner_product(
+      positive, -blend(x.lower * y.lower, x.upper * y.upper)) +
+          _masked_inner_product(
+              negative, -blend(x.lower * y.upper, x.upper * y.lower)))
   return {0: coeffs_x, 1: coeffs_y}, bias
 
 
