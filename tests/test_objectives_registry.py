@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 
 from cure_jax.models import ConvNet
-from cure_jax.objectives.base import Batch, StepContext
+from cure_jax.bounds import LinfBall, ibp, margin_spec
+from cure_jax.objectives import regularizers, robust_losses
+from cure_jax.objectives.base import (Batch, Network, StepContext, clean_pass,
+                                      moment_subset, robust_cross_entropy)
 from cure_jax.objectives.registry import make_objective
 from cure_jax.settings import load_config
 
@@ -109,3 +112,135 @@ def test_constant_moments_leave_no_backward_pass_through_the_clean_pass(setup):
   through = _count_convolutions(gradient_jaxpr())
   constant = _count_convolutions(gradient_jaxpr(bn_moment_gradients=False))
   assert through - constant == 3
+
+
+def test_moment_subset_takes_every_stride_th_example():
+  images = jnp.arange(10.0)[:, None]
+  np.testing.assert_array_equal(moment_subset(images, 4)[:, 0], [0, 2, 4, 6])
+  np.testing.assert_array_equal(moment_subset(images, 3)[:, 0], [0, 3, 6])
+  assert moment_subset(images, 0) is images
+  assert moment_subset(images, 10) is images
+  assert moment_subset(images, 64) is images
+
+
+def test_ghost_moments_are_the_subsets_moments_with_their_gradient(setup):
+  """bn_moment_examples=m bounds the whole batch with m clean examples' moments.
+
+  Written out by hand: the clean pass on the strided subset, the bounded
+  pass (IBP over every example) with its moments; gradients flow through
+  them exactly as through the whole batch's moments.
+  """
+  params, stats, batch, ctx = setup
+  ghost = _objective(_config(warmup_reg=False, l1_reg=0.0, bn_moment_examples=4),
+                     kappa_is_zero=True)
+
+  def by_hand(p):
+    _, new_stats, moments = clean_pass(MODEL, p, stats, batch.images[::2])
+    network = Network(MODEL.apply, {"params": p, "batch_stats": moments}, 10)
+    robust = robust_losses.ibp_linf(network, batch.images, batch.labels,
+                                    ctx(0.0).eps_linf)
+    return robust.loss.mean(), new_stats
+
+  loss, (new_stats, metrics) = ghost(params, stats, batch, ctx(0.0))
+  expected_loss, expected_stats = jax.jit(by_hand)(params)
+  np.testing.assert_allclose(loss, expected_loss, rtol=1e-5)
+  _assert_trees_close(new_stats, expected_stats, rtol=1e-5, atol=1e-7)
+  _assert_trees_close(
+      _grads(ghost, params, stats, batch, ctx(0.0)),
+      jax.jit(jax.grad(lambda p: by_hand(p)[0]))(params), rtol=1e-4, atol=1e-6)
+  # The whole batch's moments are other numbers: the subset is really used.
+  whole, _ = _objective(_config(warmup_reg=False, l1_reg=0.0),
+                        kappa_is_zero=True)(
+      params, stats, batch, ctx(0.0))
+  assert abs(float(whole) - float(loss)) > 1e-4 * abs(float(whole))
+
+
+def test_ghost_moments_leave_the_natural_epochs_on_the_whole_batch(setup):
+  """While κ may be positive the clean CE needs every example."""
+  params, stats, batch, ctx = setup
+  config = _config(warmup_reg=False, bn_moment_examples=4)
+  for kappa in (1.0, 0.3):
+    ghost = _objective(config)(params, stats, batch, ctx(kappa))
+    whole = _objective(_config(warmup_reg=False))(params, stats, batch,
+                                                  ctx(kappa))
+    np.testing.assert_allclose(ghost[0], whole[0], rtol=1e-6)
+
+
+def _train_mode(v, x):
+  return MODEL.apply(v, x, train=True, mutable=["batch_stats"])
+
+
+def test_midpoint_moments_bound_in_train_mode_without_a_clean_pass(setup):
+  """bn_moments='midpoint', written out: IBP of the train-mode model."""
+  params, stats, batch, ctx = setup
+  objective = _objective(_config(warmup_reg=False, l1_reg=0.0,
+                                 bn_moments="midpoint"), kappa_is_zero=True)
+
+  def by_hand(p):
+    spec = margin_spec(batch.labels, 10)
+    margins, state = ibp(_train_mode, has_aux=True)(
+        {"params": p, "batch_stats": stats},
+        LinfBall(batch.images, ctx(0.0).eps_linf, domain=(0.0, 1.0)),
+        spec=spec)
+    return robust_cross_entropy(margins.lower).mean(), state["batch_stats"]
+
+  loss, (new_stats, metrics) = objective(params, stats, batch, ctx(0.0))
+  expected_loss, expected_stats = jax.jit(by_hand)(params)
+  np.testing.assert_allclose(loss, expected_loss, rtol=1e-5)
+  _assert_trees_close(new_stats, expected_stats, rtol=1e-5, atol=1e-7)
+  assert "updated_batch_stats" not in metrics and "linf_certified" in metrics
+  _assert_trees_close(
+      _grads(objective, params, stats, batch, ctx(0.0)),
+      jax.jit(jax.grad(lambda p: by_hand(p)[0]))(params), rtol=1e-4, atol=1e-6)
+  # The running statistics moved: the pass recorded its moments.
+  assert float(jnp.max(jnp.abs(new_stats["conv_0_bn"]["mean"]))) > 0
+
+
+def test_midpoint_moments_drop_the_clean_pass_from_the_gradient(setup):
+  """5 fewer convolutions than the reference: the clean pass's 2 forward and
+  3 backward ones (no input gradient at the first)."""
+  params, stats, batch, ctx = setup
+  def gradient_jaxpr(**overrides):
+    objective = make_objective(_config(warmup_reg=False, **overrides), MODEL,
+                               kappa_is_zero=True)
+    return jax.make_jaxpr(
+        lambda p: _grads(objective, p, stats, batch, ctx(0.0)))(params).jaxpr
+  clean = _count_convolutions(gradient_jaxpr())
+  midpoint = _count_convolutions(gradient_jaxpr(bn_moments="midpoint"))
+  assert clean - midpoint == 5
+
+
+def test_midpoint_moments_leave_the_natural_epochs_alone(setup):
+  params, stats, batch, ctx = setup
+  for kappa in (1.0, 0.3):
+    midpoint = _objective(_config(bn_moments="midpoint"))(params, stats, batch,
+                                                          ctx(kappa))
+    clean = _objective(_config())(params, stats, batch, ctx(kappa))
+    np.testing.assert_allclose(midpoint[0], clean[0], rtol=1e-6)
+
+
+def test_midpoint_moments_with_warmup_regularize_the_train_mode_bounds(setup):
+  params, stats, batch, ctx = setup
+  context = ctx(0.0)._replace(reg_scale=jnp.float32(0.5))
+  objective = _objective(_config(l1_reg=0.0, bn_moments="midpoint"),
+                         kappa_is_zero=True)
+  loss, (_, metrics) = objective(params, stats, batch, context)
+  input_set = LinfBall(batch.images, context.eps_linf, domain=(0.0, 1.0))
+  (_, preactivations), _ = ibp(_train_mode, return_preactivations=True,
+                               has_aux=True)(
+      {"params": params, "batch_stats": stats}, input_set)
+  expected = regularizers.warmup_regularizer(
+      preactivations, input_set.bounding_box().radius.mean())
+  np.testing.assert_allclose(metrics["warmup_reg"], expected, rtol=1e-5)
+  np.testing.assert_allclose(loss, metrics["robust_loss"] + 0.5 * expected,
+                             rtol=1e-5)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(method="crown_ibp", bn_moments="midpoint"), "bounded passes are all IBP"),
+    (dict(method="pgd_linf", bn_moments="midpoint"), "'sabr'"),
+    (dict(bn_moments="centre"), r"valid ones are \['clean', 'midpoint'\]"),
+])
+def test_bad_bn_moments_name_the_valid_choices(overrides, message):
+  with pytest.raises(ValueError, match=message):
+    make_objective(_config(**overrides), MODEL, kappa_is_zero=True)

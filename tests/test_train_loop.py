@@ -274,3 +274,26 @@ def test_finetune_from_a_missing_run_says_to_train_it_first(
   with pytest.raises(FileNotFoundError, match="train the l∞ model there"):
     loop.train_and_evaluate(config, str(tmp_path / "run"))
   assert not source.exists()  # nothing created where the source should be
+
+
+@pytest.mark.parametrize("method", ["sabr", "cure_max"])
+def test_midpoint_moments_train_a_batchnorm_model_end_to_end(
+    mnist_files, tfds_dir, tmp_path, method):
+  """No clean pass after the natural epoch: the running statistics still move
+  (the bounded passes record their midpoints' moments), and stay finite."""
+  config = tiny_config(mnist_files, tfds_dir, method=method,
+                       bn_moments="midpoint", **{"model.name": "small_cnn",
+                                                 "eval.final_examples": 4})
+  results = loop.train_and_evaluate(config, str(tmp_path / "midpoint"))
+  assert results["steps"] == 9
+  natural_only = tiny_config(mnist_files, tfds_dir, method="natural",
+                             num_epochs=1, **{"model.name": "small_cnn",
+                                              "eval.final_examples": 4})
+  loop.train_and_evaluate(natural_only, str(tmp_path / "natural"))
+  after = restored_params(config, tmp_path / "midpoint")
+  before = restored_params(natural_only, tmp_path / "natural")
+  assert all(np.all(np.isfinite(p)) for p in jax.tree.leaves(after))
+  # The same first epoch (same seed), then 6 midpoint steps moved the stats.
+  moved = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))),
+                       after["batch_stats"], before["batch_stats"])
+  assert min(jax.tree.leaves(moved)) > 0

@@ -203,6 +203,8 @@ def apply(eqn: Eqn, args: Sequence[Any], ibp_table) -> List[Any]:
   """Applies ``eqn`` with at least one `PendingBall` operand."""
   args = list(args)
   positions = [i for i, a in enumerate(args) if isinstance(a, PendingBall)]
+  if eqn.name == "midpoint":  # a value of the set's box, not a new set
+    positions = []
   if _is_first_mixing(eqn, args):
     return [_mixing_bound(eqn, args, args[0])]
   if len(positions) == 1 and len(args) <= 2:

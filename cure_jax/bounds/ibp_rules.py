@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, List, Sequence
 
 import jax.numpy as jnp
 
+from cure_jax.bounds import midpoint
 from cure_jax.bounds.graph import Eqn, evaluate_concrete
 from cure_jax.bounds.interval import Interval
 
@@ -174,4 +175,5 @@ RULES.update({
     "ge": compare, "gt": compare, "le": compare, "lt": compare,
     "dot_general": bilinear,
     "conv_general_dilated": bilinear,
+    midpoint.midpoint_p.name: midpoint.ibp_rule,
 })

@@ -123,7 +123,27 @@ def _check_bound(bound: str) -> bool:
   return bound == "both"
 
 
-def ibp(fn: Callable, return_preactivations: bool = False) -> Callable:
+def _split_aux(graph: Graph, env: Env):
+  """(the graph of ``fn``'s first output, its second output's values).
+
+  For ``has_aux``: ``fn`` returns ``(output, aux)``; aux leaves are returned as
+  they are in ``env`` — arrays where they do not depend on an input set (or
+  come through `midpoint`), `Interval`s where they do.
+  """
+  children = graph.out_tree.children()
+  if graph.out_tree.num_nodes == 1 or len(children) != 2:
+    raise ValueError("has_aux=True needs a function returning a pair "
+                     "(output, aux).")
+  main, aux_tree = children
+  n = main.num_leaves
+  aux = [read(env, atom) for atom in graph.outputs[n:]]
+  aux = [as_interval(a) if is_bounded(a) else a for a in aux]
+  return (graph._replace(outputs=graph.outputs[:n], out_tree=main),
+          jax.tree_util.tree_unflatten(aux_tree, aux))
+
+
+def ibp(fn: Callable, return_preactivations: bool = False,
+        has_aux: bool = False) -> Callable:
   """Interval bound propagation of ``fn`` (Gowal et al., 2018).
 
   Center/radius form for affine operations; an l_p ball is bounded exactly
@@ -135,6 +155,12 @@ def ibp(fn: Callable, return_preactivations: bool = False) -> Callable:
     return_preactivations: also return the list of the `Interval`s entering
       each ReLU (``max`` with a constant), in execution order — what Shi et
       al.'s warm-up regularizers need.
+    has_aux: like `jax.grad`'s: ``fn`` returns ``(output, aux)``; only the
+      output is bounded, and ``aux`` comes back as computed — arrays where it
+      does not depend on an input set or comes through `midpoint` (e.g. a
+      train-mode Flax ``apply`` with ``mutable=['batch_stats']`` returns the
+      running statistics updated with the moments of the bounds' centres),
+      `Interval`s elsewhere.
 
   Returns:
     ``bounded(*args, spec=None, **kwargs)`` returning `Interval`s with the
@@ -145,6 +171,8 @@ def ibp(fn: Callable, return_preactivations: bool = False) -> Callable:
   def bounded(*args, spec=None, **kwargs):
     graph, leaves = _trace_checked(fn, args, kwargs)
     env = propagate(graph, leaves, ibp_rules.RULES, "IBP")
+    if has_aux:
+      graph, aux = _split_aux(graph, env)
     if spec is None:
       result = _output_intervals(graph, env)
     else:
@@ -153,8 +181,8 @@ def ibp(fn: Callable, return_preactivations: bool = False) -> Callable:
           graph, env, _sets_by_id(graph, leaves), {out: start},
           linear_rules.RULES, stop=_stop_at_nonaffine(env)))
     if return_preactivations:
-      return result, list(_unstable_relus(graph, env).values())
-    return result
+      result = result, list(_unstable_relus(graph, env).values())
+    return (result, aux) if has_aux else result
   return bounded
 
 

@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from cure_jax.bounds.midpoint import midpoint
+
 RUNNING_STATS = 'batch_stats'
 BATCH_MOMENTS = 'batch_moments'
 
@@ -137,7 +139,9 @@ class BatchNorm(nn.Module):
           f'BatchNorm in train mode needs more than one value per channel to '
           f'estimate a variance; got shape {x.shape}. Use a larger batch, or '
           f'train=False to normalize with the running statistics.')
-    mean, var = batch_moments(x)
+    # On data midpoint(x) is x; bounded in train mode, the moments are those
+    # of the bounds' centres (`cure_jax.bounds.midpoint`).
+    mean, var = batch_moments(midpoint(x))
     if not self.is_initializing():
       self._record(mean, var, count, running_mean, running_var)
     return normalize(x, mean, var, scale, bias, self.epsilon)

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import optax
 
 from cure_jax.bounds import Interval, LinfBall, ibp, margin_spec, pad_margins
+from cure_jax.models.batch_norm import RUNNING_STATS
 
 Params = Any
 Metrics = Dict[str, jax.Array]
@@ -59,23 +60,47 @@ class Network(NamedTuple):
 
   Attributes:
     apply: the Flax ``model.apply``.
-    variables: ``{'params': ..., 'batch_stats': ...}``; during training the
-      statistics are the clean batch's moments.
+    variables: ``{'params': ..., 'batch_stats': ...}``; during training with
+      clean moments (the reference) the statistics are the clean batch's
+      moments, with midpoint moments the running statistics.
     num_classes: K.
+    midpoint_moments: bound the model in train mode, so that each BatchNorm
+      normalizes with the moments of the midpoints of its bounded input
+      (`cure_jax.bounds.midpoint`; auto_LiRPA's IBP without a clean pass);
+      ``logits`` (the attacks) then use the running statistics.
   """
 
   apply: Callable
   variables: Dict[str, Any]
   num_classes: int
+  midpoint_moments: bool = False
 
   def logits(self, x: jax.Array) -> jax.Array:
     return self.apply(self.variables, x, train=False)
 
   def margin_bounds(self, input_set, labels, transform=ibp) -> Interval:
     """[B, K-1] bounds of the margins z_y − z_j over ``input_set``."""
+    return self.margin_bounds_and_stats(input_set, labels, transform)[0]
+
+  def margin_bounds_and_stats(self, input_set, labels, transform=ibp):
+    """(margin bounds, running statistics updated by this pass, or None).
+
+    With ``midpoint_moments`` the pass is a train-mode one: its BatchNorms
+    normalize with, and update the running statistics by, the moments of
+    their bounded inputs' midpoints; ``transform`` must then be `ibp`.
+    """
     spec = margin_spec(labels, self.num_classes)
-    return transform(self.apply)(self.variables, input_set, train=False,
-                                 spec=spec)
+    if not self.midpoint_moments:
+      return transform(self.apply)(self.variables, input_set, train=False,
+                                   spec=spec), None
+    if transform is not ibp:
+      raise ValueError("midpoint BatchNorm moments are implemented for IBP "
+                       f"only, not {getattr(transform, '__name__', transform)}.")
+    train_mode = lambda v, x: self.apply(v, x, train=True,
+                                         mutable=[RUNNING_STATS])
+    bounds, state = ibp(train_mode, has_aux=True)(self.variables, input_set,
+                                                  spec=spec)
+    return bounds, state[RUNNING_STATS]
 
 
 def clean_pass(model, params, batch_stats, images):
@@ -85,6 +110,29 @@ def clean_pass(model, params, batch_stats, images):
       mutable=["batch_stats", "batch_moments"])
   return (logits, state.get("batch_stats", batch_stats),
           state.get("batch_moments", batch_stats))
+
+
+def moment_subset(images: jax.Array, examples: int) -> jax.Array:
+  """Every (B // m)-th example of the batch: the m whose moments stand for it.
+
+  Ghost statistics (Hoffer et al., 2017, "Train longer, generalize better"):
+  BatchNorm moments estimated from m of the batch's B clean examples. The
+  batch is shuffled, so the choice is a random sample; it is strided rather
+  than a prefix so that a batch sharded over devices keeps an equal share
+  of the m on every device.
+
+  Args:
+    images: [B, ...] the clean batch.
+    examples: m; 0, or m ≥ B, keeps the whole batch.
+
+  Returns:
+    [min(m, B), ...] (or the batch itself).
+  """
+  batch = images.shape[0]
+  if not examples or examples >= batch:
+    return images
+  stride = batch // examples
+  return images[:stride * examples:stride]
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:

@@ -38,7 +38,8 @@ from cure_jax.objectives import (adversarial, bound_alignment, multi_norm,
                                  patch_training, regularizers, robust_losses)
 from cure_jax.objectives.base import (DOMAIN, Batch, Metrics, Network,
                                       Objective, StepContext, accuracy,
-                                      clean_pass, cross_entropy)
+                                      clean_pass, cross_entropy,
+                                      moment_subset)
 
 RobustTerm = Callable[[Network, Batch, StepContext], Tuple[jax.Array, Metrics]]
 
@@ -76,21 +77,34 @@ def _certified_metrics(prefix, robust):
           f"{prefix}_certified": robust.certified.mean()}
 
 
+# Metrics key under which a term returns the running statistics its
+# midpoint-moment pass updated (popped by the objective, never logged).
+UPDATED_STATS = "updated_batch_stats"
+
+
+def _updated_stats(robust) -> Metrics:
+  return ({} if robust.batch_stats is None else
+          {UPDATED_STATS: robust.batch_stats})
+
+
 def _ibp_term(config, network, batch, ctx):
   del config
   robust = robust_losses.ibp_linf(network, batch.images, batch.labels,
                                   ctx.eps_linf)
-  return robust.loss.mean(), _certified_metrics("linf", robust)
+  return robust.loss.mean(), {**_certified_metrics("linf", robust),
+                              **_updated_stats(robust)}
 
 
 def _sabr_term(config, network, batch, ctx):
   robust = _linf_loss(config, network, batch, ctx, _keys(ctx)[0])
-  return robust.loss.mean(), _certified_metrics("linf", robust)
+  return robust.loss.mean(), {**_certified_metrics("linf", robust),
+                              **_updated_stats(robust)}
 
 
 def _l2_term(config, network, batch, ctx):
   robust = _l2_loss(config, network, batch, ctx, _keys(ctx)[1])
-  return robust.loss.mean(), _certified_metrics("l2", robust)
+  return robust.loss.mean(), {**_certified_metrics("l2", robust),
+                              **_updated_stats(robust)}
 
 
 def _crown_ibp_term(config, network, batch, ctx):
@@ -148,7 +162,8 @@ def _cure_term(config, network, batch, ctx):
     loss = (multi_norm.joint(linf.loss, l2.loss, cure.alpha)
             if cure.combine == "joint" else
             multi_norm.maximum(linf.loss, l2.loss))
-  metrics = {**_certified_metrics("linf", linf), **_certified_metrics("l2", l2)}
+  metrics = {**_certified_metrics("linf", linf), **_certified_metrics("l2", l2),
+             **_updated_stats(linf)}  # the l∞ pass's moments (all examples)
   if cure.ba_weight:
     ba = bound_alignment.bound_alignment(
         linf.logits, l2.logits, linf.certified, l2.certified,
@@ -176,6 +191,26 @@ ROBUST_TERMS: Dict[str, Callable] = {
 METHODS = tuple(ROBUST_TERMS)
 
 
+# BatchNorm moments of the bounded pass once κ = 0 (`config.bn_moments`).
+CLEAN, MIDPOINT = "clean", "midpoint"
+# Methods whose every bounded pass is IBP, and so may use midpoint moments.
+MIDPOINT_METHODS = ("ibp", "sabr", "l2", "cure_joint", "cure_max",
+                    "cure_random", "cure_scratch", "cure_finetune")
+
+
+def check_bn_moments(config: ml_collections.ConfigDict) -> None:
+  """Raises a ValueError for an unknown ``bn_moments`` or a method without it."""
+  bn_moments = config.get("bn_moments", CLEAN)
+  if bn_moments not in (CLEAN, MIDPOINT):
+    raise ValueError(f"unknown bn_moments {bn_moments!r}; valid ones are "
+                     f"{[CLEAN, MIDPOINT]}.")
+  if bn_moments == MIDPOINT and config.method not in MIDPOINT_METHODS:
+    raise ValueError(
+        f"bn_moments='midpoint' needs a method whose bounded passes are all "
+        f"IBP, one of {list(MIDPOINT_METHODS)}; got {config.method!r}. Use "
+        "bn_moments='clean'.")
+
+
 def check_method(method: str) -> None:
   if method not in ROBUST_TERMS:
     raise ValueError(f"unknown method {method!r}; valid methods are "
@@ -185,8 +220,13 @@ def check_method(method: str) -> None:
 def _warmup_term(network: Network, batch: Batch, ctx: StepContext):
   """Shi et al.'s warm-up regularizers on IBP bounds of B∞(x, ε∞)."""
   input_set = LinfBall(batch.images, ctx.eps_linf, domain=DOMAIN)
-  spec_free = ibp(network.apply, return_preactivations=True)
-  _, preactivations = spec_free(network.variables, input_set, train=False)
+  if network.midpoint_moments:
+    fn = lambda v, s: network.apply(v, s, train=True, mutable=["batch_stats"])
+    (_, preactivations), _ = ibp(fn, return_preactivations=True, has_aux=True)(
+        network.variables, input_set)
+  else:
+    spec_free = ibp(network.apply, return_preactivations=True)
+    _, preactivations = spec_free(network.variables, input_set, train=False)
   input_radius = input_set.bounding_box().radius.mean()
   return regularizers.warmup_regularizer(preactivations, input_radius)
 
@@ -213,7 +253,12 @@ def make_objective(config: ml_collections.ConfigDict, model, *,
       the natural epochs): the clean CE is then left out of the loss and
       differentiated only through BatchNorm's batch moments — and not at all
       when ``config.bn_moment_gradients`` is False, which makes the moments
-      constants of the bounded pass.
+      constants of the bounded pass. Only then do the faster moment options
+      apply: ``config.bn_moment_examples`` (the clean pass on a subset,
+      `moment_subset`) and ``config.bn_moments = 'midpoint'`` (no clean pass:
+      each BatchNorm of the bounded pass normalizes with the moments of its
+      input bounds' midpoints, which also update the running statistics; the
+      attacks use the running statistics).
 
   Returns:
     ``objective(params, batch_stats, batch, ctx)``.
@@ -225,24 +270,26 @@ def make_objective(config: ml_collections.ConfigDict, model, *,
   num_classes = config.model.num_classes
   clean_is_metric = kappa_is_zero and robust_term is not None
   moment_gradients = config.get("bn_moment_gradients", True)
+  # After the natural epochs the clean pass only yields the moments, so it
+  # may run on a subset of the batch (`moment_subset`).
+  moment_examples = config.get("bn_moment_examples", 0) if clean_is_metric else 0
+
+  check_bn_moments(config)
+  midpoint = config.get("bn_moments", CLEAN) == MIDPOINT and clean_is_metric
 
   def objective(params, batch_stats, batch: Batch, ctx: StepContext):
-    logits, new_stats, moments = clean_pass(model, params, batch_stats,
-                                            batch.images)
-    if not moment_gradients:
-      moments = jax.lax.stop_gradient(moments)
-    if clean_is_metric:
-      logits = jax.lax.stop_gradient(logits)
-    clean = cross_entropy(logits, batch.labels).mean()
-    metrics = {"clean_loss": clean, "accuracy": accuracy(logits, batch.labels)}
-    loss = clean
-    network = Network(model.apply, {"params": params, "batch_stats": moments},
-                      num_classes)
-    if robust_term is not None:
-      robust_loss, robust_metrics = robust_term(config, network, batch, ctx)
-      loss = (robust_loss if clean_is_metric else
-              (1.0 - ctx.kappa) * robust_loss + ctx.kappa * clean)
-      metrics.update(robust_metrics, robust_loss=robust_loss)
+    if midpoint:
+      # No clean pass: the bounded pass normalizes with its own midpoints'
+      # moments and updates the running statistics.
+      network = Network(model.apply, {"params": params,
+                                      "batch_stats": batch_stats},
+                        num_classes, midpoint_moments=True)
+      loss, metrics = robust_term(config, network, batch, ctx)
+      new_stats = metrics.pop(UPDATED_STATS)
+      metrics["robust_loss"] = loss
+    else:
+      network, loss, new_stats, metrics = _with_clean_moments(
+          params, batch_stats, batch, ctx)
     if with_warmup:
       reg = _warmup_term(network, batch, ctx)
       loss = loss + ctx.reg_scale * reg
@@ -253,5 +300,28 @@ def make_objective(config: ml_collections.ConfigDict, model, *,
       metrics["l1"] = l1
     metrics["loss"] = loss
     return loss, (new_stats, metrics)
+
+  def _with_clean_moments(params, batch_stats, batch, ctx):
+    """The reference: the clean pass's moments are the bounded pass's."""
+    clean_images = moment_subset(batch.images, moment_examples)
+    logits, new_stats, moments = clean_pass(model, params, batch_stats,
+                                            clean_images)
+    if not moment_gradients:
+      moments = jax.lax.stop_gradient(moments)
+    if clean_is_metric:
+      logits = jax.lax.stop_gradient(logits)
+    clean_labels = moment_subset(batch.labels, moment_examples)
+    clean = cross_entropy(logits, clean_labels).mean()
+    metrics = {"clean_loss": clean, "accuracy": accuracy(logits, clean_labels)}
+    loss = clean
+    network = Network(model.apply, {"params": params, "batch_stats": moments},
+                      num_classes)
+    if robust_term is not None:
+      robust_loss, robust_metrics = robust_term(config, network, batch, ctx)
+      robust_metrics.pop(UPDATED_STATS, None)
+      loss = (robust_loss if clean_is_metric else
+              (1.0 - ctx.kappa) * robust_loss + ctx.kappa * clean)
+      metrics.update(robust_metrics, robust_loss=robust_loss)
+    return network, loss, new_stats, metrics
 
   return objective

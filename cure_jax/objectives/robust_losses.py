@@ -17,7 +17,7 @@ propagated region is certified. They are the pieces CURE combines.
   affine layer by the dual norm and by IBP after it.
 """
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -33,11 +33,20 @@ class RobustLoss(NamedTuple):
   loss: jax.Array  # [B] robust cross-entropy
   logits: jax.Array  # [B, K] worst-case logits o = [0, -lb]
   certified: jax.Array  # [B] bool: the propagated region is certified
+  # Running statistics updated by a train-mode (midpoint-moment) pass, or None.
+  batch_stats: Any = None
 
 
-def _from_margins(margin_lower: jax.Array) -> RobustLoss:
+def _from_margins(margin_lower: jax.Array, batch_stats=None) -> RobustLoss:
   return RobustLoss(robust_cross_entropy(margin_lower),
-                    worst_case_logits(margin_lower), certified(margin_lower))
+                    worst_case_logits(margin_lower), certified(margin_lower),
+                    batch_stats)
+
+
+def _bounded(network: Network, region, labels) -> RobustLoss:
+  """The robust loss of IBP's margin bounds over ``region``."""
+  margins, batch_stats = network.margin_bounds_and_stats(region, labels)
+  return _from_margins(margins.lower, batch_stats)
 
 
 def _per_example(value, x):
@@ -48,8 +57,7 @@ def _per_example(value, x):
 
 def ibp_linf(network: Network, images, labels, eps) -> RobustLoss:
   """IBP robust CE over B∞(x, ε) ∩ [0, 1]."""
-  margins = network.margin_bounds(LinfBall(images, eps, domain=DOMAIN), labels)
-  return _from_margins(margins.lower)
+  return _bounded(network, LinfBall(images, eps, domain=DOMAIN), labels)
 
 
 def _big_box(images, eps):
@@ -122,7 +130,7 @@ def sabr_linf(network: Network, images, labels, eps, *, lam: float,
                             steps=pgd_steps, norm="linf", domain=DOMAIN)
   region = jax.lax.stop_gradient(
       small_box(adversarial, images, eps, lam * eps))
-  return _from_margins(network.margin_bounds(region, labels).lower)
+  return _bounded(network, region, labels)
 
 
 def l2_sabr_box(network: Network, images, labels, eps, *, lam: float,
@@ -133,8 +141,7 @@ def l2_sabr_box(network: Network, images, labels, eps, *, lam: float,
   tau = lam * eps
   lo = jnp.zeros_like(images) + _per_example(tau, images)
   center = jax.lax.stop_gradient(jnp.clip(adversarial, lo, 1.0 - lo))
-  margins = network.margin_bounds(LinfBall(center, tau, domain=DOMAIN), labels)
-  return _from_margins(margins.lower)
+  return _bounded(network, LinfBall(center, tau, domain=DOMAIN), labels)
 
 
 def small_l2_ball(adversarial, images, eps, lam) -> L2Ball:
@@ -163,4 +170,4 @@ def l2_certified(network: Network, images, labels, eps, *, lam: float,
   adversarial = sabr_attack(network.logits, images, labels, eps=eps, key=key,
                             steps=pgd_steps, norm="l2", domain=DOMAIN)
   region = jax.lax.stop_gradient(small_l2_ball(adversarial, images, eps, lam))
-  return _from_margins(network.margin_bounds(region, labels).lower)
+  return _bounded(network, region, labels)
