@@ -12,6 +12,11 @@ CPU variant (the small CNN, a short schedule; measured on 2 cores: SABR
   python -m cure_jax.main --config=configs/mnist.py:cpu=True,method=ibp \
       --workdir=/tmp/mnist_cpu
 
+Without the clean forward pass (BatchNorm moments of the bounded pass's
+midpoints; IBP steps 1.8-1.9x natural instead of 2.5-2.9x; SABR measured at
+98.10% clean / 94.82% certified, 6 min 21 s, against 98.04% / 94.90% with
+the default): add --config.bn_moments=midpoint.
+
 Arguments (after the colon): setting=small|large, method=<see
 cure_jax/objectives/registry.py>, cpu=True|False. Any key can be overridden
 with --config.<key>=<value>, e.g. --config.num_epochs=5.

@@ -108,7 +108,8 @@ def base_config() -> ml_collections.ConfigDict:
   # "midpoint": the moments of the midpoints of each BatchNorm's bounded
   # input, with no clean pass (auto_LiRPA's IBP without a forward pass; IBP
   # 1.8-1.9x natural; the MNIST CPU SABR job ends at 98.1% / 94.8%, as with
-  # "clean"); for methods whose bounded passes are all IBP.
+  # "clean"; with no clean pass, training logs no clean accuracy after the
+  # natural epochs); for methods whose bounded passes are all IBP.
   c.bn_moments = "clean"
   # With "clean": the number of clean examples whose moments stand for the
   # batch's (ghost statistics, `objectives.base.moment_subset`); 0 = all of
