@@ -5,12 +5,14 @@ An objective is a pure function
     objective(params, batch_stats, batch, context) -> (loss, (batch_stats, metrics))
 
 of the parameters, the BatchNorm running statistics, a `Batch` and the
-`StepContext` (the step's PRNG key and scheduled values). It runs the clean
-forward pass in train mode — which updates the running statistics and yields
-the clean batch's moments — and bounds the network with those moments as
-constants (spec §2), so each BatchNorm is a fixed affine map in the bounded
-pass. Objectives are built by `cure_jax.objectives.make_objective(config,
-model)`; each method lives in its own module.
+`StepContext` (the step's PRNG key and scheduled values). By default it runs the
+clean forward pass in train mode — which updates the running statistics and
+yields the clean batch's moments — and bounds the network with those moments
+(spec §2), so each BatchNorm is a fixed affine map in the bounded pass; with
+``config.bn_moments = 'midpoint'`` it skips the clean pass and bounds the
+network in train mode instead (`Network.midpoint_moments`). Objectives are
+built by `cure_jax.objectives.make_objective(config, model)`; each method
+lives in its own module.
 """
 
 from typing import Any, Callable, Dict, NamedTuple, Tuple
@@ -96,11 +98,13 @@ class Network(NamedTuple):
     if transform is not ibp:
       raise ValueError("midpoint BatchNorm moments are implemented for IBP "
                        f"only, not {getattr(transform, '__name__', transform)}.")
-    train_mode = lambda v, x: self.apply(v, x, train=True,
-                                         mutable=[RUNNING_STATS])
-    bounds, state = ibp(train_mode, has_aux=True)(self.variables, input_set,
-                                                  spec=spec)
+    bounds, state = ibp(self.train_mode, has_aux=True)(
+        self.variables, input_set, spec=spec)
     return bounds, state[RUNNING_STATS]
+
+  def train_mode(self, variables, x):
+    """``apply`` in train mode: (output, {running statistics, updated})."""
+    return self.apply(variables, x, train=True, mutable=[RUNNING_STATS])
 
 
 def clean_pass(model, params, batch_stats, images):

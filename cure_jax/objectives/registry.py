@@ -221,9 +221,8 @@ def _warmup_term(network: Network, batch: Batch, ctx: StepContext):
   """Shi et al.'s warm-up regularizers on IBP bounds of B∞(x, ε∞)."""
   input_set = LinfBall(batch.images, ctx.eps_linf, domain=DOMAIN)
   if network.midpoint_moments:
-    fn = lambda v, s: network.apply(v, s, train=True, mutable=["batch_stats"])
-    (_, preactivations), _ = ibp(fn, return_preactivations=True, has_aux=True)(
-        network.variables, input_set)
+    (_, preactivations), _ = ibp(network.train_mode, return_preactivations=True,
+                                 has_aux=True)(network.variables, input_set)
   else:
     spec_free = ibp(network.apply, return_preactivations=True)
     _, preactivations = spec_free(network.variables, input_set, train=False)

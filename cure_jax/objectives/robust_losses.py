@@ -1,8 +1,10 @@
 """Per-example certified losses over one threat model (spec §2).
 
 Each returns a `RobustLoss`: the per-example robust cross-entropy, the
-worst-case logits o = [0, −lb] (needed by bound alignment) and whether the
-propagated region is certified. They are the pieces CURE combines.
+worst-case logits o = [0, −lb] (needed by bound alignment), whether the
+propagated region is certified and, from a network bounded with midpoint
+BatchNorm moments, the running statistics its pass updated. They are the
+pieces CURE combines.
 
 * `ibp_linf`: IBP over the whole ball B∞(x, ε) ∩ [0, 1] (Gowal et al., 2018).
 * `sabr_linf`: SABR (Müller et al., ICLR 2023): PGD inside the ball, the
