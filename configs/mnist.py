@@ -14,7 +14,7 @@ CPU variant (the small CNN, a short schedule; measured on 2 cores: SABR
 
 Without the clean forward pass (BatchNorm moments of the bounded pass's
 midpoints; IBP steps 1.8-1.9x natural instead of 2.5-2.9x; SABR measured at
-98.10% clean / 94.82% certified, 6 min 21 s, against 98.04% / 94.90% with
+98.10% clean / 94.82% certified, 5 min 24 s, against 98.04% / 94.90% with
 the default): add --config.bn_moments=midpoint.
 
 Arguments (after the colon): setting=small|large, method=<see
