@@ -31,6 +31,7 @@ import numpy as np
 from cure_jax.bounds import ibp_rules
 from cure_jax.bounds.graph import Eqn, evaluate_concrete
 from cure_jax.bounds.interval import Interval
+from cure_jax.bounds.midpoint import midpoint_p
 from cure_jax.bounds.sets import LpBall
 
 
@@ -203,7 +204,7 @@ def apply(eqn: Eqn, args: Sequence[Any], ibp_table) -> List[Any]:
   """Applies ``eqn`` with at least one `PendingBall` operand."""
   args = list(args)
   positions = [i for i, a in enumerate(args) if isinstance(a, PendingBall)]
-  if eqn.name == "midpoint":  # a value of the set's box, not a new set
+  if eqn.name == midpoint_p.name:  # a value of the set's box, not a new set
     positions = []
   if _is_first_mixing(eqn, args):
     return [_mixing_bound(eqn, args, args[0])]
