@@ -96,6 +96,15 @@ def _count_convolutions(jaxpr) -> int:
   return count
 
 
+def _gradient_convolutions(setup, **overrides) -> int:
+  """Convolutions in the jaxpr of the κ = 0 objective's parameter gradient."""
+  params, stats, batch, ctx = setup
+  objective = make_objective(_config(warmup_reg=False, **overrides), MODEL,
+                             kappa_is_zero=True)
+  return _count_convolutions(jax.make_jaxpr(
+      lambda p: _grads(objective, p, stats, batch, ctx(0.0)))(params).jaxpr)
+
+
 def test_constant_moments_leave_no_backward_pass_through_the_clean_pass(setup):
   """With κ = 0 and constant moments the clean pass is forward only.
 
@@ -103,14 +112,8 @@ def test_constant_moments_leave_no_backward_pass_through_the_clean_pass(setup):
   the weight gradient of the first convolution (its input is data) and the
   input and weight gradients of the second — 3 fewer convolutions.
   """
-  params, stats, batch, ctx = setup
-  def gradient_jaxpr(**overrides):
-    objective = make_objective(_config(warmup_reg=False, **overrides), MODEL,
-                               kappa_is_zero=True)
-    return jax.make_jaxpr(
-        lambda p: _grads(objective, p, stats, batch, ctx(0.0)))(params).jaxpr
-  through = _count_convolutions(gradient_jaxpr())
-  constant = _count_convolutions(gradient_jaxpr(bn_moment_gradients=False))
+  through = _gradient_convolutions(setup)
+  constant = _gradient_convolutions(setup, bn_moment_gradients=False)
   assert through - constant == 3
 
 
@@ -199,14 +202,8 @@ def test_midpoint_moments_bound_in_train_mode_without_a_clean_pass(setup):
 def test_midpoint_moments_drop_the_clean_pass_from_the_gradient(setup):
   """5 fewer convolutions than the reference: the clean pass's 2 forward and
   3 backward ones (no input gradient at the first)."""
-  params, stats, batch, ctx = setup
-  def gradient_jaxpr(**overrides):
-    objective = make_objective(_config(warmup_reg=False, **overrides), MODEL,
-                               kappa_is_zero=True)
-    return jax.make_jaxpr(
-        lambda p: _grads(objective, p, stats, batch, ctx(0.0)))(params).jaxpr
-  clean = _count_convolutions(gradient_jaxpr())
-  midpoint = _count_convolutions(gradient_jaxpr(bn_moments="midpoint"))
+  clean = _gradient_convolutions(setup)
+  midpoint = _gradient_convolutions(setup, bn_moments="midpoint")
   assert clean - midpoint == 5
 
 

@@ -23,7 +23,6 @@ import jax
 import jax.extend as jex
 from jax.interpreters import ad, batching, mlir
 
-from cure_jax.bounds.interval import Interval
 
 midpoint_p = jex.core.Primitive("midpoint")
 midpoint_p.def_impl(lambda x: x)
@@ -40,7 +39,7 @@ def midpoint(x: jax.Array) -> jax.Array:
 
 
 def ibp_rule(eqn, args):
-  """[(l + u) / 2]: a concrete value, not an interval."""
+  """[(l + u) / 2] of the operand's `Interval`: a concrete value, not a set."""
   del eqn
-  (x,) = args
-  return [x.center if isinstance(x, Interval) else x]
+  (bounds,) = args
+  return [bounds.center]
