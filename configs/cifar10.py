@@ -32,15 +32,29 @@ from cure_jax.models import INPUT_NORMALIZATION
 MEAN, STD = INPUT_NORMALIZATION["cifar10"]  # spec §5, inside the model
 
 SETTINGS = {
-    # ε∞/λ∞, ε2 train (eval in `eval`), schedule, l1 reg, CURE weights.
-    "small": dict(eps_linf=2 / 255, lambda_linf=0.1, eps_l2_train=0.25,
-                  num_epochs=160, lr_milestones=(120, 140), l1_reg=1e-6,
-                  ba_weight=2.0, gp_beta=0.8,
-                  eval_eps=(2 / 255, 0.25, 0.5)),
-    "large": dict(eps_linf=8 / 255, lambda_linf=0.7, eps_l2_train=0.5,
-                  num_epochs=180, lr_milestones=(140, 160), l1_reg=0.0,
-                  ba_weight=2.0, gp_beta=0.8,
-                  eval_eps=(8 / 255, 0.5, 1.0)),
+  # ε∞/λ∞, ε2 train (eval in `eval`), schedule, l1 reg, CURE weights.
+  "small": dict(
+    eps_linf=2 / 255,
+    lambda_linf=0.1,
+    eps_l2_train=0.25,
+    num_epochs=160,
+    lr_milestones=(120, 140),
+    l1_reg=1e-6,
+    ba_weight=2.0,
+    gp_beta=0.8,
+    eval_eps=(2 / 255, 0.25, 0.5),
+  ),
+  "large": dict(
+    eps_linf=8 / 255,
+    lambda_linf=0.7,
+    eps_l2_train=0.5,
+    num_epochs=180,
+    lr_milestones=(140, 160),
+    l1_reg=0.0,
+    ba_weight=2.0,
+    gp_beta=0.8,
+    eval_eps=(8 / 255, 0.5, 1.0),
+  ),
 }
 
 
@@ -52,8 +66,9 @@ def get_config(arg=None):
   c = settings.base_config()
   c.method = arg.method
   c.dataset.name = "cifar10"
-  c.model = settings.ml_collections.ConfigDict(dict(
-      name="cnn7", num_classes=10, mean=MEAN, std=STD))
+  c.model = settings.ml_collections.ConfigDict(
+    dict(name="cnn7", num_classes=10, mean=MEAN, std=STD)
+  )
 
   c.eps_linf, c.lambda_linf = row["eps_linf"], row["lambda_linf"]
   c.eps_l2_train = row["eps_l2_train"]
@@ -66,13 +81,16 @@ def get_config(arg=None):
   # bounds cost memory quadratic in their width: bound them by IBP.
   c.eval.methods = ("ibp", "crown_ibp", "alpha_crown_ibp")
   c.cure.ba_direction = "linf_to_l2"  # the reverse direction (spec §3)
-  settings.apply_method(c, arg.method, row, finetune_schedule=(36, (28, 32), 16))
+  settings.apply_method(
+    c, arg.method, row, finetune_schedule=(36, (28, 32), 16)
+  )
 
   if arg.cpu:
     # The small CNN on a training subset and a short schedule that fit a
     # laptop CPU.
-    c.model = settings.ml_collections.ConfigDict(dict(
-        name="small_cnn", num_classes=10, mean=MEAN, std=STD))
+    c.model = settings.ml_collections.ConfigDict(
+      dict(name="small_cnn", num_classes=10, mean=MEAN, std=STD)
+    )
     c.dataset.train_examples = 2048
     settings.apply_cpu_schedule(c, arg.method)
     c.eval.batch_size = 100

@@ -25,13 +25,25 @@ with --config.<key>=<value>, e.g. --config.num_epochs=5.
 from cure_jax import settings
 
 SETTINGS = {
-    # ε∞/λ∞, ε2 train (eval in `eval`), schedule, l1 reg, CURE weights.
-    "small": dict(eps_linf=0.1, lambda_linf=0.4, eps_l2_train=0.75,
-                  l1_reg=1e-5, ba_weight=2.0, gp_beta=0.8,
-                  eval_eps=(0.1, 0.5, 1.0)),
-    "large": dict(eps_linf=0.3, lambda_linf=0.6, eps_l2_train=1.0,
-                  l1_reg=1e-6, ba_weight=0.5, gp_beta=0.8,
-                  eval_eps=(0.3, 1.0, 2.0)),
+  # ε∞/λ∞, ε2 train (eval in `eval`), schedule, l1 reg, CURE weights.
+  "small": dict(
+    eps_linf=0.1,
+    lambda_linf=0.4,
+    eps_l2_train=0.75,
+    l1_reg=1e-5,
+    ba_weight=2.0,
+    gp_beta=0.8,
+    eval_eps=(0.1, 0.5, 1.0),
+  ),
+  "large": dict(
+    eps_linf=0.3,
+    lambda_linf=0.6,
+    eps_l2_train=1.0,
+    l1_reg=1e-6,
+    ba_weight=0.5,
+    gp_beta=0.8,
+    eval_eps=(0.3, 1.0, 2.0),
+  ),
 }
 
 
@@ -43,8 +55,9 @@ def get_config(arg=None):
   c = settings.base_config()
   c.method = arg.method
   c.dataset.name = "mnist"
-  c.model = settings.ml_collections.ConfigDict(dict(
-      name="cnn7", num_classes=10))  # no input normalization on MNIST
+  c.model = settings.ml_collections.ConfigDict(
+    dict(name="cnn7", num_classes=10)
+  )  # no input normalization on MNIST
 
   c.eps_linf, c.lambda_linf = row["eps_linf"], row["lambda_linf"]
   c.eps_l2_train = row["eps_l2_train"]
@@ -61,8 +74,9 @@ def get_config(arg=None):
 
   if arg.cpu:
     # The small CNN and a short schedule that fits a laptop CPU.
-    c.model = settings.ml_collections.ConfigDict(dict(
-        name="small_cnn", num_classes=10))
+    c.model = settings.ml_collections.ConfigDict(
+      dict(name="small_cnn", num_classes=10)
+    )
     settings.apply_cpu_schedule(c, arg.method)
   c.lock()
   return c

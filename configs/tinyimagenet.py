@@ -32,11 +32,18 @@ MEAN, STD = INPUT_NORMALIZATION["tinyimagenet"]  # spec §5, inside the model
 NUM_CLASSES = 200
 
 SETTINGS = {
-    # ε∞/λ∞, ε2 train (eval in `eval`), schedule, l1 reg, CURE weights.
-    "default": dict(eps_linf=1 / 255, lambda_linf=0.4, eps_l2_train=36 / 255,
-                    num_epochs=180, lr_milestones=(140, 160), l1_reg=1e-6,
-                    ba_weight=2.0, gp_beta=0.5,
-                    eval_eps=(1 / 255, 36 / 255)),
+  # ε∞/λ∞, ε2 train (eval in `eval`), schedule, l1 reg, CURE weights.
+  "default": dict(
+    eps_linf=1 / 255,
+    lambda_linf=0.4,
+    eps_l2_train=36 / 255,
+    num_epochs=180,
+    lr_milestones=(140, 160),
+    l1_reg=1e-6,
+    ba_weight=2.0,
+    gp_beta=0.5,
+    eval_eps=(1 / 255, 36 / 255),
+  ),
 }
 
 
@@ -48,8 +55,9 @@ def get_config(arg=None):
   c = settings.base_config()
   c.method = arg.method
   c.dataset.name = "tinyimagenet"
-  c.model = settings.ml_collections.ConfigDict(dict(
-      name="cnn7", num_classes=NUM_CLASSES, mean=MEAN, std=STD))
+  c.model = settings.ml_collections.ConfigDict(
+    dict(name="cnn7", num_classes=NUM_CLASSES, mean=MEAN, std=STD)
+  )
 
   c.eps_linf, c.lambda_linf = row["eps_linf"], row["lambda_linf"]
   c.eps_l2_train = row["eps_l2_train"]
@@ -66,13 +74,16 @@ def get_config(arg=None):
   c.eval.batch_size = 50
   c.eval.methods = ("ibp", "crown_ibp", "alpha_crown_ibp")
   c.cure.ba_direction = "linf_to_l2"  # the reverse direction (spec §3)
-  settings.apply_method(c, arg.method, row, finetune_schedule=(36, (28, 32), 16))
+  settings.apply_method(
+    c, arg.method, row, finetune_schedule=(36, (28, 32), 16)
+  )
 
   if arg.cpu:
     # The small CNN on a training subset and a short schedule that fit a
     # laptop CPU.
-    c.model = settings.ml_collections.ConfigDict(dict(
-        name="small_cnn", num_classes=NUM_CLASSES, mean=MEAN, std=STD))
+    c.model = settings.ml_collections.ConfigDict(
+      dict(name="small_cnn", num_classes=NUM_CLASSES, mean=MEAN, std=STD)
+    )
     c.dataset.train_examples = 4096
     settings.apply_cpu_schedule(c, arg.method)
     c.eval.batch_size = 50

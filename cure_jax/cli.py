@@ -1,7 +1,5 @@
 """Command-line parsing shared by ``cure_jax.main`` and ``cure_jax.certify``."""
 
-from typing import List, Optional
-
 from absl import app
 
 from cure_jax import settings
@@ -10,7 +8,7 @@ _CONFIG_FLAG = "--config="
 _OVERRIDE_PREFIX = "--config."
 
 
-def unknown_override(argv: List[str]) -> Optional[str]:
+def unknown_override(argv: list[str]) -> str | None:
   """The message for the first ``--config.<key>=`` naming no key, or None.
 
   Args:
@@ -20,7 +18,7 @@ def unknown_override(argv: List[str]) -> Optional[str]:
     `settings.unknown_key_message` of the first unknown override key, or
     None when the config cannot be loaded or every override key exists.
   """
-  specs = [a[len(_CONFIG_FLAG):] for a in argv if a.startswith(_CONFIG_FLAG)]
+  specs = [a[len(_CONFIG_FLAG) :] for a in argv if a.startswith(_CONFIG_FLAG)]
   if not specs:
     return None
   try:
@@ -29,14 +27,14 @@ def unknown_override(argv: List[str]) -> Optional[str]:
     return None  # absl reports a config that does not load.
   for arg in argv:
     if arg.startswith(_OVERRIDE_PREFIX):
-      key = arg[len(_OVERRIDE_PREFIX):].partition("=")[0]
+      key = arg[len(_OVERRIDE_PREFIX) :].partition("=")[0]
       message = settings.unknown_key_message(config, key)
       if message:
         return message
   return None
 
 
-def parse_flags(argv: List[str]) -> List[str]:
+def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing; an unknown ``--config.<key>`` is one clear line.
 
   ml_collections reports an override of a missing key as a bare

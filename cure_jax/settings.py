@@ -9,14 +9,14 @@ mistyped ``--config.key=value`` override fails and lists the valid keys.
 
 import ast
 import difflib
-from typing import Any, Dict, Optional
+from typing import Any
 
 import ml_collections
 
 from cure_jax.objectives.registry import METHODS
 
 
-def parse_arg(arg: Optional[str], **defaults) -> ml_collections.ConfigDict:
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   """Parses "k1=v1,k2=v2" into a ConfigDict over ``defaults``.
 
   Values are Python literals where they parse as such (``cpu=True``,
@@ -29,8 +29,9 @@ def parse_arg(arg: Optional[str], **defaults) -> ml_collections.ConfigDict:
   for item in filter(None, (arg or "").split(",")):
     key, _, value = item.partition("=")
     if key not in defaults:
-      raise ValueError(f"unknown config argument {key!r}; valid ones are "
-                       f"{sorted(defaults)}.")
+      raise ValueError(
+        f"unknown config argument {key!r}; valid ones are {sorted(defaults)}."
+      )
     try:
       value = ast.literal_eval(value)
     except (ValueError, SyntaxError):
@@ -45,17 +46,19 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 12
   c.method = "sabr"
 
-  c.dataset = ml_collections.ConfigDict(dict(
+  c.dataset = ml_collections.ConfigDict(
+    dict(
       name="mnist",
-      data_dir="",           # local dir with the original files ("" = env/online)
-      tfds_data_dir="",      # prepared datasets ("" = $TFDS_DATA_DIR, else
-                             # ~/tensorflow_datasets)
-      download=True,         # may fetch the original files when none is local
-      train_examples=0,      # 0 = the whole training split, else a fixed
-                             # random subset of this size
-  ))  # augmentation and test-time crop: the dataset's reference ones
+      data_dir="",  # local dir with the original files ("" = env/online)
+      tfds_data_dir="",  # prepared datasets ("" = $TFDS_DATA_DIR, else
+      # ~/tensorflow_datasets)
+      download=True,  # may fetch the original files when none is local
+      train_examples=0,  # 0 = the whole training split, else a fixed
+      # random subset of this size
+    )
+  )  # augmentation and test-time crop: the dataset's reference ones
   c.model = ml_collections.ConfigDict(dict(name="cnn7", num_classes=10))
-  c.init = "ibp"             # ibp (Shi et al., 2021) | default
+  c.init = "ibp"  # ibp (Shi et al., 2021) | default
 
   # Threat models: training radii and small-box sizes (spec §2, §6).
   c.eps_linf = 0.1
@@ -66,21 +69,25 @@ def base_config() -> ml_collections.ConfigDict:
   c.pgd_steps = 8
   c.pgd_step_fraction = 0.25  # PGD training baselines: step = fraction·ε
 
-  c.cure = ml_collections.ConfigDict(dict(
-      combine="max",          # joint | max | random
-      alpha=0.5,              # Joint weight of the l2 loss
-      ba_weight=0.0,          # bound alignment λ_BA (0 = off)
+  c.cure = ml_collections.ConfigDict(
+    dict(
+      combine="max",  # joint | max | random
+      alpha=0.5,  # Joint weight of the l2 loss
+      ba_weight=0.0,  # bound alignment λ_BA (0 = off)
       ba_direction="l2_to_linf",  # l2_to_linf (MNIST) | linf_to_l2
       ba_stop_gradient=False,
-      gp_beta=0.0,            # gradient projection β (0 = off)
-      gp_interval_steps=0,    # 0 = one epoch
-  ))
-  c.finetune_from = ""        # workdir of an l∞ model to start from
+      gp_beta=0.0,  # gradient projection β (0 = off)
+      gp_interval_steps=0,  # 0 = one epoch
+    )
+  )
+  c.finetune_from = ""  # workdir of an l∞ model to start from
   # Certified patch training (method patch_ibp, Chiang et al., 2020).
-  c.patch = ml_collections.ConfigDict(dict(
-      size=2,                 # p×p patches
-      train_positions=4,      # positions sampled per example (worst one)
-  ))
+  c.patch = ml_collections.ConfigDict(
+    dict(
+      size=2,  # p×p patches
+      train_positions=4,  # positions sampled per example (worst one)
+    )
+  )
 
   # Optimization and schedules (spec §4).
   c.batch_size = 128
@@ -89,9 +96,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.lr_milestones = (50, 60)  # epochs
   c.lr_decay = 0.2
   c.grad_clip_norm = 10.0
-  c.natural_epochs = 1        # κ = 1 (clean CE only) for these epochs
-  c.eps_ramp_start = 1        # epoch
-  c.eps_ramp_end = 22         # epoch
+  c.natural_epochs = 1  # κ = 1 (clean CE only) for these epochs
+  c.eps_ramp_start = 1  # epoch
+  c.eps_ramp_end = 22  # epoch
   c.l1_reg = 0.0
   c.warmup_reg = True
   c.warmup_reg_weight = 0.5
@@ -120,14 +127,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 3
   c.log_every_steps = 50
-  c.mixed_precision = False   # bfloat16 compute on accelerators
+  c.mixed_precision = False  # bfloat16 compute on accelerators
 
   # Evaluation at the end of training (and by `python -m cure_jax.certify`).
-  c.eval = ml_collections.ConfigDict(dict(
-      batch_size=500,         # final evaluation (IBP, CROWN-IBP)
+  c.eval = ml_collections.ConfigDict(
+    dict(
+      batch_size=500,  # final evaluation (IBP, CROWN-IBP)
       certify_batch_size=100,  # python -m cure_jax.certify (CROWN's memory
-                               # grows with batch × hidden units × inputs)
-      final_examples=0,       # test points for the final eval (0 = all)
+      # grows with batch × hidden units × inputs)
+      final_examples=0,  # test points for the final eval (0 = all)
       final_methods=("ibp", "crown_ibp"),
       certify_examples=1000,  # the paper's first 1000 test points
       # The certification cascade. CROWN's intermediate bounds need one
@@ -141,51 +149,85 @@ def base_config() -> ml_collections.ConfigDict:
       pgd_steps=50,
       pgd_restarts=1,
       # python -m cure_jax.certify.beyond_lp: patches and geometry (issue 6).
-      beyond_lp=ml_collections.ConfigDict(dict(
-          examples=500,       # the first test points
+      beyond_lp=ml_collections.ConfigDict(
+        dict(
+          examples=500,  # the first test points
           methods=("ibp", "crown_ibp"),  # cascade per region
           rows_per_batch=512,  # (point, region) rows per bounded chunk
           patch_sizes=(2, 5),
           patch_attack_steps=10,  # PGD steps per position (uncertified pts)
-          families=("rotation", "translation", "scaling", "shearing",
-                    "brightness_contrast", "combined"),
-          ranges=ml_collections.ConfigDict(dict(   # ± magnitudes
-              rotation=15.0, translation=2.0, scaling=0.1, shearing=0.1,
-              brightness=0.1, contrast=0.1)),
+          families=(
+            "rotation",
+            "translation",
+            "scaling",
+            "shearing",
+            "brightness_contrast",
+            "combined",
+          ),
+          ranges=ml_collections.ConfigDict(
+            dict(  # ± magnitudes
+              rotation=15.0,
+              translation=2.0,
+              scaling=0.1,
+              shearing=0.1,
+              brightness=0.1,
+              contrast=0.1,
+            )
+          ),
           # Pieces per parameter of a family's box (k parameters: pieces^k
           # sub-boxes) and values per parameter of the attack's grid.
-          subintervals=ml_collections.ConfigDict(dict(
-              rotation=30, translation=8, scaling=20, shearing=20,
-              brightness_contrast=4, combined=2)),
-          grid_points=ml_collections.ConfigDict(dict(
-              rotation=61, translation=17, scaling=41, shearing=41,
-              brightness_contrast=9, combined=3)),
-      )),
-  ))
+          subintervals=ml_collections.ConfigDict(
+            dict(
+              rotation=30,
+              translation=8,
+              scaling=20,
+              shearing=20,
+              brightness_contrast=4,
+              combined=2,
+            )
+          ),
+          grid_points=ml_collections.ConfigDict(
+            dict(
+              rotation=61,
+              translation=17,
+              scaling=41,
+              shearing=41,
+              brightness_contrast=9,
+              combined=3,
+            )
+          ),
+        )
+      ),
+    )
+  )
   return c
 
 
 # method -> config changes (CURE presets, spec §3 and §6).
-METHOD_PRESETS: Dict[str, Dict[str, Any]] = {
-    "natural": dict(warmup_reg=False),
-    "ibp": dict(lambda_linf=1.0),
-    "sabr": {},
-    "crown_ibp": {},
-    "pgd_linf": dict(warmup_reg=False),
-    "pgd_l2": dict(warmup_reg=False),
-    "l2": {},
-    "cure_joint": {"cure.combine": "joint"},
-    "cure_max": {"cure.combine": "max"},
-    "cure_random": {"cure.combine": "random"},
-    "cure_scratch": {"cure.combine": "max"},
-    "cure_finetune": {"cure.combine": "max"},
-    "patch_ibp": dict(warmup_reg=False),  # the regularizers are l∞ ones
+METHOD_PRESETS: dict[str, dict[str, Any]] = {
+  "natural": dict(warmup_reg=False),
+  "ibp": dict(lambda_linf=1.0),
+  "sabr": {},
+  "crown_ibp": {},
+  "pgd_linf": dict(warmup_reg=False),
+  "pgd_l2": dict(warmup_reg=False),
+  "l2": {},
+  "cure_joint": {"cure.combine": "joint"},
+  "cure_max": {"cure.combine": "max"},
+  "cure_random": {"cure.combine": "random"},
+  "cure_scratch": {"cure.combine": "max"},
+  "cure_finetune": {"cure.combine": "max"},
+  "patch_ibp": dict(warmup_reg=False),  # the regularizers are l∞ ones
 }
 assert set(METHOD_PRESETS) == set(METHODS)
 
 
-def apply_method(c: ml_collections.ConfigDict, method: str,
-                 row: Dict[str, Any], finetune_schedule) -> None:
+def apply_method(
+  c: ml_collections.ConfigDict,
+  method: str,
+  row: dict[str, Any],
+  finetune_schedule,
+) -> None:
   """Applies ``METHOD_PRESETS[method]`` and the setting's CURE weights.
 
   Args:
@@ -216,8 +258,9 @@ def apply_cpu_schedule(c: ml_collections.ConfigDict, method: str) -> None:
     c.eps_ramp_start, c.eps_ramp_end = 0, 1
 
 
-def unknown_key_message(config: ml_collections.ConfigDict,
-                        dotted: str) -> Optional[str]:
+def unknown_key_message(
+  config: ml_collections.ConfigDict, dotted: str
+) -> str | None:
   """Why the dotted key (e.g. "cure.gp_beta") is not in ``config``, or None.
 
   Args:
@@ -232,21 +275,25 @@ def unknown_key_message(config: ml_collections.ConfigDict,
   for name in dotted.split("."):
     where = ".".join(parents)
     if not isinstance(node, ml_collections.ConfigDict):
-      return (f"unknown config key {dotted!r}: {where!r} is a value, not a "
-              "group of keys.")
+      return (
+        f"unknown config key {dotted!r}: {where!r} is a value, not a "
+        "group of keys."
+      )
     if name not in node:
       valid = sorted(node.keys())
       close = difflib.get_close_matches(name, valid, n=1)
       hint = f" Did you mean {close[0]!r}?" if close else ""
       level = f"under {where!r}" if where else "at the top level"
-      return (f"unknown config key {dotted!r}; valid keys {level} are "
-              f"{valid}.{hint}")
+      return (
+        f"unknown config key {dotted!r}; valid keys {level} are {valid}.{hint}"
+      )
     node, parents = node[name], parents + [name]
   return None
 
 
-def apply_overrides(config: ml_collections.ConfigDict,
-                    overrides: Dict[str, Any]) -> None:
+def apply_overrides(
+  config: ml_collections.ConfigDict, overrides: dict[str, Any]
+) -> None:
   """Sets dotted keys, e.g. {"cure.combine": "joint"}; unknown keys raise.
 
   Raises:
@@ -263,8 +310,9 @@ def apply_overrides(config: ml_collections.ConfigDict,
     node[leaf] = value
 
 
-def setting_row(rows: Dict[str, Dict[str, Any]], setting: str
-                ) -> Dict[str, Any]:
+def setting_row(
+  rows: dict[str, dict[str, Any]], setting: str
+) -> dict[str, Any]:
   """The row of ``setting`` in a config file's table of settings (spec §6).
 
   Args:
@@ -278,16 +326,18 @@ def setting_row(rows: Dict[str, Dict[str, Any]], setting: str
     ValueError: an unknown setting; the message lists the valid ones.
   """
   if setting not in rows:
-    raise ValueError(f"unknown setting {setting!r}; valid settings are "
-                     f"{sorted(rows)}.")
+    raise ValueError(
+      f"unknown setting {setting!r}; valid settings are {sorted(rows)}."
+    )
   return rows[setting]
 
 
 def check_method(method: str) -> None:
   """Raises ValueError, listing the valid methods, for an unknown ``method``."""
   if method not in METHOD_PRESETS:
-    raise ValueError(f"unknown method {method!r}; valid methods are "
-                     f"{sorted(METHOD_PRESETS)}.")
+    raise ValueError(
+      f"unknown method {method!r}; valid methods are {sorted(METHOD_PRESETS)}."
+    )
 
 
 def load_config(path_and_arg: str) -> ml_collections.ConfigDict:
@@ -296,6 +346,7 @@ def load_config(path_and_arg: str) -> ml_collections.ConfigDict:
   The programmatic twin of ``--config=...`` (for scripts, benchmarks, tests).
   """
   import importlib.util  # pylint: disable=g-import-not-at-top
+
   path, _, arg = path_and_arg.partition(":")
   spec = importlib.util.spec_from_file_location("_cure_config", path)
   if spec is None:

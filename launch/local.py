@@ -13,7 +13,6 @@ When a process fails, the others are stopped and its exit status is returned;
 """
 
 import argparse
-from collections.abc import Mapping, Sequence
 import os
 import signal
 import socket
@@ -21,14 +20,15 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping, Sequence
 
-_DEVICE_COUNT_FLAG = '--xla_force_host_platform_device_count'
+_DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
 _POLL_SECONDS = 0.05
 _GRACE_SECONDS = 5.0
 _TIMEOUT_STATUS = 124
 
 
-def free_port(host: str = '127.0.0.1') -> int:
+def free_port(host: str = "127.0.0.1") -> int:
   """Returns a TCP port on `host` that was free a moment ago.
 
   Args:
@@ -42,9 +42,14 @@ def free_port(host: str = '127.0.0.1') -> int:
     return sock.getsockname()[1]
 
 
-def process_env(base: Mapping[str, str], process_id: int, num_processes: int,
-                coordinator: str, cpu_devices: int | None = None,
-                platform: str | None = None) -> dict[str, str]:
+def process_env(
+  base: Mapping[str, str],
+  process_id: int,
+  num_processes: int,
+  coordinator: str,
+  cpu_devices: int | None = None,
+  platform: str | None = None,
+) -> dict[str, str]:
   """The environment of one process of the job.
 
   Args:
@@ -60,22 +65,32 @@ def process_env(base: Mapping[str, str], process_id: int, num_processes: int,
     A new environment mapping.
   """
   env = dict(base)
-  env.update(CURE_COORDINATOR=coordinator,
-             CURE_NUM_PROCESSES=str(num_processes),
-             CURE_PROCESS_ID=str(process_id),
-             PYTHONUNBUFFERED='1')
+  env.update(
+    CURE_COORDINATOR=coordinator,
+    CURE_NUM_PROCESSES=str(num_processes),
+    CURE_PROCESS_ID=str(process_id),
+    PYTHONUNBUFFERED="1",
+  )
   if cpu_devices is not None:
-    flags = [f for f in env.get('XLA_FLAGS', '').split()
-             if not f.startswith(_DEVICE_COUNT_FLAG)]
-    env['XLA_FLAGS'] = ' '.join(flags + [f'{_DEVICE_COUNT_FLAG}={cpu_devices}'])
+    flags = [
+      f
+      for f in env.get("XLA_FLAGS", "").split()
+      if not f.startswith(_DEVICE_COUNT_FLAG)
+    ]
+    env["XLA_FLAGS"] = " ".join(flags + [f"{_DEVICE_COUNT_FLAG}={cpu_devices}"])
   if platform is not None:
-    env['JAX_PLATFORMS'] = platform
+    env["JAX_PLATFORMS"] = platform
   return env
 
 
-def launch(command: Sequence[str], num_processes: int,
-           cpu_devices: int | None = None, platform: str | None = None,
-           timeout: float | None = None, out=None) -> int:
+def launch(
+  command: Sequence[str],
+  num_processes: int,
+  cpu_devices: int | None = None,
+  platform: str | None = None,
+  timeout: float | None = None,
+  out=None,
+) -> int:
   """Starts the processes, streams their output and waits for all of them.
 
   Args:
@@ -91,21 +106,28 @@ def launch(command: Sequence[str], num_processes: int,
     (124 on timeout, 130 on Ctrl-C).
   """
   out = sys.stdout if out is None else out
-  coordinator = f'127.0.0.1:{free_port()}'
+  coordinator = f"127.0.0.1:{free_port()}"
   lock = threading.Lock()
   procs, pumps = [], []
   try:
     for i in range(num_processes):
-      env = process_env(os.environ, i, num_processes, coordinator,
-                        cpu_devices, platform)
+      env = process_env(
+        os.environ, i, num_processes, coordinator, cpu_devices, platform
+      )
       # Own session, so that stopping a process reaches its children too.
       proc = subprocess.Popen(
-          list(command), env=env, stdout=subprocess.PIPE,
-          stderr=subprocess.STDOUT, text=True, errors='replace',
-          start_new_session=True)
+        list(command),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        start_new_session=True,
+      )
       procs.append(proc)
-      pump = threading.Thread(target=_pump, args=(proc.stdout, f'[{i}] ', out,
-                                                  lock), daemon=True)
+      pump = threading.Thread(
+        target=_pump, args=(proc.stdout, f"[{i}] ", out, lock), daemon=True
+      )
       pump.start()
       pumps.append(pump)
     status = _wait_all(procs, timeout)
@@ -122,7 +144,7 @@ def _pump(stream, prefix: str, out, lock: threading.Lock) -> None:
   """Copies lines of `stream` to `out` with `prefix`, one whole line a time."""
   for line in stream:
     with lock:
-      out.write(prefix + line if line.endswith('\n') else prefix + line + '\n')
+      out.write(prefix + line if line.endswith("\n") else prefix + line + "\n")
       out.flush()
   stream.close()
 
@@ -162,30 +184,49 @@ def _stop(procs: Sequence[subprocess.Popen]) -> None:
 
 def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
   parser = argparse.ArgumentParser(
-      description=__doc__.split('\n\n')[0],
-      usage='%(prog)s [options] -- COMMAND [ARGS...]')
-  parser.add_argument('-n', '--num_processes', type=int, default=2,
-                      help='number of processes (default 2)')
-  parser.add_argument('--cpu_devices_per_process', type=int, default=None,
-                      help='simulate this many CPU devices in each process')
-  parser.add_argument('--platform', default=None,
-                      help='JAX_PLATFORMS for the processes, e.g. cpu')
-  parser.add_argument('--timeout', type=float, default=None,
-                      help='seconds before all processes are stopped')
-  parser.add_argument('command', nargs=argparse.REMAINDER,
-                      help='the command each process runs')
+    description=__doc__.split("\n\n")[0],
+    usage="%(prog)s [options] -- COMMAND [ARGS...]",
+  )
+  parser.add_argument(
+    "-n",
+    "--num_processes",
+    type=int,
+    default=2,
+    help="number of processes (default 2)",
+  )
+  parser.add_argument(
+    "--cpu_devices_per_process",
+    type=int,
+    default=None,
+    help="simulate this many CPU devices in each process",
+  )
+  parser.add_argument(
+    "--platform", default=None, help="JAX_PLATFORMS for the processes, e.g. cpu"
+  )
+  parser.add_argument(
+    "--timeout",
+    type=float,
+    default=None,
+    help="seconds before all processes are stopped",
+  )
+  parser.add_argument(
+    "command", nargs=argparse.REMAINDER, help="the command each process runs"
+  )
   args = parser.parse_args(argv)
-  if args.command[:1] == ['--']:
+  if args.command[:1] == ["--"]:
     args.command = args.command[1:]
   if not args.command:
-    parser.error('give the command to run after --, e.g. '
-                 '-- python -m cure_jax.main --config=configs/mnist.py '
-                 '--workdir=/tmp/wd')
+    parser.error(
+      "give the command to run after --, e.g. "
+      "-- python -m cure_jax.main --config=configs/mnist.py "
+      "--workdir=/tmp/wd"
+    )
   if args.num_processes < 1:
-    parser.error(f'--num_processes must be >= 1, got {args.num_processes}')
+    parser.error(f"--num_processes must be >= 1, got {args.num_processes}")
   if args.cpu_devices_per_process is not None and (
-      args.cpu_devices_per_process < 1):
-    parser.error('--cpu_devices_per_process must be >= 1')
+    args.cpu_devices_per_process < 1
+  ):
+    parser.error("--cpu_devices_per_process must be >= 1")
   return args
 
 
@@ -193,15 +234,20 @@ def main(argv: Sequence[str] | None = None) -> int:
   """Command-line entry point; returns the exit status."""
   args = _parse_args(sys.argv[1:] if argv is None else argv)
   # Turn SIGTERM into SystemExit so that `launch` stops the processes first.
-  previous = signal.signal(signal.SIGTERM,
-                           lambda signum, frame: sys.exit(128 + signum))
+  previous = signal.signal(
+    signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum)
+  )
   try:
-    return launch(args.command, args.num_processes,
-                  cpu_devices=args.cpu_devices_per_process,
-                  platform=args.platform, timeout=args.timeout)
+    return launch(
+      args.command,
+      args.num_processes,
+      cpu_devices=args.cpu_devices_per_process,
+      platform=args.platform,
+      timeout=args.timeout,
+    )
   finally:
     signal.signal(signal.SIGTERM, previous)
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
   sys.exit(main())

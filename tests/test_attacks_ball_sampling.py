@@ -6,8 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from cure_jax.attacks import ball_sampling
-from cure_jax.attacks import norms
+from cure_jax.attacks import ball_sampling, norms
 
 TOL = 1e-6
 
@@ -21,13 +20,19 @@ def _key(seed):
 def _norm(delta, norm):
   """Per-example l_p norm in float64 (independent of the library)."""
   flat = np.asarray(delta, np.float64).reshape(len(delta), -1)
-  return {"linf": np.abs(flat).max(1), "l2": np.sqrt((flat**2).sum(1)),
-          "l1": np.abs(flat).sum(1)}[norm]
+  return {
+    "linf": np.abs(flat).max(1),
+    "l2": np.sqrt((flat**2).sum(1)),
+    "l1": np.abs(flat).sum(1),
+  }[norm]
 
-random_start = jax.jit(ball_sampling.random_start,
-                       static_argnames=("norm", "domain"))
-sample = jax.jit(ball_sampling.sample_ball_perturbation,
-                 static_argnames=("norm",))
+
+random_start = jax.jit(
+  ball_sampling.random_start, static_argnames=("norm", "domain")
+)
+sample = jax.jit(
+  ball_sampling.sample_ball_perturbation, static_argnames=("norm",)
+)
 
 
 @pytest.mark.parametrize("norm", norms.NORMS)
@@ -45,17 +50,19 @@ def test_random_start_lies_in_ball_and_domain(norm, domain):
 def test_linf_start_is_uniform_in_the_clipped_box():
   # x = 0.05, eps = 0.1: the box B∞ ∩ [0, 1] is [0, 0.15], sampled uniformly.
   x = np.full((20000, 1), 0.05, np.float32)
-  start = np.asarray(random_start(_key(2), x, 0.1, norm="linf",
-                                  domain=(0.0, 1.0)))
+  start = np.asarray(
+    random_start(_key(2), x, 0.1, norm="linf", domain=(0.0, 1.0))
+  )
   assert start.min() >= 0.0 and start.max() <= 0.15 + TOL
   assert abs(np.mean(start < 0.05) - 1 / 3) < 0.02  # No mass piled at 0.
   assert abs(start.mean() - 0.075) < 0.002
 
 
 def _fraction_with_small_first_coordinate(norm):
-  delta = np.asarray(sample(_key(3), np.zeros((40000, 2), np.float32), 1.0,
-                            norm=norm))
-  inside_half = np.mean(_norm(delta, norm) <= .5)
+  delta = np.asarray(
+    sample(_key(3), np.zeros((40000, 2), np.float32), 1.0, norm=norm)
+  )
+  inside_half = np.mean(_norm(delta, norm) <= 0.5)
   return inside_half, np.mean(np.abs(delta[:, 0]) <= 0.5)
 
 

@@ -31,8 +31,9 @@ def test_per_example_skips_the_sign_check_for_traced_values():
 
 def test_clip_to_domain():
   x = jnp.array([-1.0, 0.5, 2.0])
-  np.testing.assert_array_equal(norms.clip_to_domain(x, (0.0, 1.0)),
-                                [0.0, 0.5, 1.0])
+  np.testing.assert_array_equal(
+    norms.clip_to_domain(x, (0.0, 1.0)), [0.0, 0.5, 1.0]
+  )
   np.testing.assert_array_equal(norms.clip_to_domain(x, None), x)
 
 

@@ -5,8 +5,7 @@ import numpy as np
 import optax
 import pytest
 
-from cure_jax.attacks import norms
-from cure_jax.attacks import projections
+from cure_jax.attacks import norms, projections
 
 TOL = 1e-6
 DOMAIN = (0.0, 1.0)
@@ -35,18 +34,21 @@ def _l1_projection_by_bisection(v: np.ndarray, radius: float) -> np.ndarray:
 def test_l1_ball_projection_hand_cases():
   # μ = (3, 1): ρ = 1, θ = 3 − 2 = 1.
   np.testing.assert_allclose(
-      project_onto_l1_ball(np.array([3.0, 1.0]), 2.0), [2.0, 0.0])
+    project_onto_l1_ball(np.array([3.0, 1.0]), 2.0), [2.0, 0.0]
+  )
   # μ = (2, 1.5, 1), partial sums (2, 3.5, 4.5): ρ = 3, θ = 2.5 / 3.
   np.testing.assert_allclose(
-      project_onto_l1_ball(np.array([2.0, 1.5, -1.0]), 2.0),
-      [2 - 2.5 / 3, 1.5 - 2.5 / 3, -(1 - 2.5 / 3)], rtol=1e-6)
+    project_onto_l1_ball(np.array([2.0, 1.5, -1.0]), 2.0),
+    [2 - 2.5 / 3, 1.5 - 2.5 / 3, -(1 - 2.5 / 3)],
+    rtol=1e-6,
+  )
   # Inside the ball: unchanged, bit for bit.
   inside = np.array([0.25, -0.5, 0.125], np.float32)
-  np.testing.assert_array_equal(
-      project_onto_l1_ball(inside, 1.0), inside)
+  np.testing.assert_array_equal(project_onto_l1_ball(inside, 1.0), inside)
   # Radius zero gives zero (optax's version divides by the radius).
   np.testing.assert_array_equal(
-      project_onto_l1_ball(np.array([1.0, -2.0]), 0.0), [0, 0])
+    project_onto_l1_ball(np.array([1.0, -2.0]), 0.0), [0, 0]
+  )
 
 
 @pytest.mark.parametrize("dim", [1, 2, 3, 5, 8])
@@ -55,10 +57,12 @@ def test_l1_ball_projection_matches_bisection_and_optimality(dim):
   for _ in range(20):
     v = rng.normal(size=dim) * rng.choice([0.1, 1.0, 5.0])
     radius = float(rng.uniform(0.0, 3.0))
-    w = np.asarray(project_onto_l1_ball(v.astype(np.float32), radius),
-                   np.float64)
-    np.testing.assert_allclose(w, _l1_projection_by_bisection(v, radius),
-                               atol=1e-5)
+    w = np.asarray(
+      project_onto_l1_ball(v.astype(np.float32), radius), np.float64
+    )
+    np.testing.assert_allclose(
+      w, _l1_projection_by_bisection(v, radius), atol=1e-5
+    )
     assert np.abs(w).sum() <= radius + TOL
     # Exact optimality certificate: (v − w)·(u − w) <= 0 for every feasible u;
     # the inequality is linear in u, so checking the ball's 2·dim vertices
@@ -70,10 +74,10 @@ def test_l1_ball_projection_matches_bisection_and_optimality(dim):
 def test_l1_ball_projection_agrees_with_optax_and_is_idempotent():
   v = np.random.default_rng(0).normal(size=50).astype(np.float32) * 0.3
   w = project_onto_l1_ball(v, 1.5)
-  np.testing.assert_allclose(w, optax.projections.projection_l1_ball(v, 1.5),
-                             atol=1e-6)
-  np.testing.assert_allclose(project_onto_l1_ball(w, 1.5), w,
-                             atol=1e-7)
+  np.testing.assert_allclose(
+    w, optax.projections.projection_l1_ball(v, 1.5), atol=1e-6
+  )
+  np.testing.assert_allclose(project_onto_l1_ball(w, 1.5), w, atol=1e-7)
 
 
 def _random_batch(seed, shape=(6, 3, 4, 2)):
@@ -86,8 +90,11 @@ def _random_batch(seed, shape=(6, 3, 4, 2)):
 def _norm(delta, norm):
   """Per-example l_p norm in float64 (independent of the library)."""
   flat = np.asarray(delta, np.float64).reshape(len(delta), -1)
-  return {"linf": np.abs(flat).max(1), "l2": np.sqrt((flat**2).sum(1)),
-          "l1": np.abs(flat).sum(1)}[norm]
+  return {
+    "linf": np.abs(flat).max(1),
+    "l2": np.sqrt((flat**2).sum(1)),
+    "l1": np.abs(flat).sum(1),
+  }[norm]
 
 
 @pytest.mark.parametrize("norm", norms.NORMS)
@@ -102,8 +109,8 @@ def test_projection_lands_in_ball_and_domain(norm, domain, per_example_eps):
     assert projected.min() >= 0.0 and projected.max() <= 1.0
   # Idempotent: a projected point is a fixed point.
   np.testing.assert_allclose(
-      project(projected, x, eps, norm=norm, domain=domain),
-      projected, atol=1e-6)
+    project(projected, x, eps, norm=norm, domain=domain), projected, atol=1e-6
+  )
 
 
 @pytest.mark.parametrize("norm", norms.NORMS)
@@ -111,8 +118,8 @@ def test_points_inside_are_unchanged(norm):
   x, far = _random_batch(2)
   near = x + 1e-3 * np.tanh(far - x) / far[0].size  # ||δ||_p << 1.
   np.testing.assert_allclose(
-      project(near, x, 1.0, norm=norm, domain=None), near,
-      atol=1e-7)
+    project(near, x, 1.0, norm=norm, domain=None), near, atol=1e-7
+  )
 
 
 def test_linf_projection_is_the_box_projection():
@@ -124,12 +131,16 @@ def test_linf_projection_is_the_box_projection():
 def test_l2_projection_rescales_onto_the_sphere():
   x = np.zeros((1, 2), np.float32)
   np.testing.assert_allclose(
-      project(np.array([[3.0, 4.0]]), x, 1.0, norm="l2", domain=None),
-      [[0.6, 0.8]], rtol=1e-6)
+    project(np.array([[3.0, 4.0]]), x, 1.0, norm="l2", domain=None),
+    [[0.6, 0.8]],
+    rtol=1e-6,
+  )
   # Clip after projection, as the spec's Decision requires.
   np.testing.assert_allclose(
-      project(x + 0.5 + np.array([[3.0, -4.0]]), x + 0.5, 1.0, norm="l2"),
-      [[1.0, 0.0]], rtol=1e-6)
+    project(x + 0.5 + np.array([[3.0, -4.0]]), x + 0.5, 1.0, norm="l2"),
+    [[1.0, 0.0]],
+    rtol=1e-6,
+  )
 
 
 def test_l1_projection_per_example_radius_and_zero_radius():

@@ -6,8 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from cure_jax.attacks import projected_gradient
-from cure_jax.attacks import sabr
+from cure_jax.attacks import projected_gradient, sabr
 
 
 def test_milestones_for_eight_steps():
@@ -32,10 +31,12 @@ def test_step_sizes_for_eight_steps():
   # Steps 0–3 before the first milestone (4), 4–6 before the second (7),
   # step 7 before the third (8): one, two and three decays would follow.
   expected = [0.5 * eps] * 4 + [0.05 * eps] * 3 + [0.005 * eps]
-  np.testing.assert_allclose(sabr.sabr_step_sizes(eps, 8), expected,
-                             rtol=1e-6)
-  np.testing.assert_allclose(sabr.sabr_step_sizes(eps, 8, norm="l2"),
-                             np.array(expected) * 0.2 / 0.5, rtol=1e-6)
+  np.testing.assert_allclose(sabr.sabr_step_sizes(eps, 8), expected, rtol=1e-6)
+  np.testing.assert_allclose(
+    sabr.sabr_step_sizes(eps, 8, norm="l2"),
+    np.array(expected) * 0.2 / 0.5,
+    rtol=1e-6,
+  )
 
 
 def test_step_sizes_per_example_and_from_the_decay():
@@ -45,7 +46,8 @@ def test_step_sizes_per_example_and_from_the_decay():
   decay = sabr.sabr_step_decay(10)
   # Milestones 5, 8, 9: multipliers 1 (t < 5), 0.1, 0.01, 0.001 (t = 9).
   assert [decay(t) for t in (0, 4, 5, 7, 8, 9)] == pytest.approx(
-      [1, 1, 0.1, 0.1, 0.01, 0.001])
+    [1, 1, 0.1, 0.1, 0.01, 0.001]
+  )
   np.testing.assert_allclose(sizes[9], 0.5 * eps * 1e-3, rtol=1e-5)
   assert sabr.sabr_step_sizes(0.1, 0).shape == (0,)
 
@@ -65,8 +67,11 @@ def test_linf_attack_finds_the_worst_corner_of_a_linear_model():
   logits_fn, x, y, d = _linear_model(0)
   eps = np.full(8, 0.1, np.float32)
   attack = jax.jit(functools.partial(sabr.sabr_attack, logits_fn))
-  np.testing.assert_allclose(attack(x, y, eps=eps, key=jax.random.key(1)),
-                             np.clip(x - 0.1 * np.sign(d), 0, 1), atol=1e-6)
+  np.testing.assert_allclose(
+    attack(x, y, eps=eps, key=jax.random.key(1)),
+    np.clip(x - 0.1 * np.sign(d), 0, 1),
+    atol=1e-6,
+  )
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
@@ -76,25 +81,35 @@ def test_attack_is_pgd_with_sabr_settings(norm):
   @jax.jit
   def both(key):
     expected = projected_gradient.pgd(
-        logits_fn, x, y, norm=norm, eps=0.4, steps=8,
-        step_size=sabr.SABR_STEP_FRACTION[norm] * 0.4, key=key,
-        step_decay=sabr.sabr_step_decay(8), loss="ce", random_start=True)
-    return sabr.sabr_attack(logits_fn, x, y, eps=0.4, key=key,
-                            norm=norm), expected
+      logits_fn,
+      x,
+      y,
+      norm=norm,
+      eps=0.4,
+      steps=8,
+      step_size=sabr.SABR_STEP_FRACTION[norm] * 0.4,
+      key=key,
+      step_decay=sabr.sabr_step_decay(8),
+      loss="ce",
+      random_start=True,
+    )
+    return sabr.sabr_attack(
+      logits_fn, x, y, eps=0.4, key=key, norm=norm
+    ), expected
 
   actual, expected = both(jax.random.key(3))
   np.testing.assert_allclose(actual, expected, atol=1e-6)
   # The l2 variant keeps CURE's Decision: the point stays in the l2 ball.
   if norm == "l2":
-    assert np.all(np.linalg.norm(np.asarray(expected) - x, axis=1) <=
-                  0.4 + 1e-6)
+    assert np.all(
+      np.linalg.norm(np.asarray(expected) - x, axis=1) <= 0.4 + 1e-6
+    )
 
 
 def test_bad_arguments_raise_clear_errors():
   logits_fn, x, y, _ = _linear_model(4)
   with pytest.raises(ValueError, match=r"defined for norm in \('linf', 'l2'\)"):
-    sabr.sabr_attack(logits_fn, x, y, eps=0.1, key=jax.random.key(0),
-                     norm="l1")
+    sabr.sabr_attack(logits_fn, x, y, eps=0.1, key=jax.random.key(0), norm="l1")
   with pytest.raises(ValueError, match="eps must be non-negative"):
     sabr.sabr_attack(logits_fn, x, y, eps=-0.1, key=jax.random.key(0))
   with pytest.raises(ValueError, match="eps must be non-negative"):

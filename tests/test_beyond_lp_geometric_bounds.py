@@ -13,9 +13,13 @@ import pytest
 
 from cure_jax.beyond_lp import parameters
 from cure_jax.beyond_lp.geometric_bounds import transformed_image_bounds
-from cure_jax.beyond_lp.parameters import (GeometricRanges, TransformParams,
-                                           family_box, parameter_grid,
-                                           split_box)
+from cure_jax.beyond_lp.parameters import (
+  GeometricRanges,
+  TransformParams,
+  family_box,
+  parameter_grid,
+  split_box,
+)
 from cure_jax.beyond_lp.transforms import transform_images
 
 TOL = 1e-5
@@ -32,8 +36,9 @@ def _random_params(box, key, count):
   values = {}
   for name, k in zip(parameters.PARAMETERS, keys):
     lo, hi = getattr(box.lower, name), getattr(box.upper, name)
-    values[name] = np.asarray(jax.random.uniform(k, (count,), minval=lo,
-                                                 maxval=hi))
+    values[name] = np.asarray(
+      jax.random.uniform(k, (count,), minval=lo, maxval=hi)
+    )
   return TransformParams(**values)
 
 
@@ -73,19 +78,25 @@ def test_every_sub_box_of_a_split_is_sound_and_tighter(family):
   assert np.mean(widths) < width_whole  # splitting buys tightness
 
 
-@pytest.mark.parametrize("family, magnitude", [
-    ("rotation", dict(rotation=1.0)), ("translation", dict(translation=0.05)),
-    ("scaling", dict(scaling=0.01)), ("shearing", dict(shearing=0.01))])
-def test_small_boxes_are_sound_and_shrink_towards_the_image(family,
-                                                            magnitude):
+@pytest.mark.parametrize(
+  "family, magnitude",
+  [
+    ("rotation", dict(rotation=1.0)),
+    ("translation", dict(translation=0.05)),
+    ("scaling", dict(scaling=0.01)),
+    ("shearing", dict(shearing=0.01)),
+  ],
+)
+def test_small_boxes_are_sound_and_shrink_towards_the_image(family, magnitude):
   # Around the identity a coordinate box straddles integer pixels, where the
   # window's extrema alone cover 3 pixels however small the box: the mean
   # value bound must narrow the interval in proportion to the box.
   images = _images(seed=4)
   widths = []
   for scale in (1.0, 0.1):
-    box = family_box(family, GeometricRanges(
-        **{k: v * scale for k, v in magnitude.items()}))
+    box = family_box(
+      family, GeometricRanges(**{k: v * scale for k, v in magnitude.items()})
+    )
     _assert_inside(images, box, parameter_grid(box, 7))
     _assert_inside(images, box, _random_params(box, jax.random.key(5), 8))
     bounds = transformed_image_bounds(images, box)
@@ -102,10 +113,13 @@ def test_identity_box_gives_the_image_itself():
   np.testing.assert_allclose(bounds.upper, images, atol=1e-6)
 
 
-@pytest.mark.parametrize("ranges, message", [
+@pytest.mark.parametrize(
+  "ranges, message",
+  [
     (GeometricRanges(rotation=-1.0), "rotation"),
     (GeometricRanges(scaling=1.5), "scaling"),
-])
+  ],
+)
 def test_bad_ranges_are_refused(ranges, message):
   with pytest.raises(ValueError, match=message):
     family_box("combined", ranges)

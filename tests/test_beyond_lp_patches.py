@@ -9,8 +9,9 @@ from cure_jax.beyond_lp import patches
 
 
 def _images(batch=3, height=7, width=9, channels=2, seed=0):
-  return jax.random.uniform(jax.random.key(seed),
-                            (batch, height, width, channels))
+  return jax.random.uniform(
+    jax.random.key(seed), (batch, height, width, channels)
+  )
 
 
 @pytest.mark.parametrize("size", [1, 2, 5])
@@ -49,16 +50,16 @@ def test_boxes_hold_exactly_the_patched_images(size):
   lower, upper = np.asarray(box.lower), np.asarray(box.upper)
   rows = np.asarray(x)[point]
   # Outside the window the box is the point; inside it is [0, 1].
-  np.testing.assert_array_equal(np.where(mask == 0, lower, rows),
-                                rows)
+  np.testing.assert_array_equal(np.where(mask == 0, lower, rows), rows)
   np.testing.assert_array_equal(np.where(mask == 0, upper, rows), rows)
   inside = np.broadcast_to(mask, lower.shape) == 1
   assert np.all(lower[inside] == 0) and np.all(upper[inside] == 1)
   # Any patch values give an image inside the box.
   for seed in range(3):
     values = jax.random.uniform(jax.random.key(seed), rows.shape)
-    patched = np.asarray(patches.apply_patch(jnp.asarray(rows), positions,
-                                             values, size))
+    patched = np.asarray(
+      patches.apply_patch(jnp.asarray(rows), positions, values, size)
+    )
     assert np.all(patched >= lower) and np.all(patched <= upper)
 
 
@@ -82,13 +83,21 @@ def test_patch_boxes_are_a_hashable_jit_static_function():
   build = jax.jit(lambda p: patches.PatchBoxes(2)(x, jnp.array([0, 1]), p))
   box = build(position)
   np.testing.assert_array_equal(
-      box.upper, patches.patch_boxes(x, np.array([0, 1]), position, 2).upper)
+    box.upper, patches.patch_boxes(x, np.array([0, 1]), position, 2).upper
+  )
 
 
-@pytest.mark.parametrize("size, stride, message", [
-    (0, 1, "integer >= 1"), (-2, 1, "integer >= 1"), (2.5, 1, "integer"),
-    (True, 1, "integer"), (8, 1, "does not fit"), (2, 0, "stride"),
-])
+@pytest.mark.parametrize(
+  "size, stride, message",
+  [
+    (0, 1, "integer >= 1"),
+    (-2, 1, "integer >= 1"),
+    (2.5, 1, "integer"),
+    (True, 1, "integer"),
+    (8, 1, "does not fit"),
+    (2, 0, "stride"),
+  ],
+)
 def test_bad_patches_are_refused_with_the_fix(size, stride, message):
   with pytest.raises(ValueError, match=message):
     patches.patch_positions(7, 9, size, stride)

@@ -13,11 +13,20 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cure_jax.bounds import (LinfBall, L2Ball, UnsupportedPrimitiveError,
-                             alpha_crown, crown, crown_ibp, ibp, margin_spec)
-from cure_jax.bounds import affine_chains, ibp_rules
-from cure_jax.bounds.interval import Interval
+from cure_jax.bounds import (
+  L2Ball,
+  LinfBall,
+  UnsupportedPrimitiveError,
+  affine_chains,
+  alpha_crown,
+  crown,
+  crown_ibp,
+  ibp,
+  ibp_rules,
+  margin_spec,
+)
 from cure_jax.bounds.graph import Const, trace
+from cure_jax.bounds.interval import Interval
 from cure_jax.bounds.linear_rules import AFFINE_PRIMITIVES
 
 
@@ -42,8 +51,9 @@ def _network(seed=0):
   variables = model.init(keys[2], x)
   # Non-trivial running statistics, so that every BN offset is non-zero.
   stats = jax.tree_util.tree_map(
-      lambda v: jax.random.uniform(keys[3], v.shape, minval=0.2, maxval=0.8),
-      variables["batch_stats"])
+    lambda v: jax.random.uniform(keys[3], v.shape, minval=0.2, maxval=0.8),
+    variables["batch_stats"],
+  )
   return model.apply, dict(variables, batch_stats=stats), x, y
 
 
@@ -51,12 +61,18 @@ def _merged_names(apply, variables, x):
   graph, _ = trace(apply, (variables, LinfBall(x, 0.1)), {})
   bounded = set()  # values downstream of the input set
   for eqn in graph.eqns:
-    if any(a == graph.inputs[-1] or a in bounded for a in eqn.inputs
-           if not isinstance(a, Const)):
+    if any(
+      a == graph.inputs[-1] or a in bounded
+      for a in eqn.inputs
+      if not isinstance(a, Const)
+    ):
       bounded.update(eqn.outputs)
-  is_b = lambda a: not isinstance(a, Const) and (a in bounded or a == graph.inputs[-1])
-  merged = affine_chains.merge(graph.eqns, is_b, AFFINE_PRIMITIVES,
-                               keep_out=graph.outputs)
+  is_b = lambda a: (
+    not isinstance(a, Const) and (a in bounded or a == graph.inputs[-1])
+  )
+  merged = affine_chains.merge(
+    graph.eqns, is_b, AFFINE_PRIMITIVES, keep_out=graph.outputs
+  )
   return graph, merged
 
 
@@ -67,9 +83,13 @@ def test_each_batch_norm_becomes_one_chain_and_residual_values_stay_visible():
   # Two BNs (sub, mul, add each) and the dense bias; the residual add's
   # operand `skip` is used twice, so no chain runs through it.
   assert [[m.name for m in c.primitive.eqns] for c in chains[:2]] == [
-      ["sub", "mul", "add"], ["sub", "mul", "add"]]
+    ["sub", "mul", "add"],
+    ["sub", "mul", "add"],
+  ]
   assert len(merged) < len(graph.eqns)
-  swallowed = {v for c in chains for m in c.primitive.eqns[:-1] for v in m.outputs}
+  swallowed = {
+    v for c in chains for m in c.primitive.eqns[:-1] for v in m.outputs
+  }
   uses = {}
   for eqn in graph.eqns:
     for a in eqn.inputs:
@@ -87,9 +107,14 @@ def test_each_batch_norm_becomes_one_chain_and_residual_values_stay_visible():
 @pytest.mark.parametrize("ball", ["linf", "l2"])
 def test_merging_changes_no_bound(method, ball, monkeypatch):
   apply, variables, x, y = _network(seed=1)
-  input_set = LinfBall(x, 0.05, domain=(0.0, 1.0)) if ball == "linf" else L2Ball(x, 0.3)
-  transform = {"crown_ibp": crown_ibp, "crown": crown,
-               "alpha_crown": lambda f: alpha_crown(f, steps=3)}[method]
+  input_set = (
+    LinfBall(x, 0.05, domain=(0.0, 1.0)) if ball == "linf" else L2Ball(x, 0.3)
+  )
+  transform = {
+    "crown_ibp": crown_ibp,
+    "crown": crown,
+    "alpha_crown": lambda f: alpha_crown(f, steps=3),
+  }[method]
   spec = margin_spec(y, 5)
   merged = transform(apply)(variables, input_set, spec=spec)
   monkeypatch.setattr(affine_chains, "merge", lambda eqns, *a, **k: list(eqns))
@@ -119,8 +144,11 @@ def test_merged_backward_pass_takes_fewer_reductions(monkeypatch):
   apply, variables, x, y = _network(seed=2)
   spec = margin_spec(y, 5)
   # A fresh function per count: make_jaxpr caches traces by function.
-  bound = lambda: lambda v, x: crown_ibp(apply, bound="lower")(
-      v, LinfBall(x, 0.05), spec=spec).lower
+  bound = lambda: (
+    lambda v, x: (
+      crown_ibp(apply, bound="lower")(v, LinfBall(x, 0.05), spec=spec).lower
+    )
+  )
   merged = _reductions(bound(), variables, x)
   monkeypatch.setattr(affine_chains, "merge", lambda eqns, *a, **k: list(eqns))
   unmerged = _reductions(bound(), variables, x)
@@ -133,9 +161,11 @@ def test_a_refused_equation_inside_a_chain_still_raises(monkeypatch):
   reciprocal of positive intervals), the forward pass succeeds; merged into a
   chain, the backward pass would take its vector-Jacobian product silently.
   It must stay alone and meet the affine rule's refusal."""
+
   def reciprocal(eqn, args):
     numerator, divisor = args
     return [Interval(numerator / divisor.upper, numerator / divisor.lower)]
+
   monkeypatch.setitem(ibp_rules.RULES, "div", reciprocal)
   fn = lambda x: 2.0 * (1.0 / (x + 1.0)) - 3.0
   ball = LinfBall(jnp.ones((2, 3)), 0.1)

@@ -9,8 +9,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cure_jax.bounds import Box, alpha_crown, crown, crown_ibp, ibp
-from cure_jax.bounds import graph, leaky_relu
+from cure_jax.bounds import (
+  Box,
+  alpha_crown,
+  crown,
+  crown_ibp,
+  graph,
+  ibp,
+  leaky_relu,
+)
 
 
 def _fused_eqns(fn, x):
@@ -35,20 +42,26 @@ def test_jax_leaky_relu_becomes_one_equation(slope):
 def test_what_is_not_a_leaky_relu_stays_as_it_is():
   x = jnp.zeros((1, 3))
   # A slope above 1 (not k x + (1 - k) relu(x) with k in [0, 1]).
-  assert "leaky_relu" not in _fused_names(lambda v: jax.nn.leaky_relu(v, 2.0), x)
+  assert "leaky_relu" not in _fused_names(
+    lambda v: jax.nn.leaky_relu(v, 2.0), x
+  )
+
   # A comparison used elsewhere too.
   def reuses(v):
     positive = v >= 0
     return jnp.where(positive, v, 0.1 * v) + positive.astype(v.dtype)
+
   assert "leaky_relu" not in _fused_names(reuses, x)
   # Another threshold.
   assert "leaky_relu" not in _fused_names(
-      lambda v: jnp.where(v >= 1.0, v, 0.1 * v), x)
+    lambda v: jnp.where(v >= 1.0, v, 0.1 * v), x
+  )
 
 
 def test_ibp_maps_the_ends():
   bounds = ibp(lambda v: jax.nn.leaky_relu(v, 0.1))(
-      Box(jnp.array([[-1.0, -3.0, 1.0]]), jnp.array([[2.0, -1.0, 4.0]])))
+    Box(jnp.array([[-1.0, -3.0, 1.0]]), jnp.array([[2.0, -1.0, 4.0]]))
+  )
   np.testing.assert_allclose(bounds.lower, [[-0.1, -0.3, 1.0]], rtol=1e-6)
   np.testing.assert_allclose(bounds.upper, [[2.0, -0.1, 4.0]], rtol=1e-6)
 

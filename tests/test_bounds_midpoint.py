@@ -17,9 +17,11 @@ def test_midpoint_is_the_identity_on_arrays_under_jit_grad_and_vmap():
   np.testing.assert_array_equal(jax.jit(midpoint)(x), x)
   np.testing.assert_array_equal(jax.vmap(midpoint)(x), x)
   np.testing.assert_allclose(
-      jax.grad(lambda v: jnp.sum(midpoint(v) ** 3))(x), 3 * x ** 2, rtol=1e-6)
+    jax.grad(lambda v: jnp.sum(midpoint(v) ** 3))(x), 3 * x**2, rtol=1e-6
+  )
   np.testing.assert_allclose(  # forward mode too
-      jax.jvp(midpoint, (x,), (jnp.ones_like(x),))[1], jnp.ones_like(x))
+    jax.jvp(midpoint, (x,), (jnp.ones_like(x),))[1], jnp.ones_like(x)
+  )
 
 
 def test_under_ibp_the_midpoint_is_the_centre_of_the_bounds_by_hand():
@@ -50,13 +52,20 @@ def test_gradients_flow_through_the_midpoint_into_the_parameters():
     return ibp(f)(Box(x - 0.1, x + 0.1)).upper.sum()
 
   w = jnp.array([[1.0, -2.0], [0.5, 1.5]])
-  numeric = (upper_sum(w + 1e-3 * jnp.eye(2)[0][:, None] * jnp.eye(2)[0])
-             - upper_sum(w - 1e-3 * jnp.eye(2)[0][:, None] * jnp.eye(2)[0])) / 2e-3
+  numeric = (
+    upper_sum(w + 1e-3 * jnp.eye(2)[0][:, None] * jnp.eye(2)[0])
+    - upper_sum(w - 1e-3 * jnp.eye(2)[0][:, None] * jnp.eye(2)[0])
+  ) / 2e-3
   np.testing.assert_allclose(jax.grad(upper_sum)(w)[0, 0], numeric, rtol=1e-2)
 
 
-MODEL = ConvNet(num_classes=3, conv_widths=(4,), conv_strides=(1,),
-                dense_widths=(5,), batch_norm=True)
+MODEL = ConvNet(
+  num_classes=3,
+  conv_widths=(4,),
+  conv_strides=(1,),
+  dense_widths=(5,),
+  batch_norm=True,
+)
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +76,8 @@ def model_and_box():
 
 
 def test_train_mode_batchnorm_is_bounded_with_the_centres_moments(
-    model_and_box):
+  model_and_box,
+):
   """IBP of train mode = IBP of eval mode with the bounds' centres' moments.
 
   The moments, written out: the first BatchNorm's input is conv(x) (no bias,
@@ -81,40 +91,50 @@ def test_train_mode_batchnorm_is_bounded_with_the_centres_moments(
 
   params = variables["params"]
   conv = lambda v: jax.lax.conv_general_dilated(
-      v, params["conv_0"]["kernel"], (1, 1), ((1, 1), (1, 1)),
-      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    v,
+    params["conv_0"]["kernel"],
+    (1, 1),
+    ((1, 1), (1, 1)),
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+  )
   mean0, var0 = batch_moments(conv(0.5 * (box.lower + box.upper)))
   # The dense layer's input centre, from IBP of the prefix with these moments.
-  stats = {"conv_0_bn": {"mean": mean0, "var": var0},
-           "dense_0_bn": variables["batch_stats"]["dense_0_bn"]}
+  stats = {
+    "conv_0_bn": {"mean": mean0, "var": var0},
+    "dense_0_bn": variables["batch_stats"]["dense_0_bn"],
+  }
 
   def prefix(v, s):
-    return MODEL.apply(v, s, train=False, capture_intermediates=True,
-                       mutable=["intermediates"])[1]
+    return MODEL.apply(
+      v, s, train=False, capture_intermediates=True, mutable=["intermediates"]
+    )[1]
+
   inter = ibp(prefix)({"params": params, "batch_stats": stats}, box)
   dense_in = inter["intermediates"]["dense_0"]["__call__"][0]
-  stats["dense_0_bn"] = dict(zip(("mean", "var"), batch_moments(
-      dense_in.center)))
-  expected = ibp(MODEL.apply)({"params": params, "batch_stats": stats}, box,
-                              train=False)
+  stats["dense_0_bn"] = dict(
+    zip(("mean", "var"), batch_moments(dense_in.center))
+  )
+  expected = ibp(MODEL.apply)(
+    {"params": params, "batch_stats": stats}, box, train=False
+  )
   np.testing.assert_allclose(bounds.lower, expected.lower, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(bounds.upper, expected.upper, rtol=1e-5, atol=1e-6)
   # The running statistics moved towards those moments (momentum 0.9).
   running = state["batch_stats"]["conv_0_bn"]
-  np.testing.assert_allclose(running["mean"], 0.1 * mean0, rtol=1e-5,
-                             atol=1e-7)
+  np.testing.assert_allclose(running["mean"], 0.1 * mean0, rtol=1e-5, atol=1e-7)
   assert isinstance(running["mean"], jax.Array)
 
 
 def test_train_mode_bounds_contain_the_fixed_moment_network_on_samples(
-    model_and_box):
+  model_and_box,
+):
   """Sound for the network whose BatchNorms use the (fixed) midpoint moments."""
   variables, box = model_and_box
-  fn = lambda v, s: MODEL.apply(v, s, train=True,
-                                mutable=["batch_stats", "batch_moments"])
+  fn = lambda v, s: MODEL.apply(
+    v, s, train=True, mutable=["batch_stats", "batch_moments"]
+  )
   bounds, state = ibp(fn, has_aux=True)(variables, box)
-  fixed = {"params": variables["params"],
-           "batch_stats": state["batch_moments"]}
+  fixed = {"params": variables["params"], "batch_stats": state["batch_moments"]}
   samples = jax.random.uniform(jax.random.key(3), (200,) + box.lower.shape)
   points = box.lower + samples * (box.upper - box.lower)
   outputs = jax.vmap(lambda p: MODEL.apply(fixed, p, train=False))(points)
@@ -144,7 +164,8 @@ def test_crown_ibp_takes_the_midpoint_that_ibp_gives_as_a_constant():
   x = jnp.array([[0.2, -0.4, 1.0], [0.6, 0.0, -1.0]])
   constant = x.mean(0)  # the box's centre is x
   with_midpoint = crown_ibp(lambda v: jax.nn.relu(midpoint(v).mean(0) * v))(
-      LinfBall(x, 0.1))
+    LinfBall(x, 0.1)
+  )
   written_out = crown_ibp(lambda v: jax.nn.relu(constant * v))(LinfBall(x, 0.1))
   np.testing.assert_allclose(with_midpoint.lower, written_out.lower, rtol=1e-6)
   np.testing.assert_allclose(with_midpoint.upper, written_out.upper, rtol=1e-6)

@@ -22,8 +22,15 @@ from cure_jax.bounds.interval import Interval
 from cure_jax.bounds.linear_rules import product
 
 # (lx, ux) and (ly, uy) of every sign pattern, wide and narrow.
-SIDES = [(-3.0, -1.0), (-2.0, 0.5), (-0.5, 3.0), (1.0, 4.0), (-1.0, 1.0),
-         (0.0, 2.0), (0.7, 0.8)]
+SIDES = [
+  (-3.0, -1.0),
+  (-2.0, 0.5),
+  (-0.5, 3.0),
+  (1.0, 4.0),
+  (-1.0, 1.0),
+  (0.0, 2.0),
+  (0.7, 0.8),
+]
 BOXES = list(itertools.product(SIDES, SIDES))
 
 
@@ -35,8 +42,11 @@ def _planes(sign, mix=None):
   """The plane `product` gives for coefficient ``sign`` (+1: a lower bound of
   x·y, −1: a lower bound of −x·y) and α-CROWN's plane mix ``mix`` (None:
   CROWN's), on every box: (a_x, a_y, bias)."""
-  lx, ux, ly, uy = (np.array([box[i][j] for box in BOXES], np.float32)
-                    for i in (0, 1) for j in (0, 1))
+  lx, ux, ly, uy = (
+    np.array([box[i][j] for box in BOXES], np.float32)
+    for i in (0, 1)
+    for j in (0, 1)
+  )
   x, y = Interval(lx[None], ux[None]), Interval(ly[None], uy[None])
   # One example holding every box as a feature; the bias sums over
   # features, so each box's own plane comes from a one-hot coefficient.
@@ -46,8 +56,9 @@ def _planes(sign, mix=None):
     one_hot[..., k] = sign
     alpha = None if mix is None else jnp.full(one_hot.shape, mix)
     pulled, bias = product(_mul_eqn(), [x, y], jnp.asarray(one_hot), alpha)
-    planes.append((float(pulled[0][0, 0, k]), float(pulled[1][0, 0, k]),
-                   float(bias[0, 0])))
+    planes.append(
+      (float(pulled[0][0, 0, k]), float(pulled[1][0, 0, k]), float(bias[0, 0]))
+    )
   return planes
 
 
@@ -71,10 +82,12 @@ def test_product_of_two_inputs_by_hand():
   x = Interval(jnp.array([[-1.0]]), jnp.array([[2.0]]))
   y = Interval(jnp.array([[1.0]]), jnp.array([[3.0]]))
   (a_x, a_y), bias = (lambda p, b: ((p[0], p[1]), b))(
-      *product(_mul_eqn(), [x, y], jnp.ones((1, 1, 1))))
+    *product(_mul_eqn(), [x, y], jnp.ones((1, 1, 1)))
+  )
   np.testing.assert_allclose([a_x.item(), a_y.item(), bias.item()], [1, -1, 1])
   (a_x, a_y), bias = (lambda p, b: ((p[0], p[1]), b))(
-      *product(_mul_eqn(), [x, y], -jnp.ones((1, 1, 1))))
+    *product(_mul_eqn(), [x, y], -jnp.ones((1, 1, 1)))
+  )
   np.testing.assert_allclose([a_x.item(), a_y.item(), bias.item()], [-3, 1, -3])
 
   fn = lambda v: v[:, :1] * v[:, 1:]
@@ -89,8 +102,9 @@ def test_a_value_times_itself_and_its_square():
   −5/4 at −1, and IBP's [0, 4] is tighter still."""
   box = Box(jnp.array([[-1.0]]), jnp.array([[2.0]]))
   np.testing.assert_allclose(ibp(lambda v: v * v)(box).lower, [[-2.0]])
-  np.testing.assert_allclose(crown_ibp(lambda v: v * v)(box).lower, [[-2.0]],
-                             atol=1e-6)
+  np.testing.assert_allclose(
+    crown_ibp(lambda v: v * v)(box).lower, [[-2.0]], atol=1e-6
+  )
   np.testing.assert_allclose(ibp(jnp.square)(box).lower, [[0.0]])
   np.testing.assert_allclose(ibp(jnp.square)(box).upper, [[4.0]])
   # Away from 0 the lines beat IBP: on [1, 3] the tangent at 2 gives
@@ -102,13 +116,25 @@ def test_a_value_times_itself_and_its_square():
   np.testing.assert_allclose(ibp(fn)(narrow).lower, [[-11.0]])
 
 
-POWERS = {"identity": (lambda v: v, "integer_pow", {"y": 1}),
-          "cube": (lambda v: v ** 3, "integer_pow", {"y": 3}),
-          "fifth": (lambda v: v ** 5, "integer_pow", {"y": 5}),
-          "fourth": (lambda v: v ** 4, "integer_pow", {"y": 4}),
-          "square": (jnp.square, "square", {})}
-INTERVALS = [(-3.0, -1.0), (-2.0, 0.5), (-1.5, 0.0), (-0.5, 3.0), (-1.0, 1.0),
-             (0.0, 2.0), (0.7, 0.8), (1.0, 2.0), (-1e-3, 2e-3), (1.0, 1.0)]
+POWERS = {
+  "identity": (lambda v: v, "integer_pow", {"y": 1}),
+  "cube": (lambda v: v**3, "integer_pow", {"y": 3}),
+  "fifth": (lambda v: v**5, "integer_pow", {"y": 5}),
+  "fourth": (lambda v: v**4, "integer_pow", {"y": 4}),
+  "square": (jnp.square, "square", {}),
+}
+INTERVALS = [
+  (-3.0, -1.0),
+  (-2.0, 0.5),
+  (-1.5, 0.0),
+  (-0.5, 3.0),
+  (-1.0, 1.0),
+  (0.0, 2.0),
+  (0.7, 0.8),
+  (1.0, 2.0),
+  (-1e-3, 2e-3),
+  (1.0, 1.0),
+]
 
 
 @pytest.mark.parametrize("name", sorted(POWERS))
@@ -117,11 +143,17 @@ def test_power_lines_enclose_the_power_on_the_whole_interval(name):
   lower, upper = (np.array(v, np.float32) for v in zip(*INTERVALS))
   derivative = lambda v: jax.jvp(fn, (v,), (jnp.ones_like(v),))[1]
   eqn = Eqn(getattr(jax.lax, f"{primitive}_p"), (0,), (1,), params, None)
-  (fallback,) = IBP_RULES[primitive](eqn, [Interval(jnp.asarray(lower), jnp.asarray(upper))])
+  (fallback,) = IBP_RULES[primitive](
+    eqn, [Interval(jnp.asarray(lower), jnp.asarray(upper))]
+  )
   relax = relaxations.smooth_relaxation(
-      fn, derivative, relaxations.curvature(primitive, params),
-      jnp.asarray(lower), jnp.asarray(upper),
-      fallback=(fallback.lower, fallback.upper))
+    fn,
+    derivative,
+    relaxations.curvature(primitive, params),
+    jnp.asarray(lower),
+    jnp.asarray(upper),
+    fallback=(fallback.lower, fallback.upper),
+  )
   t = np.linspace(0.0, 1.0, 2001)[:, None]
   x = lower + t * (upper - lower)
   f = np.asarray(fn(jnp.asarray(x, jnp.float32)), np.float64)

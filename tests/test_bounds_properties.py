@@ -17,13 +17,27 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cure_jax.bounds import (Box, L1Ball, L2Ball, LinfBall, LpBall,
-                             UnsupportedPrimitiveError, alpha_crown, crown,
-                             crown_ibp, ibp, margin_spec)
+from cure_jax.bounds import (
+  Box,
+  L1Ball,
+  L2Ball,
+  LinfBall,
+  LpBall,
+  UnsupportedPrimitiveError,
+  alpha_crown,
+  crown,
+  crown_ibp,
+  ibp,
+  margin_spec,
+)
 from cure_jax.objectives.base import robust_cross_entropy
 
-METHODS = {"ibp": ibp, "crown_ibp": crown_ibp, "crown": crown,
-           "alpha_crown": functools.partial(alpha_crown, steps=5)}
+METHODS = {
+  "ibp": ibp,
+  "crown_ibp": crown_ibp,
+  "crown": crown,
+  "alpha_crown": functools.partial(alpha_crown, steps=5),
+}
 DOMAIN = (0.0, 1.0)
 NUM_CLASSES = 5
 
@@ -73,19 +87,23 @@ def test_ibp_of_an_affine_map_over_a_box_by_hand():
   # Attained at corners: the bounds are exact, not just sound.
   upper_corner = jnp.where(W > 0, box.upper.T, box.lower.T)  # per output
   np.testing.assert_allclose(
-      [_affine(upper_corner[:, j][None])[0, j] for j in range(2)],
-      out.upper[0])
+    [_affine(upper_corner[:, j][None])[0, j] for j in range(2)], out.upper[0]
+  )
 
 
 # (p, dual norms of W's columns (1, 3) and (-2, 4), times eps = 0.5)
-@pytest.mark.parametrize("p, radius", [
+@pytest.mark.parametrize(
+  "p, radius",
+  [
     (math.inf, [0.5 * 4.0, 0.5 * 6.0]),
     (2.0, [0.5 * math.sqrt(10.0), 0.5 * math.sqrt(20.0)]),
     (1.0, [0.5 * 3.0, 0.5 * 4.0]),
-])
+  ],
+)
 @pytest.mark.parametrize("method", ["crown", "crown_ibp", "alpha_crown"])
 def test_linear_methods_bound_an_affine_map_exactly_over_lp_balls(
-    p, radius, method):
+  p, radius, method
+):
   ball = LpBall(jnp.array([[1.0, 1.0]]), 0.5, p)
   out = METHODS[method](_affine)(ball)
   center = np.array([4.5, 1.0])
@@ -104,19 +122,22 @@ def test_ibp_is_exact_through_the_first_affine_layer_of_an_lp_ball(p):
 
 @pytest.mark.parametrize("module", [Mlp(), Cnn()], ids=["mlp", "cnn"])
 @pytest.mark.parametrize("method", sorted(METHODS))
-@pytest.mark.parametrize("make_set", [LinfBall, L2Ball, L1Ball],
-                         ids=["linf", "l2", "l1"])
+@pytest.mark.parametrize(
+  "make_set", [LinfBall, L2Ball, L1Ball], ids=["linf", "l2", "l1"]
+)
 def test_zero_radius_gives_the_forward_pass(module, method, make_set):
   apply, params, x, y = _network(module)
   out = METHODS[method](apply)(params, make_set(x, 0.0, domain=DOMAIN))
   logits = apply(params, x)
   np.testing.assert_allclose(out.lower, logits, atol=1e-5)
   np.testing.assert_allclose(out.upper, logits, atol=1e-5)
-  margins = METHODS[method](apply)(params, make_set(x, 0.0),
-                                   spec=margin_spec(y, NUM_CLASSES))
+  margins = METHODS[method](apply)(
+    params, make_set(x, 0.0), spec=margin_spec(y, NUM_CLASSES)
+  )
   expected = jnp.take_along_axis(logits, y[:, None], 1) - logits
   expected = expected[jnp.arange(NUM_CLASSES)[None] != y[:, None]].reshape(
-      len(y), -1)
+    len(y), -1
+  )
   np.testing.assert_allclose(margins.lower, expected, atol=1e-5)
 
 
@@ -124,17 +145,21 @@ def test_zero_radius_gives_the_forward_pass(module, method, make_set):
 
 
 @pytest.mark.parametrize("module", [Mlp(), Cnn()], ids=["mlp", "cnn"])
-@pytest.mark.parametrize("make_set, eps", [(LinfBall, 0.05), (L2Ball, 0.3),
-                                           (L1Ball, 0.6)],
-                         ids=["linf", "l2", "l1"])
-def test_tighter_methods_give_tighter_margin_lower_bounds(module, make_set,
-                                                          eps):
+@pytest.mark.parametrize(
+  "make_set, eps",
+  [(LinfBall, 0.05), (L2Ball, 0.3), (L1Ball, 0.6)],
+  ids=["linf", "l2", "l1"],
+)
+def test_tighter_methods_give_tighter_margin_lower_bounds(
+  module, make_set, eps
+):
   apply, params, x, y = _network(module, seed=1)
   spec = margin_spec(y, NUM_CLASSES)
   input_set = make_set(x, eps, domain=DOMAIN)
-  lower = {name: np.asarray(METHODS[name](apply)(params, input_set,
-                                                  spec=spec).lower)
-           for name in METHODS}
+  lower = {
+    name: np.asarray(METHODS[name](apply)(params, input_set, spec=spec).lower)
+    for name in METHODS
+  }
   slack = 1e-5 * (1 + np.abs(lower["ibp"]))
   assert np.all(lower["crown_ibp"] >= lower["ibp"] - slack)
   assert np.all(lower["crown"] >= lower["crown_ibp"] - slack)
@@ -151,7 +176,8 @@ def test_lower_bounds_alone_equal_the_lower_half_of_both(method):
   input_set = L2Ball(x, 0.3, domain=DOMAIN)
   both = METHODS[method](apply)(params, input_set, spec=spec)
   lower_only = functools.partial(METHODS[method], bound="lower")(apply)(
-      params, input_set, spec=spec)
+    params, input_set, spec=spec
+  )
   np.testing.assert_allclose(lower_only.lower, both.lower, rtol=1e-5, atol=1e-6)
   assert np.all(np.isposinf(lower_only.upper))
 
@@ -167,9 +193,11 @@ def test_passes_over_groups_of_rows_give_the_bounds_of_one_pass(method, both):
   input_set = LinfBall(x, 0.1, domain=DOMAIN)
   bound = "both" if both else "lower"
   one = METHODS[method](apply, bound=bound, rows_per_pass=None)(
-      params, input_set, spec=spec)
+    params, input_set, spec=spec
+  )
   grouped = METHODS[method](apply, bound=bound, rows_per_pass=1)(
-      params, input_set, spec=spec)
+    params, input_set, spec=spec
+  )
   np.testing.assert_allclose(grouped.lower, one.lower, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(grouped.upper, one.upper, rtol=1e-5, atol=1e-6)
   assert np.all(np.isfinite(one.lower))
@@ -177,14 +205,16 @@ def test_passes_over_groups_of_rows_give_the_bounds_of_one_pass(method, both):
 
 def test_row_groups_cover_the_rows_in_order():
   from cure_jax.bounds.backward import row_groups
+
   # 9 margin rows of 128 examples: one row (128 rows·examples) per pass.
   assert row_groups(9, 128) == [slice(i, i + 1) for i in range(9)]
   # 32 examples: four rows per pass, the last group shorter.
   assert row_groups(9, 32) == [slice(0, 4), slice(4, 8), slice(8, 9)]
   # Few examples: one pass; a cap on the passes widens the groups.
   assert row_groups(9, 8) == [slice(0, 9)]
-  assert row_groups(20, 128, max_groups=4) == [slice(i, i + 5)
-                                               for i in range(0, 20, 5)]
+  assert row_groups(20, 128, max_groups=4) == [
+    slice(i, i + 5) for i in range(0, 20, 5)
+  ]
 
 
 @pytest.mark.parametrize("rows_per_pass", [0, -3, 1.5, "fast"])
@@ -202,8 +232,9 @@ def test_jit_equals_no_jit(method):
   spec = margin_spec(y, NUM_CLASSES)
 
   def bounds(params, x):
-    return METHODS[method](apply)(params, L2Ball(x, 0.2, domain=DOMAIN),
-                                  spec=spec)
+    return METHODS[method](apply)(
+      params, L2Ball(x, 0.2, domain=DOMAIN), spec=spec
+    )
 
   eager, jitted = bounds(params, x), jax.jit(bounds)(params, x)
   for a, b in zip(jax.tree.leaves(eager), jax.tree.leaves(jitted)):
@@ -240,14 +271,21 @@ def test_gradient_of_the_ibp_loss_matches_finite_differences(make_set):
     grads = jax.grad(loss)(params)
     leaves, treedef = jax.tree.flatten(params)
     keys = jax.random.split(jax.random.key(5), len(leaves))
-    direction = jax.tree.unflatten(treedef, [
-        jax.random.normal(k, p.shape, jnp.float64) for p, k in zip(leaves, keys)])
+    direction = jax.tree.unflatten(
+      treedef,
+      [
+        jax.random.normal(k, p.shape, jnp.float64) for p, k in zip(leaves, keys)
+      ],
+    )
     h = 1e-6
-    shifted = lambda s: jax.tree.map(lambda p, d: p + s * h * d, params,
-                                     direction)
+    shifted = lambda s: jax.tree.map(
+      lambda p, d: p + s * h * d, params, direction
+    )
     numeric = (loss(shifted(1.0)) - loss(shifted(-1.0))) / (2 * h)
-    analytic = sum(jnp.vdot(g, d) for g, d in zip(jax.tree.leaves(grads),
-                                                   jax.tree.leaves(direction)))
+    analytic = sum(
+      jnp.vdot(g, d)
+      for g, d in zip(jax.tree.leaves(grads), jax.tree.leaves(direction))
+    )
     np.testing.assert_allclose(analytic, numeric, rtol=1e-5)
     assert abs(float(analytic)) > 1e-3  # a real, non-vanishing gradient
 
@@ -292,11 +330,13 @@ def test_split_pieces_are_bounded_exactly(method):
   box = METHODS[method](first_half)(LinfBall(x, 0.1))
   np.testing.assert_allclose(box.lower, x[:, :2] - 0.1, rtol=1e-6)
   np.testing.assert_allclose(box.upper, x[:, :2] + 0.1, rtol=1e-6)
+
   # a - b of the two halves: exact under the linear methods only (IBP adds
   # the radii of a and b, which CROWN sees are the same inputs' halves).
   def difference(v):
     a, b = jnp.split(v, 2, axis=-1)
     return (a - b) + (v[:, :2] - a)  # = v[:, :2] - b, a reused twice
+
   box = METHODS[method](difference)(LinfBall(x, 0.1))
   expected = x[:, :2] - x[:, 2:]
   if method != "ibp":
@@ -308,6 +348,7 @@ def test_split_pieces_are_bounded_exactly(method):
 def test_a_multi_output_primitive_without_a_rule_is_named():
   def eigen_values(v):
     return jnp.linalg.eigh(v[:, :, None] * v[:, None, :])[0]
+
   with pytest.raises(UnsupportedPrimitiveError, match="'eigh'"):
     crown(eigen_values)(LinfBall(jnp.ones((1, 3)), 0.1))
 
@@ -327,6 +368,7 @@ def test_a_selector_that_is_not_a_comparison_is_refused():
   def three_way(x):
     which = jnp.clip(x, 0, 2).astype(jnp.int32)
     return jax.lax.select_n(which, x, 2 * x, 3 * x)
+
   with pytest.raises(UnsupportedPrimitiveError):
     ibp(three_way)(LinfBall(jnp.ones((1, 3)), 0.1))
 
@@ -335,19 +377,24 @@ def test_alpha_crown_optimizes_the_slopes_of_min_units_too():
   """Units capped from above, min(x, 1) = 1 - relu(1 - x), and no max: only
   if α-CROWN optimizes the slopes of min can it beat CROWN-IBP; it must, and
   never be looser."""
+
   def capped_net(params, x):
     hidden = jnp.minimum(x @ params["w1"], 1.0)
     hidden = jnp.minimum(hidden @ params["w2"], 1.0)
     return hidden @ params["w3"]
+
   keys = jax.random.split(jax.random.key(3), 4)
-  params = {"w1": jax.random.normal(keys[0], (6, 16)),
-            "w2": 0.5 * jax.random.normal(keys[1], (16, 16)),
-            "w3": jax.random.normal(keys[2], (16, NUM_CLASSES))}
+  params = {
+    "w1": jax.random.normal(keys[0], (6, 16)),
+    "w2": 0.5 * jax.random.normal(keys[1], (16, 16)),
+    "w3": jax.random.normal(keys[2], (16, NUM_CLASSES)),
+  }
   x = jax.random.uniform(keys[3], (3, 6))
   spec = margin_spec(jnp.arange(3) % NUM_CLASSES, NUM_CLASSES)
   ball = LinfBall(x, 0.15)
   reference = crown_ibp(capped_net)(params, ball, spec=spec).lower
   optimized = alpha_crown(capped_net, steps=20, intermediate="ibp")(
-      params, ball, spec=spec).lower
+    params, ball, spec=spec
+  ).lower
   assert np.all(optimized >= reference - 1e-5)
   assert np.any(optimized > reference + 1e-3)

@@ -14,22 +14,42 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cure_jax.bounds import LinfBall, crown, crown_ibp, ibp
-from cure_jax.bounds import relaxations
+from cure_jax.bounds import LinfBall, crown, crown_ibp, ibp, relaxations
 
 FUNCTIONS = {
-    "exp": jnp.exp, "exp2": jnp.exp2, "expm1": jnp.expm1, "log": jnp.log,
-    "log1p": jnp.log1p, "sqrt": jnp.sqrt, "tanh": jnp.tanh,
-    "logistic": jax.nn.sigmoid,
-    "erf": jax.scipy.special.erf, "atan": jnp.arctan, "asinh": jnp.arcsinh,
-    "cbrt": jnp.cbrt, "sinh": jnp.sinh,
+  "exp": jnp.exp,
+  "exp2": jnp.exp2,
+  "expm1": jnp.expm1,
+  "log": jnp.log,
+  "log1p": jnp.log1p,
+  "sqrt": jnp.sqrt,
+  "tanh": jnp.tanh,
+  "logistic": jax.nn.sigmoid,
+  "erf": jax.scipy.special.erf,
+  "atan": jnp.arctan,
+  "asinh": jnp.arcsinh,
+  "cbrt": jnp.cbrt,
+  "sinh": jnp.sinh,
 }
 # Intervals [l, u] on every side of the inflection point 0, wide and narrow.
-GENERAL = [(-3.0, -1.0), (-2.0, -1.9), (-1.5, 0.0), (-2.0, 0.5), (-0.5, 3.0),
-           (-4.0, 4.0), (0.0, 2.0), (0.7, 0.8), (1.0, 5.0), (-1e-3, 2e-3)]
+GENERAL = [
+  (-3.0, -1.0),
+  (-2.0, -1.9),
+  (-1.5, 0.0),
+  (-2.0, 0.5),
+  (-0.5, 3.0),
+  (-4.0, 4.0),
+  (0.0, 2.0),
+  (0.7, 0.8),
+  (1.0, 5.0),
+  (-1e-3, 2e-3),
+]
 POSITIVE = [(0.0, 1.0), (0.0, 1e-4), (1e-3, 4.0), (0.5, 0.6), (2.0, 30.0)]
-DOMAIN = {"log": POSITIVE, "sqrt": POSITIVE,
-          "log1p": POSITIVE + [(-0.5, 1.0), (-0.9, -0.1)]}
+DOMAIN = {
+  "log": POSITIVE,
+  "sqrt": POSITIVE,
+  "log1p": POSITIVE + [(-0.5, 1.0), (-0.9, -0.1)],
+}
 
 
 def _derivative(fn):
@@ -39,8 +59,12 @@ def _derivative(fn):
 def _relax(name, lower, upper):
   fn = FUNCTIONS[name]
   return relaxations.smooth_relaxation(
-      fn, _derivative(fn), relaxations.SMOOTH_CURVATURE[name],
-      jnp.asarray(lower, jnp.float32), jnp.asarray(upper, jnp.float32))
+    fn,
+    _derivative(fn),
+    relaxations.SMOOTH_CURVATURE[name],
+    jnp.asarray(lower, jnp.float32),
+    jnp.asarray(upper, jnp.float32),
+  )
 
 
 def test_every_supported_primitive_is_tested():
@@ -56,9 +80,11 @@ def test_lines_enclose_the_function_on_the_whole_interval(name):
   x = lower + t * (upper - lower)  # [2001, intervals], float64
   f = np.asarray(FUNCTIONS[name](jnp.asarray(x, jnp.float32)), np.float64)
   below = np.asarray(relax.lower_slope, np.float64) * x + np.asarray(
-      relax.lower_offset, np.float64)
+    relax.lower_offset, np.float64
+  )
   above = np.asarray(relax.upper_slope, np.float64) * x + np.asarray(
-      relax.upper_offset, np.float64)
+    relax.upper_offset, np.float64
+  )
   finite = np.isfinite(f)
   tolerance = 1e-5 * (1.0 + np.abs(np.where(finite, f, 0.0)))
   assert np.all((below <= f + tolerance) | ~finite), name
@@ -75,11 +101,13 @@ def test_tanh_on_its_concave_part_by_hand():
   chord = (np.tanh(1.0) - np.tanh(0.5)) / 0.5
   tangent = 1.0 - np.tanh(0.75) ** 2
   np.testing.assert_allclose(relax.lower_slope, [chord], rtol=1e-5)
-  np.testing.assert_allclose(relax.lower_offset, [np.tanh(0.5) - 0.5 * chord],
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    relax.lower_offset, [np.tanh(0.5) - 0.5 * chord], rtol=1e-5
+  )
   np.testing.assert_allclose(relax.upper_slope, [tangent], rtol=1e-5)
-  np.testing.assert_allclose(relax.upper_offset,
-                             [np.tanh(0.75) - 0.75 * tangent], rtol=1e-5)
+  np.testing.assert_allclose(
+    relax.upper_offset, [np.tanh(0.75) - 0.75 * tangent], rtol=1e-5
+  )
 
 
 def test_sigmoid_across_zero_uses_the_least_slope_through_the_ends():
@@ -89,10 +117,12 @@ def test_sigmoid_across_zero_uses_the_least_slope_through_the_ends():
   least = sigmoid(3.0) * (1.0 - sigmoid(3.0))
   np.testing.assert_allclose(relax.lower_slope, [least], rtol=1e-5)
   np.testing.assert_allclose(relax.upper_slope, [least], rtol=1e-5)
-  np.testing.assert_allclose(relax.lower_offset, [sigmoid(-1.0) + least],
-                             rtol=1e-5)
-  np.testing.assert_allclose(relax.upper_offset,
-                             [sigmoid(3.0) - 3.0 * least], rtol=1e-5)
+  np.testing.assert_allclose(
+    relax.lower_offset, [sigmoid(-1.0) + least], rtol=1e-5
+  )
+  np.testing.assert_allclose(
+    relax.upper_offset, [sigmoid(3.0) - 3.0 * least], rtol=1e-5
+  )
 
 
 def test_a_point_interval_gives_the_value_itself():
@@ -112,24 +142,28 @@ def test_crown_of_one_neuron_by_hand():
   0.2664 (at tanh² = 1/2) and well below IBP's tanh(1) - 0.25 = 0.5116.
   """
   bounds = crown(lambda x: jnp.tanh(x) - 0.5 * x)(
-      LinfBall(jnp.full((1, 1), 0.75), 0.25))
+    LinfBall(jnp.full((1, 1), 0.75), 0.25)
+  )
   tangent = 1.0 - np.tanh(0.75) ** 2
   np.testing.assert_allclose(bounds.lower, [[np.tanh(0.5) - 0.25]], rtol=1e-5)
-  np.testing.assert_allclose(bounds.upper,
-                             [[np.tanh(0.75) + 0.25 * tangent - 0.5]],
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    bounds.upper, [[np.tanh(0.75) + 0.25 * tangent - 0.5]], rtol=1e-5
+  )
 
 
 def test_log_at_zero_gives_minus_infinity_only_where_it_is_used():
   """log over [0, 1] has no finite lower line; an output not using it stays
   exact (a zero coefficient times -inf must not make a NaN)."""
+
   def net(x):
     return jnp.stack([jnp.log(x[:, 0]), 2.0 * x[:, 1]], axis=-1)
+
   x = jnp.array([[0.5, 0.25]])
   for method in (crown, crown_ibp):
     bounds = method(net)(LinfBall(x, 0.5))
     assert not np.any(np.isnan(bounds.lower)) and not np.any(
-        np.isnan(bounds.upper)), method.__name__
+      np.isnan(bounds.upper)
+    ), method.__name__
     assert float(bounds.lower[0, 0]) == -np.inf
     np.testing.assert_allclose(bounds.upper[0, 0], 0.0, atol=1e-6)
     np.testing.assert_allclose(bounds.lower[0, 1], -0.5, rtol=1e-6)
@@ -143,8 +177,12 @@ def _tanh_net(params, x):
 
 def _params():
   k1, k2, k3, k4 = jax.random.split(jax.random.key(0), 4)
-  return {"w1": jax.random.normal(k1, (5, 6)), "b1": jax.random.normal(k2, (6,)),
-          "w2": jax.random.normal(k3, (6, 6)), "w3": jax.random.normal(k4, (6, 3))}
+  return {
+    "w1": jax.random.normal(k1, (5, 6)),
+    "b1": jax.random.normal(k2, (6,)),
+    "w2": jax.random.normal(k3, (6, 6)),
+    "w3": jax.random.normal(k4, (6, 3)),
+  }
 
 
 def test_crown_is_tighter_than_ibp_and_jit_equals_no_jit():
@@ -156,7 +194,9 @@ def test_crown_is_tighter_than_ibp_and_jit_equals_no_jit():
   np.testing.assert_allclose(eager.upper, jitted.upper, rtol=1e-5, atol=1e-6)
   box = ibp(_tanh_net)(params, ball)
   assert np.all(eager.upper - eager.lower <= box.upper - box.lower + 1e-5)
-  assert np.mean(eager.upper - eager.lower) < 0.9 * np.mean(box.upper - box.lower)
+  assert np.mean(eager.upper - eager.lower) < 0.9 * np.mean(
+    box.upper - box.lower
+  )
 
 
 def test_a_crown_ibp_loss_of_a_tanh_network_has_finite_gradients():

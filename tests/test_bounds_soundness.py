@@ -21,8 +21,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cure_jax.bounds import (L1Ball, L2Ball, LinfBall, alpha_crown, crown,
-                             crown_ibp, ibp, margin_spec)
+from cure_jax.bounds import (
+  L1Ball,
+  L2Ball,
+  LinfBall,
+  alpha_crown,
+  crown,
+  crown_ibp,
+  ibp,
+  margin_spec,
+)
 
 NUM_CLASSES = 4
 BATCH = 2
@@ -33,11 +41,11 @@ ATTACK_STEPS = 40
 RTOL = 1e-4
 
 METHODS = {
-    "ibp": ibp,
-    "crown_ibp": crown_ibp,
-    "crown": crown,
-    # Any slopes in [0, 1] are sound; a few steps exercise the optimizer.
-    "alpha_crown": functools.partial(alpha_crown, steps=4),
+  "ibp": ibp,
+  "crown_ibp": crown_ibp,
+  "crown": crown,
+  # Any slopes in [0, 1] are sound; a few steps exercise the optimizer.
+  "alpha_crown": functools.partial(alpha_crown, steps=4),
 }
 
 
@@ -129,7 +137,12 @@ class SmoothMlp(nn.Module):
   @nn.compact
   def __call__(self, x):
     x = x.reshape(x.shape[0], -1)
-    for activation in (jnp.tanh, nn.sigmoid, jax.scipy.special.erf, jnp.arcsinh):
+    for activation in (
+      jnp.tanh,
+      nn.sigmoid,
+      jax.scipy.special.erf,
+      jnp.arcsinh,
+    ):
       x = activation(nn.Dense(8)(x))
     return nn.Dense(NUM_CLASSES)(x)
 
@@ -185,18 +198,18 @@ class GatedCnn(nn.Module):
 
 
 NETWORKS = {
-    "mlp": (Mlp(), (8, 8, 1)),
-    "strided_cnn": (StridedCnn(), (8, 8, 2)),
-    "grouped_dilated_cnn": (GroupedDilatedCnn(), (8, 8, 2)),
-    "batch_norm_cnn": (BatchNormCnn(), (8, 8, 2)),
-    "pooling_cnn": (PoolingCnn(), (8, 8, 2)),
-    "residual_cnn": (ResidualCnn(), (8, 8, 2)),
-    "normalized_cnn": (NormalizedCnn(), (8, 8, 3)),
-    "smooth_mlp": (SmoothMlp(), (8, 8, 1)),
-    "convex_concave_cnn": (ConvexConcaveCnn(), (8, 8, 2)),
-    "clip_stack_mlp": (ClipStackMlp(), (8, 8, 1)),
-    "piecewise_cnn": (PiecewiseCnn(), (8, 8, 2)),
-    "gated_cnn": (GatedCnn(), (8, 8, 2)),
+  "mlp": (Mlp(), (8, 8, 1)),
+  "strided_cnn": (StridedCnn(), (8, 8, 2)),
+  "grouped_dilated_cnn": (GroupedDilatedCnn(), (8, 8, 2)),
+  "batch_norm_cnn": (BatchNormCnn(), (8, 8, 2)),
+  "pooling_cnn": (PoolingCnn(), (8, 8, 2)),
+  "residual_cnn": (ResidualCnn(), (8, 8, 2)),
+  "normalized_cnn": (NormalizedCnn(), (8, 8, 3)),
+  "smooth_mlp": (SmoothMlp(), (8, 8, 1)),
+  "convex_concave_cnn": (ConvexConcaveCnn(), (8, 8, 2)),
+  "clip_stack_mlp": (ClipStackMlp(), (8, 8, 1)),
+  "piecewise_cnn": (PiecewiseCnn(), (8, 8, 2)),
+  "gated_cnn": (GatedCnn(), (8, 8, 2)),
 }
 
 
@@ -208,20 +221,24 @@ def _random_batch_stats(variables, key):
   for name in stats:
     k1, k2, k3, k4, key = jax.random.split(key, 5)
     shape = stats[name]["mean"].shape
-    stats[name] = {"mean": 0.3 * jax.random.normal(k1, shape),
-                   "var": jax.random.uniform(k2, shape, minval=0.2, maxval=2.)}
-    params[name] = {"scale": jax.random.uniform(k3, shape, minval=0.5,
-                                                maxval=1.5),
-                    "bias": 0.2 * jax.random.normal(k4, shape)}
+    stats[name] = {
+      "mean": 0.3 * jax.random.normal(k1, shape),
+      "var": jax.random.uniform(k2, shape, minval=0.2, maxval=2.0),
+    }
+    params[name] = {
+      "scale": jax.random.uniform(k3, shape, minval=0.5, maxval=1.5),
+      "bias": 0.2 * jax.random.normal(k4, shape),
+    }
   return {"params": params, "batch_stats": stats}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _network(name):
   """(module, variables, centers x in [0, 1] with saturated pixels, labels)."""
   module, image_shape = NETWORKS[name]
   k_init, k_x, k_snap, k_stats, k_labels = jax.random.split(
-      jax.random.key(len(name)), 5)
+    jax.random.key(len(name)), 5
+  )
   x = jax.random.uniform(k_x, (BATCH,) + image_shape)
   # A quarter of the pixels at 0 or 1, so that the domain clip is active.
   snap = jax.random.uniform(k_snap, x.shape)
@@ -240,8 +257,9 @@ def _radius(set_name, x):
   p, clipped = SETS[set_name]
   if p == math.inf:
     if clipped:  # per element
-      return jax.random.uniform(jax.random.key(1), x.shape, minval=0.01,
-                                maxval=0.05)
+      return jax.random.uniform(
+        jax.random.key(1), x.shape, minval=0.01, maxval=0.05
+      )
     return 0.03
   scale = 0.5 if p == 2 else 1.5
   if clipped:  # per example
@@ -250,12 +268,12 @@ def _radius(set_name, x):
 
 
 SETS = {  # name: (p, intersected with the domain [0, 1])
-    "linf": (math.inf, False),
-    "linf_clipped": (math.inf, True),
-    "l2": (2.0, False),
-    "l2_clipped": (2.0, True),
-    "l1": (1.0, False),
-    "l1_clipped": (1.0, True),
+  "linf": (math.inf, False),
+  "linf_clipped": (math.inf, True),
+  "l2": (2.0, False),
+  "l2_clipped": (2.0, True),
+  "l1": (1.0, False),
+  "l1_clipped": (1.0, True),
 }
 _BALLS = {math.inf: LinfBall, 2.0: L2Ball, 1.0: L1Ball}
 
@@ -343,24 +361,31 @@ def _sample(key, center, eps, p, domain, n):
   if p == math.inf:  # half corners, half uniform in the box
     corners = eps * jnp.sign(jax.random.normal(k_dir, shape))
     uniform = jax.random.uniform(k_radius, shape, minval=-1.0) * eps
-    delta = jnp.where(jnp.arange(n).reshape((n,) + (1,) * center.ndim) % 2 == 0,
-                      corners, uniform)
+    delta = jnp.where(
+      jnp.arange(n).reshape((n,) + (1,) * center.ndim) % 2 == 0,
+      corners,
+      uniform,
+    )
   else:
     if p == 2:
       direction = jax.random.normal(k_dir, shape)
     else:  # Laplace directions, and every third sample a vertex ±eps·e_i
       direction = jax.random.laplace(k_dir, shape)
       vertex = jax.nn.one_hot(
-          jax.random.randint(k_vertex, shape[:2], 0, math.prod(center.shape[1:])),
-          math.prod(center.shape[1:])).reshape(shape)
+        jax.random.randint(k_vertex, shape[:2], 0, math.prod(center.shape[1:])),
+        math.prod(center.shape[1:]),
+      ).reshape(shape)
       vertex = vertex * jnp.sign(jax.random.normal(k_sign, shape))
       is_vertex = (jnp.arange(n) % 3 == 0).reshape((n,) + (1,) * center.ndim)
       direction = jnp.where(is_vertex, vertex, direction)
     norms = jax.vmap(lambda d: _flat_norm(d, p))(direction)
-    direction = direction / norms.reshape(norms.shape + (1,) * (center.ndim - 1))
+    direction = direction / norms.reshape(
+      norms.shape + (1,) * (center.ndim - 1)
+    )
     # Half on the surface, half inside.
-    radius = jnp.where(jnp.arange(n) % 2 == 0, 1.0,
-                       jax.random.uniform(k_radius, (n,)))
+    radius = jnp.where(
+      jnp.arange(n) % 2 == 0, 1.0, jax.random.uniform(k_radius, (n,))
+    )
     delta = direction * radius.reshape((n,) + (1,) * center.ndim) * eps
   return jax.vmap(lambda d: _into_set(center, d, eps, p, domain))(delta)
 
@@ -375,20 +400,22 @@ def _descent_direction(grad, p):
   flat = grad.reshape(grad.shape[0], -1)
   if p == 2:
     return grad / jnp.maximum(_flat_norm(grad, 2), 1e-12).reshape(
-        (-1,) + (1,) * (grad.ndim - 1))
+      (-1,) + (1,) * (grad.ndim - 1)
+    )
   # l1: move the coordinate of largest gradient magnitude (a vertex direction).
   top = jnp.argmax(jnp.abs(flat), axis=-1)
   sparse = jax.nn.one_hot(top, flat.shape[1], dtype=flat.dtype) * jnp.sign(flat)
   return sparse.reshape(grad.shape)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _objective_gradient(apply_fn):
   """Jitted (x [N, ...], d [N, K]) -> (<d_n, f(x_n)> [N], its gradient in x).
 
   One compilation per network: the attack loop itself runs eagerly, so its
   few elementwise operations are compiled once for all networks and sets.
   """
+
   def objective(x, directions):
     per_point = jnp.sum(apply_fn(x) * directions, -1)
     return per_point.sum(), per_point
@@ -398,11 +425,13 @@ def _objective_gradient(apply_fn):
   def value_and_gradient(x, directions):
     (_, value), grad = gradient(x, directions)
     return value, grad
+
   return value_and_gradient
 
 
-def _attack(apply_fn, center, eps, directions, key, p, domain,
-            steps=ATTACK_STEPS):
+def _attack(
+  apply_fn, center, eps, directions, key, p, domain, steps=ATTACK_STEPS
+):
   """Projected gradient descent of <d_r, f(x_r)> over x_r in the set.
 
   Args:
@@ -420,9 +449,11 @@ def _attack(apply_fn, center, eps, directions, key, p, domain,
   """
   rows = directions.shape[0]
   flat_center = jnp.broadcast_to(center, (rows,) + center.shape).reshape(
-      (-1,) + center.shape[1:])
+    (-1,) + center.shape[1:]
+  )
   flat_eps = jnp.broadcast_to(eps, (rows,) + eps.shape).reshape(
-      (-1,) + eps.shape[1:])
+    (-1,) + eps.shape[1:]
+  )
   flat_directions = directions.reshape(-1, directions.shape[-1])
   value_and_gradient = _objective_gradient(apply_fn)
   # Random start half-way to a random point of the set.
@@ -436,17 +467,22 @@ def _attack(apply_fn, center, eps, directions, key, p, domain,
     best_x = jnp.where(better.reshape(per_point), x, best_x)
     best_value = jnp.where(better, value, best_value)
     size = flat_eps * (0.5 * 0.02 ** (i / steps))
-    x = _into_set(flat_center,
-                  x - flat_center - size * _descent_direction(grad, p),
-                  flat_eps, p, domain)
+    x = _into_set(
+      flat_center,
+      x - flat_center - size * _descent_direction(grad, p),
+      flat_eps,
+      p,
+      domain,
+    )
   return best_x.reshape((rows,) + center.shape)
 
 
 def _attack_directions(spec, num_classes):
   """[R, B, K]: ±e_k for every output, ±C_s for every specification row."""
   batch = spec.shape[0]
-  eye = jnp.broadcast_to(jnp.eye(num_classes)[:, None], (num_classes, batch,
-                                                           num_classes))
+  eye = jnp.broadcast_to(
+    jnp.eye(num_classes)[:, None], (num_classes, batch, num_classes)
+  )
   rows = jnp.swapaxes(spec, 0, 1)
   return jnp.concatenate([eye, -eye, rows, -rows], axis=0)
 
@@ -463,8 +499,9 @@ def _assert_within(bounds, values, what):
   below = np.max((lower - values) / scale)
   above = np.max((values - upper) / scale)
   assert below <= RTOL and above <= RTOL, (
-      f"{what}: a point of the set leaves its bounds (relative excess: "
-      f"{below:.2e} below the lower bound, {above:.2e} above the upper).")
+    f"{what}: a point of the set leaves its bounds (relative excess: "
+    f"{below:.2e} below the lower bound, {above:.2e} above the upper)."
+  )
 
 
 # -------------------------------------------------------------------- tests
@@ -478,9 +515,11 @@ def test_attack_reaches_the_minimum_of_a_linear_function(p):
   apply_fn = _LinearModel(weight)
   eps = _per_example(jnp.asarray(0.3), center)
   directions = _attack_directions(
-      margin_spec(jnp.arange(BATCH), NUM_CLASSES), NUM_CLASSES)
-  points = _attack(apply_fn, center, eps, directions, jax.random.key(2), p,
-                   None, steps=60)
+    margin_spec(jnp.arange(BATCH), NUM_CLASSES), NUM_CLASSES
+  )
+  points = _attack(
+    apply_fn, center, eps, directions, jax.random.key(2), p, None, steps=60
+  )
   _assert_in_set(points, center, eps, p, None)
   achieved = jnp.sum(jax.vmap(apply_fn)(points) * directions, -1)
   # min over the ball of <d, W x> = <d, W c> - eps ||W d||_q.
@@ -488,8 +527,9 @@ def test_attack_reaches_the_minimum_of_a_linear_function(p):
   q = {math.inf: 1, 2.0: 2, 1.0: math.inf}[p]
   dual = jnp.linalg.norm(w_d, ord=q, axis=-1)
   optimum = jnp.sum(apply_fn(center) * directions, -1) - 0.3 * dual
-  np.testing.assert_allclose(achieved, optimum, atol=2e-3 * (1 + jnp.max(
-      jnp.abs(optimum))))
+  np.testing.assert_allclose(
+    achieved, optimum, atol=2e-3 * (1 + jnp.max(jnp.abs(optimum)))
+  )
 
 
 class _LinearModel:
@@ -512,7 +552,7 @@ class _BoundModel:
     return self.module.apply(self.variables, x)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _bound_model(net_name):
   module, variables, _, _ = _network(net_name)
   return _BoundModel(module, variables)
@@ -525,10 +565,10 @@ def _set_points(net_name, set_name):
   domain = DOMAIN if clipped else None
   eps = _per_example(_radius(set_name, x), x)
   samples = _sample(jax.random.key(3), x, eps, p, domain, NUM_SAMPLES)
-  directions = _attack_directions(margin_spec(labels, NUM_CLASSES),
-                                  NUM_CLASSES)
-  attacked = _attack(_bound_model(net_name), x, eps, directions,
-                     jax.random.key(4), p, domain)
+  directions = _attack_directions(margin_spec(labels, NUM_CLASSES), NUM_CLASSES)
+  attacked = _attack(
+    _bound_model(net_name), x, eps, directions, jax.random.key(4), p, domain
+  )
   points = jnp.concatenate([samples, attacked], axis=0)
   _assert_in_set(points, x, eps, p, domain)
   return points
@@ -539,18 +579,29 @@ def _set_points(net_name, set_name):
 # a CNN). α-CROWN compiles its slope optimization once per call (a couple of
 # seconds): it runs with the margin spec everywhere and also without a spec
 # on the MLP, the output-identity path being the one CROWN shares.
-SOUNDNESS_CASES = [(net, set_name) for net in ("mlp", "strided_cnn")
-                   for set_name in SETS] + [
-    ("grouped_dilated_cnn", "linf_clipped"), ("grouped_dilated_cnn", "l1"),
-    ("batch_norm_cnn", "l2_clipped"), ("batch_norm_cnn", "linf"),
-    ("pooling_cnn", "linf_clipped"), ("pooling_cnn", "l2"),
-    ("residual_cnn", "l1_clipped"), ("residual_cnn", "linf_clipped"),
-    ("normalized_cnn", "l2_clipped"), ("normalized_cnn", "l1"),
-    ("smooth_mlp", "linf_clipped"), ("smooth_mlp", "l2"),
-    ("convex_concave_cnn", "linf"), ("convex_concave_cnn", "l1_clipped"),
-    ("clip_stack_mlp", "linf_clipped"), ("clip_stack_mlp", "l2"),
-    ("piecewise_cnn", "linf"), ("piecewise_cnn", "l1_clipped"),
-    ("gated_cnn", "linf_clipped"), ("gated_cnn", "l2"),
+SOUNDNESS_CASES = [
+  (net, set_name) for net in ("mlp", "strided_cnn") for set_name in SETS
+] + [
+  ("grouped_dilated_cnn", "linf_clipped"),
+  ("grouped_dilated_cnn", "l1"),
+  ("batch_norm_cnn", "l2_clipped"),
+  ("batch_norm_cnn", "linf"),
+  ("pooling_cnn", "linf_clipped"),
+  ("pooling_cnn", "l2"),
+  ("residual_cnn", "l1_clipped"),
+  ("residual_cnn", "linf_clipped"),
+  ("normalized_cnn", "l2_clipped"),
+  ("normalized_cnn", "l1"),
+  ("smooth_mlp", "linf_clipped"),
+  ("smooth_mlp", "l2"),
+  ("convex_concave_cnn", "linf"),
+  ("convex_concave_cnn", "l1_clipped"),
+  ("clip_stack_mlp", "linf_clipped"),
+  ("clip_stack_mlp", "l2"),
+  ("piecewise_cnn", "linf"),
+  ("piecewise_cnn", "l1_clipped"),
+  ("gated_cnn", "linf_clipped"),
+  ("gated_cnn", "l2"),
 ]
 
 
@@ -567,5 +618,8 @@ def test_points_of_the_set_stay_within_every_methods_bounds(net_name, set_name):
     what = f"{method_name} on {net_name} over {set_name}"
     if method_name != "alpha_crown" or net_name == "mlp":
       _assert_within(bounded(variables, input_set), outputs, what)
-    _assert_within(bounded(variables, input_set, spec=spec), margins,
-                   what + " with a margin spec")
+    _assert_within(
+      bounded(variables, input_set, spec=spec),
+      margins,
+      what + " with a margin spec",
+    )

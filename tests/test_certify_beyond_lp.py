@@ -13,26 +13,28 @@ import sys
 
 import numpy as np
 import pytest
+from test_train_loop import (  # pylint: disable=g-bad-import-order
+  MNIST_CONFIG,
+  REPO,
+  tiny_config,
+)
 
 from cure_jax import settings
 from cure_jax.certify import beyond_lp, read_csv
 from cure_jax.train import loop
 
-from test_train_loop import _no_data_env  # pylint: disable=unused-import,g-bad-import-order
-from test_train_loop import MNIST_CONFIG, REPO, tiny_config  # pylint: disable=g-bad-import-order
-
 EXAMPLES = 6
 OVERRIDES = {
-    "eval.final_examples": 4,
-    "eval.beyond_lp.examples": EXAMPLES,
-    "eval.beyond_lp.patch_sizes": (2, 5),
-    "eval.beyond_lp.patch_attack_steps": 2,
-    "eval.beyond_lp.families": ("rotation", "brightness_contrast"),
-    "eval.beyond_lp.ranges.rotation": 2.0,
-    "eval.beyond_lp.subintervals.rotation": 2,
-    "eval.beyond_lp.subintervals.brightness_contrast": 2,
-    "eval.beyond_lp.grid_points.rotation": 5,
-    "eval.beyond_lp.grid_points.brightness_contrast": 3,
+  "eval.final_examples": 4,
+  "eval.beyond_lp.examples": EXAMPLES,
+  "eval.beyond_lp.patch_sizes": (2, 5),
+  "eval.beyond_lp.patch_attack_steps": 2,
+  "eval.beyond_lp.families": ("rotation", "brightness_contrast"),
+  "eval.beyond_lp.ranges.rotation": 2.0,
+  "eval.beyond_lp.subintervals.rotation": 2,
+  "eval.beyond_lp.subintervals.brightness_contrast": 2,
+  "eval.beyond_lp.grid_points.rotation": 5,
+  "eval.beyond_lp.grid_points.brightness_contrast": 3,
 }
 THREATS = ("patch_2", "patch_5", "rotation", "brightness_contrast")
 
@@ -40,6 +42,7 @@ THREATS = ("patch_2", "patch_5", "rotation", "brightness_contrast")
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
   from cure_jax.data import fake_sources  # pylint: disable=g-import-not-at-top
+
   files = tmp_path_factory.mktemp("files")
   fake_sources.write_fake_mnist(files, num_train=48, num_test=10, seed=6)
   tfds = tmp_path_factory.mktemp("tfds")
@@ -51,8 +54,9 @@ def trained(tmp_path_factory):
 
 def test_writes_per_point_csv_and_per_threat_summary(trained):
   config, workdir, *_ = trained
-  summary = beyond_lp.certify_checkpoint_beyond_lp(config, str(workdir),
-                                                   log=None)
+  summary = beyond_lp.certify_checkpoint_beyond_lp(
+    config, str(workdir), log=None
+  )
   on_disk = json.loads((workdir / "beyond_lp.json").read_text())
   assert on_disk == summary
   assert list(summary["threats"]) == list(THREATS)
@@ -73,22 +77,30 @@ def test_writes_per_point_csv_and_per_threat_summary(trained):
     assert entry["empirical"]["count"] == robust.sum()
     assert entry["seconds_per_point"] >= 0
   # A bigger patch can only be harder: its windows contain smaller ones.
-  assert np.all(np.asarray(records["certified_patch_2"], bool)[
-      np.asarray(records["certified_patch_5"], bool)])
-  union = np.all([np.asarray(records[f"certified_{n}"], bool)
-                  for n in THREATS], axis=0)
+  assert np.all(
+    np.asarray(records["certified_patch_2"], bool)[
+      np.asarray(records["certified_patch_5"], bool)
+    ]
+  )
+  union = np.all(
+    [np.asarray(records[f"certified_{n}"], bool) for n in THREATS], axis=0
+  )
   np.testing.assert_array_equal(records["union_certified"], union)
   assert "patch_5" in beyond_lp.format_threat_table(summary)
 
 
-@pytest.mark.parametrize("change, message", [
+@pytest.mark.parametrize(
+  "change, message",
+  [
     ({"eval.beyond_lp.patch_sizes": (30,)}, "does not fit"),
     ({"eval.beyond_lp.families": ("warping",)}, "valid families"),
     ({"eval.beyond_lp.ranges.scaling": 1.5}, "scaling"),
     ({"eval.beyond_lp.subintervals.rotation": 0}, "subintervals"),
-])
-def test_bad_settings_fail_before_loading_anything(trained, tmp_path, change,
-                                                   message):
+  ],
+)
+def test_bad_settings_fail_before_loading_anything(
+  trained, tmp_path, change, message
+):
   config, *_ = trained
   config = config.copy_and_resolve_references()
   config.unlock()
@@ -100,23 +112,38 @@ def test_bad_settings_fail_before_loading_anything(trained, tmp_path, change,
 
 def test_command_line_prints_the_table_and_reports_errors(trained, tmp_path):
   _, workdir, files, tfds = trained
-  args = [f"--config={MNIST_CONFIG}:cpu=True,method=ibp",
-          f"--workdir={workdir}", "--output_name=cli",
-          f"--config.dataset.data_dir={files}",
-          f"--config.dataset.tfds_data_dir={tfds}",
-          "--config.dataset.download=False", "--config.model.name=mlp"]
+  args = [
+    f"--config={MNIST_CONFIG}:cpu=True,method=ibp",
+    f"--workdir={workdir}",
+    "--output_name=cli",
+    f"--config.dataset.data_dir={files}",
+    f"--config.dataset.tfds_data_dir={tfds}",
+    "--config.dataset.download=False",
+    "--config.model.name=mlp",
+  ]
   args += [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
   args = [a.replace(" ", "") for a in args]  # tuples as one argument
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
   command = [sys.executable, "-m", "cure_jax.certify.beyond_lp"]
-  result = subprocess.run([*command, *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=300, env=env)
+  result = subprocess.run(
+    [*command, *args],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env=env,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   assert (workdir / "cli.csv").exists() and (workdir / "cli.json").exists()
   assert "patch_2" in result.stdout and "rotation" in result.stdout
   missing = subprocess.run(
-      [*command, args[0], f"--workdir={tmp_path / 'nothing'}", *args[3:]],
-      cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    [*command, args[0], f"--workdir={tmp_path / 'nothing'}", *args[3:]],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env=env,
+  )
   assert missing.returncode == 1
   assert "no checkpoint" in missing.stderr
   assert "Traceback" not in missing.stderr

@@ -9,8 +9,7 @@ import pytest
 
 from cure_jax import attacks
 from cure_jax.certify import cascade
-from cure_jax.models import ConvNet
-from cure_jax.models import MLP
+from cure_jax.models import MLP, ConvNet
 
 NUM_CLASSES = 3
 BATCH = 16
@@ -20,8 +19,13 @@ MISCLASSIFIED = np.arange(3)  # Points whose label the fixtures flip.
 # α-CROWN others at the large one (checked in test_every_stage_certifies).
 LINF_EPS = np.where(np.arange(BATCH) % 2, 0.04, 0.01).astype(np.float32)
 MLP_MODEL = MLP(num_classes=NUM_CLASSES, hidden_widths=(16, 16))
-CNN_MODEL = ConvNet(num_classes=NUM_CLASSES, conv_widths=(4,),
-                    conv_strides=(2,), dense_widths=(16,), batch_norm=True)
+CNN_MODEL = ConvNet(
+  num_classes=NUM_CLASSES,
+  conv_widths=(4,),
+  conv_strides=(2,),
+  dense_widths=(16,),
+  batch_norm=True,
+)
 CNN_EPS = {"l2": 0.1, "l1": 0.3}
 
 
@@ -47,19 +51,35 @@ def _clean_margin(model, variables, x, labels):
 def mlp():
   variables, x, labels = _problem(MLP_MODEL)
   result, reports = cascade.certify_batch(
-      MLP_MODEL.apply, variables, x, labels, norm="linf", eps=LINF_EPS,
-      num_classes=NUM_CLASSES, alpha_steps=ALPHA_STEPS,
-      return_stage_reports=True)
+    MLP_MODEL.apply,
+    variables,
+    x,
+    labels,
+    norm="linf",
+    eps=LINF_EPS,
+    num_classes=NUM_CLASSES,
+    alpha_steps=ALPHA_STEPS,
+    return_stage_reports=True,
+  )
   return variables, x, labels, result, reports
 
 
 @pytest.fixture(scope="module")
 def cnn():
   variables, x, labels = _problem(CNN_MODEL)
-  results = {norm: cascade.certify_batch(
-      CNN_MODEL.apply, variables, x, labels, norm=norm, eps=eps,
-      num_classes=NUM_CLASSES, methods=("ibp", "crown"))
-             for norm, eps in CNN_EPS.items()}
+  results = {
+    norm: cascade.certify_batch(
+      CNN_MODEL.apply,
+      variables,
+      x,
+      labels,
+      norm=norm,
+      eps=eps,
+      num_classes=NUM_CLASSES,
+      methods=("ibp", "crown"),
+    )
+    for norm, eps in CNN_EPS.items()
+  }
   return variables, x, labels, results
 
 
@@ -67,15 +87,23 @@ def cnn():
 def _attacked_margin(apply_fn, norm, variables, x, labels, eps, key):
   """The least margin found by PGD (10 restarts) and, for l∞, box vertices."""
   logits_fn = lambda z: apply_fn(variables, z, train=False)
-  x_adv = attacks.pgd(logits_fn, x, labels, norm=norm, eps=eps, steps=40,
-                      step_size=2.5 * eps / 40, key=key, restarts=10,
-                      loss="margin")
+  x_adv = attacks.pgd(
+    logits_fn,
+    x,
+    labels,
+    norm=norm,
+    eps=eps,
+    steps=40,
+    step_size=2.5 * eps / 40,
+    key=key,
+    restarts=10,
+    loss="margin",
+  )
   least = -attacks.margin(logits_fn(x_adv), labels)
   if norm == "linf":  # Random vertices: a ReLU net's extremes are often there.
     signs = jax.random.rademacher(key, (32,) + x.shape, jnp.float32)
     corners = jnp.clip(x + eps[:, None, None, None] * signs, 0.0, 1.0)
-    margins = jax.vmap(lambda z: -attacks.margin(logits_fn(z), labels))(
-        corners)
+    margins = jax.vmap(lambda z: -attacks.margin(logits_fn(z), labels))(corners)
     least = jnp.minimum(least, jnp.min(margins, axis=0))
   return least
 
@@ -83,25 +111,45 @@ def _attacked_margin(apply_fn, norm, variables, x, labels, eps, key):
 def _assert_sound(model, variables, x, labels, result, norm, eps, key):
   """No attack breaks a certified point, nor beats any margin lower bound."""
   eps = jnp.broadcast_to(jnp.asarray(eps, jnp.float32), (BATCH,))
-  attacked = np.asarray(_attacked_margin(model.apply, norm, variables, x,
-                                         jnp.asarray(labels), eps, key))
+  attacked = np.asarray(
+    _attacked_margin(
+      model.apply, norm, variables, x, jnp.asarray(labels), eps, key
+    )
+  )
   assert np.all(attacked[np.asarray(result.certified)] > 0)
-  np.testing.assert_array_less(np.asarray(result.margins_lower),
-                               attacked + 1e-5)
+  np.testing.assert_array_less(
+    np.asarray(result.margins_lower), attacked + 1e-5
+  )
 
 
 def test_certified_points_survive_strong_pgd_linf(mlp):
   variables, x, labels, result, _ = mlp
-  _assert_sound(MLP_MODEL, variables, x, labels, result, "linf", LINF_EPS,
-                jax.random.PRNGKey(7))
+  _assert_sound(
+    MLP_MODEL,
+    variables,
+    x,
+    labels,
+    result,
+    "linf",
+    LINF_EPS,
+    jax.random.PRNGKey(7),
+  )
 
 
 @pytest.mark.parametrize("norm", sorted(CNN_EPS))
 def test_certified_points_survive_strong_pgd_l2_l1_batchnorm_cnn(cnn, norm):
   variables, x, labels, results = cnn
   assert np.any(results[norm].certified)
-  _assert_sound(CNN_MODEL, variables, x, labels, results[norm], norm,
-                CNN_EPS[norm], jax.random.PRNGKey(8))
+  _assert_sound(
+    CNN_MODEL,
+    variables,
+    x,
+    labels,
+    results[norm],
+    norm,
+    CNN_EPS[norm],
+    jax.random.PRNGKey(8),
+  )
 
 
 def test_every_stage_certifies_some_point_and_some_remain(mlp):
@@ -116,28 +164,38 @@ def test_misclassified_points_are_never_certified(mlp, cnn):
   results = [mlp[3]] + list(cnn[3].values())
   for result in results:
     np.testing.assert_array_equal(
-        np.asarray(result.certified)[MISCLASSIFIED], False)
+      np.asarray(result.certified)[MISCLASSIFIED], False
+    )
     np.testing.assert_array_equal(
-        np.asarray(result.method_index)[MISCLASSIFIED],
-        cascade.NOT_CERTIFIED)
+      np.asarray(result.method_index)[MISCLASSIFIED], cascade.NOT_CERTIFIED
+    )
     assert np.all(np.isneginf(np.asarray(result.margins_lower)[MISCLASSIFIED]))
 
 
-@pytest.mark.parametrize("model,norm", [(MLP_MODEL, "linf"),
-                                        (CNN_MODEL, "l2"), (CNN_MODEL, "l1")])
+@pytest.mark.parametrize(
+  "model,norm", [(MLP_MODEL, "linf"), (CNN_MODEL, "l2"), (CNN_MODEL, "l1")]
+)
 def test_eps_zero_certifies_exactly_the_correct_points(model, norm):
   variables, x, labels = _problem(model)
-  result = cascade.certify_batch(model.apply, variables, x, labels, norm=norm,
-                                 eps=0.0, num_classes=NUM_CLASSES,
-                                 methods=("ibp",))
+  result = cascade.certify_batch(
+    model.apply,
+    variables,
+    x,
+    labels,
+    norm=norm,
+    eps=0.0,
+    num_classes=NUM_CLASSES,
+    methods=("ibp",),
+  )
   clean = np.asarray(_clean_margin(model, variables, x, labels))
   correct = np.ones(BATCH, bool)
   correct[MISCLASSIFIED] = False
   np.testing.assert_array_equal(result.certified, correct)
   np.testing.assert_array_equal(result.method_index, np.where(correct, 0, -1))
   # At ε = 0 the bound is the clean margin itself.
-  np.testing.assert_allclose(np.asarray(result.margins_lower)[correct],
-                             clean[correct], atol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(result.margins_lower)[correct], clean[correct], atol=1e-5
+  )
 
 
 def test_adding_stages_never_uncertifies(mlp):
@@ -146,15 +204,24 @@ def test_adding_stages_never_uncertifies(mlp):
   for length in (1, 2):
     methods = cascade.DEFAULT_METHODS[:length]
     prefix = cascade.certify_batch(
-        MLP_MODEL.apply, variables, x, labels, norm="linf", eps=LINF_EPS,
-        num_classes=NUM_CLASSES, methods=methods, alpha_steps=ALPHA_STEPS)
+      MLP_MODEL.apply,
+      variables,
+      x,
+      labels,
+      norm="linf",
+      eps=LINF_EPS,
+      num_classes=NUM_CLASSES,
+      methods=methods,
+      alpha_steps=ALPHA_STEPS,
+    )
     certified = np.asarray(prefix.certified)
     if previous is not None:
       assert np.all(certified[previous])
     # Earlier stages decide identically whatever follows them.
     np.testing.assert_array_equal(
-        np.asarray(full.method_index)[certified],
-        np.asarray(prefix.method_index)[certified])
+      np.asarray(full.method_index)[certified],
+      np.asarray(prefix.method_index)[certified],
+    )
     previous = certified
   assert np.all(np.asarray(full.certified)[previous])
   assert np.sum(full.certified) > np.sum(previous)
@@ -163,19 +230,31 @@ def test_adding_stages_never_uncertifies(mlp):
 def test_traced_full_batch_cascade_matches_gathered(mlp):
   variables, x, labels, gathered, _ = mlp
   methods = ("ibp", "crown")
-  traced = jax.jit(lambda v, images, y, eps: cascade.certify_batch(
-      MLP_MODEL.apply, v, images, y, norm="linf", eps=eps,
-      num_classes=NUM_CLASSES, methods=methods, gather=False))(
-          variables, x, labels, LINF_EPS)
+  traced = jax.jit(
+    lambda v, images, y, eps: cascade.certify_batch(
+      MLP_MODEL.apply,
+      v,
+      images,
+      y,
+      norm="linf",
+      eps=eps,
+      num_classes=NUM_CLASSES,
+      methods=methods,
+      gather=False,
+    )
+  )(variables, x, labels, LINF_EPS)
   # The gathered run's first two stages certify the same points.
   stage = np.asarray(gathered.method_index)
   early = (stage >= 0) & (stage < len(methods))
   np.testing.assert_array_equal(traced.certified, early)
-  np.testing.assert_array_equal(traced.method_index,
-                                np.where(early, stage, cascade.NOT_CERTIFIED))
-  np.testing.assert_allclose(np.asarray(traced.margins_lower)[early],
-                             np.asarray(gathered.margins_lower)[early],
-                             atol=1e-5)
+  np.testing.assert_array_equal(
+    traced.method_index, np.where(early, stage, cascade.NOT_CERTIFIED)
+  )
+  np.testing.assert_allclose(
+    np.asarray(traced.margins_lower)[early],
+    np.asarray(gathered.margins_lower)[early],
+    atol=1e-5,
+  )
   assert np.all(np.asarray(traced.margins_lower)[stage == 2] <= 0)
 
 
@@ -195,9 +274,17 @@ def test_invalid_rows_are_skipped(mlp):
   variables, x, labels, full, _ = mlp
   valid = np.arange(BATCH) < 10
   result, reports = cascade.certify_batch(
-      MLP_MODEL.apply, variables, x, labels, norm="linf", eps=LINF_EPS,
-      num_classes=NUM_CLASSES, methods=("ibp",), valid=valid,
-      return_stage_reports=True)
+    MLP_MODEL.apply,
+    variables,
+    x,
+    labels,
+    norm="linf",
+    eps=LINF_EPS,
+    num_classes=NUM_CLASSES,
+    methods=("ibp",),
+    valid=valid,
+    return_stage_reports=True,
+  )
   assert not np.any(np.asarray(result.certified)[~valid])
   assert np.all(np.isneginf(np.asarray(result.margins_lower)[~valid]))
   assert reports[0].points == 10 - len(MISCLASSIFIED)
@@ -205,14 +292,28 @@ def test_invalid_rows_are_skipped(mlp):
   np.testing.assert_array_equal(np.asarray(result.certified)[valid], by_ibp)
 
 
-@pytest.mark.parametrize("pending,batch,expected", [
-    (16, 16, 16), (9, 16, 16), (8, 16, 8), (3, 16, 4), (1, 16, 1),
-    (300, 500, 500), (40, 500, 63), (5, 500, 32), (2, 3, 2), (1, 3, 1)])
+@pytest.mark.parametrize(
+  "pending,batch,expected",
+  [
+    (16, 16, 16),
+    (9, 16, 16),
+    (8, 16, 8),
+    (3, 16, 4),
+    (1, 16, 1),
+    (300, 500, 500),
+    (40, 500, 63),
+    (5, 500, 32),
+    (2, 3, 2),
+    (1, 3, 1),
+  ],
+)
 def test_gather_size_by_hand(pending, batch, expected):
   assert cascade.gather_size(pending, batch) == expected
 
 
-@pytest.mark.parametrize("change,message", [
+@pytest.mark.parametrize(
+  "change,message",
+  [
     (dict(norm="l3"), "Unknown norm"),
     (dict(methods=("ibp", "beta_crown")), "Unknown bound method"),
     (dict(methods="ibp"), "non-empty sequence"),
@@ -224,11 +325,18 @@ def test_gather_size_by_hand(pending, batch, expected):
     (dict(num_classes=4), "Is num_classes right"),
     (dict(alpha_steps=-1), "alpha_steps"),
     (dict(valid=np.ones(3, bool)), "valid must be"),
-])
+  ],
+)
 def test_bad_arguments_explain_the_fix(change, message):
   variables, x, labels = _problem(MLP_MODEL)
-  kwargs = dict(images=x, labels=labels, norm="linf", eps=0.01,
-                num_classes=NUM_CLASSES, methods=("ibp",))
+  kwargs = dict(
+    images=x,
+    labels=labels,
+    norm="linf",
+    eps=0.01,
+    num_classes=NUM_CLASSES,
+    methods=("ibp",),
+  )
   kwargs.update(change)
   with pytest.raises(ValueError, match=message):
     cascade.certify_batch(MLP_MODEL.apply, variables, **kwargs)
@@ -237,6 +345,15 @@ def test_bad_arguments_explain_the_fix(change, message):
 def test_gathering_under_jit_is_refused():
   variables, x, labels = _problem(MLP_MODEL)
   with pytest.raises(ValueError, match="gather=False"):
-    jax.jit(lambda images: cascade.certify_batch(
-        MLP_MODEL.apply, variables, images, labels, norm="linf", eps=0.01,
-        num_classes=NUM_CLASSES, methods=("ibp",)))(x)
+    jax.jit(
+      lambda images: cascade.certify_batch(
+        MLP_MODEL.apply,
+        variables,
+        images,
+        labels,
+        norm="linf",
+        eps=0.01,
+        num_classes=NUM_CLASSES,
+        methods=("ibp",),
+      )
+    )(x)

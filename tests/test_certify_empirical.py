@@ -28,8 +28,10 @@ def _linear_problem(margin=1.0):
   """
   d = 3.0 * jax.random.normal(jax.random.PRNGKey(0), (64,))
   c = margin - 0.5 * jnp.sum(d)
-  variables = {"w": jnp.stack([d / 2, -d / 2], axis=1),
-               "b": jnp.array([c / 2, -c / 2])}
+  variables = {
+    "w": jnp.stack([d / 2, -d / 2], axis=1),
+    "b": jnp.array([c / 2, -c / 2]),
+  }
   x = jnp.full((len(FACTORS), 8, 8, 1), 0.5)
   labels = jnp.zeros(len(FACTORS), jnp.int32)
   return variables, x, labels, d
@@ -41,8 +43,15 @@ def test_pgd_finds_the_exact_threshold_of_a_linear_model(norm):
   threshold = 1.0 / np.linalg.norm(np.asarray(d), DUAL[norm])
   assert threshold * FACTORS.max() < 0.4  # The optimum stays inside [0, 1].
   robust = empirical.pgd_robust_jit(
-      linear_apply, norm, SETTINGS, variables, x, labels,
-      jnp.asarray(threshold * FACTORS), jax.random.PRNGKey(1))
+    linear_apply,
+    norm,
+    SETTINGS,
+    variables,
+    x,
+    labels,
+    jnp.asarray(threshold * FACTORS),
+    jax.random.PRNGKey(1),
+  )
   np.testing.assert_array_equal(robust, FACTORS < 1)
 
 
@@ -51,18 +60,28 @@ def test_zero_radius_keeps_exactly_the_correct_points(loss):
   variables, x, _, _ = _linear_problem()
   labels = jnp.array([0, 1, 0, 1])  # Class 0 wins at x: 1 and 3 are wrong.
   robust = empirical.pgd_robust_jit(
-      linear_apply, "linf", SETTINGS._replace(loss=loss), variables, x,
-      labels, jnp.zeros(len(FACTORS)), jax.random.PRNGKey(0))
+    linear_apply,
+    "linf",
+    SETTINGS._replace(loss=loss),
+    variables,
+    x,
+    labels,
+    jnp.zeros(len(FACTORS)),
+    jax.random.PRNGKey(0),
+  )
   np.testing.assert_array_equal(robust, [True, False, True, False])
 
 
-@pytest.mark.parametrize("settings,message", [
+@pytest.mark.parametrize(
+  "settings,message",
+  [
     (empirical.PGDSettings(steps=0), "steps must be an int >= 1"),
     (empirical.PGDSettings(restarts=0), "restarts must be an int >= 1"),
     (empirical.PGDSettings(relative_step_size=0.0), "relative_step_size"),
     (empirical.PGDSettings(loss="hinge"), "Unknown attack loss"),
     (dict(steps=10), "must be a PGDSettings"),
-])
+  ],
+)
 def test_bad_settings_explain_the_fix(settings, message):
   with pytest.raises(ValueError, match=message):
     empirical.check_pgd_settings(settings)

@@ -22,8 +22,13 @@ from cure_jax.models import ConvNet
 NUM_CLASSES = 3
 SIDE = 8
 MISCLASSIFIED = np.arange(2)
-MODEL = ConvNet(num_classes=NUM_CLASSES, conv_widths=(4,), conv_strides=(2,),
-                dense_widths=(16,), batch_norm=True)
+MODEL = ConvNet(
+  num_classes=NUM_CLASSES,
+  conv_widths=(4,),
+  conv_strides=(2,),
+  dense_widths=(16,),
+  batch_norm=True,
+)
 
 
 @pytest.fixture(scope="module")
@@ -39,27 +44,38 @@ def problem():
 
 
 def _patch_threat(size):
-  return regions.RegionThreat(f"patch_{size}", patches.PatchBoxes(size),
-                              patches.patch_positions(SIDE, SIDE, size))
+  return regions.RegionThreat(
+    f"patch_{size}",
+    patches.PatchBoxes(size),
+    patches.patch_positions(SIDE, SIDE, size),
+  )
 
 
 def _geometric_threat(family, subintervals, **ranges):
   box = parameters.family_box(family, parameters.GeometricRanges(**ranges))
-  return regions.RegionThreat(family, geometric_bounds.region_boxes,
-                              parameters.split_box(box, subintervals)), box
+  return regions.RegionThreat(
+    family,
+    geometric_bounds.region_boxes,
+    parameters.split_box(box, subintervals),
+  ), box
 
 
 @pytest.fixture(scope="module")
 def patch_1(problem):
   variables, x, labels = problem
-  return regions.certify_regions(MODEL.apply, variables, x, labels,
-                                 _patch_threat(1), num_classes=NUM_CLASSES,
-                                 rows_per_batch=40)
+  return regions.certify_regions(
+    MODEL.apply,
+    variables,
+    x,
+    labels,
+    _patch_threat(1),
+    num_classes=NUM_CLASSES,
+    rows_per_batch=40,
+  )
 
 
 def _predict(variables, images):
-  return np.asarray(jnp.argmax(MODEL.apply(variables, images, train=False),
-                               -1))
+  return np.asarray(jnp.argmax(MODEL.apply(variables, images, train=False), -1))
 
 
 def test_some_points_certify_and_some_do_not(patch_1, problem):
@@ -74,21 +90,30 @@ def test_some_points_certify_and_some_do_not(patch_1, problem):
   del problem
 
 
-def test_a_certified_point_survives_every_patch_vertex_and_pgd(patch_1,
-                                                               problem):
+def test_a_certified_point_survives_every_patch_vertex_and_pgd(
+  patch_1, problem
+):
   variables, x, labels = problem
   result, _ = patch_1
   points = np.flatnonzero(result.certified)
   positions = patches.patch_positions(SIDE, SIDE, 1)
   for value in (0.0, 1.0, 0.5):
     for i in points:
-      rows = jnp.repeat(x[i:i + 1], len(positions), axis=0)
-      patched = patches.apply_patch(rows, positions,
-                                    jnp.full_like(rows, value), 1)
+      rows = jnp.repeat(x[i : i + 1], len(positions), axis=0)
+      patched = patches.apply_patch(
+        rows, positions, jnp.full_like(rows, value), 1
+      )
       assert np.all(_predict(variables, patched) == labels[i])
   robust = region_attacks.patch_attack(
-      MODEL.apply, variables, x, labels, size=1, positions=positions,
-      steps=10, rows_per_batch=100)
+    MODEL.apply,
+    variables,
+    x,
+    labels,
+    size=1,
+    positions=positions,
+    steps=10,
+    rows_per_batch=100,
+  )
   assert np.all(robust[result.certified])
   # The attack breaks some uncertified point, so it is not vacuous.
   assert not np.all(robust[~result.certified])
@@ -97,8 +122,14 @@ def test_a_certified_point_survives_every_patch_vertex_and_pgd(patch_1,
 def test_two_by_two_patch_certificates_survive_all_sixteen_vertices(problem):
   variables, x, labels = problem
   result, _ = regions.certify_regions(
-      MODEL.apply, variables, x, labels, _patch_threat(2),
-      num_classes=NUM_CLASSES, rows_per_batch=64)
+    MODEL.apply,
+    variables,
+    x,
+    labels,
+    _patch_threat(2),
+    num_classes=NUM_CLASSES,
+    rows_per_batch=64,
+  )
   positions = patches.patch_positions(SIDE, SIDE, 2)
   mask = np.asarray(patches.patch_mask(SIDE, SIDE, 2, positions))
   for i in np.flatnonzero(result.certified):
@@ -106,8 +137,8 @@ def test_two_by_two_patch_certificates_survive_all_sixteen_vertices(problem):
       values = np.zeros((len(positions), SIDE, SIDE, 1), np.float32)
       # Fill the 4 window pixels of every position with the vertex.
       for k, (r, c) in enumerate(positions):
-        values[k, r:r + 2, c:c + 2, 0] = np.reshape(vertex, (2, 2))
-      rows = np.repeat(np.asarray(x[i:i + 1]), len(positions), axis=0)
+        values[k, r : r + 2, c : c + 2, 0] = np.reshape(vertex, (2, 2))
+      rows = np.repeat(np.asarray(x[i : i + 1]), len(positions), axis=0)
       patched = rows * (1 - mask) + values * mask
       assert np.all(_predict(variables, jnp.asarray(patched)) == labels[i])
 
@@ -120,11 +151,14 @@ def test_agrees_with_bounding_every_region_directly(patch_1, problem):
     point = np.full(len(positions), i)
     box = patches.patch_boxes(x, point, positions, 1)
     spec = bounds.margin_spec(jnp.asarray(labels[point]), NUM_CLASSES)
-    margins = [np.asarray(t(MODEL.apply)(variables, box, train=False,
-                                         spec=spec).lower).min(-1)
-               for t in (bounds.ibp, bounds.crown_ibp)]
+    margins = [
+      np.asarray(
+        t(MODEL.apply)(variables, box, train=False, spec=spec).lower
+      ).min(-1)
+      for t in (bounds.ibp, bounds.crown_ibp)
+    ]
     every_region = np.all(np.maximum(*margins) > 0)
-    correct = _predict(variables, x[i:i + 1])[0] == labels[i]
+    correct = _predict(variables, x[i : i + 1])[0] == labels[i]
     assert result.certified[i] == (correct and every_region), i
     if result.certified[i]:
       needs_crown = np.any(margins[0] <= 0)
@@ -132,13 +166,20 @@ def test_agrees_with_bounding_every_region_directly(patch_1, problem):
 
 
 @pytest.mark.parametrize("rows_per_batch", [7, 5000])
-def test_chunk_size_does_not_change_any_certificate(patch_1, problem,
-                                                    rows_per_batch):
+def test_chunk_size_does_not_change_any_certificate(
+  patch_1, problem, rows_per_batch
+):
   variables, x, labels = problem
   expected, _ = patch_1
   result, _ = regions.certify_regions(
-      MODEL.apply, variables, x, labels, _patch_threat(1),
-      num_classes=NUM_CLASSES, rows_per_batch=rows_per_batch)
+    MODEL.apply,
+    variables,
+    x,
+    labels,
+    _patch_threat(1),
+    num_classes=NUM_CLASSES,
+    rows_per_batch=rows_per_batch,
+  )
   np.testing.assert_array_equal(result.certified, expected.certified)
   np.testing.assert_array_equal(result.method_index, expected.method_index)
 
@@ -147,29 +188,47 @@ def test_a_second_stage_only_adds_certificates(patch_1, problem):
   variables, x, labels = problem
   cascade, _ = patch_1
   ibp_only, _ = regions.certify_regions(
-      MODEL.apply, variables, x, labels, _patch_threat(1),
-      num_classes=NUM_CLASSES, methods=("ibp",), rows_per_batch=40)
+    MODEL.apply,
+    variables,
+    x,
+    labels,
+    _patch_threat(1),
+    num_classes=NUM_CLASSES,
+    methods=("ibp",),
+    rows_per_batch=40,
+  )
   assert np.all(cascade.certified[ibp_only.certified])
   assert cascade.certified.sum() > ibp_only.certified.sum()
 
 
-@pytest.mark.parametrize("family, subintervals, ranges", [
+@pytest.mark.parametrize(
+  "family, subintervals, ranges",
+  [
     ("rotation", 4, dict(rotation=1.0)),
     ("translation", 4, dict(translation=0.05)),
     ("brightness_contrast", 2, dict(brightness=0.05, contrast=0.05)),
-])
-def test_geometric_certificates_survive_a_dense_grid(problem, family,
-                                                     subintervals, ranges):
+  ],
+)
+def test_geometric_certificates_survive_a_dense_grid(
+  problem, family, subintervals, ranges
+):
   variables, x, labels = problem
   threat, box = _geometric_threat(family, subintervals, **ranges)
   result, _ = regions.certify_regions(
-      MODEL.apply, variables, x, labels, threat, num_classes=NUM_CLASSES,
-      rows_per_batch=32)
+    MODEL.apply,
+    variables,
+    x,
+    labels,
+    threat,
+    num_classes=NUM_CLASSES,
+    rows_per_batch=32,
+  )
   assert result.certified.any()
   points = 41 if len(parameters.active_parameters(box)) == 1 else 9
   grid = parameters.parameter_grid(box, points)
-  robust = region_attacks.grid_attack(MODEL.apply, variables, x, labels,
-                                      grid=grid, rows_per_batch=100)
+  robust = region_attacks.grid_attack(
+    MODEL.apply, variables, x, labels, grid=grid, rows_per_batch=100
+  )
   assert np.all(robust[result.certified])
   assert not robust[MISCLASSIFIED].any()
 
@@ -189,17 +248,26 @@ def test_row_chunks_visit_points_in_order_and_skip_finished_ones():
   assert all(len(p) <= 3 for p, _ in rest)
 
 
-@pytest.mark.parametrize("kwargs, message", [
+@pytest.mark.parametrize(
+  "kwargs, message",
+  [
     (dict(methods=("ibp", "alpha_crown")), "Unknown region bound method"),
     (dict(methods="ibp"), "non-empty sequence"),
     (dict(rows_per_batch=0), "rows_per_batch"),
-])
+  ],
+)
 def test_bad_arguments_explain_the_fix(problem, kwargs, message):
   variables, x, labels = problem
   with pytest.raises(ValueError, match=message):
-    regions.certify_regions(MODEL.apply, variables, x, labels,
-                            _patch_threat(1), num_classes=NUM_CLASSES,
-                            **kwargs)
+    regions.certify_regions(
+      MODEL.apply,
+      variables,
+      x,
+      labels,
+      _patch_threat(1),
+      num_classes=NUM_CLASSES,
+      **kwargs,
+    )
 
 
 def test_failing_region_is_one_whose_bound_fails(patch_1, problem):
@@ -211,14 +279,23 @@ def test_failing_region_is_one_whose_bound_fails(patch_1, problem):
   for i in np.flatnonzero(correct & ~result.certified):
     region = result.failing_region[i]
     assert 0 <= region < len(positions)
-    box = patches.patch_boxes(x, np.array([i]), positions[region:region + 1],
-                              1)
-    spec = bounds.margin_spec(jnp.asarray(labels[i:i + 1]), NUM_CLASSES)
+    box = patches.patch_boxes(
+      x, np.array([i]), positions[region : region + 1], 1
+    )
+    spec = bounds.margin_spec(jnp.asarray(labels[i : i + 1]), NUM_CLASSES)
     for transform in (bounds.ibp, bounds.crown_ibp):
       margin = transform(MODEL.apply)(variables, box, train=False, spec=spec)
       assert np.min(margin.lower) <= 0
   # Starting the attack there never breaks a certified point.
   hinted = region_attacks.patch_attack(
-      MODEL.apply, variables, x, labels, size=1, positions=positions,
-      steps=10, rows_per_batch=100, first_positions=result.failing_region)
+    MODEL.apply,
+    variables,
+    x,
+    labels,
+    size=1,
+    positions=positions,
+    steps=10,
+    rows_per_batch=100,
+    first_positions=result.failing_region,
+  )
   assert np.all(hinted[result.certified])

@@ -5,8 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from cure_jax.certify import build_records, write_csv
-from cure_jax.certify import table
+from cure_jax.certify import build_records, table, write_csv
 
 
 def _write_run(directory, method, correct, linf, l2, train_seconds=120.0):
@@ -16,24 +15,37 @@ def _write_run(directory, method, correct, linf, l2, train_seconds=120.0):
   predictions = np.where(correct, 0, 1)
   certified = {"linf": np.asarray(linf, bool), "l2": np.asarray(l2, bool)}
   stages = {k: np.where(v, "ibp", "none") for k, v in certified.items()}
-  records = build_records(labels=labels, predictions=predictions,
-                          certified=certified, stages=stages,
-                          pgd_robust={k: v | np.asarray(correct, bool)
-                                      for k, v in certified.items()})
+  records = build_records(
+    labels=labels,
+    predictions=predictions,
+    certified=certified,
+    stages=stages,
+    pgd_robust={k: v | np.asarray(correct, bool) for k, v in certified.items()},
+  )
   write_csv(str(directory / "certify.csv"), records)
-  timing = {"certify": {norm: {"ibp": {"seconds": 0.5 * n},
-                                "total": {"seconds": 0.5 * n}}
-                         for norm in ("linf", "l2")},
-            "pgd": {norm: {"seconds": 0.25 * n} for norm in ("linf", "l2")}}
-  (directory / "certify.json").write_text(json.dumps(
-      {"method": method, "num_examples": n, "timing": timing}))
+  timing = {
+    "certify": {
+      norm: {"ibp": {"seconds": 0.5 * n}, "total": {"seconds": 0.5 * n}}
+      for norm in ("linf", "l2")
+    },
+    "pgd": {norm: {"seconds": 0.25 * n} for norm in ("linf", "l2")},
+  }
+  (directory / "certify.json").write_text(
+    json.dumps({"method": method, "num_examples": n, "timing": timing})
+  )
   (directory / "results.json").write_text(
-      json.dumps({"train_seconds_this_run": train_seconds}))
+    json.dumps({"train_seconds_this_run": train_seconds})
+  )
 
 
 def test_rows_by_hand_and_first_n(tmp_path):
-  _write_run(tmp_path / "a", "sabr", correct=[1, 1, 1, 0],
-             linf=[1, 1, 0, 0], l2=[0, 1, 1, 0])
+  _write_run(
+    tmp_path / "a",
+    "sabr",
+    correct=[1, 1, 1, 0],
+    linf=[1, 1, 0, 0],
+    l2=[0, 1, 1, 0],
+  )
   row = table.run_row(str(tmp_path / "a"))
   assert row["method"] == "sabr" and row["points"] == 4
   assert row["clean"] == 0.75
@@ -49,13 +61,17 @@ def test_linf_l2_union_beside_the_all_norms_union(tmp_path):
   directory = tmp_path / "c"
   directory.mkdir()
   n = 4
-  certified = {"linf": np.array([1, 1, 0, 1], bool),
-               "l2": np.array([1, 1, 1, 0], bool),
-               "l1": np.array([0, 1, 0, 0], bool)}
+  certified = {
+    "linf": np.array([1, 1, 0, 1], bool),
+    "l2": np.array([1, 1, 1, 0], bool),
+    "l1": np.array([0, 1, 0, 0], bool),
+  }
   records = build_records(
-      labels=np.zeros(n, np.int32), predictions=np.zeros(n, np.int32),
-      certified=certified,
-      stages={k: np.where(v, "ibp", "none") for k, v in certified.items()})
+    labels=np.zeros(n, np.int32),
+    predictions=np.zeros(n, np.int32),
+    certified=certified,
+    stages={k: np.where(v, "ibp", "none") for k, v in certified.items()},
+  )
   write_csv(str(directory / "certify.csv"), records)
   row = table.run_row(str(directory))
   assert row["union_certified"] == 0.25 and row["union_linf_l2"] == 0.5
@@ -76,9 +92,12 @@ def test_markdown_table_lists_every_run(tmp_path, capsys):
 
 def _write_beyond_lp(directory, method, correct, patch_2, rotation):
   correct = np.asarray(correct, bool)
-  records = {"index": np.arange(len(correct)),
-             "label": np.zeros(len(correct), np.int64),
-             "prediction": np.where(correct, 0, 1), "correct": correct}
+  records = {
+    "index": np.arange(len(correct)),
+    "label": np.zeros(len(correct), np.int64),
+    "prediction": np.where(correct, 0, 1),
+    "correct": correct,
+  }
   for name, cert in (("patch_2", patch_2), ("rotation", rotation)):
     cert = np.asarray(cert, bool)
     records[f"certified_{name}"] = cert
@@ -89,16 +108,28 @@ def _write_beyond_lp(directory, method, correct, patch_2, rotation):
 
 
 def test_beyond_lp_columns_by_hand(tmp_path, capsys):
-  _write_run(tmp_path / "a", "sabr", correct=[1, 1, 1, 0],
-             linf=[1, 1, 0, 0], l2=[0, 1, 1, 0])
-  _write_beyond_lp(tmp_path / "a", "sabr", correct=[1, 1, 1, 0],
-                   patch_2=[1, 0, 0, 0], rotation=[1, 1, 0, 0])
+  _write_run(
+    tmp_path / "a",
+    "sabr",
+    correct=[1, 1, 1, 0],
+    linf=[1, 1, 0, 0],
+    l2=[0, 1, 1, 0],
+  )
+  _write_beyond_lp(
+    tmp_path / "a",
+    "sabr",
+    correct=[1, 1, 1, 0],
+    patch_2=[1, 0, 0, 0],
+    rotation=[1, 1, 0, 0],
+  )
   _write_run(tmp_path / "b", "l2", correct=[1, 0], linf=[0, 0], l2=[1, 0])
   row = table.beyond_lp_row(str(tmp_path / "a"))
   assert row["certified_patch_2"] == 0.25 and row["certified_rotation"] == 0.5
   assert row["attack_patch_2"] == 0.75
-  assert table.beyond_lp_row(str(tmp_path / "a"), first=2)[
-      "certified_rotation"] == 1.0
+  assert (
+    table.beyond_lp_row(str(tmp_path / "a"), first=2)["certified_rotation"]
+    == 1.0
+  )
   assert table.beyond_lp_row(str(tmp_path / "b")) is None
   table.main([str(tmp_path / "a"), str(tmp_path / "b")])
   out = capsys.readouterr().out

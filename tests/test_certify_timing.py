@@ -22,6 +22,7 @@ def _count_compilations(events):
     del duration, kwargs
     if event == BACKEND_COMPILE_EVENT:
       events.append(event)
+
   return listener
 
 
@@ -42,8 +43,15 @@ def test_compile_and_run_returns_the_value_and_compiles_once():
   assert float(again.value) == 1 + 4 + 9 + 16
   np.testing.assert_allclose(plain, first.value)
   assert len(compilations) == 1
-  assert min(first.compile_seconds, first.run_seconds,
-             again.compile_seconds, again.run_seconds) >= 0
+  assert (
+    min(
+      first.compile_seconds,
+      first.run_seconds,
+      again.compile_seconds,
+      again.run_seconds,
+    )
+    >= 0
+  )
 
 
 def test_is_traced_inside_transformations_only():

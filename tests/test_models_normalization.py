@@ -19,19 +19,22 @@ def test_none_is_identity():
 
 
 def test_reference_constants():
-  assert INPUT_NORMALIZATION['mnist'] is None
-  mean, std = INPUT_NORMALIZATION['cifar10']
+  assert INPUT_NORMALIZATION["mnist"] is None
+  mean, std = INPUT_NORMALIZATION["cifar10"]
   assert mean == (0.4914, 0.4822, 0.4465) and std == (0.2023, 0.1994, 0.2010)
-  mean, std = INPUT_NORMALIZATION['tinyimagenet']
+  mean, std = INPUT_NORMALIZATION["tinyimagenet"]
   assert mean == (0.4802, 0.4481, 0.3975) and std == (0.2302, 0.2265, 0.2262)
 
 
-@pytest.mark.parametrize('mean, std, match', [
-    ((0.5,), None, 'both mean and std'),
-    (None, (0.5,), 'both mean and std'),
-    ((0.5, 0.5), (0.5, 0.5), '2 means and 2 stds but the input has 3'),
-    ((0.5, 0.5, 0.5), (0.5, 0.0, 0.5), 'positive'),
-])
+@pytest.mark.parametrize(
+  "mean, std, match",
+  [
+    ((0.5,), None, "both mean and std"),
+    (None, (0.5,), "both mean and std"),
+    ((0.5, 0.5), (0.5, 0.5), "2 means and 2 stds but the input has 3"),
+    ((0.5, 0.5, 0.5), (0.5, 0.0, 0.5), "positive"),
+  ],
+)
 def test_errors(mean, std, match):
   with pytest.raises(ValueError, match=match):
     normalize_input(jnp.ones((1, 2, 2, 3)), mean, std)

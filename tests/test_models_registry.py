@@ -6,18 +6,28 @@ from cure_jax.models import CNN7, MLP, ConvNet, SmallCNN
 from cure_jax.models.registry import MODELS, get_model
 
 
-@pytest.mark.parametrize('name, cls', [
-    ('cnn7', CNN7), ('small_cnn', SmallCNN), ('mlp', MLP),
-    ('conv_net', ConvNet)])
+@pytest.mark.parametrize(
+  "name, cls",
+  [
+    ("cnn7", CNN7),
+    ("small_cnn", SmallCNN),
+    ("mlp", MLP),
+    ("conv_net", ConvNet),
+  ],
+)
 def test_builds_registered_models(name, cls):
   model = get_model(name, num_classes=3)
   assert type(model) is cls and model.num_classes == 3
 
 
 def test_config_lists_become_tuples():
-  model = get_model('cnn7', conv_widths=[8, 8, 16, 16, 16],
-                    padding=[[1, 1], [1, 1]], mean=[0.1, 0.2, 0.3],
-                    std=[1.0, 1.0, 1.0])
+  model = get_model(
+    "cnn7",
+    conv_widths=[8, 8, 16, 16, 16],
+    padding=[[1, 1], [1, 1]],
+    mean=[0.1, 0.2, 0.3],
+    std=[1.0, 1.0, 1.0],
+  )
   assert model.conv_widths == (8, 8, 16, 16, 16)
   assert model.padding == ((1, 1), (1, 1))
   assert model.mean == (0.1, 0.2, 0.3)
@@ -26,7 +36,7 @@ def test_config_lists_become_tuples():
 
 def test_unknown_name_lists_valid_names():
   with pytest.raises(ValueError) as error:
-    get_model('resnet50')
+    get_model("resnet50")
   message = str(error.value)
   assert "'resnet50'" in message
   for name in MODELS:
@@ -35,6 +45,6 @@ def test_unknown_name_lists_valid_names():
 
 def test_unknown_attribute_lists_valid_attributes():
   with pytest.raises(ValueError, match=r"no attribute\(s\) \['width'\]") as e:
-    get_model('mlp', width=3)
-  assert 'hidden_widths' in str(e.value)
+    get_model("mlp", width=3)
+  assert "hidden_widths" in str(e.value)
   assert "'parent'" not in str(e.value)

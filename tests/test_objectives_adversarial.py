@@ -14,8 +14,9 @@ from cure_jax.objectives.base import Network
 # grows with x·(w_other − w_y), so its maximizer over a ball is known.
 MODEL = MLP(num_classes=2, hidden_widths=())
 KERNEL = jnp.array([[1.0, -1.0], [0.5, 2.0], [-2.0, 0.0], [0.0, 1.5]])
-VARIABLES = {"params": {"logits": {"kernel": KERNEL,
-                                   "bias": jnp.array([0.1, -0.2])}}}
+VARIABLES = {
+  "params": {"logits": {"kernel": KERNEL, "bias": jnp.array([0.1, -0.2])}}
+}
 IMAGES = jnp.array([[0.5, 0.5, 0.5, 0.5], [0.95, 0.2, 0.6, 0.02]])
 LABELS = jnp.array([0, 1])
 EPS = 0.1
@@ -38,14 +39,21 @@ def _ce(x, labels=LABELS, variables=VARIABLES):
 def test_linf_reaches_the_exact_maximizer():
   # One step of 2ε from anywhere in the ball lands on the corner
   # x + ε·sign(w_other − w_y), clipped to [0, 1].
-  result = pgd_training_loss(_network(), IMAGES, LABELS, norm="linf", eps=EPS,
-                             steps=1, step_size=2 * EPS,
-                             key=jax.random.key(0))
+  result = pgd_training_loss(
+    _network(),
+    IMAGES,
+    LABELS,
+    norm="linf",
+    eps=EPS,
+    steps=1,
+    step_size=2 * EPS,
+    key=jax.random.key(0),
+  )
   corner = jnp.clip(IMAGES + EPS * jnp.sign(_ascent_direction()), 0.0, 1.0)
   np.testing.assert_allclose(result.loss, _ce(corner), rtol=1e-6)
-  np.testing.assert_allclose(result.logits,
-                             MODEL.apply(VARIABLES, corner, train=False),
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    result.logits, MODEL.apply(VARIABLES, corner, train=False), rtol=1e-6
+  )
   assert np.all(result.loss > _ce(IMAGES))
 
 
@@ -53,8 +61,16 @@ def test_l2_approaches_the_maximizer_from_below():
   direction = _ascent_direction()[:1]
   x, y = IMAGES[:1], LABELS[:1]  # Far from the border: no clipping.
   best = x + EPS * direction / jnp.linalg.norm(direction)
-  result = pgd_training_loss(_network(), x, y, norm="l2", eps=EPS, steps=20,
-                             step_size=0.5 * EPS, key=jax.random.key(1))
+  result = pgd_training_loss(
+    _network(),
+    x,
+    y,
+    norm="l2",
+    eps=EPS,
+    steps=20,
+    step_size=0.5 * EPS,
+    key=jax.random.key(1),
+  )
   upper = _ce(best, y)
   assert result.loss[0] <= upper[0] + 1e-6  # No point of the ball is better.
   np.testing.assert_allclose(result.loss, upper, rtol=1e-4)
@@ -65,9 +81,16 @@ def test_gradient_is_the_gradient_at_the_attack_point():
   corner = jnp.clip(IMAGES + EPS * jnp.sign(_ascent_direction()), 0.0, 1.0)
 
   def training_loss(variables):
-    return pgd_training_loss(_network(variables), IMAGES, LABELS, norm="linf",
-                             eps=EPS, steps=1, step_size=2 * EPS,
-                             key=jax.random.key(2)).loss.mean()
+    return pgd_training_loss(
+      _network(variables),
+      IMAGES,
+      LABELS,
+      norm="linf",
+      eps=EPS,
+      steps=1,
+      step_size=2 * EPS,
+      key=jax.random.key(2),
+    ).loss.mean()
 
   got = jax.jit(jax.grad(training_loss))(VARIABLES)
   want = jax.grad(lambda v: _ce(corner, variables=v).mean())(VARIABLES)
@@ -79,8 +102,16 @@ def test_gradient_is_the_gradient_at_the_attack_point():
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_jit_equals_eager(norm):
   def loss(variables, images, labels, key):
-    return pgd_training_loss(_network(variables), images, labels, norm=norm,
-                             eps=EPS, steps=3, step_size=0.5 * EPS, key=key)
+    return pgd_training_loss(
+      _network(variables),
+      images,
+      labels,
+      norm=norm,
+      eps=EPS,
+      steps=3,
+      step_size=0.5 * EPS,
+      key=key,
+    )
 
   key = jax.random.key(3)
   eager = loss(VARIABLES, IMAGES, LABELS, key)
@@ -91,5 +122,13 @@ def test_jit_equals_eager(norm):
 
 def test_unknown_norm_raises():
   with pytest.raises(ValueError, match="linf"):
-    pgd_training_loss(_network(), IMAGES, LABELS, norm="l3", eps=EPS,
-                      steps=1, step_size=EPS, key=jax.random.key(0))
+    pgd_training_loss(
+      _network(),
+      IMAGES,
+      LABELS,
+      norm="l3",
+      eps=EPS,
+      steps=1,
+      step_size=EPS,
+      key=jax.random.key(0),
+    )

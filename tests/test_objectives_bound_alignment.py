@@ -29,8 +29,9 @@ def test_default_direction_by_hand():
 
 def test_reverse_direction_by_hand():
   # S = certified for l∞ = {1, 2}; KL(p∞,1 ‖ p2,1) = KL([½, ½] ‖ [¼, ¾]).
-  loss = bound_alignment(O_LINF, O_L2, CERT_LINF, CERT_L2,
-                         direction="linf_to_l2")
+  loss = bound_alignment(
+    O_LINF, O_L2, CERT_LINF, CERT_L2, direction="linf_to_l2"
+  )
   np.testing.assert_allclose(loss, KL_HALF_TO_QUARTER / 2, rtol=1e-6)
 
 
@@ -39,52 +40,69 @@ def test_direction_picks_the_target_and_its_certified_set():
   # directions give the two (different) KL divergences.
   only_first = jnp.array([True, False, False])
   forward = bound_alignment(O_LINF, O_L2, ~only_first, only_first)
-  reverse = bound_alignment(O_LINF, O_L2, only_first, ~only_first,
-                            direction="linf_to_l2")
+  reverse = bound_alignment(
+    O_LINF, O_L2, only_first, ~only_first, direction="linf_to_l2"
+  )
   np.testing.assert_allclose(forward, KL_HALF_TO_QUARTER, rtol=1e-6)
   np.testing.assert_allclose(
-      reverse, 0.25 * math.log(0.5) + 0.75 * math.log(1.5), rtol=1e-6)
+    reverse, 0.25 * math.log(0.5) + 0.75 * math.log(1.5), rtol=1e-6
+  )
   both = bound_alignment(O_LINF, O_L2, CERT_LINF, CERT_L2, direction="both")
   np.testing.assert_allclose(both, KL_HALF_TO_QUARTER, rtol=1e-6)
 
 
 def _random_logits(seed, shape=(6, 5)):
-  return jnp.asarray(np.random.default_rng(seed).normal(size=shape) * 3,
-                     jnp.float32)
+  return jnp.asarray(
+    np.random.default_rng(seed).normal(size=shape) * 3, jnp.float32
+  )
 
 
 @pytest.mark.parametrize("direction", DIRECTIONS)
 def test_zero_when_bounds_agree_positive_otherwise(direction):
   o = _random_logits(0)
   certified = jnp.array([True, False] * 3)
-  assert bound_alignment(o, o, certified, certified,
-                         direction=direction) == pytest.approx(0, abs=1e-6)
-  assert bound_alignment(o, _random_logits(1), certified, certified,
-                         direction=direction) > 1e-3
+  assert bound_alignment(
+    o, o, certified, certified, direction=direction
+  ) == pytest.approx(0, abs=1e-6)
+  assert (
+    bound_alignment(
+      o, _random_logits(1), certified, certified, direction=direction
+    )
+    > 1e-3
+  )
 
 
 @pytest.mark.parametrize("direction", DIRECTIONS)
 def test_empty_selection_gives_zero_and_finite_zero_gradient(direction):
   nobody = jnp.zeros(6, bool)
   o_linf, o_l2 = _random_logits(2) * 1e3, _random_logits(3) * 1e3
-  loss_fn = functools.partial(bound_alignment, certified_linf=nobody,
-                              certified_l2=nobody, direction=direction)
+  loss_fn = functools.partial(
+    bound_alignment,
+    certified_linf=nobody,
+    certified_l2=nobody,
+    direction=direction,
+  )
   loss, grads = jax.value_and_grad(loss_fn, argnums=(0, 1))(o_linf, o_l2)
   assert loss == 0.0
   for grad in grads:
     np.testing.assert_array_equal(grad, np.zeros_like(grad))
 
 
-@pytest.mark.parametrize("direction,target", [("l2_to_linf", 1),
-                                              ("linf_to_l2", 0)])
+@pytest.mark.parametrize(
+  "direction,target", [("l2_to_linf", 1), ("linf_to_l2", 0)]
+)
 def test_stop_gradient_stops_the_target_side_only(direction, target):
   certified = jnp.ones(6, bool)
   o_linf, o_l2 = _random_logits(4), _random_logits(5)
 
   def grads(stop_gradient):
-    loss_fn = functools.partial(bound_alignment, certified_linf=certified,
-                                certified_l2=certified, direction=direction,
-                                stop_gradient=stop_gradient)
+    loss_fn = functools.partial(
+      bound_alignment,
+      certified_linf=certified,
+      certified_l2=certified,
+      direction=direction,
+      stop_gradient=stop_gradient,
+    )
     return jax.grad(loss_fn, argnums=(0, 1))(o_linf, o_l2)
 
   stopped, free = grads(True), grads(False)
@@ -95,8 +113,9 @@ def test_stop_gradient_stops_the_target_side_only(direction, target):
 
 
 def test_unselected_examples_get_no_gradient():
-  grads = jax.grad(bound_alignment, argnums=(0, 1))(O_LINF * 2, O_L2 * 3,
-                                                    CERT_LINF, CERT_L2)
+  grads = jax.grad(bound_alignment, argnums=(0, 1))(
+    O_LINF * 2, O_L2 * 3, CERT_LINF, CERT_L2
+  )
   for grad in grads:
     np.testing.assert_array_equal(grad[1], 0.0)  # Example 1 is not in S.
 
@@ -108,8 +127,10 @@ def test_jit_equals_eager(direction):
   certified_l2 = ~certified_linf
   fn = functools.partial(bound_alignment, direction=direction)
   np.testing.assert_allclose(
-      jax.jit(fn)(o_linf, o_l2, certified_linf, certified_l2),
-      fn(o_linf, o_l2, certified_linf, certified_l2), rtol=1e-6)
+    jax.jit(fn)(o_linf, o_l2, certified_linf, certified_l2),
+    fn(o_linf, o_l2, certified_linf, certified_l2),
+    rtol=1e-6,
+  )
 
 
 def test_errors_say_what_to_fix():

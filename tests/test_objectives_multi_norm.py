@@ -13,18 +13,22 @@ L2 = jnp.array([3.0, 1.0, 0.5, 6.0])
 
 def test_joint_by_hand():
   # mean L∞ = 7.5/4, mean L2 = 10.5/4.
-  np.testing.assert_allclose(multi_norm.joint(LINF, L2), 0.5 * 7.5 / 4 +
-                             0.5 * 10.5 / 4, rtol=1e-6)
-  np.testing.assert_allclose(multi_norm.joint(LINF, L2, alpha=0.25),
-                             0.75 * 7.5 / 4 + 0.25 * 10.5 / 4, rtol=1e-6)
-  np.testing.assert_allclose(multi_norm.joint(LINF, L2, alpha=0.0),
-                             7.5 / 4, rtol=1e-6)
+  np.testing.assert_allclose(
+    multi_norm.joint(LINF, L2), 0.5 * 7.5 / 4 + 0.5 * 10.5 / 4, rtol=1e-6
+  )
+  np.testing.assert_allclose(
+    multi_norm.joint(LINF, L2, alpha=0.25),
+    0.75 * 7.5 / 4 + 0.25 * 10.5 / 4,
+    rtol=1e-6,
+  )
+  np.testing.assert_allclose(
+    multi_norm.joint(LINF, L2, alpha=0.0), 7.5 / 4, rtol=1e-6
+  )
 
 
 def test_maximum_is_mean_of_per_example_maximum():
   # max per example: 3, 4, 0.5, 6.
-  np.testing.assert_allclose(multi_norm.maximum(LINF, L2), 13.5 / 4,
-                             rtol=1e-6)
+  np.testing.assert_allclose(multi_norm.maximum(LINF, L2), 13.5 / 4, rtol=1e-6)
   # Not the maximum of the means (10.5 / 4).
   assert multi_norm.maximum(LINF, L2) > jnp.maximum(LINF.mean(), L2.mean())
 
@@ -38,8 +42,7 @@ def test_maximum_gradient_follows_the_larger_loss():
 
 @pytest.mark.parametrize("batch_size", [1, 2, 7, 8])
 def test_random_partition_is_a_partition(batch_size):
-  linf_idx, l2_idx = multi_norm.random_partition(jax.random.key(3),
-                                                 batch_size)
+  linf_idx, l2_idx = multi_norm.random_partition(jax.random.key(3), batch_size)
   assert linf_idx.shape == ((batch_size + 1) // 2,)  # odd B: l∞ gets one more
   assert l2_idx.shape == (batch_size // 2,)
   together = np.concatenate([linf_idx, l2_idx])
@@ -47,8 +50,10 @@ def test_random_partition_is_a_partition(batch_size):
 
 
 def test_random_partition_differs_across_keys_and_repeats_per_key():
-  halves = [tuple(np.asarray(multi_norm.random_partition(
-      jax.random.key(seed), 16)[0])) for seed in range(8)]
+  halves = [
+    tuple(np.asarray(multi_norm.random_partition(jax.random.key(seed), 16)[0]))
+    for seed in range(8)
+  ]
   assert len(set(frozenset(half) for half in halves)) > 1
   again = multi_norm.random_partition(jax.random.key(0), 16)[0]
   np.testing.assert_array_equal(again, halves[0])
@@ -56,8 +61,10 @@ def test_random_partition_differs_across_keys_and_repeats_per_key():
 
 def test_random_partition_jits_with_static_batch_size():
   partition = jax.jit(multi_norm.random_partition, static_argnums=1)
-  for got, want in zip(partition(jax.random.key(5), 9),
-                       multi_norm.random_partition(jax.random.key(5), 9)):
+  for got, want in zip(
+    partition(jax.random.key(5), 9),
+    multi_norm.random_partition(jax.random.key(5), 9),
+  ):
     np.testing.assert_array_equal(got, want)
 
 
@@ -77,20 +84,22 @@ def test_random_loss_weighs_every_example_by_one_over_batch():
   np.testing.assert_allclose(loss, want, rtol=1e-6)
   # By hand: halves [1, 4, 0.5] and [6, 1] -> 12.5 / 5.
   np.testing.assert_allclose(
-      multi_norm.random_loss(jnp.array([1.0, 4.0, 0.5]),
-                             jnp.array([6.0, 1.0])), 2.5, rtol=1e-6)
+    multi_norm.random_loss(jnp.array([1.0, 4.0, 0.5]), jnp.array([6.0, 1.0])),
+    2.5,
+    rtol=1e-6,
+  )
 
 
 def test_random_loss_gradient_is_one_over_batch():
   grads = jax.grad(multi_norm.random_loss, argnums=(0, 1))(
-      jnp.ones(3), jnp.ones(2))
+    jnp.ones(3), jnp.ones(2)
+  )
   np.testing.assert_allclose(np.concatenate(grads), np.full(5, 0.2))
 
 
 def test_losses_are_jittable_and_differentiable():
   for fn in (multi_norm.joint, multi_norm.maximum, multi_norm.random_loss):
-    np.testing.assert_allclose(jax.jit(fn)(LINF, L2), fn(LINF, L2),
-                               rtol=1e-6)
+    np.testing.assert_allclose(jax.jit(fn)(LINF, L2), fn(LINF, L2), rtol=1e-6)
     grads = jax.grad(fn, argnums=(0, 1))(LINF, L2)
     assert all(np.all(np.isfinite(g)) for g in grads)
 

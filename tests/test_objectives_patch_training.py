@@ -8,11 +8,20 @@ import pytest
 from cure_jax.beyond_lp import patches
 from cure_jax.models import ConvNet
 from cure_jax.objectives import patch_training
-from cure_jax.objectives.base import Network, cross_entropy, robust_cross_entropy
+from cure_jax.objectives.base import (
+  Network,
+  cross_entropy,
+  robust_cross_entropy,
+)
 
 NUM_CLASSES = 4
-MODEL = ConvNet(num_classes=NUM_CLASSES, conv_widths=(4,), conv_strides=(2,),
-                dense_widths=(16,), batch_norm=False)
+MODEL = ConvNet(
+  num_classes=NUM_CLASSES,
+  conv_widths=(4,),
+  conv_strides=(2,),
+  dense_widths=(16,),
+  batch_norm=False,
+)
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +35,9 @@ def setup():
 def test_loss_is_the_worst_sampled_position(setup):
   network, x, labels = setup
   key = jax.random.key(7)
-  robust = patch_training.random_patch_ibp(network, x, labels, size=2,
-                                           positions=5, key=key)
+  robust = patch_training.random_patch_ibp(
+    network, x, labels, size=2, positions=5, key=key
+  )
   corners = patch_training.sample_positions(key, 6, 5, 8, 8, 2)
   for i in range(6):
     box = patches.patch_boxes(x, np.full(5, i), corners[i], 2)
@@ -36,13 +46,13 @@ def test_loss_is_the_worst_sampled_position(setup):
     np.testing.assert_allclose(robust.loss[i], losses.max(), rtol=1e-5)
     assert bool(robust.certified[i]) == bool(jnp.all(margins > 0))
     worst = int(jnp.argmax(losses))
-    np.testing.assert_allclose(robust.logits[i, 1:], -margins[worst],
-                               rtol=1e-5)
+    np.testing.assert_allclose(robust.logits[i, 1:], -margins[worst], rtol=1e-5)
 
 
 def test_sampled_positions_are_valid_and_reach_the_borders():
-  corners = np.asarray(patch_training.sample_positions(
-      jax.random.key(0), 200, 8, 7, 9, 3))
+  corners = np.asarray(
+    patch_training.sample_positions(jax.random.key(0), 200, 8, 7, 9, 3)
+  )
   assert corners.shape == (200, 8, 2)
   assert corners[..., 0].min() == 0 and corners[..., 0].max() == 7 - 3
   assert corners[..., 1].min() == 0 and corners[..., 1].max() == 9 - 3
@@ -51,8 +61,8 @@ def test_sampled_positions_are_valid_and_reach_the_borders():
 def test_a_zero_fraction_is_the_clean_loss(setup):
   network, x, labels = setup
   robust = patch_training.random_patch_ibp(
-      network, x, labels, size=3, positions=2, key=jax.random.key(0),
-      fraction=0.0)
+    network, x, labels, size=3, positions=2, key=jax.random.key(0), fraction=0.0
+  )
   clean = cross_entropy(network.logits(x), labels)
   np.testing.assert_allclose(robust.loss, clean, rtol=1e-5, atol=1e-6)
 
@@ -60,9 +70,11 @@ def test_a_zero_fraction_is_the_clean_loss(setup):
 def test_the_loss_grows_with_the_patch_and_with_the_fraction(setup):
   network, x, labels = setup
   key = jax.random.key(3)
-  loss = lambda size, fraction: patch_training.random_patch_ibp(
-      network, x, labels, size=size, positions=3, key=key,
-      fraction=fraction).loss
+  loss = lambda size, fraction: (
+    patch_training.random_patch_ibp(
+      network, x, labels, size=size, positions=3, key=key, fraction=fraction
+    ).loss
+  )
   assert np.all(loss(2, 0.5) <= loss(2, 1.0) + 1e-6)
   # A 1×1 window at a corner lies inside the 3×3 window at that corner.
   assert np.all(loss(1, 1.0) <= loss(8, 1.0) + 1e-6)
@@ -73,8 +85,9 @@ def test_differentiable_and_jit_equals_no_jit(setup):
 
   def mean_loss(params, key):
     net = network._replace(variables={"params": params})
-    return patch_training.random_patch_ibp(net, x, labels, size=2,
-                                           positions=3, key=key).loss.mean()
+    return patch_training.random_patch_ibp(
+      net, x, labels, size=2, positions=3, key=key
+    ).loss.mean()
 
   params = network.variables["params"]
   key = jax.random.key(4)
@@ -87,11 +100,17 @@ def test_differentiable_and_jit_equals_no_jit(setup):
   assert any(np.any(g != 0) for g in jax.tree.leaves(grads))
 
 
-@pytest.mark.parametrize("size, positions, message", [
-    (9, 2, "does not fit"), (0, 2, "integer >= 1"), (2, 0, "positions"),
-])
+@pytest.mark.parametrize(
+  "size, positions, message",
+  [
+    (9, 2, "does not fit"),
+    (0, 2, "integer >= 1"),
+    (2, 0, "positions"),
+  ],
+)
 def test_bad_settings_are_refused(setup, size, positions, message):
   network, x, labels = setup
   with pytest.raises(ValueError, match=message):
-    patch_training.random_patch_ibp(network, x, labels, size=size,
-                                    positions=positions, key=jax.random.key(0))
+    patch_training.random_patch_ibp(
+      network, x, labels, size=size, positions=positions, key=jax.random.key(0)
+    )

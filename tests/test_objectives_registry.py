@@ -5,16 +5,27 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cure_jax.models import ConvNet
 from cure_jax.bounds import LinfBall, ibp, margin_spec
+from cure_jax.models import ConvNet
 from cure_jax.objectives import regularizers, robust_losses
-from cure_jax.objectives.base import (Batch, Network, StepContext, clean_pass,
-                                      moment_subset, robust_cross_entropy)
+from cure_jax.objectives.base import (
+  Batch,
+  Network,
+  StepContext,
+  clean_pass,
+  moment_subset,
+  robust_cross_entropy,
+)
 from cure_jax.objectives.registry import make_objective
 from cure_jax.settings import load_config
 
-MODEL = ConvNet(num_classes=10, conv_widths=(4, 8), conv_strides=(1, 2),
-                dense_widths=(16,), batch_norm=True)
+MODEL = ConvNet(
+  num_classes=10,
+  conv_widths=(4, 8),
+  conv_strides=(1, 2),
+  dense_widths=(16,),
+  batch_norm=True,
+)
 
 
 def _config(**overrides):
@@ -26,14 +37,21 @@ def _config(**overrides):
 @pytest.fixture(scope="module")
 def setup():
   key_x, key_y, key_init = jax.random.split(jax.random.key(0), 3)
-  batch = Batch(jax.random.uniform(key_x, (8, 12, 12, 1)),
-                jax.random.randint(key_y, (8,), 0, 10))
+  batch = Batch(
+    jax.random.uniform(key_x, (8, 12, 12, 1)),
+    jax.random.randint(key_y, (8,), 0, 10),
+  )
   variables = MODEL.init(key_init, batch.images, train=False)
 
   def ctx(kappa):
-    return StepContext(rng=jax.random.key(3), eps_linf=jnp.float32(0.05),
-                       eps_l2=jnp.float32(0.3), kappa=jnp.float32(kappa),
-                       reg_scale=jnp.float32(0.0))
+    return StepContext(
+      rng=jax.random.key(3),
+      eps_linf=jnp.float32(0.05),
+      eps_l2=jnp.float32(0.3),
+      kappa=jnp.float32(kappa),
+      reg_scale=jnp.float32(0.0),
+    )
+
   return variables["params"], variables["batch_stats"], batch, ctx
 
 
@@ -58,30 +76,41 @@ def test_kappa_is_zero_gives_the_kappa_weighted_loss_at_kappa_zero(setup):
   loss_mixed, (_, metrics_mixed) = mixed(params, stats, batch, ctx(0.0))
   loss_known, (_, metrics_known) = known(params, stats, batch, ctx(0.0))
   np.testing.assert_allclose(loss_known, loss_mixed, rtol=1e-6)
-  np.testing.assert_allclose(metrics_known["clean_loss"],
-                             metrics_mixed["clean_loss"], rtol=1e-6)
-  _assert_trees_close(_grads(known, params, stats, batch, ctx(0.0)),
-                      _grads(mixed, params, stats, batch, ctx(0.0)),
-                      rtol=1e-4, atol=1e-5)  # two compiled programs: float order
+  np.testing.assert_allclose(
+    metrics_known["clean_loss"], metrics_mixed["clean_loss"], rtol=1e-6
+  )
+  _assert_trees_close(
+    _grads(known, params, stats, batch, ctx(0.0)),
+    _grads(mixed, params, stats, batch, ctx(0.0)),
+    rtol=1e-4,
+    atol=1e-5,
+  )  # two compiled programs: float order
 
 
 def test_constant_moments_change_the_gradient_only_through_the_moments(setup):
   params, stats, batch, ctx = setup
   through = _objective(_config(warmup_reg=False), kappa_is_zero=True)
-  constant = _objective(_config(warmup_reg=False, bn_moment_gradients=False),
-                        kappa_is_zero=True)
+  constant = _objective(
+    _config(warmup_reg=False, bn_moment_gradients=False), kappa_is_zero=True
+  )
   # Same loss value: the moments are the same numbers, only their gradient goes.
-  np.testing.assert_allclose(constant(params, stats, batch, ctx(0.0))[0],
-                             through(params, stats, batch, ctx(0.0))[0],
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    constant(params, stats, batch, ctx(0.0))[0],
+    through(params, stats, batch, ctx(0.0))[0],
+    rtol=1e-6,
+  )
   g_through = _grads(through, params, stats, batch, ctx(0.0))
   g_constant = _grads(constant, params, stats, batch, ctx(0.0))
   # The last dense layer sits after every BatchNorm: its gradient is the same.
-  _assert_trees_close(g_constant["logits"], g_through["logits"], rtol=1e-5,
-                      atol=1e-7)
+  _assert_trees_close(
+    g_constant["logits"], g_through["logits"], rtol=1e-5, atol=1e-7
+  )
   # The first convolution feeds the first BatchNorm's moments: it differs.
-  difference = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))),
-                            g_constant["conv_0"], g_through["conv_0"])
+  difference = jax.tree.map(
+    lambda a, b: float(jnp.max(jnp.abs(a - b))),
+    g_constant["conv_0"],
+    g_through["conv_0"],
+  )
   assert max(jax.tree.leaves(difference)) > 1e-6
 
 
@@ -99,10 +128,14 @@ def _count_convolutions(jaxpr) -> int:
 def _gradient_convolutions(setup, **overrides) -> int:
   """Convolutions in the jaxpr of the κ = 0 objective's parameter gradient."""
   params, stats, batch, ctx = setup
-  objective = make_objective(_config(warmup_reg=False, **overrides), MODEL,
-                             kappa_is_zero=True)
-  return _count_convolutions(jax.make_jaxpr(
-      lambda p: _grads(objective, p, stats, batch, ctx(0.0)))(params).jaxpr)
+  objective = make_objective(
+    _config(warmup_reg=False, **overrides), MODEL, kappa_is_zero=True
+  )
+  return _count_convolutions(
+    jax.make_jaxpr(lambda p: _grads(objective, p, stats, batch, ctx(0.0)))(
+      params
+    ).jaxpr
+  )
 
 
 def test_constant_moments_leave_no_backward_pass_through_the_clean_pass(setup):
@@ -134,14 +167,17 @@ def test_ghost_moments_are_the_subsets_moments_with_their_gradient(setup):
   them exactly as through the whole batch's moments.
   """
   params, stats, batch, ctx = setup
-  ghost = _objective(_config(warmup_reg=False, l1_reg=0.0, bn_moment_examples=4),
-                     kappa_is_zero=True)
+  ghost = _objective(
+    _config(warmup_reg=False, l1_reg=0.0, bn_moment_examples=4),
+    kappa_is_zero=True,
+  )
 
   def by_hand(p):
     _, new_stats, moments = clean_pass(MODEL, p, stats, batch.images[::2])
     network = Network(MODEL.apply, {"params": p, "batch_stats": moments}, 10)
-    robust = robust_losses.ibp_linf(network, batch.images, batch.labels,
-                                    ctx(0.0).eps_linf)
+    robust = robust_losses.ibp_linf(
+      network, batch.images, batch.labels, ctx(0.0).eps_linf
+    )
     return robust.loss.mean(), new_stats
 
   loss, (new_stats, metrics) = ghost(params, stats, batch, ctx(0.0))
@@ -149,12 +185,15 @@ def test_ghost_moments_are_the_subsets_moments_with_their_gradient(setup):
   np.testing.assert_allclose(loss, expected_loss, rtol=1e-5)
   _assert_trees_close(new_stats, expected_stats, rtol=1e-5, atol=1e-7)
   _assert_trees_close(
-      _grads(ghost, params, stats, batch, ctx(0.0)),
-      jax.jit(jax.grad(lambda p: by_hand(p)[0]))(params), rtol=1e-4, atol=1e-6)
+    _grads(ghost, params, stats, batch, ctx(0.0)),
+    jax.jit(jax.grad(lambda p: by_hand(p)[0]))(params),
+    rtol=1e-4,
+    atol=1e-6,
+  )
   # The whole batch's moments are other numbers: the subset is really used.
-  whole, _ = _objective(_config(warmup_reg=False, l1_reg=0.0),
-                        kappa_is_zero=True)(
-      params, stats, batch, ctx(0.0))
+  whole, _ = _objective(
+    _config(warmup_reg=False, l1_reg=0.0), kappa_is_zero=True
+  )(params, stats, batch, ctx(0.0))
   assert abs(float(whole) - float(loss)) > 1e-4 * abs(float(whole))
 
 
@@ -164,8 +203,9 @@ def test_ghost_moments_leave_the_natural_epochs_on_the_whole_batch(setup):
   config = _config(warmup_reg=False, bn_moment_examples=4)
   for kappa in (1.0, 0.3):
     ghost = _objective(config)(params, stats, batch, ctx(kappa))
-    whole = _objective(_config(warmup_reg=False))(params, stats, batch,
-                                                  ctx(kappa))
+    whole = _objective(_config(warmup_reg=False))(
+      params, stats, batch, ctx(kappa)
+    )
     np.testing.assert_allclose(ghost[0], whole[0], rtol=1e-6)
 
 
@@ -176,15 +216,18 @@ def _train_mode(v, x):
 def test_midpoint_moments_bound_in_train_mode_without_a_clean_pass(setup):
   """bn_moments='midpoint', written out: IBP of the train-mode model."""
   params, stats, batch, ctx = setup
-  objective = _objective(_config(warmup_reg=False, l1_reg=0.0,
-                                 bn_moments="midpoint"), kappa_is_zero=True)
+  objective = _objective(
+    _config(warmup_reg=False, l1_reg=0.0, bn_moments="midpoint"),
+    kappa_is_zero=True,
+  )
 
   def by_hand(p):
     spec = margin_spec(batch.labels, 10)
     margins, state = ibp(_train_mode, has_aux=True)(
-        {"params": p, "batch_stats": stats},
-        LinfBall(batch.images, ctx(0.0).eps_linf, domain=(0.0, 1.0)),
-        spec=spec)
+      {"params": p, "batch_stats": stats},
+      LinfBall(batch.images, ctx(0.0).eps_linf, domain=(0.0, 1.0)),
+      spec=spec,
+    )
     return robust_cross_entropy(margins.lower).mean(), state["batch_stats"]
 
   loss, (new_stats, metrics) = objective(params, stats, batch, ctx(0.0))
@@ -193,8 +236,11 @@ def test_midpoint_moments_bound_in_train_mode_without_a_clean_pass(setup):
   _assert_trees_close(new_stats, expected_stats, rtol=1e-5, atol=1e-7)
   assert "updated_batch_stats" not in metrics and "linf_certified" in metrics
   _assert_trees_close(
-      _grads(objective, params, stats, batch, ctx(0.0)),
-      jax.jit(jax.grad(lambda p: by_hand(p)[0]))(params), rtol=1e-4, atol=1e-6)
+    _grads(objective, params, stats, batch, ctx(0.0)),
+    jax.jit(jax.grad(lambda p: by_hand(p)[0]))(params),
+    rtol=1e-4,
+    atol=1e-6,
+  )
   # The running statistics moved: the pass recorded its moments.
   assert float(jnp.max(jnp.abs(new_stats["conv_0_bn"]["mean"]))) > 0
 
@@ -210,8 +256,9 @@ def test_midpoint_moments_drop_the_clean_pass_from_the_gradient(setup):
 def test_midpoint_moments_leave_the_natural_epochs_alone(setup):
   params, stats, batch, ctx = setup
   for kappa in (1.0, 0.3):
-    midpoint = _objective(_config(bn_moments="midpoint"))(params, stats, batch,
-                                                          ctx(kappa))
+    midpoint = _objective(_config(bn_moments="midpoint"))(
+      params, stats, batch, ctx(kappa)
+    )
     clean = _objective(_config())(params, stats, batch, ctx(kappa))
     np.testing.assert_allclose(midpoint[0], clean[0], rtol=1e-6)
 
@@ -219,25 +266,34 @@ def test_midpoint_moments_leave_the_natural_epochs_alone(setup):
 def test_midpoint_moments_with_warmup_regularize_the_train_mode_bounds(setup):
   params, stats, batch, ctx = setup
   context = ctx(0.0)._replace(reg_scale=jnp.float32(0.5))
-  objective = _objective(_config(l1_reg=0.0, bn_moments="midpoint"),
-                         kappa_is_zero=True)
+  objective = _objective(
+    _config(l1_reg=0.0, bn_moments="midpoint"), kappa_is_zero=True
+  )
   loss, (_, metrics) = objective(params, stats, batch, context)
   input_set = LinfBall(batch.images, context.eps_linf, domain=(0.0, 1.0))
-  (_, preactivations), _ = ibp(_train_mode, return_preactivations=True,
-                               has_aux=True)(
-      {"params": params, "batch_stats": stats}, input_set)
+  (_, preactivations), _ = ibp(
+    _train_mode, return_preactivations=True, has_aux=True
+  )({"params": params, "batch_stats": stats}, input_set)
   expected = regularizers.warmup_regularizer(
-      preactivations, input_set.bounding_box().radius.mean())
+    preactivations, input_set.bounding_box().radius.mean()
+  )
   np.testing.assert_allclose(metrics["warmup_reg"], expected, rtol=1e-5)
-  np.testing.assert_allclose(loss, metrics["robust_loss"] + 0.5 * expected,
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    loss, metrics["robust_loss"] + 0.5 * expected, rtol=1e-5
+  )
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (dict(method="crown_ibp", bn_moments="midpoint"), "bounded passes are all IBP"),
+@pytest.mark.parametrize(
+  "overrides, message",
+  [
+    (
+      dict(method="crown_ibp", bn_moments="midpoint"),
+      "bounded passes are all IBP",
+    ),
     (dict(method="pgd_linf", bn_moments="midpoint"), "'sabr'"),
     (dict(bn_moments="centre"), r"valid ones are \['clean', 'midpoint'\]"),
-])
+  ],
+)
 def test_bad_bn_moments_name_the_valid_choices(overrides, message):
   with pytest.raises(ValueError, match=message):
     make_objective(_config(**overrides), MODEL, kappa_is_zero=True)

@@ -11,8 +11,9 @@ from cure_jax.objectives.regularizers import l1_penalty, warmup_regularizer
 
 
 def _interval(lower, upper):
-  return Interval(jnp.array([lower], jnp.float32),
-                  jnp.array([upper], jnp.float32))
+  return Interval(
+    jnp.array([lower], jnp.float32), jnp.array([upper], jnp.float32)
+  )
 
 
 # Centers [4, −1, 1, −1], radii [1, ½, 2, 2]: one active, one inactive and
@@ -35,7 +36,7 @@ def _reference(preactivations, input_radius, tol=0.5):
       act, inact = lb > 0, ub < 0
       mean_act = (center * act).mean()
       mean_inact = (center * inact).mean()
-      delta = (center - center.mean())**2
+      delta = (center - center.mean()) ** 2
       var_act, var_inact = (delta * act).sum(), (delta * inact).sum()
       mean_ratio = np.float64(mean_act) / -np.float64(mean_inact)
       var_ratio = np.float64(var_act) / np.float64(var_inact)
@@ -54,23 +55,28 @@ def test_mixed_layer_by_hand():
   # Variances about mean c = 0.75: v_act = 3.25², v_inact = 1.75²
   # -> ρ = (3.25/1.75)², folded to 49/169.
   balance = ((0.5 - 0.25) + (0.5 - 49 / 169)) / 0.5
-  np.testing.assert_allclose(warmup_regularizer([MIXED], INPUT_RADIUS),
-                             tightness + balance, rtol=1e-6)
+  np.testing.assert_allclose(
+    warmup_regularizer([MIXED], INPUT_RADIUS), tightness + balance, rtol=1e-6
+  )
 
 
 def test_all_active_and_all_inactive_layers_by_hand():
   # All active: radius ½ -> tightness 0; no inactive neuron, so the balance
   # term is NaN/−∞ in the reference and dropped.
-  np.testing.assert_allclose(warmup_regularizer([ALL_ACTIVE], INPUT_RADIUS),
-                             0.0, atol=1e-7)
+  np.testing.assert_allclose(
+    warmup_regularizer([ALL_ACTIVE], INPUT_RADIUS), 0.0, atol=1e-7
+  )
   # All inactive: radius ¾ -> tightness 0; m_act = v_act = 0, so both folded
   # ratios are 0 and the balance term is (0.5 + 0.5) / 0.5.
   np.testing.assert_allclose(
-      warmup_regularizer([ALL_INACTIVE], INPUT_RADIUS), 2.0, rtol=1e-6)
+    warmup_regularizer([ALL_INACTIVE], INPUT_RADIUS), 2.0, rtol=1e-6
+  )
   layers = [MIXED, ALL_ACTIVE, ALL_INACTIVE]
   np.testing.assert_allclose(
-      warmup_regularizer(layers, INPUT_RADIUS),
-      (0.2 + (0.25 + 0.5 - 49 / 169) / 0.5 + 0.0 + 2.0) / 3, rtol=1e-6)
+    warmup_regularizer(layers, INPUT_RADIUS),
+    (0.2 + (0.25 + 0.5 - 49 / 169) / 0.5 + 0.0 + 2.0) / 3,
+    rtol=1e-6,
+  )
 
 
 def _random_layers(seed):
@@ -79,8 +85,12 @@ def _random_layers(seed):
   for shape in [(4, 8), (4, 3, 3, 2), (4, 5)]:
     center = rng.normal(size=shape)
     radius = rng.uniform(0.0, 1.5, size=shape)
-    layers.append(Interval(jnp.asarray(center - radius, jnp.float32),
-                           jnp.asarray(center + radius, jnp.float32)))
+    layers.append(
+      Interval(
+        jnp.asarray(center - radius, jnp.float32),
+        jnp.asarray(center + radius, jnp.float32),
+      )
+    )
   # Layers the reference partly skips: all active, all inactive, all
   # unstable, and one with a single inactive neuron (v_inact = 0).
   layers.append(_interval([0.5, 1.0, 2.0], [1.0, 3.0, 2.5]))
@@ -95,12 +105,16 @@ def test_matches_the_reference_formula(seed):
   layers = _random_layers(seed)
   regularizer = jax.jit(warmup_regularizer)
   for radius in (0.05, 0.6):
-    np.testing.assert_allclose(regularizer(layers, radius),
-                               _reference(layers, radius), rtol=1e-5)
+    np.testing.assert_allclose(
+      regularizer(layers, radius), _reference(layers, radius), rtol=1e-5
+    )
     for layer in layers:
-      np.testing.assert_allclose(regularizer([layer], radius),
-                                 _reference([layer], radius), rtol=1e-5,
-                                 atol=1e-7)
+      np.testing.assert_allclose(
+        regularizer([layer], radius),
+        _reference([layer], radius),
+        rtol=1e-5,
+        atol=1e-7,
+      )
 
 
 def test_gradient_is_finite_for_degenerate_layers():
@@ -118,8 +132,11 @@ def test_gradient_is_finite_for_degenerate_layers():
 
 def test_jit_equals_eager():
   layers = _random_layers(2)
-  np.testing.assert_allclose(jax.jit(warmup_regularizer)(layers, 0.3),
-                             warmup_regularizer(layers, 0.3), rtol=1e-6)
+  np.testing.assert_allclose(
+    jax.jit(warmup_regularizer)(layers, 0.3),
+    warmup_regularizer(layers, 0.3),
+    rtol=1e-6,
+  )
 
 
 def test_on_ibp_preactivations_of_a_network():
@@ -130,18 +147,20 @@ def test_on_ibp_preactivations_of_a_network():
 
   def regularizer(variables):
     _, preactivations = ibp(model.apply, return_preactivations=True)(
-        variables, LinfBall(x, eps, domain=(0.0, 1.0)), train=False)
+      variables, LinfBall(x, eps, domain=(0.0, 1.0)), train=False
+    )
     assert len(preactivations) == 2
     # The input box is [x − ε, x + ε] ∩ [0, 1]: its mean half-width.
     box_radius = jnp.mean(jnp.minimum(x + eps, 1) - jnp.maximum(x - eps, 0)) / 2
     return warmup_regularizer(preactivations, box_radius), preactivations
 
-  (value, preactivations), grads = jax.jit(jax.value_and_grad(
-      regularizer, has_aux=True))(variables)
+  (value, preactivations), grads = jax.jit(
+    jax.value_and_grad(regularizer, has_aux=True)
+  )(variables)
   radius = np.mean(np.minimum(x + eps, 1) - np.maximum(x - eps, 0)) / 2
   np.testing.assert_allclose(
-      value, _reference([tuple(p) for p in preactivations], radius),
-      rtol=1e-5)
+    value, _reference([tuple(p) for p in preactivations], radius), rtol=1e-5
+  )
   assert value > 0
   assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
 
@@ -154,10 +173,9 @@ def test_warmup_regularizer_errors():
 
 
 PARAMS = {
-    "conv_0": {"kernel": jnp.array([[1.0, -2.0]])},
-    "conv_0_bn": {"scale": jnp.array([-0.5]), "bias": jnp.array([0.25])},
-    "logits": {"kernel": jnp.array([[-3.0], [1.0]]),
-               "bias": jnp.array([-4.0])},
+  "conv_0": {"kernel": jnp.array([[1.0, -2.0]])},
+  "conv_0_bn": {"scale": jnp.array([-0.5]), "bias": jnp.array([0.25])},
+  "logits": {"kernel": jnp.array([[-3.0], [1.0]]), "bias": jnp.array([-4.0])},
 }
 
 
@@ -174,13 +192,17 @@ def test_l1_penalty_kernels_only():
 
 def test_l1_penalty_on_flax_params_and_jit():
   model = MLP(num_classes=3, hidden_widths=(4,))
-  params = model.init(jax.random.key(0), jnp.zeros((1, 2)),
-                      train=False)["params"]
+  params = model.init(jax.random.key(0), jnp.zeros((1, 2)), train=False)[
+    "params"
+  ]
   want = sum(np.abs(leaf).sum() for leaf in jax.tree.leaves(params))
   np.testing.assert_allclose(jax.jit(l1_penalty)(params), want, rtol=1e-6)
   kernels = params["dense_0"]["kernel"], params["logits"]["kernel"]
-  np.testing.assert_allclose(l1_penalty(params, kernels_only=True),
-                             sum(np.abs(k).sum() for k in kernels), rtol=1e-6)
+  np.testing.assert_allclose(
+    l1_penalty(params, kernels_only=True),
+    sum(np.abs(k).sum() for k in kernels),
+    rtol=1e-6,
+  )
 
 
 def test_l1_penalty_errors():

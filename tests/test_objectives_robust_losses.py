@@ -25,8 +25,9 @@ def _linear_apply(variables, x, train=False):
 
 def _mlp_network(num_classes=4, seed=0):
   model = MLP(num_classes=num_classes, hidden_widths=(16, 16))
-  variables = model.init(jax.random.key(seed), jnp.zeros((1, 6, 6, 1)),
-                         train=False)
+  variables = model.init(
+    jax.random.key(seed), jnp.zeros((1, 6, 6, 1)), train=False
+  )
   return Network(model.apply, variables, num_classes)
 
 
@@ -56,12 +57,16 @@ def test_small_box_by_hand():
 @pytest.mark.parametrize("per_example_eps", [False, True])
 def test_small_box_lies_in_the_big_box_and_the_domain(lam, per_example_eps):
   x = _images_with_borders(1)
-  eps = (jnp.array([0.0, 0.05, 0.1, 0.3, 0.7]) if per_example_eps
-         else jnp.float32(0.3))
+  eps = (
+    jnp.array([0.0, 0.05, 0.1, 0.3, 0.7])
+    if per_example_eps
+    else jnp.float32(0.3)
+  )
   eps_b = jnp.broadcast_to(jnp.reshape(eps, (-1, 1, 1, 1)), x.shape)
   # Attack points anywhere, also far outside the big box.
-  adversarial = x + jax.random.uniform(jax.random.key(2), x.shape,
-                                       minval=-1.0, maxval=1.0)
+  adversarial = x + jax.random.uniform(
+    jax.random.key(2), x.shape, minval=-1.0, maxval=1.0
+  )
   box = robust_losses.small_box(adversarial, x, eps, lam * eps)
   lo, hi = jnp.clip(x - eps_b, 0, 1), jnp.clip(x + eps_b, 0, 1)
   assert jnp.all(box.lower >= lo - TOL) and jnp.all(box.upper <= hi + TOL)
@@ -69,8 +74,9 @@ def test_small_box_lies_in_the_big_box_and_the_domain(lam, per_example_eps):
   # Where the big box is wide enough the small box keeps its full size 2τ.
   fits = hi - lo >= 2 * lam * eps_b
   width = box.upper - box.lower
-  np.testing.assert_allclose(jnp.where(fits, width, 2 * lam * eps_b),
-                             2 * lam * eps_b, atol=1e-5)
+  np.testing.assert_allclose(
+    jnp.where(fits, width, 2 * lam * eps_b), 2 * lam * eps_b, atol=1e-5
+  )
 
 
 def test_small_box_center_keeps_an_attack_point_that_fits():
@@ -86,17 +92,20 @@ def test_ibp_linf_by_hand_on_a_linear_network():
   # z_0 − z_2 = (2, −1)·x are 0 and ½, lowered by ε‖·‖₁ = 0.2 and 0.3.
   w = jnp.array([[1.0, 0.0, -1.0], [0.0, 1.0, 1.0]])
   network = Network(_linear_apply, {"params": {"w": w}}, 3)
-  robust = robust_losses.ibp_linf(network, jnp.array([[0.5, 0.5]]),
-                                  jnp.array([0]), 0.1)
+  robust = robust_losses.ibp_linf(
+    network, jnp.array([[0.5, 0.5]]), jnp.array([0]), 0.1
+  )
   np.testing.assert_allclose(robust.logits, [[0.0, 0.2, -0.2]], atol=TOL)
   expected = math.log(1 + math.exp(0.2) + math.exp(-0.2))
   np.testing.assert_allclose(robust.loss, [expected], rtol=1e-6)
   assert not robust.certified[0]
-  certified = robust_losses.ibp_linf(network, jnp.array([[0.5, 0.5]]),
-                                     jnp.array([0]), 0.0)
+  certified = robust_losses.ibp_linf(
+    network, jnp.array([[0.5, 0.5]]), jnp.array([0]), 0.0
+  )
   assert not certified.certified[0]  # margin z_0 − z_1 is exactly 0
-  shifted = robust_losses.ibp_linf(network, jnp.array([[0.9, 0.1]]),
-                                   jnp.array([0]), 0.1)
+  shifted = robust_losses.ibp_linf(
+    network, jnp.array([[0.9, 0.1]]), jnp.array([0]), 0.1
+  )
   assert shifted.certified[0]  # lower bounds 0.6 and 1.4
 
 
@@ -105,8 +114,9 @@ def test_sabr_with_lambda_one_is_ibp():
   x = _images_with_borders(3)
   labels = jnp.array([0, 1, 2, 3, 0])
   ibp = robust_losses.ibp_linf(network, x, labels, 0.1)
-  sabr = robust_losses.sabr_linf(network, x, labels, 0.1, lam=1.0,
-                                 key=jax.random.key(0), pgd_steps=3)
+  sabr = robust_losses.sabr_linf(
+    network, x, labels, 0.1, lam=1.0, key=jax.random.key(0), pgd_steps=3
+  )
   np.testing.assert_allclose(sabr.loss, ibp.loss, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(sabr.logits, ibp.logits, rtol=1e-5, atol=1e-5)
   np.testing.assert_array_equal(sabr.certified, ibp.certified)
@@ -120,8 +130,9 @@ def test_sabr_loss_is_at_most_the_ibp_loss(lam):
   x = _images_with_borders(4)
   labels = jnp.array([3, 2, 1, 0, 1])
   ibp = robust_losses.ibp_linf(network, x, labels, 0.2)
-  sabr = robust_losses.sabr_linf(network, x, labels, 0.2, lam=lam,
-                                 key=jax.random.key(1), pgd_steps=3)
+  sabr = robust_losses.sabr_linf(
+    network, x, labels, 0.2, lam=lam, key=jax.random.key(1), pgd_steps=3
+  )
   assert jnp.all(sabr.loss <= ibp.loss + 1e-5)
   assert jnp.all(sabr.logits <= ibp.logits + 1e-5)  # o = −lb
 
@@ -165,8 +176,15 @@ def test_l2_certified_bounds_the_small_ball(monkeypatch):
   far = x + jnp.array([[3.0, 0, 0, 0], [0, 0, 0, 0.05]])  # out, in the ball
   monkeypatch.setattr(robust_losses, "sabr_attack", lambda *a, **k: far)
   network = _RecordingNetwork()
-  robust_losses.l2_certified(network, x, jnp.array([0, 1]), 0.2, lam=0.25,
-                             key=jax.random.key(0), pgd_steps=1)
+  robust_losses.l2_certified(
+    network,
+    x,
+    jnp.array([0, 1]),
+    0.2,
+    lam=0.25,
+    key=jax.random.key(0),
+    pgd_steps=1,
+  )
   ball = network.input_set
   assert isinstance(ball, LpBall) and ball.p == 2
   # Projected onto B2(x, 0.15), so the ball of radius 0.05 fits.
@@ -177,11 +195,13 @@ def test_l2_certified_bounds_the_small_ball(monkeypatch):
 
 def test_sabr_linf_bounds_the_small_box(monkeypatch):
   x = jnp.array([[0.0, 0.5]])
-  monkeypatch.setattr(robust_losses, "sabr_attack",
-                      lambda *a, **k: jnp.array([[0.1, 0.3]]))
+  monkeypatch.setattr(
+    robust_losses, "sabr_attack", lambda *a, **k: jnp.array([[0.1, 0.3]])
+  )
   network = _RecordingNetwork()
-  robust_losses.sabr_linf(network, x, jnp.array([0]), 0.1, lam=0.5,
-                          key=jax.random.key(0), pgd_steps=1)
+  robust_losses.sabr_linf(
+    network, x, jnp.array([0]), 0.1, lam=0.5, key=jax.random.key(0), pgd_steps=1
+  )
   box = network.input_set
   assert isinstance(box, Box)
   np.testing.assert_allclose(box.lower, [[0.0, 0.4]], atol=TOL)
@@ -192,10 +212,13 @@ def test_l2_sabr_box_is_almost_cross_entropy_at_the_attack_point(monkeypatch):
   network = _mlp_network(seed=2)
   x = _images_with_borders(6)
   labels = jnp.array([0, 1, 2, 3, 0])
-  point = jnp.clip(x + 0.05 * jax.random.normal(jax.random.key(4), x.shape),
-                   0, 1)
+  point = jnp.clip(
+    x + 0.05 * jax.random.normal(jax.random.key(4), x.shape), 0, 1
+  )
   monkeypatch.setattr(robust_losses, "sabr_attack", lambda *a, **k: point)
-  robust = robust_losses.l2_sabr_box(network, x, labels, 0.5, lam=1e-5,
-                                     key=jax.random.key(0), pgd_steps=1)
+  robust = robust_losses.l2_sabr_box(
+    network, x, labels, 0.5, lam=1e-5, key=jax.random.key(0), pgd_steps=1
+  )
   np.testing.assert_allclose(
-      robust.loss, cross_entropy(network.logits(point), labels), atol=1e-3)
+    robust.loss, cross_entropy(network.logits(point), labels), atol=1e-3
+  )

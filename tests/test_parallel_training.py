@@ -26,23 +26,40 @@ MNIST_CONFIG = str(REPO / "configs" / "mnist.py")
 # checks that moments reduced over a sharded bounded batch match one device's
 # (with IBP: SABR's PGD sign steps turn summation-order differences into
 # ~1e-4 differences after a few steps, with clean moments too).
-RUNS = {"natural": ("natural", {}), "ibp": ("ibp", {}),
-        "cure_max": ("cure_max", {}),
-        "ibp_midpoint": ("ibp", {"model.name": "small_cnn",
-                                 "bn_moments": "midpoint"})}
+RUNS = {
+  "natural": ("natural", {}),
+  "ibp": ("ibp", {}),
+  "cure_max": ("cure_max", {}),
+  "ibp_midpoint": (
+    "ibp",
+    {"model.name": "small_cnn", "bn_moments": "midpoint"},
+  ),
+}
 GLOBAL_BATCH = 16
 
 
 def _config(method, files, tfds, **overrides):
   from cure_jax import settings  # pylint: disable=g-import-not-at-top
+
   config = settings.load_config(f"{MNIST_CONFIG}:cpu=True,method={method}")
-  values = {"dataset.data_dir": str(files), "dataset.tfds_data_dir": str(tfds),
-            "dataset.download": False, "model.name": "mlp",
-            "batch_size": GLOBAL_BATCH, "num_epochs": 2, "lr_milestones": (1,),
-            "natural_epochs": 0, "eps_ramp_start": 0, "eps_ramp_end": 1,
-            "pgd_steps": 2, "checkpoint_every_steps": 100,
-            "log_every_steps": 1, "eval.final_examples": 4,
-            "eval.final_methods": ("ibp",), "eval.batch_size": 4}
+  values = {
+    "dataset.data_dir": str(files),
+    "dataset.tfds_data_dir": str(tfds),
+    "dataset.download": False,
+    "model.name": "mlp",
+    "batch_size": GLOBAL_BATCH,
+    "num_epochs": 2,
+    "lr_milestones": (1,),
+    "natural_epochs": 0,
+    "eps_ramp_start": 0,
+    "eps_ramp_end": 1,
+    "pgd_steps": 2,
+    "checkpoint_every_steps": 100,
+    "log_every_steps": 1,
+    "eval.final_examples": 4,
+    "eval.final_methods": ("ibp",),
+    "eval.batch_size": 4,
+  }
   values.update(overrides)
   config.unlock()
   settings.apply_overrides(config, values)
@@ -52,7 +69,9 @@ def _config(method, files, tfds, **overrides):
 
 def _worker(files, tfds, workdir, out_path):
   import jax  # pylint: disable=g-import-not-at-top
+
   from cure_jax.train import loop  # pylint: disable=g-import-not-at-top
+
   arrays = {"devices": np.asarray(jax.device_count())}
   for name, (method, overrides) in RUNS.items():
     config = _config(method, files, tfds, **overrides)
@@ -68,16 +87,20 @@ def _worker(files, tfds, workdir, out_path):
 @pytest.fixture(scope="module")
 def mnist(tmp_path_factory):
   from cure_jax.data import fake_sources  # pylint: disable=g-import-not-at-top
+
   files = tmp_path_factory.mktemp("files")
   fake_sources.write_fake_mnist(files, num_train=48, num_test=8, seed=7)
   return files
 
 
 def _env(devices):
-  env = {k: v for k, v in os.environ.items()
-         if not k.startswith(("CURE_", "TFDS_"))}
-  env.update(JAX_PLATFORMS="cpu",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  env = {
+    k: v for k, v in os.environ.items() if not k.startswith(("CURE_", "TFDS_"))
+  }
+  env.update(
+    JAX_PLATFORMS="cpu",
+    XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+  )
   return env
 
 
@@ -85,9 +108,18 @@ def _start_training_on(devices, files, tmp_path):
   out = tmp_path / f"{devices}.npz"
   # Its own tfds directory: two builds of one dataset at once would race.
   tfds = tmp_path / f"tfds{devices}"
-  process = subprocess.Popen([sys.executable, __file__, str(files), str(tfds),
-                              str(tmp_path / f"run{devices}"), str(out)],
-                             cwd=REPO, env=_env(devices))
+  process = subprocess.Popen(
+    [
+      sys.executable,
+      __file__,
+      str(files),
+      str(tfds),
+      str(tmp_path / f"run{devices}"),
+      str(out),
+    ],
+    cwd=REPO,
+    env=_env(devices),
+  )
   return process, out
 
 
@@ -109,8 +141,9 @@ def test_eight_devices_train_like_one(mnist, tmp_path):
   assert one.keys() == eight.keys()
   for name in one:
     # Same global batch, split 8 ways: only the summation order differs.
-    np.testing.assert_allclose(eight[name], one[name], rtol=1e-4, atol=1e-5,
-                               err_msg=name)
+    np.testing.assert_allclose(
+      eight[name], one[name], rtol=1e-4, atol=1e-5, err_msg=name
+    )
   assert {k.split("/")[0] for k in one} == set(RUNS)
 
 
@@ -121,32 +154,52 @@ def _steps(ckpt_dir):
 
 
 def test_sigkill_mid_epoch_then_restart_gives_the_uninterrupted_result(
-    tmp_path):
+  tmp_path,
+):
   from cure_jax.data import fake_sources  # pylint: disable=g-import-not-at-top
+
   files = tmp_path / "files"
   fake_sources.write_fake_mnist(files, num_train=1600, num_test=8, seed=8)
-  args = [f"--config={MNIST_CONFIG}:cpu=True,method=sabr",
-          f"--config.dataset.data_dir={files}",
-          "--config.dataset.download=False", "--config.model.name=mlp",
-          f"--config.batch_size={GLOBAL_BATCH}", "--config.num_epochs=2",
-          "--config.lr_milestones=(1,)", "--config.natural_epochs=0",
-          "--config.eps_ramp_start=0", "--config.eps_ramp_end=1",
-          "--config.checkpoint_every_steps=7", "--config.log_every_steps=1000",
-          "--config.eval.final_examples=4", "--config.eval.batch_size=4",
-          "--config.eval.final_methods=('ibp',)"]
+  args = [
+    f"--config={MNIST_CONFIG}:cpu=True,method=sabr",
+    f"--config.dataset.data_dir={files}",
+    "--config.dataset.download=False",
+    "--config.model.name=mlp",
+    f"--config.batch_size={GLOBAL_BATCH}",
+    "--config.num_epochs=2",
+    "--config.lr_milestones=(1,)",
+    "--config.natural_epochs=0",
+    "--config.eps_ramp_start=0",
+    "--config.eps_ramp_end=1",
+    "--config.checkpoint_every_steps=7",
+    "--config.log_every_steps=1000",
+    "--config.eval.final_examples=4",
+    "--config.eval.batch_size=4",
+    "--config.eval.final_methods=('ibp',)",
+  ]
   straight, killed = tmp_path / "straight", tmp_path / "killed"
 
   def main(workdir):
     # Each run its own tfds directory: two builds at once would race.
-    return [sys.executable, "-m", "cure_jax.main", *args,
-            f"--config.dataset.tfds_data_dir={workdir}_tfds",
-            f"--workdir={workdir}"]
+    return [
+      sys.executable,
+      "-m",
+      "cure_jax.main",
+      *args,
+      f"--config.dataset.tfds_data_dir={workdir}_tfds",
+      f"--workdir={workdir}",
+    ]
 
   # The uninterrupted run goes on beside the one that is killed.
   log = tmp_path / "straight.log"
   with open(log, "wb") as log_file:
-    uninterrupted = subprocess.Popen(main(straight), cwd=REPO, env=_env(1),
-                                     stdout=log_file, stderr=subprocess.STDOUT)
+    uninterrupted = subprocess.Popen(
+      main(straight),
+      cwd=REPO,
+      env=_env(1),
+      stdout=log_file,
+      stderr=subprocess.STDOUT,
+    )
   try:
     _kill_mid_epoch_and_restart(main(killed), killed)
     assert uninterrupted.wait(timeout=600) == 0, log.read_text()[-2000:]
@@ -155,20 +208,26 @@ def test_sigkill_mid_epoch_then_restart_gives_the_uninterrupted_result(
   sys.path.insert(0, str(REPO))
   from cure_jax import settings  # pylint: disable=g-import-not-at-top
   from cure_jax.train import loop  # pylint: disable=g-import-not-at-top
+
   config = settings.load_config(f"{MNIST_CONFIG}:cpu=True,method=sabr")
   config.unlock()
   settings.apply_overrides(config, {"model.name": "mlp"})
   _, a = loop.restore_for_eval(config, str(straight))
   _, b = loop.restore_for_eval(config, str(killed))
   import jax  # pylint: disable=g-import-not-at-top
+
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def _kill_mid_epoch_and_restart(command, workdir):
-  process = subprocess.Popen(command, cwd=REPO, env=_env(1),
-                             stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+  process = subprocess.Popen(
+    command,
+    cwd=REPO,
+    env=_env(1),
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+  )
   deadline = time.monotonic() + 300
   # 100 steps per epoch: kill once a checkpoint past step 20 exists, which
   # is in the middle of the first epoch.
@@ -180,8 +239,9 @@ def _kill_mid_epoch_and_restart(command, workdir):
   process.wait()
   assert not (workdir / "results.json").exists()
   assert max(_steps(workdir / "checkpoints")) < 200
-  subprocess.run(command, check=True, cwd=REPO, env=_env(1), timeout=600,
-                 capture_output=True)
+  subprocess.run(
+    command, check=True, cwd=REPO, env=_env(1), timeout=600, capture_output=True
+  )
 
 
 if __name__ == "__main__":

@@ -30,8 +30,9 @@ class RecordingHandler:
 def recorder():
   """Installs a recording SIGTERM/SIGUSR1 handler; restores the originals."""
   handler = RecordingHandler()
-  originals = {s: signal.signal(s, handler)
-               for s in (signal.SIGTERM, signal.SIGUSR1)}
+  originals = {
+    s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGUSR1)
+  }
   yield handler
   for sig, original in originals.items():
     signal.signal(sig, original)
@@ -90,7 +91,7 @@ def test_guard_can_be_reused_and_not_nested(recorder):
   guard = PreemptionGuard()
   with guard:
     os.kill(os.getpid(), signal.SIGTERM)
-    with pytest.raises(RuntimeError, match='already active'):
+    with pytest.raises(RuntimeError, match="already active"):
       guard.__enter__()
   with guard:  # A fresh start.
     assert guard.signal_received is None and not guard.should_stop(1)
@@ -98,13 +99,13 @@ def test_guard_can_be_reused_and_not_nested(recorder):
 
 
 def test_bad_arguments_and_threads_raise_helpful_errors():
-  with pytest.raises(ValueError, match='SIGKILL cannot be caught'):
+  with pytest.raises(ValueError, match="SIGKILL cannot be caught"):
     PreemptionGuard((signal.SIGKILL,))
-  with pytest.raises(ValueError, match='not a signal number'):
+  with pytest.raises(ValueError, match="not a signal number"):
     PreemptionGuard((12345,))
-  with pytest.raises(ValueError, match='at least one signal'):
+  with pytest.raises(ValueError, match="at least one signal"):
     PreemptionGuard(())
-  with pytest.raises(ValueError, match='sync_every_steps'):
+  with pytest.raises(ValueError, match="sync_every_steps"):
     PreemptionGuard(sync_every_steps=0)
   errors = []
 
@@ -118,30 +119,32 @@ def test_bad_arguments_and_threads_raise_helpful_errors():
   thread = threading.Thread(target=enter_in_thread)
   thread.start()
   thread.join()
-  assert len(errors) == 1 and 'main thread' in errors[0]
+  assert len(errors) == 1 and "main thread" in errors[0]
 
 
-def test_processes_agree_on_local_signals_every_sync_steps(monkeypatch,
-                                                           recorder):
+def test_processes_agree_on_local_signals_every_sync_steps(
+  monkeypatch, recorder
+):
   """With 2 processes, a flag raised on either stops both at one step."""
   del recorder
   gathered_at = []
-  remote_flag = {'value': 0}
+  remote_flag = {"value": 0}
 
   def fake_allgather(local_flag):
-    gathered_at.append(current_step['value'])
-    return np.array([int(local_flag), remote_flag['value']], np.int32)
+    gathered_at.append(current_step["value"])
+    return np.array([int(local_flag), remote_flag["value"]], np.int32)
 
-  current_step = {'value': 0}
-  monkeypatch.setattr(preemption.jax, 'process_count', lambda: 2)
-  monkeypatch.setattr(preemption.multihost_utils, 'process_allgather',
-                      fake_allgather)
+  current_step = {"value": 0}
+  monkeypatch.setattr(preemption.jax, "process_count", lambda: 2)
+  monkeypatch.setattr(
+    preemption.multihost_utils, "process_allgather", fake_allgather
+  )
   with PreemptionGuard(sync_every_steps=3) as guard:
     decisions = []
     for step in range(1, 10):
-      current_step['value'] = step
+      current_step["value"] = step
       if step == 4:
-        remote_flag['value'] = 1  # The other process got SIGTERM.
+        remote_flag["value"] = 1  # The other process got SIGTERM.
       decisions.append(guard.should_stop(step))
   assert gathered_at == [3, 6]  # Only multiples of 3, none once decided.
   assert decisions == [False] * 5 + [True] * 4
@@ -149,15 +152,22 @@ def test_processes_agree_on_local_signals_every_sync_steps(monkeypatch,
 
 
 def test_sigterm_is_left_to_jax_preemption_service(monkeypatch, recorder):
-  monkeypatch.setattr(preemption, 'jax_preemption_service_active',
-                      lambda: True)
-  monkeypatch.setattr(preemption.multihost_utils,
-                      'reached_preemption_sync_point', lambda step: step == 7)
+  monkeypatch.setattr(preemption, "jax_preemption_service_active", lambda: True)
+  monkeypatch.setattr(
+    preemption.multihost_utils,
+    "reached_preemption_sync_point",
+    lambda step: step == 7,
+  )
   with PreemptionGuard() as guard:
     assert guard.handled_signals == ()  # JAX's C handler keeps SIGTERM.
     assert signal.getsignal(signal.SIGTERM) is recorder
     assert [guard.should_stop(s) for s in range(5, 10)] == [
-        False, False, True, True, True]
+      False,
+      False,
+      True,
+      True,
+      True,
+    ]
 
 
 _WORKER = textwrap.dedent("""
@@ -186,24 +196,36 @@ _WORKER = textwrap.dedent("""
 
 def _free_port() -> int:
   with socket.socket() as sock:
-    sock.bind(('localhost', 0))
+    sock.bind(("localhost", 0))
     return sock.getsockname()[1]
 
 
 def test_two_processes_stop_at_the_same_step():
   """Real 2-process CPU job: one process is signalled, both stop together."""
   port = str(_free_port())
-  env = dict(os.environ, JAX_PLATFORMS='cpu')
-  workers = [subprocess.Popen(
-      [sys.executable, '-c', _WORKER, str(i), port], env=env,
-      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i in range(2)]
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  workers = [
+    subprocess.Popen(
+      [sys.executable, "-c", _WORKER, str(i), port],
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
   outputs = [w.communicate(timeout=120) for w in workers]
   for worker, (_, stderr) in zip(workers, outputs):
     assert worker.returncode == 0, stderr[-3000:]
-  stops = [dict(line.split(' STOPPED AT ') for line in out.splitlines()
-                if ' STOPPED AT ' in line) for out, _ in outputs]
+  stops = [
+    dict(
+      line.split(" STOPPED AT ")
+      for line in out.splitlines()
+      if " STOPPED AT " in line
+    )
+    for out, _ in outputs
+  ]
   assert stops[0] == stops[1], stops
   # All-gathers run at even steps: the first one after the signal at 10.
-  assert stops[0]['SIGUSR1'] == '10'
-  assert int(stops[0]['SIGTERM']) >= 10
+  assert stops[0]["SIGUSR1"] == "10"
+  assert int(stops[0]["SIGTERM"]) >= 10

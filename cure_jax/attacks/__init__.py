@@ -12,48 +12,54 @@ key; everything is jit-able and vmap-safe::
   center = sabr_attack(logits_fn, x, y, eps=8 / 255, key=key)  # spec §2
 """
 
-from cure_jax.attacks.losses import ATTACK_LOSSES
-from cure_jax.attacks.losses import cross_entropy
-from cure_jax.attacks.losses import get_attack_loss
-from cure_jax.attacks.losses import is_adversarial
-from cure_jax.attacks.losses import margin
-from cure_jax.attacks.norms import NORMS
-from cure_jax.attacks.norms import norm_per_example
-from cure_jax.attacks.projected_gradient import BestIterate
-from cure_jax.attacks.projected_gradient import pgd
-from cure_jax.attacks.projections import project
-from cure_jax.attacks.projections import project_l1
-from cure_jax.attacks.projections import project_l2
-from cure_jax.attacks.projections import project_linf
-from cure_jax.attacks.projections import project_onto_l1_ball
-from cure_jax.attacks.ball_sampling import random_start
-from cure_jax.attacks.ball_sampling import sample_ball_perturbation
-from cure_jax.attacks.sabr import sabr_attack
-from cure_jax.attacks.sabr import sabr_milestones
-from cure_jax.attacks.sabr import sabr_step_decay
-from cure_jax.attacks.sabr import sabr_step_sizes
+from cure_jax.attacks.ball_sampling import (
+  random_start,
+  sample_ball_perturbation,
+)
+from cure_jax.attacks.losses import (
+  ATTACK_LOSSES,
+  cross_entropy,
+  get_attack_loss,
+  is_adversarial,
+  margin,
+)
+from cure_jax.attacks.norms import NORMS, norm_per_example
+from cure_jax.attacks.projected_gradient import BestIterate, pgd
+from cure_jax.attacks.projections import (
+  project,
+  project_l1,
+  project_l2,
+  project_linf,
+  project_onto_l1_ball,
+)
+from cure_jax.attacks.sabr import (
+  sabr_attack,
+  sabr_milestones,
+  sabr_step_decay,
+  sabr_step_sizes,
+)
 from cure_jax.attacks.steepest_ascent import ascent_direction
 
 __all__ = (
-    "ATTACK_LOSSES",
-    "BestIterate",
-    "NORMS",
-    "ascent_direction",
-    "cross_entropy",
-    "get_attack_loss",
-    "is_adversarial",
-    "margin",
-    "norm_per_example",
-    "pgd",
-    "project",
-    "project_l1",
-    "project_l2",
-    "project_linf",
-    "project_onto_l1_ball",
-    "random_start",
-    "sabr_attack",
-    "sabr_milestones",
-    "sabr_step_decay",
-    "sabr_step_sizes",
-    "sample_ball_perturbation",
+  "ATTACK_LOSSES",
+  "BestIterate",
+  "NORMS",
+  "ascent_direction",
+  "cross_entropy",
+  "get_attack_loss",
+  "is_adversarial",
+  "margin",
+  "norm_per_example",
+  "pgd",
+  "project",
+  "project_l1",
+  "project_l2",
+  "project_linf",
+  "project_onto_l1_ball",
+  "random_start",
+  "sabr_attack",
+  "sabr_milestones",
+  "sabr_step_decay",
+  "sabr_step_sizes",
+  "sample_ball_perturbation",
 )

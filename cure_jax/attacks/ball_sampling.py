@@ -27,8 +27,7 @@ from cure_jax.attacks import norms
 _EXTRA_COORDINATES = {"l2": 2, "l1": 1}
 
 
-def _uniform_in_unit_ball(key: jax.Array, x: jax.Array,
-                          norm: str) -> jax.Array:
+def _uniform_in_unit_ball(key: jax.Array, x: jax.Array, norm: str) -> jax.Array:
   """[B, ...] points uniform in the unit ``norm`` ball (l2 or l1)."""
   num_features = norms.flatten_examples(x).shape[1]
   shape = (x.shape[0], num_features + _EXTRA_COORDINATES[norm])
@@ -40,8 +39,9 @@ def _uniform_in_unit_ball(key: jax.Array, x: jax.Array,
   return (y[:, :num_features] / jnp.maximum(length, 1e-30)).reshape(x.shape)
 
 
-def sample_ball_perturbation(key: jax.Array, x: jax.Array, eps, *,
-                             norm: str) -> jax.Array:
+def sample_ball_perturbation(
+  key: jax.Array, x: jax.Array, eps, *, norm: str
+) -> jax.Array:
   """δ uniform in {||δ||_p <= eps}, independently per example.
 
   Args:
@@ -59,8 +59,14 @@ def sample_ball_perturbation(key: jax.Array, x: jax.Array, eps, *,
   return eps_b * _uniform_in_unit_ball(key, x, norm)
 
 
-def random_start(key: jax.Array, x: jax.Array, eps, *, norm: str,
-                 domain: norms.Domain = (0.0, 1.0)) -> jax.Array:
+def random_start(
+  key: jax.Array,
+  x: jax.Array,
+  eps,
+  *,
+  norm: str,
+  domain: norms.Domain = (0.0, 1.0),
+) -> jax.Array:
   """A point drawn uniformly from the threat model around ``x`` (see above).
 
   Args:

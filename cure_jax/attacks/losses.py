@@ -8,7 +8,7 @@
   misclassification directly.
 """
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -63,7 +63,8 @@ def get_attack_loss(name: str) -> AttackLoss:
   """
   if name not in ATTACK_LOSSES:
     raise ValueError(
-        f"Unknown attack loss {name!r}: use one of {tuple(ATTACK_LOSSES)}.")
+      f"Unknown attack loss {name!r}: use one of {tuple(ATTACK_LOSSES)}."
+    )
   return ATTACK_LOSSES[name]
 
 
@@ -72,8 +73,9 @@ def misclassified(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return jnp.argmax(logits, axis=-1) != labels
 
 
-def is_adversarial(logits_fn: Callable[[jax.Array], jax.Array],
-                   x_adv: jax.Array, y: jax.Array) -> jax.Array:
+def is_adversarial(
+  logits_fn: Callable[[jax.Array], jax.Array], x_adv: jax.Array, y: jax.Array
+) -> jax.Array:
   """Whether each attack point is misclassified.
 
   For points from ``pgd(..., loss='margin')``, ``mean(~is_adversarial(...))``

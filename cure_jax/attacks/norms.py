@@ -13,15 +13,13 @@ radius cannot be inspected without a host sync, exactly as in
 `cure_jax.bounds`.
 """
 
-from typing import Optional, Tuple
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 NORMS = ("linf", "l2", "l1")
 
-Domain = Optional[Tuple[float, float]]
+Domain = tuple[float, float] | None
 
 
 def check_norm(norm: str) -> str:
@@ -59,7 +57,8 @@ def check_domain(domain: Domain) -> Domain:
     lo, hi = domain
   except (TypeError, ValueError):
     raise ValueError(
-        f"domain must be None or a pair (lo, hi), got {domain!r}.") from None
+      f"domain must be None or a pair (lo, hi), got {domain!r}."
+    ) from None
   if lo > hi:
     raise ValueError(f"domain lower bound {lo} exceeds upper bound {hi}.")
   return (lo, hi)
@@ -85,8 +84,11 @@ def check_nonnegative(name: str, value) -> None:
   """
   try:
     concrete = np.asarray(value)
-  except (TypeError, jax.errors.TracerArrayConversionError,
-          jax.errors.ConcretizationTypeError):
+  except (
+    TypeError,
+    jax.errors.TracerArrayConversionError,
+    jax.errors.ConcretizationTypeError,
+  ):
     return  # Traced under jit: checking would need a host sync.
   if concrete.dtype.kind in "fiu" and not np.all(concrete >= 0):
     raise ValueError(f"{name} must be non-negative, got {concrete.min()}.")
@@ -106,8 +108,11 @@ def check_count(name: str, value, minimum: int) -> int:
   Raises:
     ValueError: if ``value`` is not an integer >= ``minimum``.
   """
-  if (not isinstance(value, (int, np.integer)) or isinstance(value, bool) or
-      value < minimum):
+  if (
+    not isinstance(value, (int, np.integer))
+    or isinstance(value, bool)
+    or value < minimum
+  ):
     raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}.")
   return int(value)
 
@@ -132,9 +137,10 @@ def per_example(value, x: jax.Array, name: str) -> jax.Array:
   value = jnp.asarray(value, dtype=x.dtype)
   if value.shape not in ((), x.shape[:1]):
     raise ValueError(
-        f"{name} of shape {value.shape} does not fit a batch of shape "
-        f"{x.shape}: it must be a scalar or have shape {x.shape[:1]} (one "
-        "value per example).")
+      f"{name} of shape {value.shape} does not fit a batch of shape "
+      f"{x.shape}: it must be a scalar or have shape {x.shape[:1]} (one "
+      "value per example)."
+    )
   return value.reshape(value.shape + (1,) * (x.ndim - value.ndim))
 
 

@@ -20,16 +20,19 @@ per-example gradients are taken as the gradient of the summed loss. The
 result carries no gradient (training stops it at the attack point anyway).
 """
 
-from typing import Callable, NamedTuple, Optional
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from cure_jax.attacks import ball_sampling
-from cure_jax.attacks import losses
-from cure_jax.attacks import norms
-from cure_jax.attacks import projections
-from cure_jax.attacks import steepest_ascent
+from cure_jax.attacks import (
+  ball_sampling,
+  losses,
+  norms,
+  projections,
+  steepest_ascent,
+)
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 MAX_UNROLLED_STEPS = 16
@@ -50,8 +53,9 @@ class BestIterate(NamedTuple):
   misclassified: jax.Array
 
 
-def keep_better(best: BestIterate, candidate: BestIterate,
-                misclassified_first: bool) -> BestIterate:
+def keep_better(
+  best: BestIterate, candidate: BestIterate, misclassified_first: bool
+) -> BestIterate:
   """Per example, the better of two points; a tie keeps ``best``.
 
   Args:
@@ -66,7 +70,8 @@ def keep_better(best: BestIterate, candidate: BestIterate,
   better = candidate.loss > best.loss
   if misclassified_first:
     better = (candidate.misclassified & ~best.misclassified) | (
-        (candidate.misclassified == best.misclassified) & better)
+      (candidate.misclassified == best.misclassified) & better
+    )
 
   def pick(new, old):
     return jnp.where(norms.expand_per_example(better, old), new, old)
@@ -74,15 +79,17 @@ def keep_better(best: BestIterate, candidate: BestIterate,
   return jax.tree.map(pick, candidate, best)
 
 
-def _evaluate(logits_fn: LogitsFn, loss_fn: losses.AttackLoss, x: jax.Array,
-              y: jax.Array) -> BestIterate:
+def _evaluate(
+  logits_fn: LogitsFn, loss_fn: losses.AttackLoss, x: jax.Array, y: jax.Array
+) -> BestIterate:
   """The point ``x`` with its loss and correctness (forward pass only)."""
   logits = logits_fn(x)
   return BestIterate(x, loss_fn(logits, y), losses.misclassified(logits, y))
 
 
-def _evaluate_with_grad(logits_fn: LogitsFn, loss_fn: losses.AttackLoss,
-                        x: jax.Array, y: jax.Array):
+def _evaluate_with_grad(
+  logits_fn: LogitsFn, loss_fn: losses.AttackLoss, x: jax.Array, y: jax.Array
+):
   """`_evaluate` plus ∇_x of the summed loss (= per-example gradients)."""
 
   def total_loss(x):
@@ -90,8 +97,7 @@ def _evaluate_with_grad(logits_fn: LogitsFn, loss_fn: losses.AttackLoss,
     per_example = loss_fn(logits, y)
     return jnp.sum(per_example), (per_example, logits)
 
-  (_, (loss, logits)), grad = jax.value_and_grad(
-      total_loss, has_aux=True)(x)
+  (_, (loss, logits)), grad = jax.value_and_grad(total_loss, has_aux=True)(x)
   return BestIterate(x, loss, losses.misclassified(logits, y)), grad
 
 
@@ -100,26 +106,33 @@ def _check_arguments(x, y, steps, restarts, random_start, key, l1_sparsity):
   if jnp.ndim(x) < 1:
     raise ValueError("x must have a leading batch axis, got a scalar.")
   if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
-    raise ValueError(f"x must be floating point (e.g. images scaled to "
-                     f"[0, 1]), got dtype {jnp.result_type(x)}.")
-  if jnp.shape(y) != jnp.shape(x)[:1] or not jnp.issubdtype(
-      jnp.result_type(y), jnp.integer):
     raise ValueError(
-        f"y must hold one integer label per example, shape {jnp.shape(x)[:1]};"
-        f" got shape {jnp.shape(y)} and dtype {jnp.result_type(y)}.")
+      f"x must be floating point (e.g. images scaled to "
+      f"[0, 1]), got dtype {jnp.result_type(x)}."
+    )
+  if jnp.shape(y) != jnp.shape(x)[:1] or not jnp.issubdtype(
+    jnp.result_type(y), jnp.integer
+  ):
+    raise ValueError(
+      f"y must hold one integer label per example, shape {jnp.shape(x)[:1]};"
+      f" got shape {jnp.shape(y)} and dtype {jnp.result_type(y)}."
+    )
   norms.check_count("steps", steps, minimum=0)
   norms.check_count("restarts", restarts, minimum=1)
   if random_start and key is None:
     raise ValueError("random_start=True needs a PRNG key: pass key=...")
   if restarts > 1 and not random_start:
-    raise ValueError("restarts > 1 repeats the same deterministic attack; "
-                     "set random_start=True or restarts=1.")
+    raise ValueError(
+      "restarts > 1 repeats the same deterministic attack; "
+      "set random_start=True or restarts=1."
+    )
   if not 0.0 <= l1_sparsity < 1.0:
     raise ValueError(f"l1_sparsity must lie in [0, 1), got {l1_sparsity}.")
 
 
-def _step_size_schedule(step_size, step_decay: Optional[StepDecay],
-                        steps: int, x: jax.Array) -> jax.Array:
+def _step_size_schedule(
+  step_size, step_decay: StepDecay | None, steps: int, x: jax.Array
+) -> jax.Array:
   """α_t = step_size · step_decay(t) as [steps, B or 1, 1, ..., 1]."""
   step_size = norms.per_example(step_size, x, "step_size")
   decay = [1.0 if step_decay is None else step_decay(t) for t in range(steps)]
@@ -128,13 +141,24 @@ def _step_size_schedule(step_size, step_decay: Optional[StepDecay],
   return decay * step_size
 
 
-def pgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, norm: str, eps,
-        steps: int, step_size, key: Optional[jax.Array] = None,
-        restarts: int = 1, random_start: bool = True, loss: str = "ce",
-        domain: norms.Domain = (0.0, 1.0),
-        step_decay: Optional[StepDecay] = None,
-        l1_sparsity: float = 0.99,
-        unroll: Optional[bool] = None) -> jax.Array:
+def pgd(
+  logits_fn: LogitsFn,
+  x: jax.Array,
+  y: jax.Array,
+  *,
+  norm: str,
+  eps,
+  steps: int,
+  step_size,
+  key: jax.Array | None = None,
+  restarts: int = 1,
+  random_start: bool = True,
+  loss: str = "ce",
+  domain: norms.Domain = (0.0, 1.0),
+  step_decay: StepDecay | None = None,
+  l1_sparsity: float = 0.99,
+  unroll: bool | None = None,
+) -> jax.Array:
   """Runs PGD and returns the best point found per example.
 
   Args:
@@ -182,19 +206,23 @@ def pgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, norm: str, eps,
     current, grad = _evaluate_with_grad(logits_fn, loss_fn, x_t, y)
     best = keep_better(best, current, loss == "margin")
     direction = steepest_ascent.ascent_direction(
-        grad, x_t, norm=norm, domain=domain, l1_sparsity=l1_sparsity)
-    x_next = projections.project(x_t + alpha * direction, x, eps,
-                                 norm=norm, domain=domain)
+      grad, x_t, norm=norm, domain=domain, l1_sparsity=l1_sparsity
+    )
+    x_next = projections.project(
+      x_t + alpha * direction, x, eps, norm=norm, domain=domain
+    )
     return (x_next, best), None
 
   def one_restart(best, restart):
     if random_start:
       x_0 = ball_sampling.random_start(
-          jax.random.fold_in(key, restart), x, eps, norm=norm, domain=domain)
+        jax.random.fold_in(key, restart), x, eps, norm=norm, domain=domain
+      )
     else:
       x_0 = x
-    (x_last, best), _ = jax.lax.scan(gradient_step, (x_0, best), step_sizes,
-                                     unroll=True if unroll else 1)
+    (x_last, best), _ = jax.lax.scan(
+      gradient_step, (x_0, best), step_sizes, unroll=True if unroll else 1
+    )
     final = _evaluate(logits_fn, loss_fn, x_last, y)
     return keep_better(best, final, loss == "margin"), None
 

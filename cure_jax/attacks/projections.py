@@ -53,8 +53,9 @@ def project_onto_l1_ball(v: jax.Array, radius: jax.Array) -> jax.Array:
   return jnp.where(jnp.sum(magnitude) <= radius, v, shrunk)
 
 
-def project_linf(x_adv: jax.Array, x: jax.Array, eps,
-                 domain: norms.Domain = (0.0, 1.0)) -> jax.Array:
+def project_linf(
+  x_adv: jax.Array, x: jax.Array, eps, domain: norms.Domain = (0.0, 1.0)
+) -> jax.Array:
   """Projects onto {x' : ||x' − x||_∞ <= eps} ∩ domain (exact: a box).
 
   Args:
@@ -70,8 +71,9 @@ def project_linf(x_adv: jax.Array, x: jax.Array, eps,
   return norms.clip_to_domain(jnp.clip(x_adv, x - radius, x + radius), domain)
 
 
-def project_l2(x_adv: jax.Array, x: jax.Array, eps,
-               domain: norms.Domain = (0.0, 1.0)) -> jax.Array:
+def project_l2(
+  x_adv: jax.Array, x: jax.Array, eps, domain: norms.Domain = (0.0, 1.0)
+) -> jax.Array:
   """x + Π_{||δ||_2 <= eps}(x_adv − x), then clipped into ``domain``.
 
   The l2 projection rescales δ by min(1, eps/||δ||_2).
@@ -92,8 +94,9 @@ def project_l2(x_adv: jax.Array, x: jax.Array, eps,
   return norms.clip_to_domain(x + scale * delta, domain)
 
 
-def project_l1(x_adv: jax.Array, x: jax.Array, eps,
-               domain: norms.Domain = (0.0, 1.0)) -> jax.Array:
+def project_l1(
+  x_adv: jax.Array, x: jax.Array, eps, domain: norms.Domain = (0.0, 1.0)
+) -> jax.Array:
   """x + Π_{||δ||_1 <= eps}(x_adv − x), then clipped into ``domain``.
 
   The l1 projection is `project_onto_l1_ball`, vmapped over examples.
@@ -108,7 +111,8 @@ def project_l1(x_adv: jax.Array, x: jax.Array, eps,
     [B, ...] projected iterates.
   """
   radius = jnp.broadcast_to(
-      norms.per_example(eps, x, "eps").reshape(-1), x.shape[:1])
+    norms.per_example(eps, x, "eps").reshape(-1), x.shape[:1]
+  )
   delta = norms.flatten_examples(x_adv - x)
   delta = jax.vmap(project_onto_l1_ball)(delta, radius)
   return norms.clip_to_domain(x + delta.reshape(x.shape), domain)
@@ -117,8 +121,14 @@ def project_l1(x_adv: jax.Array, x: jax.Array, eps,
 _PROJECTIONS = {"linf": project_linf, "l2": project_l2, "l1": project_l1}
 
 
-def project(x_adv: jax.Array, x: jax.Array, eps, *, norm: str,
-            domain: norms.Domain = (0.0, 1.0)) -> jax.Array:
+def project(
+  x_adv: jax.Array,
+  x: jax.Array,
+  eps,
+  *,
+  norm: str,
+  domain: norms.Domain = (0.0, 1.0),
+) -> jax.Array:
   """Projects iterates onto the ``norm`` ball of radius ``eps`` ∩ ``domain``.
 
   Args:
@@ -131,5 +141,6 @@ def project(x_adv: jax.Array, x: jax.Array, eps, *, norm: str,
   Returns:
     [B, ...] projected iterates.
   """
-  return _PROJECTIONS[norms.check_norm(norm)](x_adv, x, eps,
-                                             norms.check_domain(domain))
+  return _PROJECTIONS[norms.check_norm(norm)](
+    x_adv, x, eps, norms.check_domain(domain)
+  )

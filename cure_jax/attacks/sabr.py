@@ -17,23 +17,25 @@ than the batch maximum, and the l2 projection is the correct one (spec §2,
 
 import fractions
 import math
-from typing import Callable, Tuple
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 
-from cure_jax.attacks import norms
-from cure_jax.attacks import projected_gradient
+from cure_jax.attacks import norms, projected_gradient
 
 # Initial step as a fraction of ε, per threat model (spec §2).
 SABR_STEP_FRACTION = {"linf": 0.5, "l2": 0.2}
 # The step is multiplied by SABR_DECAY_FACTOR at ⌈f·n⌉ for each f here.
-SABR_DECAY_POINTS = (fractions.Fraction(1, 2), fractions.Fraction(4, 5),
-                     fractions.Fraction(9, 10))
+SABR_DECAY_POINTS = (
+  fractions.Fraction(1, 2),
+  fractions.Fraction(4, 5),
+  fractions.Fraction(9, 10),
+)
 SABR_DECAY_FACTOR = 0.1
 
 
-def sabr_milestones(steps: int) -> Tuple[int, ...]:
+def sabr_milestones(steps: int) -> tuple[int, ...]:
   """The steps ⌈0.5n⌉, ⌈0.8n⌉, ⌈0.9n⌉ at which SABR decays its step size.
 
   Computed in exact rational arithmetic: in floating point 0.9·110 is
@@ -68,8 +70,10 @@ def sabr_step_decay(steps: int) -> Callable[[int], float]:
 
 def _check_sabr_norm(norm: str) -> str:
   if norm not in SABR_STEP_FRACTION:
-    raise ValueError(f"SABR's attack is defined for norm in "
-                     f"{tuple(SABR_STEP_FRACTION)}, got {norm!r}.")
+    raise ValueError(
+      f"SABR's attack is defined for norm in "
+      f"{tuple(SABR_STEP_FRACTION)}, got {norm!r}."
+    )
   return norm
 
 
@@ -96,10 +100,18 @@ def sabr_step_sizes(eps, steps: int, norm: str = "linf") -> jax.Array:
   return multipliers.reshape((steps,) + (1,) * eps.ndim) * (fraction * eps)
 
 
-def sabr_attack(logits_fn: projected_gradient.LogitsFn, x: jax.Array,
-                y: jax.Array, *, eps, key: jax.Array, steps: int = 8,
-                norm: str = "linf", restarts: int = 1,
-                domain: norms.Domain = (0.0, 1.0)) -> jax.Array:
+def sabr_attack(
+  logits_fn: projected_gradient.LogitsFn,
+  x: jax.Array,
+  y: jax.Array,
+  *,
+  eps,
+  key: jax.Array,
+  steps: int = 8,
+  norm: str = "linf",
+  restarts: int = 1,
+  domain: norms.Domain = (0.0, 1.0),
+) -> jax.Array:
   """SABR's PGD: the adversarial point around which SABR puts its small box.
 
   Args:
@@ -120,7 +132,17 @@ def sabr_attack(logits_fn: projected_gradient.LogitsFn, x: jax.Array,
   fraction = SABR_STEP_FRACTION[_check_sabr_norm(norm)]
   norms.check_nonnegative("eps", eps)
   return projected_gradient.pgd(
-      logits_fn, x, y, norm=norm, eps=eps, steps=steps,
-      step_size=fraction * jnp.asarray(eps), key=key, restarts=restarts,
-      random_start=True, loss="ce", domain=domain,
-      step_decay=sabr_step_decay(steps))
+    logits_fn,
+    x,
+    y,
+    norm=norm,
+    eps=eps,
+    steps=steps,
+    step_size=fraction * jnp.asarray(eps),
+    key=key,
+    restarts=restarts,
+    random_start=True,
+    loss="ce",
+    domain=domain,
+    step_decay=sabr_step_decay(steps),
+  )

@@ -47,9 +47,12 @@ def l1_num_coordinates(num_features: int, sparsity: float) -> int:
   return max(1, int(round((1.0 - sparsity) * num_features)))
 
 
-def l1_direction(grad: jax.Array, x_adv: jax.Array,
-                 domain: norms.Domain = (0.0, 1.0),
-                 sparsity: float = 0.99) -> jax.Array:
+def l1_direction(
+  grad: jax.Array,
+  x_adv: jax.Array,
+  domain: norms.Domain = (0.0, 1.0),
+  sparsity: float = 0.99,
+) -> jax.Array:
   """SLIDE's sparse steepest-ascent direction of unit l1 norm, box-aware.
 
   Args:
@@ -81,9 +84,14 @@ def l1_direction(grad: jax.Array, x_adv: jax.Array,
   return (direction / count).reshape(grad.shape)
 
 
-def ascent_direction(grad: jax.Array, x_adv: jax.Array, *, norm: str,
-                     domain: norms.Domain = (0.0, 1.0),
-                     l1_sparsity: float = 0.99) -> jax.Array:
+def ascent_direction(
+  grad: jax.Array,
+  x_adv: jax.Array,
+  *,
+  norm: str,
+  domain: norms.Domain = (0.0, 1.0),
+  l1_sparsity: float = 0.99,
+) -> jax.Array:
   """The steepest ascent direction of unit ``norm`` for gradient ``grad``.
 
   Args:

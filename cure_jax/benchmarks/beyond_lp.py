@@ -37,23 +37,33 @@ def run(model_name: str = "small_cnn", rows: int = 128, repeats: int = 3):
   labels = jnp.array([3, 7])
   variables = model.init(key_init, images, train=False)
   variables = dict(variables, params=ibp_init(variables["params"], key_ibp))
-  threats = threats_from_config(settings.base_config().eval.beyond_lp,
-                                (28, 28))
-  results = {"model": model_name, "rows": rows,
-             "backend": jax.default_backend()}
+  threats = threats_from_config(settings.base_config().eval.beyond_lp, (28, 28))
+  results = {
+    "model": model_name,
+    "rows": rows,
+    "backend": jax.default_backend(),
+  }
   for threat in threats:
     region = threat.region
     index = np.arange(rows) % region.num_regions
-    params = jax.tree.map(lambda leaf: jnp.asarray(leaf[index]),
-                          region.regions)
+    params = jax.tree.map(lambda leaf: jnp.asarray(leaf[index]), region.regions)
     point = jnp.zeros(rows, jnp.int32)
     entry = {"regions": region.num_regions}
     for method in ("ibp", "crown_ibp"):
       fn = lambda v, x, y, p, r, m=method: _region_min_margin_jit(
-          model.apply, region.boxes, m, 10, v, x, y, p, r)
+        model.apply, region.boxes, m, 10, v, x, y, p, r
+      )
       with certification_precision():
-        seconds = median_seconds(fn, variables, images, labels, point, params,
-                                 repeats=repeats, warmup=1)
+        seconds = median_seconds(
+          fn,
+          variables,
+          images,
+          labels,
+          point,
+          params,
+          repeats=repeats,
+          warmup=1,
+        )
       entry[f"{method}_s_per_row"] = seconds / rows
       entry[f"{method}_s_per_point"] = seconds / rows * region.num_regions
     results[region.name] = entry

@@ -23,8 +23,14 @@ from cure_jax.bounds import LinfBall, alpha_crown, crown_ibp, ibp, margin_spec
 from cure_jax.models import get_model, ibp_init
 
 
-def run(model_name: str = "cnn7", batch: int = 128, alpha_batch: int = 8,
-        alpha_steps: int = 20, eps: float = 0.1, repeats: int = 10):
+def run(
+  model_name: str = "cnn7",
+  batch: int = 128,
+  alpha_batch: int = 8,
+  alpha_steps: int = 20,
+  eps: float = 0.1,
+  repeats: int = 10,
+):
   """Returns a dict of seconds and ratios to the forward pass."""
   model = get_model(model_name, num_classes=10)
   key_x, key_y, key_init, key_ibp = jax.random.split(jax.random.key(0), 4)
@@ -37,39 +43,61 @@ def run(model_name: str = "cnn7", batch: int = 128, alpha_batch: int = 8,
 
   forward = jax.jit(lambda v, x: model.apply(v, x, train=False))
   ibp_logits = jax.jit(lambda v, x: ibp(model.apply)(v, ball(x), train=False))
-  ibp_spec = jax.jit(lambda v, x, c: ibp(model.apply)(v, ball(x), train=False,
-                                                      spec=c))
+  ibp_spec = jax.jit(
+    lambda v, x, c: ibp(model.apply)(v, ball(x), train=False, spec=c)
+  )
   # Margins need lower bounds only (training and certification).
-  crown_ibp_spec = jax.jit(lambda v, x, c: crown_ibp(model.apply, bound="lower")(
-      v, ball(x), train=False, spec=c))
-  crown_ibp_one_pass = jax.jit(lambda v, x, c: crown_ibp(
-      model.apply, bound="lower", rows_per_pass=None)(
-          v, ball(x), train=False, spec=c))
+  crown_ibp_spec = jax.jit(
+    lambda v, x, c: crown_ibp(model.apply, bound="lower")(
+      v, ball(x), train=False, spec=c
+    )
+  )
+  crown_ibp_one_pass = jax.jit(
+    lambda v, x, c: crown_ibp(model.apply, bound="lower", rows_per_pass=None)(
+      v, ball(x), train=False, spec=c
+    )
+  )
+
   # The floor of any back-substitution from S specification rows: one
   # S-row vector-Jacobian product of the network, with no relaxation at all.
   def spec_vjp(v, x, c):
     _, pull = jax.vjp(lambda x: model.apply(v, x, train=False), x)
     return jax.vmap(pull)(jnp.swapaxes(c, 0, 1))[0]
-  spec_vjp = jax.jit(spec_vjp)
-  alpha = jax.jit(lambda v, x, c: alpha_crown(
-      model.apply, steps=alpha_steps, intermediate="ibp", bound="lower")(
-          v, ball(x), train=False, spec=c))
 
-  timed = {"ibp": (ibp_logits, (variables, x)),
-           "ibp_spec": (ibp_spec, (variables, x, spec)),
-           "crown_ibp_spec": (crown_ibp_spec, (variables, x, spec)),
-           "crown_ibp_spec_one_pass": (crown_ibp_one_pass, (variables, x, spec)),
-           "spec_vjp": (spec_vjp, (variables, x, spec))}
-  results = {"model": model_name, "batch": batch,
-             "backend": jax.default_backend(),
-             "forward_s": median_seconds(forward, variables, x, repeats=repeats)}
+  spec_vjp = jax.jit(spec_vjp)
+  alpha = jax.jit(
+    lambda v, x, c: alpha_crown(
+      model.apply, steps=alpha_steps, intermediate="ibp", bound="lower"
+    )(v, ball(x), train=False, spec=c)
+  )
+
+  timed = {
+    "ibp": (ibp_logits, (variables, x)),
+    "ibp_spec": (ibp_spec, (variables, x, spec)),
+    "crown_ibp_spec": (crown_ibp_spec, (variables, x, spec)),
+    "crown_ibp_spec_one_pass": (crown_ibp_one_pass, (variables, x, spec)),
+    "spec_vjp": (spec_vjp, (variables, x, spec)),
+  }
+  results = {
+    "model": model_name,
+    "batch": batch,
+    "backend": jax.default_backend(),
+    "forward_s": median_seconds(forward, variables, x, repeats=repeats),
+  }
   for name, (fn, args) in timed.items():
     # Each in alternation with the forward pass (`timing.paired_ratio`).
-    seconds, _, ratio = paired_ratio(fn, args, forward, (variables, x),
-                                     repeats=repeats)
+    seconds, _, ratio = paired_ratio(
+      fn, args, forward, (variables, x), repeats=repeats
+    )
     results[f"{name}_s"], results[f"{name}_over_forward"] = seconds, ratio
-  t_alpha = median_seconds(alpha, variables, x[:alpha_batch], spec[:alpha_batch],
-                           repeats=max(2, repeats // 5), warmup=1)
+  t_alpha = median_seconds(
+    alpha,
+    variables,
+    x[:alpha_batch],
+    spec[:alpha_batch],
+    repeats=max(2, repeats // 5),
+    warmup=1,
+  )
   results["alpha_crown_s_per_example"] = t_alpha / alpha_batch
   results["alpha_crown_steps"] = alpha_steps
   return results

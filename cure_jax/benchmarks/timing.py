@@ -1,13 +1,15 @@
 """Timing helpers: median wall time of a jitted function after warm-up."""
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import numpy as np
 
 
-def median_seconds(fn: Callable, *args, repeats: int = 10, warmup: int = 2) -> float:
+def median_seconds(
+  fn: Callable, *args, repeats: int = 10, warmup: int = 2
+) -> float:
   """Median seconds of ``fn(*args)`` (results blocked on), after compiling."""
   for _ in range(warmup):
     jax.block_until_ready(fn(*args))
@@ -19,8 +21,14 @@ def median_seconds(fn: Callable, *args, repeats: int = 10, warmup: int = 2) -> f
   return float(np.median(times))
 
 
-def paired_ratio(fn: Callable, fn_args: tuple, base: Callable, base_args: tuple,
-                 repeats: int = 10, warmup: int = 2):
+def paired_ratio(
+  fn: Callable,
+  fn_args: tuple,
+  base: Callable,
+  base_args: tuple,
+  repeats: int = 10,
+  warmup: int = 2,
+):
   """(median s of fn, median s of base, median of the per-pair ratios).
 
   The two are timed alternately, so a shared or throttled machine slows both

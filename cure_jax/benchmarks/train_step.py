@@ -28,7 +28,7 @@ from cure_jax.train.step import make_schedules, make_train_step, phase_at
 
 
 def _method_and_overrides(spec: str):
-  """"ibp/bn_moment_gradients=False" -> ("ibp", {"bn_moment_gradients": False})."""
+  """ "ibp/bn_moment_gradients=False" -> ("ibp", {"bn_moment_gradients": False})."""
   method, *pairs = spec.split("/")
   overrides = {}
   for pair in pairs:
@@ -37,8 +37,9 @@ def _method_and_overrides(spec: str):
   return method, overrides
 
 
-def compiled_step(model_name: str, spec: str, batch: int,
-                  config_path: str = "configs/mnist.py"):
+def compiled_step(
+  model_name: str, spec: str, batch: int, config_path: str = "configs/mnist.py"
+):
   """(jitted step returning the loss, its arguments) for one method."""
   method, overrides = _method_and_overrides(spec)
   config = load_config(f"{config_path}:method={method}")
@@ -55,8 +56,10 @@ def compiled_step(model_name: str, spec: str, batch: int,
   phase = phase_at(config, sched, sched.ramp_end + 1)
   step = jax.jit(make_train_step(config, model, optimizer, sched, phase))
   key_x, key_y = jax.random.split(jax.random.key(1))
-  data = Batch(jax.random.uniform(key_x, (batch, 28, 28, 1)),
-               jax.random.randint(key_y, (batch,), 0, 10))
+  data = Batch(
+    jax.random.uniform(key_x, (batch, 28, 28, 1)),
+    jax.random.randint(key_y, (batch,), 0, 10),
+  )
   return (lambda s, b: step(s, b)[1]["loss"]), (state, data)
 
 
@@ -71,10 +74,19 @@ def run(models, methods, batch=128, repeats=5):
         ratio = 1.0
       else:
         fn, args = compiled_step(model_name, method, batch)
-        seconds, base, ratio = paired_ratio(fn, args, natural, natural_args,
-                                            repeats=repeats)
-      results.append(dict(model=model_name, method=method, batch=batch,
-                          step_s=seconds, natural_s=base, over_natural=ratio))
+        seconds, base, ratio = paired_ratio(
+          fn, args, natural, natural_args, repeats=repeats
+        )
+      results.append(
+        dict(
+          model=model_name,
+          method=method,
+          batch=batch,
+          step_s=seconds,
+          natural_s=base,
+          over_natural=ratio,
+        )
+      )
       print(json.dumps(results[-1]), flush=True)
   return results
 
@@ -82,7 +94,9 @@ def run(models, methods, batch=128, repeats=5):
 def main():
   parser = argparse.ArgumentParser(description=__doc__)
   parser.add_argument("--models", default="small_cnn,cnn7")
-  parser.add_argument("--methods", default="natural,ibp,sabr,cure_max,cure_scratch")
+  parser.add_argument(
+    "--methods", default="natural,ibp,sabr,cure_max,cure_scratch"
+  )
   parser.add_argument("--batch", type=int, default=128)
   parser.add_argument("--repeats", type=int, default=5)
   args = parser.parse_args()

@@ -26,8 +26,6 @@ floating-point operations as `transforms.source_coordinates`, whose rounding
 is monotone, so at a degenerate range they reproduce it bit for bit.
 """
 
-from typing import Tuple
-
 import jax
 import jax.numpy as jnp
 
@@ -46,8 +44,10 @@ def _hull(*values: jax.Array) -> Interval:
 
 def _union(*intervals: Interval) -> Interval:
   """The smallest interval holding every interval (elementwise)."""
-  return Interval(_hull(*[i.lower for i in intervals]).lower,
-                  _hull(*[i.upper for i in intervals]).upper)
+  return Interval(
+    _hull(*[i.lower for i in intervals]).lower,
+    _hull(*[i.upper for i in intervals]).upper,
+  )
 
 
 def _add(a: Interval, b: Interval) -> Interval:
@@ -62,8 +62,9 @@ def scale_interval(factor: jax.Array, interval: Interval) -> Interval:
 
 def multiply(a: Interval, b: Interval) -> Interval:
   """{x·y : x ∈ a, y ∈ b}: the hull of the four endpoint products."""
-  return _hull(a.lower * b.lower, a.lower * b.upper, a.upper * b.lower,
-               a.upper * b.upper)
+  return _hull(
+    a.lower * b.lower, a.lower * b.upper, a.upper * b.lower, a.upper * b.upper
+  )
 
 
 def subtract(a: Interval, b: Interval) -> Interval:
@@ -71,27 +72,32 @@ def subtract(a: Interval, b: Interval) -> Interval:
   return Interval(a.lower - b.upper, a.upper - b.lower)
 
 
-def _contains_angle(start: jax.Array, lo: jax.Array, hi: jax.Array
-                    ) -> jax.Array:
+def _contains_angle(
+  start: jax.Array, lo: jax.Array, hi: jax.Array
+) -> jax.Array:
   """Whether start + 2kπ ∈ [lo, hi] for some integer k."""
   return jnp.ceil((lo - start) / _TWO_PI) <= jnp.floor((hi - start) / _TWO_PI)
 
 
-def _cosine_range(a: jax.Array, b: jax.Array, lo: jax.Array, hi: jax.Array
-                  ) -> Interval:
+def _cosine_range(
+  a: jax.Array, b: jax.Array, lo: jax.Array, hi: jax.Array
+) -> Interval:
   """Exact range of a·cos φ + b·sin φ over φ ∈ [lo, hi] (radians)."""
   at_lo = a * jnp.cos(lo) + b * jnp.sin(lo)
   at_hi = a * jnp.cos(hi) + b * jnp.sin(hi)
   rho, gamma = jnp.hypot(a, b), jnp.arctan2(b, a)
-  upper = jnp.where(_contains_angle(gamma, lo, hi), rho,
-                    jnp.maximum(at_lo, at_hi))
-  lower = jnp.where(_contains_angle(gamma + jnp.pi, lo, hi), -rho,
-                    jnp.minimum(at_lo, at_hi))
+  upper = jnp.where(
+    _contains_angle(gamma, lo, hi), rho, jnp.maximum(at_lo, at_hi)
+  )
+  lower = jnp.where(
+    _contains_angle(gamma + jnp.pi, lo, hi), -rho, jnp.minimum(at_lo, at_hi)
+  )
   return Interval(lower, upper)
 
 
-def rotate_back(x: Interval, y: Interval, angle: Interval
-                ) -> Tuple[Interval, Interval]:
+def rotate_back(
+  x: Interval, y: Interval, angle: Interval
+) -> tuple[Interval, Interval]:
   """Bounds of R(−φ)·(x, y) = (x cos φ + y sin φ, y cos φ − x sin φ).
 
   Args:
@@ -103,29 +109,37 @@ def rotate_back(x: Interval, y: Interval, angle: Interval
     The ranges of the two rotated coordinates over the box and the angles.
   """
   corners = [(a, b) for a in (x.lower, x.upper) for b in (y.lower, y.upper)]
-  new_x = _union(*[_cosine_range(a, b, angle.lower, angle.upper)
-                   for a, b in corners])
-  new_y = _union(*[_cosine_range(b, -a, angle.lower, angle.upper)
-                   for a, b in corners])
+  new_x = _union(
+    *[_cosine_range(a, b, angle.lower, angle.upper) for a, b in corners]
+  )
+  new_y = _union(
+    *[_cosine_range(b, -a, angle.lower, angle.upper) for a, b in corners]
+  )
   # A single angle: the concrete formula on intervals (exact, and bitwise
   # the transform's arithmetic at a point).
   cos, sin = jnp.cos(angle.lower), jnp.sin(angle.lower)
   point_x = _add(scale_interval(cos, x), scale_interval(sin, y))
   point_y = subtract(scale_interval(cos, y), scale_interval(sin, x))
   single = angle.lower == angle.upper
-  pick = lambda p, r: Interval(jnp.where(single, p.lower, r.lower),
-                               jnp.where(single, p.upper, r.upper))
+  pick = lambda p, r: Interval(
+    jnp.where(single, p.lower, r.lower), jnp.where(single, p.upper, r.upper)
+  )
   return pick(point_x, new_x), pick(point_y, new_y)
 
 
 def divide_positive(a: Interval, divisor: Interval) -> Interval:
   """{x / s : x ∈ a, s ∈ divisor} for a divisor range inside (0, ∞)."""
-  return _hull(a.lower / divisor.lower, a.lower / divisor.upper,
-               a.upper / divisor.lower, a.upper / divisor.upper)
+  return _hull(
+    a.lower / divisor.lower,
+    a.lower / divisor.upper,
+    a.upper / divisor.lower,
+    a.upper / divisor.upper,
+  )
 
 
-def source_coordinate_bounds(box: ParameterBox, height: int, width: int
-                             ) -> Tuple[Interval, Interval]:
+def source_coordinate_bounds(
+  box: ParameterBox, height: int, width: int
+) -> tuple[Interval, Interval]:
   """Bounds on the source coordinates (u, v) of every output pixel.
 
   Args:
@@ -143,11 +157,12 @@ def source_coordinate_bounds(box: ParameterBox, height: int, width: int
   point = lambda v: Interval(v, v)
   x = subtract(point(x), Interval(lo.translation_x, hi.translation_x))
   y = subtract(point(y), Interval(lo.translation_y, hi.translation_y))
-  x, y = rotate_back(x, y, Interval(lo.rotation * DEGREE,
-                                    hi.rotation * DEGREE))
+  x, y = rotate_back(x, y, Interval(lo.rotation * DEGREE, hi.rotation * DEGREE))
   x = subtract(x, multiply(Interval(lo.shearing, hi.shearing), y))
   scaling = Interval(lo.scaling, hi.scaling)
   x, y = divide_positive(x, scaling), divide_positive(y, scaling)
   shift_u, shift_v = (width - 1) / 2.0, (height - 1) / 2.0
-  return (Interval(x.lower + shift_u, x.upper + shift_u),
-          Interval(y.lower + shift_v, y.upper + shift_v))
+  return (
+    Interval(x.lower + shift_u, x.upper + shift_u),
+    Interval(y.lower + shift_v, y.upper + shift_v),
+  )

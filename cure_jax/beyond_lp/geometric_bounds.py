@@ -18,11 +18,15 @@ per-pixel bounds, and shrinks as the parameter box is split.
 import jax
 import jax.numpy as jnp
 
-from cure_jax.beyond_lp.coordinate_bounds import multiply
-from cure_jax.beyond_lp.coordinate_bounds import source_coordinate_bounds
-from cure_jax.beyond_lp.interpolation_bounds import interpolation_bounds
-from cure_jax.beyond_lp.interpolation_bounds import window_tables
-from cure_jax.beyond_lp.interpolation_bounds import WindowTables
+from cure_jax.beyond_lp.coordinate_bounds import (
+  multiply,
+  source_coordinate_bounds,
+)
+from cure_jax.beyond_lp.interpolation_bounds import (
+  WindowTables,
+  interpolation_bounds,
+  window_tables,
+)
 from cure_jax.beyond_lp.parameters import ParameterBox
 from cure_jax.bounds import Box, Interval
 
@@ -42,12 +46,15 @@ def photometric_bounds(values: Interval, box: ParameterBox) -> Interval:
   per_row = lambda leaf: jnp.reshape(leaf, (-1, 1, 1, 1))
   contrast = Interval(per_row(box.lower.contrast), per_row(box.upper.contrast))
   scaled = multiply(contrast, values)
-  return Interval(scaled.lower + per_row(box.lower.brightness),
-                  scaled.upper + per_row(box.upper.brightness))
+  return Interval(
+    scaled.lower + per_row(box.lower.brightness),
+    scaled.upper + per_row(box.upper.brightness),
+  )
 
 
-def row_bounds(tables: WindowTables, point: jax.Array,
-               box: ParameterBox) -> Interval:
+def row_bounds(
+  tables: WindowTables, point: jax.Array, box: ParameterBox
+) -> Interval:
   """Bounds of transformed images, one (image, parameter box) pair per row.
 
   Args:
@@ -63,8 +70,9 @@ def row_bounds(tables: WindowTables, point: jax.Array,
   u, v = source_coordinate_bounds(per_row, height, width)
   moved = interpolation_bounds(tables, point, u, v)
   values = photometric_bounds(moved, box)
-  return Interval(jnp.clip(values.lower, *PIXEL_DOMAIN),
-                  jnp.clip(values.upper, *PIXEL_DOMAIN))
+  return Interval(
+    jnp.clip(values.lower, *PIXEL_DOMAIN), jnp.clip(values.upper, *PIXEL_DOMAIN)
+  )
 
 
 def transformed_image_bounds(images: jax.Array, box: ParameterBox) -> Interval:
@@ -80,13 +88,14 @@ def transformed_image_bounds(images: jax.Array, box: ParameterBox) -> Interval:
   """
   batch = images.shape[0]
   box = jax.tree.map(
-      lambda leaf: jnp.broadcast_to(jnp.asarray(leaf, jnp.float32), (batch,)),
-      box)
+    lambda leaf: jnp.broadcast_to(jnp.asarray(leaf, jnp.float32), (batch,)), box
+  )
   return row_bounds(window_tables(images), jnp.arange(batch), box)
 
 
-def geometric_input_boxes(images: jax.Array, regions: ParameterBox,
-                          point: jax.Array, region: jax.Array) -> Box:
+def geometric_input_boxes(
+  images: jax.Array, regions: ParameterBox, point: jax.Array, region: jax.Array
+) -> Box:
   """Input boxes of (image, sub-box) rows, for the certification cascade.
 
   Args:
@@ -104,8 +113,7 @@ def geometric_input_boxes(images: jax.Array, regions: ParameterBox,
   return Box(bounds.lower, bounds.upper)
 
 
-def region_boxes(images: jax.Array, point: jax.Array,
-                 box: ParameterBox) -> Box:
+def region_boxes(images: jax.Array, point: jax.Array, box: ParameterBox) -> Box:
   """Input boxes of rows (image ``point[i]``, parameter box ``box[i]``).
 
   The region builder of geometric certification (`certify.regions`).

@@ -96,8 +96,9 @@ def window_tables(images: jax.Array) -> WindowTables:
     both = jax.vmap(lambda t: _double(t, 2, _levels(width), op))(rows)
     return jnp.moveaxis(both, 2, 0)  # [B, Lr, Lc, H, W, C]
 
-  spread = (jnp.maximum(jnp.max(images, axis=(1, 2)), 0.0) -
-            jnp.minimum(jnp.min(images, axis=(1, 2)), 0.0))
+  spread = jnp.maximum(jnp.max(images, axis=(1, 2)), 0.0) - jnp.minimum(
+    jnp.min(images, axis=(1, 2)), 0.0
+  )
   return WindowTables(tables(jnp.minimum), tables(jnp.maximum), spread)
 
 
@@ -105,24 +106,35 @@ def _snap(interval: Interval):
   """Integer window [k_lo, k_hi] of a coordinate range, and the gap d."""
   k_lo = jnp.floor(interval.lower + SNAP_TOLERANCE)
   k_hi = jnp.maximum(jnp.ceil(interval.upper - SNAP_TOLERANCE), k_lo)
-  gap = jnp.maximum(jnp.maximum(k_lo - interval.lower,
-                                interval.upper - k_hi), 0.0)
+  gap = jnp.maximum(
+    jnp.maximum(k_lo - interval.lower, interval.upper - k_hi), 0.0
+  )
   return k_lo.astype(jnp.int32), k_hi.astype(jnp.int32), gap
 
 
-def _query(table: jax.Array, point: jax.Array, lo: jax.Array, hi: jax.Array,
-           lo2: jax.Array, hi2: jax.Array, log2: jax.Array, op) -> jax.Array:
+def _query(
+  table: jax.Array,
+  point: jax.Array,
+  lo: jax.Array,
+  hi: jax.Array,
+  lo2: jax.Array,
+  hi2: jax.Array,
+  log2: jax.Array,
+  op,
+) -> jax.Array:
   """op over rows [lo, hi] × columns [lo2, hi2] (non-empty, inside)."""
   a, b = log2[hi - lo + 1], log2[hi2 - lo2 + 1]
   r2, c2 = hi - (1 << a) + 1, hi2 - (1 << b) + 1
   point = point.reshape(point.shape + (1,) * (lo.ndim - point.ndim))
   gather = lambda r, c: table[point, a, b, r, c]
-  return op(op(gather(lo, lo2), gather(r2, lo2)),
-            op(gather(lo, c2), gather(r2, c2)))
+  return op(
+    op(gather(lo, lo2), gather(r2, lo2)), op(gather(lo, c2), gather(r2, c2))
+  )
 
 
-def interpolation_bounds(tables: WindowTables, point: jax.Array, u: Interval,
-                         v: Interval) -> Interval:
+def interpolation_bounds(
+  tables: WindowTables, point: jax.Array, u: Interval, v: Interval
+) -> Interval:
   """Bounds on bilinear interpolation of image ``point`` over coordinate boxes.
 
   Args:
@@ -136,8 +148,9 @@ def interpolation_bounds(tables: WindowTables, point: jax.Array, u: Interval,
     ``point[i]`` at every (u, v) of box (i, pixel).
   """
   height, width = tables.minima.shape[3:5]
-  log2 = jnp.asarray(np.floor(np.log2(np.arange(1, max(height, width) + 1))),
-                     jnp.int32)
+  log2 = jnp.asarray(
+    np.floor(np.log2(np.arange(1, max(height, width) + 1))), jnp.int32
+  )
   log2 = jnp.concatenate([jnp.zeros((1,), jnp.int32), log2])  # log2[n], n>=1
   c_lo, c_hi, gap_u = _snap(u)
   r_lo, r_hi, gap_v = _snap(v)
@@ -157,13 +170,20 @@ def interpolation_bounds(tables: WindowTables, point: jax.Array, u: Interval,
   lipschitz = tables.lipschitz[point]  # [R, C]
   slack = lipschitz[:, None, None, :] * expand(gap_u + gap_v)
   window = Interval(low - slack, high + slack)
-  return _intersect(window, _mean_value_bounds(tables, point, u, v, low, high,
-                                               slack))
+  return _intersect(
+    window, _mean_value_bounds(tables, point, u, v, low, high, slack)
+  )
 
 
-def _mean_value_bounds(tables: WindowTables, point: jax.Array, u: Interval,
-                       v: Interval, low: jax.Array, high: jax.Array,
-                       slack: jax.Array) -> Interval:
+def _mean_value_bounds(
+  tables: WindowTables,
+  point: jax.Array,
+  u: Interval,
+  v: Interval,
+  low: jax.Array,
+  high: jax.Array,
+  slack: jax.Array,
+) -> Interval:
   """I(c) ± (G_u·δ_u + G_v·δ_v): tight where the coordinate box is small.
 
   Inside a cell, ∂I/∂u = (1 − f_v)(b − a) + f_v(d − c) for its four pixels,
@@ -177,10 +197,12 @@ def _mean_value_bounds(tables: WindowTables, point: jax.Array, u: Interval,
   centre_u, centre_v = 0.5 * (u.lower + u.upper), 0.5 * (v.lower + v.upper)
   half_u = jnp.maximum(u.upper - centre_u, centre_u - u.lower)
   half_v = jnp.maximum(v.upper - centre_v, centre_v - v.lower)
-  centre = jax.vmap(bilinear_sample)(jnp.take(images, point, axis=0),
-                                     centre_u, centre_v)
-  radius = ((high - low) * (half_u + half_v)[..., None] + slack +
-            MEAN_VALUE_TOLERANCE)
+  centre = jax.vmap(bilinear_sample)(
+    jnp.take(images, point, axis=0), centre_u, centre_v
+  )
+  radius = (
+    (high - low) * (half_u + half_v)[..., None] + slack + MEAN_VALUE_TOLERANCE
+  )
   return Interval(centre - radius, centre + radius)
 
 

@@ -21,12 +21,13 @@ grid (`parameter_grid`). `family_box` builds the boxes of the named families
 
 import itertools
 import math
-from typing import Mapping, NamedTuple, Sequence, Tuple
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import jax
 import numpy as np
 
-Range = Tuple[float, float]
+Range = tuple[float, float]
 
 
 class TransformParams(NamedTuple):
@@ -46,8 +47,13 @@ class TransformParams(NamedTuple):
 
 PARAMETERS = TransformParams._fields
 IDENTITY = TransformParams()
-GEOMETRIC_PARAMETERS = ("rotation", "translation_x", "translation_y",
-                        "scaling", "shearing")
+GEOMETRIC_PARAMETERS = (
+  "rotation",
+  "translation_x",
+  "translation_y",
+  "scaling",
+  "shearing",
+)
 PHOTOMETRIC_PARAMETERS = ("contrast", "brightness")
 
 
@@ -90,36 +96,45 @@ class GeometricRanges(NamedTuple):
 
 # Family name -> the parameters it perturbs.
 FAMILIES = {
-    "rotation": ("rotation",),
-    "translation": ("translation_x", "translation_y"),
-    "scaling": ("scaling",),
-    "shearing": ("shearing",),
-    "brightness_contrast": ("contrast", "brightness"),
-    "combined": PARAMETERS,
+  "rotation": ("rotation",),
+  "translation": ("translation_x", "translation_y"),
+  "scaling": ("scaling",),
+  "shearing": ("shearing",),
+  "brightness_contrast": ("contrast", "brightness"),
+  "combined": PARAMETERS,
 }
 
 
 def _check_range(name: str, value) -> Range:
   """A validated (lo, hi) pair of floats for parameter ``name``."""
   if name not in PARAMETERS:
-    raise ValueError(f"Unknown transformation parameter {name!r}; valid ones "
-                     f"are {PARAMETERS}.")
+    raise ValueError(
+      f"Unknown transformation parameter {name!r}; valid ones are {PARAMETERS}."
+    )
   try:
     lo, hi = (float(v) for v in value)
   except (TypeError, ValueError) as error:
-    raise ValueError(f"the range of {name} must be a pair (lower, upper) of "
-                     f"numbers, got {value!r}.") from error
+    raise ValueError(
+      f"the range of {name} must be a pair (lower, upper) of "
+      f"numbers, got {value!r}."
+    ) from error
   if not (math.isfinite(lo) and math.isfinite(hi)):
     raise ValueError(f"the range of {name} must be finite, got [{lo}, {hi}].")
   if lo > hi:
-    raise ValueError(f"the range of {name} has lower bound {lo} > upper "
-                     f"bound {hi}; write it as (lower, upper).")
+    raise ValueError(
+      f"the range of {name} has lower bound {lo} > upper "
+      f"bound {hi}; write it as (lower, upper)."
+    )
   if name == "scaling" and lo <= 0:
-    raise ValueError(f"scaling factors must be > 0 (1 is the identity), got "
-                     f"the range [{lo}, {hi}].")
+    raise ValueError(
+      f"scaling factors must be > 0 (1 is the identity), got "
+      f"the range [{lo}, {hi}]."
+    )
   if name == "contrast" and lo < 0:
-    raise ValueError(f"contrast factors must be >= 0 (1 is the identity), got "
-                     f"the range [{lo}, {hi}].")
+    raise ValueError(
+      f"contrast factors must be >= 0 (1 is the identity), got "
+      f"the range [{lo}, {hi}]."
+    )
   return lo, hi
 
 
@@ -147,34 +162,42 @@ def parameter_box(**ranges: Range) -> ParameterBox:
 def check_ranges(ranges: GeometricRanges) -> GeometricRanges:
   """Validates ± magnitudes: all >= 0, scaling < 1 and contrast <= 1."""
   for name, value in ranges._asdict().items():
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and
-            value >= 0):
-      raise ValueError(f"the magnitude of {name} must be a finite number >= "
-                       f"0 (a range ±{name}), got {value!r}.")
+    if not (
+      isinstance(value, (int, float)) and math.isfinite(value) and value >= 0
+    ):
+      raise ValueError(
+        f"the magnitude of {name} must be a finite number >= "
+        f"0 (a range ±{name}), got {value!r}."
+      )
   if ranges.scaling >= 1:
-    raise ValueError(f"scaling={ranges.scaling} would allow a zoom factor "
-                     f"1 - {ranges.scaling} <= 0; use a magnitude below 1.")
+    raise ValueError(
+      f"scaling={ranges.scaling} would allow a zoom factor "
+      f"1 - {ranges.scaling} <= 0; use a magnitude below 1."
+    )
   if ranges.contrast > 1:
-    raise ValueError(f"contrast={ranges.contrast} would allow a negative "
-                     "contrast factor; use a magnitude of at most 1.")
+    raise ValueError(
+      f"contrast={ranges.contrast} would allow a negative "
+      "contrast factor; use a magnitude of at most 1."
+    )
   return ranges
 
 
 def _family_ranges(ranges: GeometricRanges) -> Mapping[str, Range]:
   """Every parameter's range under the magnitudes ``ranges``."""
   return {
-      "rotation": (-ranges.rotation, ranges.rotation),
-      "translation_x": (-ranges.translation, ranges.translation),
-      "translation_y": (-ranges.translation, ranges.translation),
-      "scaling": (1.0 - ranges.scaling, 1.0 + ranges.scaling),
-      "shearing": (-ranges.shearing, ranges.shearing),
-      "contrast": (1.0 - ranges.contrast, 1.0 + ranges.contrast),
-      "brightness": (-ranges.brightness, ranges.brightness),
+    "rotation": (-ranges.rotation, ranges.rotation),
+    "translation_x": (-ranges.translation, ranges.translation),
+    "translation_y": (-ranges.translation, ranges.translation),
+    "scaling": (1.0 - ranges.scaling, 1.0 + ranges.scaling),
+    "shearing": (-ranges.shearing, ranges.shearing),
+    "contrast": (1.0 - ranges.contrast, 1.0 + ranges.contrast),
+    "brightness": (-ranges.brightness, ranges.brightness),
   }
 
 
-def family_box(family: str, ranges: GeometricRanges = GeometricRanges()
-               ) -> ParameterBox:
+def family_box(
+  family: str, ranges: GeometricRanges = GeometricRanges()
+) -> ParameterBox:
   """The parameter box of a named family (see `FAMILIES`).
 
   Args:
@@ -190,37 +213,50 @@ def family_box(family: str, ranges: GeometricRanges = GeometricRanges()
     ValueError: for an unknown family or invalid magnitudes.
   """
   if family not in FAMILIES:
-    raise ValueError(f"Unknown transformation family {family!r}; valid ones "
-                     f"are {tuple(FAMILIES)}.")
+    raise ValueError(
+      f"Unknown transformation family {family!r}; valid ones "
+      f"are {tuple(FAMILIES)}."
+    )
   every = _family_ranges(check_ranges(ranges))
   return parameter_box(**{name: every[name] for name in FAMILIES[family]})
 
 
-def active_parameters(box: ParameterBox) -> Tuple[str, ...]:
+def active_parameters(box: ParameterBox) -> tuple[str, ...]:
   """Names of the parameters whose range is not a single point."""
-  return tuple(name for name in PARAMETERS
-               if np.any(np.asarray(getattr(box.lower, name)) !=
-                         np.asarray(getattr(box.upper, name))))
+  return tuple(
+    name
+    for name in PARAMETERS
+    if np.any(
+      np.asarray(getattr(box.lower, name))
+      != np.asarray(getattr(box.upper, name))
+    )
+  )
 
 
 def _check_count(name: str, count) -> int:
-  if not isinstance(count, (int, np.integer)) or isinstance(count, bool) or (
-      count < 1):
+  if (
+    not isinstance(count, (int, np.integer))
+    or isinstance(count, bool)
+    or (count < 1)
+  ):
     raise ValueError(f"{name} must be an integer >= 1, got {count!r}.")
   return int(count)
 
 
 def _scalar_box(box: ParameterBox) -> ParameterBox:
   if box.num_boxes != 1 or any(np.ndim(leaf) for leaf in jax.tree.leaves(box)):
-    raise ValueError("expected a single parameter box (scalar leaves), got "
-                     f"stacked boxes of size {box.num_boxes}.")
+    raise ValueError(
+      "expected a single parameter box (scalar leaves), got "
+      f"stacked boxes of size {box.num_boxes}."
+    )
   return jax.tree.map(float, box)
 
 
 def _product(axes: Sequence[np.ndarray]) -> np.ndarray:
   """Rows of the cartesian product of 1-D arrays: [prod(len), len(axes)]."""
   return np.asarray(list(itertools.product(*axes)), np.float64).reshape(
-      -1, len(axes))
+    -1, len(axes)
+  )
 
 
 def split_box(box: ParameterBox, subintervals: int) -> ParameterBox:
@@ -243,8 +279,12 @@ def split_box(box: ParameterBox, subintervals: int) -> ParameterBox:
   box = _scalar_box(box)
   subintervals = _check_count("subintervals", subintervals)
   active = active_parameters(box)
-  edges = {n: np.linspace(getattr(box.lower, n), getattr(box.upper, n),
-                          subintervals + 1) for n in active}
+  edges = {
+    n: np.linspace(
+      getattr(box.lower, n), getattr(box.upper, n), subintervals + 1
+    )
+    for n in active
+  }
   pieces = _product([np.arange(subintervals)] * len(active))
   pieces = pieces.astype(np.int64)
   num = len(pieces)
@@ -255,8 +295,9 @@ def split_box(box: ParameterBox, subintervals: int) -> ParameterBox:
       lower[name], upper[name] = edges[name][k], edges[name][k + 1]
     else:
       lower[name] = upper[name] = np.full(num, getattr(box.lower, name))
-  as_params = lambda d: TransformParams(**{
-      n: np.asarray(v, np.float32) for n, v in d.items()})
+  as_params = lambda d: TransformParams(
+    **{n: np.asarray(v, np.float32) for n, v in d.items()}
+  )
   return ParameterBox(as_params(lower), as_params(upper))
 
 
@@ -280,7 +321,14 @@ def parameter_grid(box: ParameterBox, points: int) -> TransformParams:
     return np.linspace(lo, hi, points) if points > 1 else [0.5 * (lo + hi)]
 
   grid = _product([values(n) for n in active])
-  return TransformParams(**{
-      n: np.asarray(grid[:, active.index(n)] if n in active else
-                    np.full(len(grid), getattr(box.lower, n)), np.float32)
-      for n in PARAMETERS})
+  return TransformParams(
+    **{
+      n: np.asarray(
+        grid[:, active.index(n)]
+        if n in active
+        else np.full(len(grid), getattr(box.lower, n)),
+        np.float32,
+      )
+      for n in PARAMETERS
+    }
+  )

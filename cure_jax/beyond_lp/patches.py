@@ -16,7 +16,7 @@ window's box towards x, [x − f·x, x + f·(1 − x)], the ε ramp of certified
 patch training.
 """
 
-from typing import NamedTuple, Tuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -33,13 +33,18 @@ def check_patch(size, height: int, width: int, stride: int = 1) -> int:
       than the image.
   """
   for name, value in (("patch size", size), ("patch stride", stride)):
-    if (not isinstance(value, (int, np.integer)) or isinstance(value, bool)
-        or value < 1):
+    if (
+      not isinstance(value, (int, np.integer))
+      or isinstance(value, bool)
+      or value < 1
+    ):
       raise ValueError(f"the {name} must be an integer >= 1, got {value!r}.")
   if size > height or size > width:
-    raise ValueError(f"a {size}×{size} patch does not fit in a {height}×"
-                     f"{width} image; use a size of at most "
-                     f"{min(height, width)}.")
+    raise ValueError(
+      f"a {size}×{size} patch does not fit in a {height}×"
+      f"{width} image; use a size of at most "
+      f"{min(height, width)}."
+    )
   return int(size)
 
 
@@ -51,8 +56,9 @@ def _starts(extent: int, size: int, stride: int) -> np.ndarray:
   return starts
 
 
-def patch_positions(height: int, width: int, size: int,
-                    stride: int = 1) -> np.ndarray:
+def patch_positions(
+  height: int, width: int, size: int, stride: int = 1
+) -> np.ndarray:
   """Top-left corners of the p×p windows of an H×W image.
 
   With ``stride`` 1 these are all (H − p + 1)·(W − p + 1) positions — the
@@ -75,8 +81,9 @@ def patch_positions(height: int, width: int, size: int,
   return grid.reshape(-1, 2).astype(np.int32)
 
 
-def patch_mask(height: int, width: int, size: int,
-               position: jax.Array) -> jax.Array:
+def patch_mask(
+  height: int, width: int, size: int, position: jax.Array
+) -> jax.Array:
   """The window's mask m, 1 inside the patch at ``position`` (traceable).
 
   Args:
@@ -93,21 +100,29 @@ def patch_mask(height: int, width: int, size: int,
   col = position[..., 1, None, None]
   rows = jnp.arange(height)[:, None]
   cols = jnp.arange(width)[None, :]
-  inside = ((rows >= row) & (rows < row + size) &
-            (cols >= col) & (cols < col + size))
+  inside = (
+    (rows >= row) & (rows < row + size) & (cols >= col) & (cols < col + size)
+  )
   return inside[..., None].astype(jnp.float32)
 
 
-def _rows(images: jax.Array, point: jax.Array, position: jax.Array,
-          size: int) -> Tuple[jax.Array, jax.Array]:
+def _rows(
+  images: jax.Array, point: jax.Array, position: jax.Array, size: int
+) -> tuple[jax.Array, jax.Array]:
   """The images of the rows and their windows' masks."""
   height, width = images.shape[1:3]
-  return jnp.take(images, point, axis=0), patch_mask(height, width, size,
-                                                     position)
+  return jnp.take(images, point, axis=0), patch_mask(
+    height, width, size, position
+  )
 
 
-def patch_boxes(images: jax.Array, point: jax.Array, position: jax.Array,
-                size: int, fraction=1.0) -> Box:
+def patch_boxes(
+  images: jax.Array,
+  point: jax.Array,
+  position: jax.Array,
+  size: int,
+  fraction=1.0,
+) -> Box:
   """Input boxes of (image, patch position) rows.
 
   Args:
@@ -126,8 +141,9 @@ def patch_boxes(images: jax.Array, point: jax.Array, position: jax.Array,
   return Box(x - fraction * mask * x, x + fraction * mask * (1.0 - x))
 
 
-def apply_patch(images: jax.Array, position: jax.Array, values: jax.Array,
-                size: int) -> jax.Array:
+def apply_patch(
+  images: jax.Array, position: jax.Array, values: jax.Array, size: int
+) -> jax.Array:
   """Pastes patches: ``values`` inside each window, ``images`` elsewhere.
 
   Args:
@@ -154,6 +170,7 @@ class PatchBoxes(NamedTuple):
   size: int
   fraction: float = 1.0
 
-  def __call__(self, images: jax.Array, point: jax.Array,
-               position: jax.Array) -> Box:
+  def __call__(
+    self, images: jax.Array, point: jax.Array, position: jax.Array
+  ) -> Box:
     return patch_boxes(images, point, position, self.size, self.fraction)

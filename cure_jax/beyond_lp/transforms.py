@@ -19,8 +19,6 @@ boxes with the same operations in the same order, so the two stay
 consistent.
 """
 
-from typing import Tuple
-
 import jax
 import jax.numpy as jnp
 
@@ -29,16 +27,19 @@ from cure_jax.beyond_lp.parameters import TransformParams
 DEGREE = jnp.pi / 180.0
 
 
-def centered_grid(height: int, width: int) -> Tuple[jax.Array, jax.Array]:
+def centered_grid(height: int, width: int) -> tuple[jax.Array, jax.Array]:
   """Centred coordinates (x, y) of every pixel, each [H, W] float32."""
-  rows, cols = jnp.meshgrid(jnp.arange(height, dtype=jnp.float32),
-                            jnp.arange(width, dtype=jnp.float32),
-                            indexing="ij")
+  rows, cols = jnp.meshgrid(
+    jnp.arange(height, dtype=jnp.float32),
+    jnp.arange(width, dtype=jnp.float32),
+    indexing="ij",
+  )
   return cols - (width - 1) / 2.0, rows - (height - 1) / 2.0
 
 
-def source_coordinates(params: TransformParams, height: int, width: int
-                       ) -> Tuple[jax.Array, jax.Array]:
+def source_coordinates(
+  params: TransformParams, height: int, width: int
+) -> tuple[jax.Array, jax.Array]:
   """Where each output pixel samples the input, eq. (1), in pixel units.
 
   Args:
@@ -110,7 +111,10 @@ def transform_images(images: jax.Array, params: TransformParams) -> jax.Array:
   Returns:
     [B, H, W, C] transformed images.
   """
-  params = TransformParams(*(jnp.broadcast_to(jnp.asarray(p, jnp.float32),
-                                              images.shape[:1])
-                             for p in params))
+  params = TransformParams(
+    *(
+      jnp.broadcast_to(jnp.asarray(p, jnp.float32), images.shape[:1])
+      for p in params
+    )
+  )
   return jax.vmap(transform_image)(images, params)

@@ -6,13 +6,32 @@
 
 from cure_jax.bounds.graph import UnsupportedPrimitiveError
 from cure_jax.bounds.interval import Interval
-from cure_jax.bounds.sets import (Box, L1Ball, L2Ball, LinfBall, LpBall,
-                                  dual_exponent, lp_norm)
+from cure_jax.bounds.sets import (
+  Box,
+  L1Ball,
+  L2Ball,
+  LinfBall,
+  LpBall,
+  dual_exponent,
+  lp_norm,
+)
 from cure_jax.bounds.spec import margin_spec, pad_margins
 from cure_jax.bounds.transforms import alpha_crown, crown, crown_ibp, ibp
 
 __all__ = [
-    "Box", "Interval", "L1Ball", "L2Ball", "LinfBall", "LpBall",
-    "UnsupportedPrimitiveError", "alpha_crown", "crown", "crown_ibp",
-    "dual_exponent", "ibp", "lp_norm", "margin_spec", "pad_margins",
+  "Box",
+  "Interval",
+  "L1Ball",
+  "L2Ball",
+  "LinfBall",
+  "LpBall",
+  "UnsupportedPrimitiveError",
+  "alpha_crown",
+  "crown",
+  "crown_ibp",
+  "dual_exponent",
+  "ibp",
+  "lp_norm",
+  "margin_spec",
+  "pad_margins",
 ]

@@ -16,7 +16,10 @@ evaluates the original equations; the affine rule treats it like any other.
 """
 
 import dataclasses
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from collections.abc import Callable, Iterable, Sequence
+from typing import (
+  Any,
+)
 
 from cure_jax.bounds.graph import Const, Eqn, evaluate_concrete, use_counts
 
@@ -35,23 +38,32 @@ class AffineChain:
       ``bind`` receives them.
   """
 
-  eqns: Tuple[Eqn, ...]
-  inputs: Tuple[Any, ...]
+  eqns: tuple[Eqn, ...]
+  inputs: tuple[Any, ...]
   name: str = NAME
   multiple_results: bool = False
 
   def bind(self, *values):
-    env = {atom: value for atom, value in zip(self.inputs, values)
-           if not isinstance(atom, Const)}
+    env = {
+      atom: value
+      for atom, value in zip(self.inputs, values)
+      if not isinstance(atom, Const)
+    }
     read = lambda a: a.value if isinstance(a, Const) else env[a]
     for eqn in self.eqns:
-      (env[eqn.outputs[0]],) = evaluate_concrete(eqn, [read(a) for a in eqn.inputs])
+      (env[eqn.outputs[0]],) = evaluate_concrete(
+        eqn, [read(a) for a in eqn.inputs]
+      )
     return env[self.eqns[-1].outputs[0]]
 
 
-def merge(eqns: Sequence[Eqn], is_bounded: Callable[[Any], bool],
-          affine: frozenset, keep_out: Iterable[Any] = (),
-          exclude: Optional[Callable[[Eqn], bool]] = None) -> List[Eqn]:
+def merge(
+  eqns: Sequence[Eqn],
+  is_bounded: Callable[[Any], bool],
+  affine: frozenset,
+  keep_out: Iterable[Any] = (),
+  exclude: Callable[[Eqn], bool] | None = None,
+) -> list[Eqn]:
   """``eqns`` with every affine chain of length ≥ 2 replaced by one equation.
 
   Args:
@@ -71,8 +83,12 @@ def merge(eqns: Sequence[Eqn], is_bounded: Callable[[Any], bool],
   visible = set(a for a in keep_out if not isinstance(a, Const))
 
   def joinable(eqn: Eqn) -> bool:
-    if (eqn.name not in affine or eqn.name in _CONTRACTIONS or
-        len(eqn.outputs) != 1 or (exclude is not None and exclude(eqn))):
+    if (
+      eqn.name not in affine
+      or eqn.name in _CONTRACTIONS
+      or len(eqn.outputs) != 1
+      or (exclude is not None and exclude(eqn))
+    ):
       return False
     return sum(1 for a in eqn.inputs if is_bounded(a)) == 1
 
@@ -81,9 +97,9 @@ def merge(eqns: Sequence[Eqn], is_bounded: Callable[[Any], bool],
 
   # open_chains[id of a chain's tail output] = its equations so far;
   # position[that id] = the chain's slot in ``out``.
-  open_chains: Dict[int, List[Eqn]] = {}
-  position: Dict[int, int] = {}
-  out: List[Any] = []
+  open_chains: dict[int, list[Eqn]] = {}
+  position: dict[int, int] = {}
+  out: list[Any] = []
   for eqn in eqns:
     if not joinable(eqn):
       out.append(eqn)
@@ -107,10 +123,12 @@ def _as_eqn(item) -> Eqn:
   if len(item) == 1:
     return item[0]
   internal = {e.outputs[0] for e in item}
-  inputs: List[Any] = []
+  inputs: list[Any] = []
   for eqn in item:
     for atom in eqn.inputs:
-      if isinstance(atom, Const) or (atom not in internal and atom not in inputs):
+      if isinstance(atom, Const) or (
+        atom not in internal and atom not in inputs
+      ):
         inputs.append(atom)
   chain = AffineChain(tuple(item), tuple(inputs))
   return Eqn(chain, tuple(inputs), item[-1].outputs, {}, item[0].source)

@@ -23,7 +23,8 @@ runs the back-substitution ~25% faster than all nine at once).
 """
 
 import math
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -33,9 +34,12 @@ from cure_jax.bounds.first_layer import PendingBall
 from cure_jax.bounds.forward import Env, as_interval, is_bounded, read
 from cure_jax.bounds.graph import Const, Eqn, Graph, UnsupportedPrimitiveError
 from cure_jax.bounds.interval import Interval
-from cure_jax.bounds.linear_rules import (AFFINE_PRIMITIVES,
-                                         MULTI_OUTPUT_PRIMITIVES,
-                                         bounded_positions, inner_product)
+from cure_jax.bounds.linear_rules import (
+  AFFINE_PRIMITIVES,
+  MULTI_OUTPUT_PRIMITIVES,
+  bounded_positions,
+  inner_product,
+)
 from cure_jax.bounds.sets import Box, LpBall, lp_norm
 
 
@@ -54,16 +58,19 @@ def concretize_set(leaf: Any, coeffs: jax.Array) -> jax.Array:
   if leaf.p == math.inf:
     return box_bound
   flat = coeffs.reshape(coeffs.shape[:2] + (-1,))
-  ball_bound = (inner_product(coeffs, leaf.center) -
-                leaf.radius_per_example() * lp_norm(flat, leaf.dual, axis=-1))
-  return ball_bound if leaf.domain is None else jnp.maximum(ball_bound, box_bound)
+  ball_bound = inner_product(
+    coeffs, leaf.center
+  ) - leaf.radius_per_example() * lp_norm(flat, leaf.dual, axis=-1)
+  return (
+    ball_bound if leaf.domain is None else jnp.maximum(ball_bound, box_bound)
+  )
 
 
 # A pass's rows·examples at which `row_groups` splits the specification rows.
 ROWS_PER_PASS = 128
 
 
-def default_rows_per_pass() -> Optional[int]:
+def default_rows_per_pass() -> int | None:
   """`ROWS_PER_PASS` on a CPU backend, else None (all rows in one pass).
 
   Grouping pays on a CPU, where a pass is limited by the cache; an
@@ -72,8 +79,12 @@ def default_rows_per_pass() -> Optional[int]:
   return ROWS_PER_PASS if jax.default_backend() == "cpu" else None
 
 
-def row_groups(rows: int, batch: int, rows_per_pass: int = ROWS_PER_PASS,
-               max_groups: Optional[int] = None) -> List[slice]:
+def row_groups(
+  rows: int,
+  batch: int,
+  rows_per_pass: int = ROWS_PER_PASS,
+  max_groups: int | None = None,
+) -> list[slice]:
   """Consecutive groups of the S specification rows, ~rows_per_pass·B each.
 
   Args:
@@ -93,11 +104,16 @@ def row_groups(rows: int, batch: int, rows_per_pass: int = ROWS_PER_PASS,
   return [slice(i, min(i + per_group, rows)) for i in range(0, rows, per_group)]
 
 
-def lower_bound(graph: Graph, env: Env, sets: Dict[int, Any],
-                start: Dict[int, jax.Array], rules: Dict[str, Any],
-                alphas: Optional[Dict[int, jax.Array]] = None,
-                stop: Optional[Callable[[Eqn], bool]] = None,
-                groups: Optional[Sequence[slice]] = None) -> jax.Array:
+def lower_bound(
+  graph: Graph,
+  env: Env,
+  sets: dict[int, Any],
+  start: dict[int, jax.Array],
+  rules: dict[str, Any],
+  alphas: dict[int, jax.Array] | None = None,
+  stop: Callable[[Eqn], bool] | None = None,
+  groups: Sequence[slice] | None = None,
+) -> jax.Array:
   """Lower bound of ``sum_v <start[v], v>`` over the input sets.
 
   Args:
@@ -117,31 +133,50 @@ def lower_bound(graph: Graph, env: Env, sets: Dict[int, Any],
     [S, B] lower bounds.
   """
   if groups is not None and len(groups) > 1:
-    return jnp.concatenate([
-        lower_bound(graph, env, sets, {v: a[rows] for v, a in start.items()},
-                    rules, {v: a[rows] for v, a in (alphas or {}).items()},
-                    stop)
-        for rows in groups], axis=0)
+    return jnp.concatenate(
+      [
+        lower_bound(
+          graph,
+          env,
+          sets,
+          {v: a[rows] for v, a in start.items()},
+          rules,
+          {v: a[rows] for v, a in (alphas or {}).items()},
+          stop,
+        )
+        for rows in groups
+      ],
+      axis=0,
+    )
   alphas = alphas or {}
   pending = dict(start)
   some = next(iter(start.values()))
   bias = jnp.zeros(some.shape[:2], some.dtype)
+
   def stays_alone(eqn: Eqn) -> bool:
     # Early stops, and equations the affine rule refuses (e.g. a bounded
     # divisor), which must meet that rule alone to raise its error.
     if stop is not None and stop(eqn):
       return True
     try:
-      bounded_positions(eqn, [read(env, a) if isinstance(a, Const) or a in env
-                              else None for a in eqn.inputs])
+      bounded_positions(
+        eqn,
+        [
+          read(env, a) if isinstance(a, Const) or a in env else None
+          for a in eqn.inputs
+        ],
+      )
     except UnsupportedPrimitiveError:
       return True
     return False
 
   eqns = affine_chains.merge(
-      graph.eqns, lambda a: not isinstance(a, Const) and is_bounded(env.get(a)),
-      AFFINE_PRIMITIVES, keep_out=tuple(graph.outputs) + tuple(start),
-      exclude=stays_alone)
+    graph.eqns,
+    lambda a: not isinstance(a, Const) and is_bounded(env.get(a)),
+    AFFINE_PRIMITIVES,
+    keep_out=tuple(graph.outputs) + tuple(start),
+    exclude=stays_alone,
+  )
   for eqn in reversed(eqns):
     if not any(v in pending for v in eqn.outputs):
       continue
@@ -159,9 +194,11 @@ def lower_bound(graph: Graph, env: Env, sets: Dict[int, Any],
       coeffs = pending.pop(eqn.outputs[0])
     else:  # one coefficient array per output, zeros where none is pending
       coeffs = tuple(
-          pending.pop(v) if v in pending else jnp.zeros(
-              some.shape[:1] + as_interval(env[v]).shape, some.dtype)
-          for v in eqn.outputs)
+        pending.pop(v)
+        if v in pending
+        else jnp.zeros(some.shape[:1] + as_interval(env[v]).shape, some.dtype)
+        for v in eqn.outputs
+      )
     args = [read(env, a) for a in eqn.inputs]
     pulled, term = rule(eqn, args, coeffs, alphas.get(eqn.outputs[0]))
     bias = bias + term
@@ -173,8 +210,9 @@ def lower_bound(graph: Graph, env: Env, sets: Dict[int, Any],
   return bias
 
 
-def identity_coefficients(shape: Sequence[int], dtype,
-                          both: bool = True) -> jax.Array:
+def identity_coefficients(
+  shape: Sequence[int], dtype, both: bool = True
+) -> jax.Array:
   """A = [I; -I] over a value's per-example elements: [2n, B, *shape[1:]].
 
   The first n rows bound each element from below, the last n from above (as
@@ -194,8 +232,9 @@ def _split_rows(lower: jax.Array, both: bool):
   return lower[:n], -lower[n:]
 
 
-def interval_from_identity(lower: jax.Array, shape: Sequence[int],
-                           both: bool = True) -> Interval:
+def interval_from_identity(
+  lower: jax.Array, shape: Sequence[int], both: bool = True
+) -> Interval:
   """The `Interval` of a value from the result of `identity_coefficients`."""
   lo, hi = _split_rows(lower, both)
   return Interval(lo.T.reshape(shape), hi.T.reshape(shape))

@@ -22,7 +22,8 @@ operation first replaces the ball by that box.
 
 import dataclasses
 import math
-from typing import Any, List, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -51,7 +52,7 @@ class PendingBall:
   scale: jax.Array
   eps: jax.Array
   p: float
-  box: Optional[Interval]
+  box: Interval | None
 
   @property
   def shape(self):
@@ -60,7 +61,8 @@ class PendingBall:
   def to_box(self) -> Interval:
     """A box containing the set: ±eps·|s| around the center, ∩ the domain box."""
     radius = self.eps.reshape((-1,) + (1,) * (self.center.ndim - 1)) * jnp.abs(
-        self.scale)
+      self.scale
+    )
     box = Interval.from_center_radius(self.center, radius)
     return box if self.box is None else box.intersect(self.box)
 
@@ -86,15 +88,17 @@ def _keeps_batch_axis(eqn: Eqn, ball: PendingBall) -> bool:
   name, params = eqn.name, eqn.params
   if name == "reshape":
     return params.get("dimensions") is None and (
-        params["new_sizes"][0] == ball.shape[0])
+      params["new_sizes"][0] == ball.shape[0]
+    )
   if name == "transpose":
     return params["permutation"][0] == 0
   if name == "squeeze":
     return 0 not in params["dimensions"]
   if name == "broadcast_in_dim":  # only inserting unit axes, e.g. expand_dims
     shape = params["shape"]
-    return (int(np.prod(shape)) == int(np.prod(ball.shape)) and
-            params["broadcast_dimensions"][:1] == (0,))
+    return int(np.prod(shape)) == int(np.prod(ball.shape)) and params[
+      "broadcast_dimensions"
+    ][:1] == (0,)
   return name in ("convert_element_type", "copy", "copy_p")
 
 
@@ -119,10 +123,12 @@ def _dual_norm_dot_general(eqn: Eqn, scale, weight, q) -> jax.Array:
   s = jnp.transpose(jnp.abs(scale), s_free + list(lhs_contract))
   w = jnp.transpose(jnp.abs(weight), list(rhs_contract) + w_free)
   k = int(np.prod([scale.shape[a] for a in lhs_contract]))
-  s = s.reshape(s.shape[:len(s_free)] + (k, 1))
+  s = s.reshape(s.shape[: len(s_free)] + (k, 1))
   w = w.reshape((k, -1))
   out = jnp.max(s * w, axis=-2)  # max_k |s_k W_ki|
-  return out.reshape(s.shape[:len(s_free)] + tuple(weight.shape[a] for a in w_free))
+  return out.reshape(
+    s.shape[: len(s_free)] + tuple(weight.shape[a] for a in w_free)
+  )
 
 
 def _dual_norm_conv(eqn: Eqn, scale, kernel, q) -> jax.Array:
@@ -135,14 +141,21 @@ def _dual_norm_conv(eqn: Eqn, scale, kernel, q) -> jax.Array:
   groups = params["feature_group_count"]
   spatial = [kernel.shape[a] for a in rhs_spec[2:]]
   patches = jax.lax.conv_general_dilated_patches(
-      jnp.abs(scale), spatial, params["window_strides"], params["padding"],
-      lhs_dilation=params["lhs_dilation"], rhs_dilation=params["rhs_dilation"],
-      dimension_numbers=params["dimension_numbers"])
+    jnp.abs(scale),
+    spatial,
+    params["window_strides"],
+    params["padding"],
+    lhs_dilation=params["lhs_dilation"],
+    rhs_dilation=params["rhs_dilation"],
+    dimension_numbers=params["dimension_numbers"],
+  )
   # Patches: feature axis ordered (in-channel, *window), in-channel major.
   patches = jnp.transpose(patches, (out_spec[0], *out_spec[2:], out_spec[1]))
   window = int(np.prod(spatial))
   c_in = scale.shape[lhs_spec[1]]
-  patches = patches.reshape(patches.shape[:-1] + (groups, c_in // groups, window))
+  patches = patches.reshape(
+    patches.shape[:-1] + (groups, c_in // groups, window)
+  )
   w = jnp.transpose(jnp.abs(kernel), (rhs_spec[0], rhs_spec[1], *rhs_spec[2:]))
   c_out = w.shape[0]
   w = w.reshape(groups, c_out // groups, c_in // groups, window)
@@ -155,8 +168,11 @@ def _dual_norm_conv(eqn: Eqn, scale, kernel, q) -> jax.Array:
 def _mixing_bound(eqn: Eqn, args, ball: PendingBall) -> Interval:
   """The dual-norm bound at the first dot_general / conv (see module doc)."""
   weight = args[1]
-  q = math.inf if ball.p == 1 else (1.0 if ball.p == math.inf else
-                                    ball.p / (ball.p - 1.0))
+  q = (
+    math.inf
+    if ball.p == 1
+    else (1.0 if ball.p == math.inf else ball.p / (ball.p - 1.0))
+  )
   (center,) = evaluate_concrete(eqn, [ball.center, weight])
   if eqn.name == "dot_general":
     norms = _dual_norm_dot_general(eqn, ball.scale, weight, q)
@@ -171,8 +187,11 @@ def _mixing_bound(eqn: Eqn, args, ball: PendingBall) -> Interval:
 
 
 def _is_first_mixing(eqn: Eqn, args) -> bool:
-  if len(args) != 2 or not isinstance(args[0], PendingBall) or isinstance(
-      args[1], (PendingBall, Interval)):
+  if (
+    len(args) != 2
+    or not isinstance(args[0], PendingBall)
+    or isinstance(args[1], (PendingBall, Interval))
+  ):
     return False
   if eqn.name == "conv_general_dilated":
     lhs_spec = eqn.params["dimension_numbers"][0]
@@ -195,12 +214,12 @@ def _drop_repeated_batch(k):
   return k[:1] if np.all(k_np == k_np[:1]) else k
 
 
-def _constant_other(args, position) -> Optional[Any]:
+def _constant_other(args, position) -> Any | None:
   other = args[1 - position]
   return None if isinstance(other, (PendingBall, Interval)) else other
 
 
-def apply(eqn: Eqn, args: Sequence[Any], ibp_table) -> List[Any]:
+def apply(eqn: Eqn, args: Sequence[Any], ibp_table) -> list[Any]:
   """Applies ``eqn`` with at least one `PendingBall` operand."""
   args = list(args)
   positions = [i for i, a in enumerate(args) if isinstance(a, PendingBall)]
@@ -213,24 +232,36 @@ def apply(eqn: Eqn, args: Sequence[Any], ibp_table) -> List[Any]:
     ball = args[i]
     if len(args) == 1 and _keeps_batch_axis(eqn, ball):
       (center,) = evaluate_concrete(eqn, [ball.center])
-      scale = _per_example(eqn, ball.scale) if ball.scale.shape[0] == 1 else (
-          evaluate_concrete(eqn, [ball.scale])[0])
+      scale = (
+        _per_example(eqn, ball.scale)
+        if ball.scale.shape[0] == 1
+        else (evaluate_concrete(eqn, [ball.scale])[0])
+      )
       return [_replace(ball, eqn, args, i, center, scale)]
     if len(args) == 1 and eqn.name == "neg":
       return [_replace(ball, eqn, args, i, -ball.center, -ball.scale)]
     k = _constant_other(args, i) if len(args) == 2 else None
     if k is not None:
       if eqn.name in ("add", "add_any") or (eqn.name == "sub" and i == 0):
-        (center,) = evaluate_concrete(eqn, args[:i] + [ball.center] + args[i + 1:])
+        (center,) = evaluate_concrete(
+          eqn, args[:i] + [ball.center] + args[i + 1 :]
+        )
         return [_replace(ball, eqn, args, i, center, ball.scale)]
       if eqn.name == "sub":  # k - x
         return [_replace(ball, eqn, args, i, k - ball.center, -ball.scale)]
       if eqn.name == "mul" or (eqn.name == "div" and i == 0):
-        (center,) = evaluate_concrete(eqn, args[:i] + [ball.center] + args[i + 1:])
+        (center,) = evaluate_concrete(
+          eqn, args[:i] + [ball.center] + args[i + 1 :]
+        )
         k = _drop_repeated_batch(k)
         scale = ball.scale * k if eqn.name == "mul" else ball.scale / k
-        if scale.shape[1:] != ball.center.shape[1:] or scale.ndim != ball.center.ndim:
-          scale = jnp.broadcast_to(scale, (scale.shape[0],) + ball.center.shape[1:])
+        if (
+          scale.shape[1:] != ball.center.shape[1:]
+          or scale.ndim != ball.center.ndim
+        ):
+          scale = jnp.broadcast_to(
+            scale, (scale.shape[0],) + ball.center.shape[1:]
+          )
         return [_replace(ball, eqn, args, i, center, scale)]
   # Anything else: continue from the ball's bounding box.
   boxed = [a.to_box() if isinstance(a, PendingBall) else a for a in args]

@@ -9,16 +9,17 @@ them); equations with bounded operands go to the method's rule table.
 """
 
 import math
-from typing import Any, Callable, Dict, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax.numpy as jnp
 
 from cure_jax.bounds import first_layer
 from cure_jax.bounds.graph import Const, Eqn, Graph, evaluate_concrete
 from cure_jax.bounds.interval import Interval
-from cure_jax.bounds.sets import Box, LpBall, is_input_set
+from cure_jax.bounds.sets import Box, LpBall
 
-Env = Dict[int, Any]
+Env = dict[int, Any]
 # Called before a rule with the operands; may return tighter operands (CROWN
 # refines the pre-activation bounds of nonlinear equations this way).
 RefineFn = Callable[[Eqn, list, Env], list]
@@ -43,9 +44,13 @@ def read(env: Env, atom) -> Any:
   return atom.value if isinstance(atom, Const) else env[atom]
 
 
-
-def propagate(graph: Graph, leaves: Sequence[Any], rules: Dict[str, Any],
-              method: str, refine: Optional[RefineFn] = None) -> Env:
+def propagate(
+  graph: Graph,
+  leaves: Sequence[Any],
+  rules: dict[str, Any],
+  method: str,
+  refine: RefineFn | None = None,
+) -> Env:
   """Runs ``graph`` on ``leaves`` (input sets among them) with ``rules``.
 
   Args:

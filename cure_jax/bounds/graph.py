@@ -14,8 +14,11 @@ their own environment ``{id: value}``: nothing in a graph mutates.
 import collections
 import dataclasses
 import itertools
-from typing import (Any, Callable, Dict, Iterable, List, NamedTuple, Sequence,
-                    Tuple)
+from collections.abc import Callable, Iterable, Sequence
+from typing import (
+  Any,
+  NamedTuple,
+)
 
 import jax
 import jax.extend as jex
@@ -24,11 +27,21 @@ import numpy as np
 from cure_jax.bounds.sets import is_input_set
 
 # Primitives whose body is inlined: the bound of a call is the bound of its body.
-_CALL_PRIMITIVES = frozenset({
-    "pjit", "jit", "closed_call", "core_call", "custom_jvp_call",
-    "custom_vjp_call", "custom_vjp_call_jaxpr", "remat", "checkpoint",
-    "remat2", "custom_lin",
-})
+_CALL_PRIMITIVES = frozenset(
+  {
+    "pjit",
+    "jit",
+    "closed_call",
+    "core_call",
+    "custom_jvp_call",
+    "custom_vjp_call",
+    "custom_vjp_call_jaxpr",
+    "remat",
+    "checkpoint",
+    "remat2",
+    "custom_lin",
+  }
+)
 _BODY_PARAMS = ("jaxpr", "call_jaxpr", "fun_jaxpr")
 
 
@@ -48,22 +61,25 @@ class Eqn:
   """One primitive application: ``outputs = primitive(*inputs, **params)``."""
 
   primitive: Any  # jax.extend.core.Primitive
-  inputs: Tuple[Any, ...]  # int ids or Const
-  outputs: Tuple[int, ...]
-  params: Dict[str, Any]
+  inputs: tuple[Any, ...]  # int ids or Const
+  outputs: tuple[int, ...]
+  params: dict[str, Any]
   source: str  # the user's source line, e.g. "model.py:12 (CNN.__call__)"
 
   @property
   def name(self) -> str:
     return self.primitive.name
 
-  def unsupported(self, method: str, why: str = "") -> UnsupportedPrimitiveError:
+  def unsupported(
+    self, method: str, why: str = ""
+  ) -> UnsupportedPrimitiveError:
     reason = f": {why}" if why else ""
     return UnsupportedPrimitiveError(
-        f"{method} has no rule for primitive '{self.name}' met at "
-        f"{self.source}{reason}. Supported primitives are listed in "
-        "cure_jax/bounds/*_rules.py; rewrite this step with supported "
-        "operations or add a rule for it.")
+      f"{method} has no rule for primitive '{self.name}' met at "
+      f"{self.source}{reason}. Supported primitives are listed in "
+      "cure_jax/bounds/*_rules.py; rewrite this step with supported "
+      "operations or add a rule for it."
+    )
 
 
 class Graph(NamedTuple):
@@ -76,16 +92,18 @@ class Graph(NamedTuple):
     out_tree: the output pytree structure.
   """
 
-  eqns: Tuple[Eqn, ...]
-  inputs: Tuple[int, ...]
-  outputs: Tuple[Any, ...]
+  eqns: tuple[Eqn, ...]
+  inputs: tuple[int, ...]
+  outputs: tuple[Any, ...]
   out_tree: Any
 
-  def producers(self) -> Dict[int, Eqn]:
+  def producers(self) -> dict[int, Eqn]:
     return {v: e for e in self.eqns for v in e.outputs}
 
 
-def use_counts(eqns: Sequence[Eqn], extra: Iterable[Any] = ()) -> Dict[int, int]:
+def use_counts(
+  eqns: Sequence[Eqn], extra: Iterable[Any] = ()
+) -> dict[int, int]:
   """How many times each value id is an operand (plus once per ``extra``)."""
   counts = collections.Counter()
   for eqn in eqns:
@@ -112,14 +130,15 @@ def _body(eqn):
   raise ValueError(f"call primitive {eqn.primitive.name} without a body")
 
 
-def _inline(jaxpr, consts, in_atoms, counter,
-            call_site: str = "") -> Tuple[List[Eqn], List[Any]]:
+def _inline(
+  jaxpr, consts, in_atoms, counter, call_site: str = ""
+) -> tuple[list[Eqn], list[Any]]:
   """Inlines ``jaxpr`` applied to ``in_atoms``; returns (eqns, out atoms).
 
   Equations whose own source lies inside JAX (e.g. the ``max`` inside
   ``jax.nn.relu``) are attributed to the user's ``call_site``.
   """
-  env: Dict[Any, Any] = {}
+  env: dict[Any, Any] = {}
   for var, value in zip(jaxpr.constvars, consts):
     env[var] = Const(value)
   for var, atom in zip(jaxpr.invars, in_atoms):
@@ -130,13 +149,14 @@ def _inline(jaxpr, consts, in_atoms, counter,
       return Const(v.val)
     return env[v]
 
-  eqns: List[Eqn] = []
+  eqns: list[Eqn] = []
   for eqn in jaxpr.eqns:
     inputs = [read(v) for v in eqn.invars]
     if eqn.primitive.name in _CALL_PRIMITIVES:
       body, body_consts = _body(eqn)
-      inner, outs = _inline(body, body_consts, inputs, counter,
-                            _source_line(eqn) or call_site)
+      inner, outs = _inline(
+        body, body_consts, inputs, counter, _source_line(eqn) or call_site
+      )
       eqns.extend(inner)
       for var, atom in zip(eqn.outvars, outs):
         env[var] = atom
@@ -145,8 +165,15 @@ def _inline(jaxpr, consts, in_atoms, counter,
     for var, out in zip(eqn.outvars, outputs):
       if not isinstance(var, jex.core.DropVar):
         env[var] = out
-    eqns.append(Eqn(eqn.primitive, tuple(inputs), outputs, dict(eqn.params),
-                    _source_line(eqn) or call_site or "<unknown source>"))
+    eqns.append(
+      Eqn(
+        eqn.primitive,
+        tuple(inputs),
+        outputs,
+        dict(eqn.params),
+        _source_line(eqn) or call_site or "<unknown source>",
+      )
+    )
   return eqns, [read(v) for v in jaxpr.outvars]
 
 
@@ -155,7 +182,9 @@ def flatten_args(args: Sequence[Any]):
   return jax.tree_util.tree_flatten(args, is_leaf=is_input_set)
 
 
-def trace(fn: Callable, args: Sequence[Any], kwargs: Dict[str, Any]) -> Tuple[Graph, List[Any]]:
+def trace(
+  fn: Callable, args: Sequence[Any], kwargs: dict[str, Any]
+) -> tuple[Graph, list[Any]]:
   """Traces ``fn(*args, **kwargs)`` to a flat `Graph`.
 
   Input sets among ``args`` are traced at their center's shape and dtype;
@@ -176,7 +205,8 @@ def trace(fn: Callable, args: Sequence[Any], kwargs: Dict[str, Any]) -> Tuple[Gr
     return fn(*jax.tree_util.tree_unflatten(in_tree, flat), **kwargs)
 
   closed, out_shape = jax.make_jaxpr(flat_fn, return_shape=True)(
-      *[shape_of(leaf) for leaf in leaves])
+    *[shape_of(leaf) for leaf in leaves]
+  )
   out_tree = jax.tree_util.tree_structure(out_shape)
   counter = itertools.count()
   inputs = tuple(next(counter) for _ in closed.jaxpr.invars)
@@ -184,7 +214,7 @@ def trace(fn: Callable, args: Sequence[Any], kwargs: Dict[str, Any]) -> Tuple[Gr
   return Graph(tuple(eqns), inputs, tuple(outputs), out_tree), leaves
 
 
-def evaluate_concrete(eqn: Eqn, values: Sequence[Any]) -> List[Any]:
+def evaluate_concrete(eqn: Eqn, values: Sequence[Any]) -> list[Any]:
   """Applies ``eqn`` to concrete operands (arrays or tracers)."""
   out = eqn.primitive.bind(*values, **eqn.params)
   return list(out) if eqn.primitive.multiple_results else [out]

@@ -34,8 +34,9 @@ class Interval(NamedTuple):
 
   def intersect(self, other: "Interval") -> "Interval":
     """The tighter of two sound bounds of the same quantity."""
-    return Interval(jnp.maximum(self.lower, other.lower),
-                    jnp.minimum(self.upper, other.upper))
+    return Interval(
+      jnp.maximum(self.lower, other.lower), jnp.minimum(self.upper, other.upper)
+    )
 
   def min_inner_product(self, coeffs: jax.Array) -> jax.Array:
     """min over x in [l, u] of <A, x> = <A⁺, l> + <A⁻, u>, per row.
@@ -44,8 +45,9 @@ class Interval(NamedTuple):
     result [S, B]. A zero coefficient ignores its element, even an infinite
     end (log at 0).
     """
-    terms = (jnp.where(coeffs > 0, coeffs * self.lower, 0.0) +
-             jnp.where(coeffs < 0, coeffs * self.upper, 0.0))
+    terms = jnp.where(coeffs > 0, coeffs * self.lower, 0.0) + jnp.where(
+      coeffs < 0, coeffs * self.upper, 0.0
+    )
     return terms.reshape(terms.shape[:2] + (-1,)).sum(-1)
 
   def contains(self, x, atol: float = 0.0) -> jax.Array:

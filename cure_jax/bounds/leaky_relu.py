@@ -17,7 +17,7 @@ product are used nowhere else by one equation with a `LeakyRelu` primitive.
 """
 
 import dataclasses
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
@@ -39,7 +39,7 @@ class LeakyRelu:
     return jnp.where(x >= 0, x, self.negative_slope * x)
 
 
-def _literal(atom, producers: Dict[int, Eqn]) -> Optional[float]:
+def _literal(atom, producers: dict[int, Eqn]) -> float | None:
   """The value of a trace-time scalar constant, else None.
 
   A slope passed as a Python float reaches the product through a
@@ -56,8 +56,9 @@ def _literal(atom, producers: Dict[int, Eqn]) -> Optional[float]:
   return float(value) if np.ndim(value) == 0 else None
 
 
-def _negative_slope(product: Eqn, x: Any,
-                    producers: Dict[int, Eqn]) -> Optional[float]:
+def _negative_slope(
+  product: Eqn, x: Any, producers: dict[int, Eqn]
+) -> float | None:
   """k if ``product`` is k * x (or x * k) with a literal k in [0, 1]."""
   if product.name != "mul" or x not in product.inputs:
     return None
@@ -66,7 +67,7 @@ def _negative_slope(product: Eqn, x: Any,
   return k if k is not None and 0.0 <= k <= 1.0 else None
 
 
-def _match(select: Eqn, producers: Dict[int, Eqn]) -> Optional[tuple]:
+def _match(select: Eqn, producers: dict[int, Eqn]) -> tuple | None:
   """(x, k, comparison, product) if ``select`` is a leaky ReLU of x."""
   if select.name != "select_n" or len(select.inputs) != 3:
     return None
@@ -97,7 +98,7 @@ def fuse(graph: Graph) -> Graph:
     replaced[id(eqn)] = Eqn(LeakyRelu(k), (x,), eqn.outputs, {}, eqn.source)
   if not replaced:
     return graph
-  eqns: List[Eqn] = [replaced.get(id(e), e) for e in graph.eqns
-                     if id(e) not in dropped]
+  eqns: list[Eqn] = [
+    replaced.get(id(e), e) for e in graph.eqns if id(e) not in dropped
+  ]
   return graph._replace(eqns=tuple(eqns))
-

@@ -30,7 +30,8 @@ plus a bias term [S, B]:
 Upper bounds are lower bounds of the negated specification.
 """
 
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -43,8 +44,10 @@ from cure_jax.bounds.graph import Eqn, evaluate_concrete
 from cure_jax.bounds.interval import Interval
 
 # rule(eqn, operands, A_out, alpha) -> ({operand position: A_in}, bias [S, B])
-LinearRule = Callable[[Eqn, Sequence[Any], jax.Array, Optional[jax.Array]],
-                      Tuple[Dict[int, jax.Array], jax.Array]]
+LinearRule = Callable[
+  [Eqn, Sequence[Any], jax.Array, jax.Array | None],
+  tuple[dict[int, jax.Array], jax.Array],
+]
 
 
 def _is_bounded(x) -> bool:
@@ -62,16 +65,41 @@ def inner_product(coeffs: jax.Array, value: jax.Array) -> jax.Array:
 
 
 # Linear in their bounded operands (L(0) = 0): no bias term.
-LINEAR_PRIMITIVES = frozenset({
-    "dot_general", "conv_general_dilated", "mul", "div", "neg", "reshape",
-    "transpose", "broadcast_in_dim", "squeeze", "expand_dims", "slice",
-    "reduce_sum", "reduce_window_sum", "convert_element_type", "copy",
-    "copy_p", "rev", "cumsum", "gather", "dynamic_slice",
-})
+LINEAR_PRIMITIVES = frozenset(
+  {
+    "dot_general",
+    "conv_general_dilated",
+    "mul",
+    "div",
+    "neg",
+    "reshape",
+    "transpose",
+    "broadcast_in_dim",
+    "squeeze",
+    "expand_dims",
+    "slice",
+    "reduce_sum",
+    "reduce_window_sum",
+    "convert_element_type",
+    "copy",
+    "copy_p",
+    "rev",
+    "cumsum",
+    "gather",
+    "dynamic_slice",
+  }
+)
 # Affine with a possibly non-zero offset L(0).
-AFFINE_PRIMITIVES = LINEAR_PRIMITIVES | {"add", "add_any", "sub", "concatenate",
-                                         "stack",
-                                         "pad", "select_n", affine_chains.NAME}
+AFFINE_PRIMITIVES = LINEAR_PRIMITIVES | {
+  "add",
+  "add_any",
+  "sub",
+  "concatenate",
+  "stack",
+  "pad",
+  "select_n",
+  affine_chains.NAME,
+}
 _SINGLE_BOUNDED = frozenset({"dot_general", "conv_general_dilated", "mul"})
 
 
@@ -79,15 +107,19 @@ def bounded_positions(eqn: Eqn, args: Sequence[Any]) -> list:
   """Positions of an affine equation's bounded operands; errors if not affine."""
   positions = [i for i, a in enumerate(args) if _is_bounded(a)]
   if eqn.name in _SINGLE_BOUNDED and len(positions) > 1:
-    raise eqn.unsupported("CROWN", "the product of two bounded values is not affine")
+    raise eqn.unsupported(
+      "CROWN", "the product of two bounded values is not affine"
+    )
   if (eqn.name == "div" and positions != [0]) or (
-      eqn.name == "select_n" and 0 in positions):
+    eqn.name == "select_n" and 0 in positions
+  ):
     raise eqn.unsupported("CROWN", "this operand may not be bounded")
   return positions
 
 
-def affine(eqn: Eqn, args: Sequence[Any], coeffs: jax.Array,
-           alpha=None) -> Tuple[Dict[int, jax.Array], jax.Array]:
+def affine(
+  eqn: Eqn, args: Sequence[Any], coeffs: jax.Array, alpha=None
+) -> tuple[dict[int, jax.Array], jax.Array]:
   """Aᵀ through an affine operation by its vector-Jacobian product."""
   del alpha
   positions = bounded_positions(eqn, args)
@@ -101,8 +133,11 @@ def affine(eqn: Eqn, args: Sequence[Any], coeffs: jax.Array,
   zeros = [jnp.zeros(_shape(args[i]), coeffs.dtype) for i in positions]
   offset, vjp = jax.vjp(at, *zeros)
   pulled = jax.vmap(vjp)(coeffs)
-  bias = (jnp.zeros(coeffs.shape[:2], coeffs.dtype)
-          if eqn.name in LINEAR_PRIMITIVES else inner_product(coeffs, offset))
+  bias = (
+    jnp.zeros(coeffs.shape[:2], coeffs.dtype)
+    if eqn.name in LINEAR_PRIMITIVES
+    else inner_product(coeffs, offset)
+  )
   return dict(zip(positions, pulled)), bias
 
 
@@ -116,8 +151,9 @@ def select(eqn: Eqn, args: Sequence[Any], coeffs: jax.Array, alpha=None):
   """
   if not _is_bounded(args[0]):
     return affine(eqn, args, coeffs, alpha)
-  (box,) = ibp_rules.select_n(eqn, [as_interval(a) if _is_bounded(a) else a
-                                    for a in args])
+  (box,) = ibp_rules.select_n(
+    eqn, [as_interval(a) if _is_bounded(a) else a for a in args]
+  )
   return {}, box.min_inner_product(coeffs)
 
 
@@ -129,8 +165,9 @@ def _the_bounded_operand(eqn: Eqn, args: Sequence[Any]) -> int:
   return positions[0]
 
 
-def split(eqn: Eqn, args: Sequence[Any], coeffs: Tuple[jax.Array, ...],
-          alpha=None):
+def split(
+  eqn: Eqn, args: Sequence[Any], coeffs: tuple[jax.Array, ...], alpha=None
+):
   """jnp.split, whose transpose concatenates the pieces' coefficients."""
   del args, alpha
   axis = eqn.params["axis"] + 1  # after the specification axis
@@ -144,9 +181,12 @@ def _masked_inner_product(coeffs: jax.Array, value: jax.Array) -> jax.Array:
   return product.reshape(product.shape[:2] + (-1,)).sum(-1)
 
 
-def _pull_through(relax: relaxations.LinearRelaxation, coeffs: jax.Array,
-                  zero_lower_offset: bool = False,
-                  finite_offsets: bool = True):
+def _pull_through(
+  relax: relaxations.LinearRelaxation,
+  coeffs: jax.Array,
+  zero_lower_offset: bool = False,
+  finite_offsets: bool = True,
+):
   """A through ``a_l x + b_l <= y <= a_u x + b_u`` for a lower bound.
 
   Positive coefficients take the lower line, negative ones the upper line:
@@ -163,8 +203,12 @@ def _pull_through(relax: relaxations.LinearRelaxation, coeffs: jax.Array,
   return coeffs_in, bias
 
 
-def relu_like(eqn: Eqn, args: Sequence[Any], coeffs: jax.Array,
-              alpha: Optional[jax.Array] = None):
+def relu_like(
+  eqn: Eqn,
+  args: Sequence[Any],
+  coeffs: jax.Array,
+  alpha: jax.Array | None = None,
+):
   """max(x, c) = c + relu(x - c) for a concrete c, relaxed as in CROWN."""
   i = _the_bounded_operand(eqn, args)
   x, c = args[i], args[1 - i]
@@ -173,30 +217,44 @@ def relu_like(eqn: Eqn, args: Sequence[Any], coeffs: jax.Array,
   # ReLU's lower lines pass through 0 (b = 0), so for c = 0 the lower offset
   # is 0 and its reduction is skipped.
   in_x = relaxations.LinearRelaxation(
-      relax.lower_slope, c * (1 - relax.lower_slope) + relax.lower_offset,
-      relax.upper_slope, c * (1 - relax.upper_slope) + relax.upper_offset)
-  coeffs_in, bias = _pull_through(in_x, coeffs,
-                                  zero_lower_offset=_is_literal_zero(c))
+    relax.lower_slope,
+    c * (1 - relax.lower_slope) + relax.lower_offset,
+    relax.upper_slope,
+    c * (1 - relax.upper_slope) + relax.upper_offset,
+  )
+  coeffs_in, bias = _pull_through(
+    in_x, coeffs, zero_lower_offset=_is_literal_zero(c)
+  )
   return {i: coeffs_in}, bias
 
 
-def leaky(eqn: Eqn, args: Sequence[Any], coeffs: jax.Array,
-          alpha: Optional[jax.Array] = None):
+def leaky(
+  eqn: Eqn,
+  args: Sequence[Any],
+  coeffs: jax.Array,
+  alpha: jax.Array | None = None,
+):
   """leaky_relu(x) = k x + (1 - k) relu(x) (`leaky_relu.LeakyRelu`)."""
   box = as_interval(args[0])
   relax = relaxations.leaky_relu_relaxation(
-      box.lower, box.upper, eqn.primitive.negative_slope, alpha)
+    box.lower, box.upper, eqn.primitive.negative_slope, alpha
+  )
   coeffs_in, bias = _pull_through(relax, coeffs, zero_lower_offset=True)
   return {0: coeffs_in}, bias
 
 
-def min_like(eqn: Eqn, args: Sequence[Any], coeffs: jax.Array,
-             alpha: Optional[jax.Array] = None):
+def min_like(
+  eqn: Eqn,
+  args: Sequence[Any],
+  coeffs: jax.Array,
+  alpha: jax.Array | None = None,
+):
   """min(x, c) = -max(-x, -c) for a concrete c (clip, relu6, hard tanh)."""
   i = _the_bounded_operand(eqn, args)
   x = as_interval(args[i])
-  negated = [Interval(-x.upper, -x.lower) if j == i else -a
-             for j, a in enumerate(args)]
+  negated = [
+    Interval(-x.upper, -x.lower) if j == i else -a for j, a in enumerate(args)
+  ]
   pulled, bias = relu_like(eqn, negated, -coeffs, alpha)
   return {i: -pulled[i]}, bias
 
@@ -214,14 +272,19 @@ def max_pool(eqn: Eqn, args: Sequence[Any], coeffs: jax.Array, alpha=None):
   (x,) = args
   positive, negative = jnp.maximum(coeffs, 0), jnp.minimum(coeffs, 0)
   _, select_argmax_of_lower = jax.vjp(
-      lambda v: evaluate_concrete(eqn, [v])[0], x.lower)
+    lambda v: evaluate_concrete(eqn, [v])[0], x.lower
+  )
   (coeffs_in,) = jax.vmap(select_argmax_of_lower)(positive)
   (max_upper,) = evaluate_concrete(eqn, [x.upper])
   return {0: coeffs_in}, inner_product(negative, max_upper)
 
 
-def product(eqn: Eqn, args: Sequence[Any], coeffs: jax.Array,
-            alpha: Optional[jax.Array] = None):
+def product(
+  eqn: Eqn,
+  args: Sequence[Any],
+  coeffs: jax.Array,
+  alpha: jax.Array | None = None,
+):
   """z = x·y of two bounded values, by McCormick's planes.
 
   On the box [lx, ux] × [ly, uy], the four products (x − lx)(y − ly),
@@ -246,13 +309,15 @@ def product(eqn: Eqn, args: Sequence[Any], coeffs: jax.Array,
     mix = jnp.clip(alpha, 0.0, 1.0)
     blend = lambda first, second: mix * first + (1 - mix) * second
   positive, negative = jnp.maximum(coeffs, 0), jnp.minimum(coeffs, 0)
-  coeffs_x = (positive * blend(y.lower, y.upper) +
-              negative * blend(y.upper, y.lower))
+  coeffs_x = positive * blend(y.lower, y.upper) + negative * blend(
+    y.upper, y.lower
+  )
   coeffs_y = coeffs * blend(x.lower, x.upper)
-  bias = (_masked_inner_product(
-      positive, -blend(x.lower * y.lower, x.upper * y.upper)) +
-          _masked_inner_product(
-              negative, -blend(x.lower * y.upper, x.upper * y.lower)))
+  bias = _masked_inner_product(
+    positive, -blend(x.lower * y.lower, x.upper * y.upper)
+  ) + _masked_inner_product(
+    negative, -blend(x.lower * y.upper, x.upper * y.lower)
+  )
   return {0: coeffs_x, 1: coeffs_y}, bias
 
 
@@ -273,8 +338,9 @@ def is_nonlinear(eqn: Eqn, is_bounded: Callable[[Any], bool]) -> bool:
   return eqn.name in NONLINEAR_PRIMITIVES or is_product(eqn, is_bounded)
 
 
-def smooth_activation(eqn: Eqn, args: Sequence[Any], coeffs: jax.Array,
-                      alpha=None):
+def smooth_activation(
+  eqn: Eqn, args: Sequence[Any], coeffs: jax.Array, alpha=None
+):
   """tanh, sigmoid, exp, log, x³, ...: `relaxations.smooth_relaxation`'s lines."""
   del alpha  # fixed lines; α-CROWN optimizes the slopes of max and min only
   (x,) = args
@@ -283,27 +349,37 @@ def smooth_activation(eqn: Eqn, args: Sequence[Any], coeffs: jax.Array,
   derivative = lambda v: jax.jvp(fn, (v,), (jnp.ones_like(v),))[1]
   (fallback,) = ibp_rules.RULES[eqn.name](eqn, [box])  # exact at zero width
   relax = relaxations.smooth_relaxation(
-      fn, derivative, relaxations.curvature(eqn.name, eqn.params), box.lower,
-      box.upper, fallback=(fallback.lower, fallback.upper))
+    fn,
+    derivative,
+    relaxations.curvature(eqn.name, eqn.params),
+    box.lower,
+    box.upper,
+    fallback=(fallback.lower, fallback.upper),
+  )
   # Offsets may be infinite (log at 0) where a zero coefficient ignores them.
   coeffs_in, bias = _pull_through(relax, coeffs, finite_offsets=False)
   return {0: coeffs_in}, bias
 
 
-SMOOTH_PRIMITIVES = frozenset(relaxations.SMOOTH_CURVATURE) | {"integer_pow",
-                                                               "square"}
-NONLINEAR_PRIMITIVES = frozenset({"max", "min", "reduce_window_max",
-                                  "reduce_max", "leaky_relu"}
-                                 ) | SMOOTH_PRIMITIVES
+SMOOTH_PRIMITIVES = frozenset(relaxations.SMOOTH_CURVATURE) | {
+  "integer_pow",
+  "square",
+}
+NONLINEAR_PRIMITIVES = (
+  frozenset({"max", "min", "reduce_window_max", "reduce_max", "leaky_relu"})
+  | SMOOTH_PRIMITIVES
+)
 
-RULES: Dict[str, LinearRule] = {name: affine for name in AFFINE_PRIMITIVES}
-RULES.update({
+RULES: dict[str, LinearRule] = {name: affine for name in AFFINE_PRIMITIVES}
+RULES.update(
+  {
     "max": relu_like,
     "min": min_like,
     "leaky_relu": leaky,  # `leaky_relu.LeakyRelu`
     "reduce_window_max": max_pool,
     "reduce_max": max_pool,
-})
+  }
+)
 RULES.update({name: smooth_activation for name in SMOOTH_PRIMITIVES})
 RULES["select_n"] = select
 RULES["mul"] = multiply

@@ -23,14 +23,14 @@ import jax
 import jax.extend as jex
 from jax.interpreters import ad, batching, mlir
 
-
 midpoint_p = jex.core.Primitive("midpoint")
 midpoint_p.def_impl(lambda x: x)
 midpoint_p.def_abstract_eval(lambda x: x)
 ad.defjvp(midpoint_p, lambda tangent, x: tangent)
 batching.defvectorized(midpoint_p)
-mlir.register_lowering(midpoint_p, mlir.lower_fun(lambda x: x,
-                                                  multiple_results=False))
+mlir.register_lowering(
+  midpoint_p, mlir.lower_fun(lambda x: x, multiple_results=False)
+)
 
 
 def midpoint(x: jax.Array) -> jax.Array:

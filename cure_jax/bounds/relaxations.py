@@ -14,7 +14,7 @@ For pre-activation bounds l <= x <= u, ReLU is enclosed by two lines,
 """
 
 import functools
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -38,8 +38,9 @@ def crown_lower_slope(lower: jax.Array, upper: jax.Array) -> jax.Array:
   return (upper > -lower).astype(lower.dtype)
 
 
-def relu_relaxation(lower: jax.Array, upper: jax.Array,
-                    alpha: Optional[jax.Array] = None) -> LinearRelaxation:
+def relu_relaxation(
+  lower: jax.Array, upper: jax.Array, alpha: jax.Array | None = None
+) -> LinearRelaxation:
   """The ReLU triangle relaxation.
 
   Args:
@@ -58,22 +59,29 @@ def relu_relaxation(lower: jax.Array, upper: jax.Array,
   upper_offset = jnp.where(is_unstable, -chord * lower, 0.0)
   if alpha is None:
     alpha = crown_lower_slope(lower, upper)
-  lower_slope = jnp.where(active, 1.0,
-                          jnp.where(is_unstable, jnp.clip(alpha, 0.0, 1.0), 0.0))
+  lower_slope = jnp.where(
+    active, 1.0, jnp.where(is_unstable, jnp.clip(alpha, 0.0, 1.0), 0.0)
+  )
   zero = jnp.zeros_like(lower)
   return LinearRelaxation(lower_slope, zero, upper_slope, upper_offset)
 
 
-def leaky_relu_relaxation(lower: jax.Array, upper: jax.Array,
-                          negative_slope: float,
-                          alpha: Optional[jax.Array] = None) -> LinearRelaxation:
+def leaky_relu_relaxation(
+  lower: jax.Array,
+  upper: jax.Array,
+  negative_slope: float,
+  alpha: jax.Array | None = None,
+) -> LinearRelaxation:
   """leaky_relu(x) = k x + (1 - k) relu(x), 0 <= k <= 1: the ReLU's lines,
   scaled by 1 - k, plus k x (the lower lines still pass through 0)."""
   k = negative_slope
   relax = relu_relaxation(lower, upper, alpha)
-  return LinearRelaxation(k + (1 - k) * relax.lower_slope, relax.lower_offset,
-                          k + (1 - k) * relax.upper_slope,
-                          (1 - k) * relax.upper_offset)
+  return LinearRelaxation(
+    k + (1 - k) * relax.lower_slope,
+    relax.lower_offset,
+    k + (1 - k) * relax.upper_slope,
+    (1 - k) * relax.upper_offset,
+  )
 
 
 # ------------------------------------------------ smooth monotone activations
@@ -96,11 +104,19 @@ def leaky_relu_relaxation(lower: jax.Array, upper: jax.Array,
 # concave above, so f' peaks at 0) or "reverse_s" (concave below 0, convex
 # above, so f' is least at 0).
 SMOOTH_CURVATURE = {
-    "exp": "convex", "exp2": "convex", "expm1": "convex",
-    "log": "concave", "log1p": "concave", "sqrt": "concave",
-    "tanh": "s_shaped", "logistic": "s_shaped", "erf": "s_shaped",
-    "atan": "s_shaped", "asinh": "s_shaped", "cbrt": "s_shaped",
-    "sinh": "reverse_s",
+  "exp": "convex",
+  "exp2": "convex",
+  "expm1": "convex",
+  "log": "concave",
+  "log1p": "concave",
+  "sqrt": "concave",
+  "tanh": "s_shaped",
+  "logistic": "s_shaped",
+  "erf": "s_shaped",
+  "atan": "s_shaped",
+  "asinh": "s_shaped",
+  "cbrt": "s_shaped",
+  "sinh": "reverse_s",
 }
 
 
@@ -121,8 +137,14 @@ def curvature(name: str, params) -> str:
   return "reverse_s" if n % 2 and n >= 3 else "convex"
 
 
-def smooth_relaxation(fn, derivative, curvature: str, lower: jax.Array,
-                      upper: jax.Array, fallback=None) -> LinearRelaxation:
+def smooth_relaxation(
+  fn,
+  derivative,
+  curvature: str,
+  lower: jax.Array,
+  upper: jax.Array,
+  fallback=None,
+) -> LinearRelaxation:
   """Lines enclosing an elementwise ``fn`` on [lower, upper].
 
   ``fn`` must be increasing, or convex everywhere: tangent and chord
@@ -137,7 +159,9 @@ def smooth_relaxation(fn, derivative, curvature: str, lower: jax.Array,
       (fn(lower), fn(upper)), right for an increasing fn.
   """
   f_lower, f_upper = fn(lower), fn(upper)
-  fallback_lower, fallback_upper = (f_lower, f_upper) if fallback is None else fallback
+  fallback_lower, fallback_upper = (
+    (f_lower, f_upper) if fallback is None else fallback
+  )
   width = upper - lower
   chord = (f_upper - f_lower) / jnp.where(width > 0, width, 1.0)
   chord_offset = f_lower - chord * lower
@@ -159,17 +183,26 @@ def smooth_relaxation(fn, derivative, curvature: str, lower: jax.Array,
     raise ValueError(f"unknown curvature {curvature!r}")
   mixed_lower_offset = f_lower - least_slope * lower
   mixed_upper_offset = f_upper - least_slope * upper
-  lower_slope = jnp.where(convex, tangent, jnp.where(concave, chord, least_slope))
-  lower_offset = jnp.where(convex, tangent_offset,
-                           jnp.where(concave, chord_offset, mixed_lower_offset))
-  upper_slope = jnp.where(convex, chord, jnp.where(concave, tangent, least_slope))
-  upper_offset = jnp.where(convex, chord_offset,
-                           jnp.where(concave, tangent_offset, mixed_upper_offset))
+  lower_slope = jnp.where(
+    convex, tangent, jnp.where(concave, chord, least_slope)
+  )
+  lower_offset = jnp.where(
+    convex, tangent_offset, jnp.where(concave, chord_offset, mixed_lower_offset)
+  )
+  upper_slope = jnp.where(
+    convex, chord, jnp.where(concave, tangent, least_slope)
+  )
+  upper_offset = jnp.where(
+    convex, chord_offset, jnp.where(concave, tangent_offset, mixed_upper_offset)
+  )
   lines = (lower_slope, lower_offset, upper_slope, upper_offset)
   usable = (upper > lower) & functools.reduce(
-      jnp.logical_and, [jnp.isfinite(v) for v in lines])
+    jnp.logical_and, [jnp.isfinite(v) for v in lines]
+  )
   zero = jnp.zeros_like(lower)
-  return LinearRelaxation(jnp.where(usable, lower_slope, zero),
-                          jnp.where(usable, lower_offset, fallback_lower),
-                          jnp.where(usable, upper_slope, zero),
-                          jnp.where(usable, upper_offset, fallback_upper))
+  return LinearRelaxation(
+    jnp.where(usable, lower_slope, zero),
+    jnp.where(usable, lower_offset, fallback_lower),
+    jnp.where(usable, upper_slope, zero),
+    jnp.where(usable, upper_offset, fallback_upper),
+  )

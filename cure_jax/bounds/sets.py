@@ -21,7 +21,6 @@ q of p (1/p + 1/q = 1), which gives the exact support function
 
 import dataclasses
 import math
-from typing import Optional, Tuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +28,7 @@ import numpy as np
 
 from cure_jax.bounds.interval import Interval
 
-Domain = Optional[Tuple[float, float]]
+Domain = tuple[float, float] | None
 
 
 def dual_exponent(p: float) -> float:
@@ -65,8 +64,11 @@ def _check_nonnegative(name: str, value) -> None:
   """Rejects negative radii when the value is concrete (not traced)."""
   try:
     concrete = np.asarray(value)
-  except (TypeError, jax.errors.TracerArrayConversionError,
-          jax.errors.ConcretizationTypeError):
+  except (
+    TypeError,
+    jax.errors.TracerArrayConversionError,
+    jax.errors.ConcretizationTypeError,
+  ):
     return  # traced under jit: cannot be checked without a host sync
   if np.any(concrete < 0):
     raise ValueError(f"{name} must be non-negative, got min {concrete.min()}.")
@@ -83,10 +85,12 @@ def _broadcast_radius(eps, center: jax.Array, per_element: bool) -> jax.Array:
   if per_element and eps.shape == center.shape:
     return eps
   allowed = "a scalar, per example [B]" + (
-      " or per element (the center's shape)" if per_element else "")
+    " or per element (the center's shape)" if per_element else ""
+  )
   raise ValueError(
-      f"radius of shape {eps.shape} does not fit a center of shape "
-      f"{center.shape}: it must be {allowed}.")
+    f"radius of shape {eps.shape} does not fit a center of shape "
+    f"{center.shape}: it must be {allowed}."
+  )
 
 
 @jax.tree_util.register_dataclass
@@ -99,8 +103,10 @@ class Box:
 
   def __post_init__(self):
     if jnp.shape(self.lower) != jnp.shape(self.upper):
-      raise ValueError(f"Box lower {jnp.shape(self.lower)} and upper "
-                       f"{jnp.shape(self.upper)} shapes differ.")
+      raise ValueError(
+        f"Box lower {jnp.shape(self.lower)} and upper "
+        f"{jnp.shape(self.upper)} shapes differ."
+      )
 
   @property
   def shape(self):
@@ -129,8 +135,7 @@ class LpBall:
   center: jax.Array
   eps: jax.Array
   p: float = dataclasses.field(default=math.inf, metadata=dict(static=True))
-  domain: Domain = dataclasses.field(default=None,
-                                     metadata=dict(static=True))
+  domain: Domain = dataclasses.field(default=None, metadata=dict(static=True))
 
   def __post_init__(self):
     if not (self.p >= 1):
@@ -140,8 +145,9 @@ class LpBall:
     _check_nonnegative("eps", self.eps)
     _check_domain(self.domain)
     # Validates the radius shape now rather than deep inside a transform.
-    _broadcast_radius(self.eps, jnp.asarray(self.center),
-                      per_element=self.p == math.inf)
+    _broadcast_radius(
+      self.eps, jnp.asarray(self.center), per_element=self.p == math.inf
+    )
 
   @property
   def shape(self):
@@ -153,8 +159,9 @@ class LpBall:
 
   def radius(self) -> jax.Array:
     """The radius broadcastable against ``center``."""
-    return _broadcast_radius(self.eps, self.center,
-                             per_element=self.p == math.inf)
+    return _broadcast_radius(
+      self.eps, self.center, per_element=self.p == math.inf
+    )
 
   def radius_per_example(self) -> jax.Array:
     """The radius as [B] (finite p: radii are scalar or per example)."""
@@ -186,7 +193,7 @@ def L1Ball(center, eps, domain: Domain = None) -> LpBall:  # pylint: disable=inv
   return LpBall(center, eps, 1.0, domain)
 
 
-InputSet = Union[Box, LpBall]
+InputSet = Box | LpBall
 
 
 def is_input_set(x) -> bool:

@@ -24,14 +24,21 @@ Methods (all pure; compose with `jit`, `vmap` and `grad`):
 """
 
 import functools
-from typing import Any, Callable, Dict, Optional
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from cure_jax.bounds import backward, ibp_rules, leaky_relu, linear_rules
-from cure_jax.bounds.forward import Env, as_interval, is_bounded, propagate, read
+from cure_jax.bounds.forward import (
+  Env,
+  as_interval,
+  is_bounded,
+  propagate,
+  read,
+)
 from cure_jax.bounds.graph import Const, Eqn, Graph, trace
 from cure_jax.bounds.interval import Interval
 from cure_jax.bounds.relaxations import crown_lower_slope
@@ -42,27 +49,34 @@ def _trace_checked(fn, args, kwargs):
   leaves = jax.tree_util.tree_leaves(args, is_leaf=is_input_set)
   sets = [leaf for leaf in leaves if is_input_set(leaf)]
   if not sets:
-    raise ValueError("no input set among the arguments: pass e.g. "
-                     "LinfBall(x, eps) in place of the array x.")
+    raise ValueError(
+      "no input set among the arguments: pass e.g. "
+      "LinfBall(x, eps) in place of the array x."
+    )
   try:
     graph, leaves = trace(fn, args, kwargs)
   except (TypeError, ValueError) as error:
     shapes = ", ".join(f"{type(s).__name__}{tuple(s.shape)}" for s in sets)
     raise ValueError(
-        f"tracing {getattr(fn, '__name__', fn)} with input sets of shape "
-        f"{shapes} failed: does each set have the shape (batch first) of the "
-        f"argument it replaces? Original error: {error}") from error
+      f"tracing {getattr(fn, '__name__', fn)} with input sets of shape "
+      f"{shapes} failed: does each set have the shape (batch first) of the "
+      f"argument it replaces? Original error: {error}"
+    ) from error
   return leaky_relu.fuse(graph), leaves
 
 
-def _sets_by_id(graph: Graph, leaves) -> Dict[int, Any]:
-  return {v: leaf for v, leaf in zip(graph.inputs, leaves) if is_input_set(leaf)}
+def _sets_by_id(graph: Graph, leaves) -> dict[int, Any]:
+  return {
+    v: leaf for v, leaf in zip(graph.inputs, leaves) if is_input_set(leaf)
+  }
 
 
 def _single_output(graph: Graph, env: Env, what: str):
   if len(graph.outputs) != 1:
-    raise ValueError(f"{what} needs a function with a single array output; "
-                     f"this one has {len(graph.outputs)}.")
+    raise ValueError(
+      f"{what} needs a function with a single array output; "
+      f"this one has {len(graph.outputs)}."
+    )
   out = graph.outputs[0]
   if isinstance(out, Const) or not is_bounded(env[out]):
     raise ValueError("the output does not depend on any input set.")
@@ -71,10 +85,16 @@ def _single_output(graph: Graph, env: Env, what: str):
 
 def _check_spec(spec, out_shape):
   spec = jnp.asarray(spec)
-  if spec.ndim != 3 or spec.shape[0] != out_shape[0] or spec.shape[2] != out_shape[-1] or len(out_shape) != 2:
+  if (
+    spec.ndim != 3
+    or spec.shape[0] != out_shape[0]
+    or spec.shape[2] != out_shape[-1]
+    or len(out_shape) != 2
+  ):
     raise ValueError(
-        f"spec must have shape [B, S, K] for an output of shape [B, K]; got "
-        f"spec {spec.shape} for output {tuple(out_shape)}.")
+      f"spec must have shape [B, S, K] for an output of shape [B, K]; got "
+      f"spec {spec.shape} for output {tuple(out_shape)}."
+    )
   return spec
 
 
@@ -91,8 +111,10 @@ def _bounded_in(env: Env) -> Callable[[Any], bool]:
 def _stop_at_nonaffine(env: Env) -> Callable[[Eqn], bool]:
   """Stops IBP's specification pass at the first equation that is not affine."""
   bounded = _bounded_in(env)
-  return lambda eqn: (eqn.name not in linear_rules.AFFINE_PRIMITIVES or
-                      linear_rules.is_product(eqn, bounded))
+  return lambda eqn: (
+    eqn.name not in linear_rules.AFFINE_PRIMITIVES
+    or linear_rules.is_product(eqn, bounded)
+  )
 
 
 def _start(graph: Graph, env: Env, spec, what: str, both: bool = True):
@@ -109,8 +131,11 @@ def _start(graph: Graph, env: Env, spec, what: str, both: bool = True):
   dtype = as_interval(env[out]).lower.dtype  # float64 functions stay float64
   if spec is None:
     coeffs = backward.identity_coefficients(shape, dtype, both)
-    return out, coeffs, lambda lower: backward.interval_from_identity(
-        lower, shape, both)
+    return (
+      out,
+      coeffs,
+      lambda lower: backward.interval_from_identity(lower, shape, both),
+    )
   spec = _check_spec(spec, shape)
   coeffs = backward.spec_coefficients(spec.astype(dtype), both)
   return out, coeffs, lambda lower: backward.interval_from_spec(lower, both)
@@ -132,18 +157,22 @@ def _split_aux(graph: Graph, env: Env):
   """
   children = graph.out_tree.children()
   if graph.out_tree.num_nodes == 1 or len(children) != 2:
-    raise ValueError("has_aux=True needs a function returning a pair "
-                     "(output, aux).")
+    raise ValueError(
+      "has_aux=True needs a function returning a pair (output, aux)."
+    )
   main, aux_tree = children
   n = main.num_leaves
   aux = [read(env, atom) for atom in graph.outputs[n:]]
   aux = [as_interval(a) if is_bounded(a) else a for a in aux]
-  return (graph._replace(outputs=graph.outputs[:n], out_tree=main),
-          jax.tree_util.tree_unflatten(aux_tree, aux))
+  return (
+    graph._replace(outputs=graph.outputs[:n], out_tree=main),
+    jax.tree_util.tree_unflatten(aux_tree, aux),
+  )
 
 
-def ibp(fn: Callable, return_preactivations: bool = False,
-        has_aux: bool = False) -> Callable:
+def ibp(
+  fn: Callable, return_preactivations: bool = False, has_aux: bool = False
+) -> Callable:
   """Interval bound propagation of ``fn`` (Gowal et al., 2018).
 
   Center/radius form for affine operations; an l_p ball is bounded exactly
@@ -167,6 +196,7 @@ def ibp(fn: Callable, return_preactivations: bool = False,
     structure of ``fn``'s output, or [B, S] bounds of ``spec @ fn(...)``
     (and the pre-activation intervals when asked for).
   """
+
   @functools.wraps(fn)
   def bounded(*args, spec=None, **kwargs):
     graph, leaves = _trace_checked(fn, args, kwargs)
@@ -177,12 +207,20 @@ def ibp(fn: Callable, return_preactivations: bool = False,
       result = _output_intervals(graph, env)
     else:
       out, start, finish = _start(graph, env, spec, "ibp with a spec")
-      result = finish(backward.lower_bound(
-          graph, env, _sets_by_id(graph, leaves), {out: start},
-          linear_rules.RULES, stop=_stop_at_nonaffine(env)))
+      result = finish(
+        backward.lower_bound(
+          graph,
+          env,
+          _sets_by_id(graph, leaves),
+          {out: start},
+          linear_rules.RULES,
+          stop=_stop_at_nonaffine(env),
+        )
+      )
     if return_preactivations:
       result = result, list(_unstable_relus(graph, env).values())
     return (result, aux) if has_aux else result
+
   return bounded
 
 
@@ -190,11 +228,16 @@ AUTO = "auto"
 
 
 def _check_rows_per_pass(rows_per_pass):
-  if rows_per_pass is None or rows_per_pass == AUTO or (
-      isinstance(rows_per_pass, int) and rows_per_pass > 0):
+  if (
+    rows_per_pass is None
+    or rows_per_pass == AUTO
+    or (isinstance(rows_per_pass, int) and rows_per_pass > 0)
+  ):
     return rows_per_pass
-  raise ValueError(f"rows_per_pass must be 'auto', None or a positive int, "
-                   f"got {rows_per_pass!r}.")
+  raise ValueError(
+    f"rows_per_pass must be 'auto', None or a positive int, "
+    f"got {rows_per_pass!r}."
+  )
 
 
 def _row_groups(start: jax.Array, rows_per_pass):
@@ -208,8 +251,9 @@ def _row_groups(start: jax.Array, rows_per_pass):
     rows_per_pass = backward.default_rows_per_pass()
   if rows_per_pass is None:
     return None
-  return backward.row_groups(start.shape[0], start.shape[1], rows_per_pass,
-                             max_groups=20)
+  return backward.row_groups(
+    start.shape[0], start.shape[1], rows_per_pass, max_groups=20
+  )
 
 
 def _crown_ibp_lower(graph, env, leaves, spec, both, rows_per_pass=AUTO):
@@ -220,12 +264,22 @@ def _crown_ibp_lower(graph, env, leaves, spec, both, rows_per_pass=AUTO):
   """
   out, start, finish = _start(graph, env, spec, "crown_ibp", both)
   sets = _sets_by_id(graph, leaves)
-  linear = backward.lower_bound(graph, env, sets, {out: start},
-                                linear_rules.RULES,
-                                groups=_row_groups(start, rows_per_pass))
-  interval = backward.lower_bound(graph, env, sets, {out: start},
-                                  linear_rules.RULES,
-                                  stop=_stop_at_nonaffine(env))
+  linear = backward.lower_bound(
+    graph,
+    env,
+    sets,
+    {out: start},
+    linear_rules.RULES,
+    groups=_row_groups(start, rows_per_pass),
+  )
+  interval = backward.lower_bound(
+    graph,
+    env,
+    sets,
+    {out: start},
+    linear_rules.RULES,
+    stop=_stop_at_nonaffine(env),
+  )
   return jnp.maximum(linear, interval), finish
 
 
@@ -236,8 +290,9 @@ _ROWS_PER_PASS_DOC = """rows_per_pass: the output's backward pass takes the spec
       and one pass elsewhere, None always one pass."""
 
 
-def crown_ibp(fn: Callable, bound: str = "both",
-              rows_per_pass=AUTO) -> Callable:
+def crown_ibp(
+  fn: Callable, bound: str = "both", rows_per_pass=AUTO
+) -> Callable:
   """CROWN-IBP (Zhang et al., ICLR 2020): IBP intermediates, CROWN output.
 
   Args:
@@ -257,9 +312,11 @@ def crown_ibp(fn: Callable, bound: str = "both",
   def bounded(*args, spec=None, **kwargs):
     graph, leaves = _trace_checked(fn, args, kwargs)
     env = propagate(graph, leaves, ibp_rules.RULES, "CROWN-IBP")
-    lower, finish = _crown_ibp_lower(graph, env, leaves, spec, both,
-                                     rows_per_pass)
+    lower, finish = _crown_ibp_lower(
+      graph, env, leaves, spec, both, rows_per_pass
+    )
     return finish(lower)
+
   return bounded
 
 
@@ -273,7 +330,8 @@ def _after_nonlinearity(graph: Graph, set_ids) -> set:
   is_dependent = lambda a: not isinstance(a, Const) and a in depends
   for eqn in graph.eqns:
     if linear_rules.is_nonlinear(eqn, is_dependent) or any(
-        a in downstream for a in eqn.inputs if not isinstance(a, Const)):
+      a in downstream for a in eqn.inputs if not isinstance(a, Const)
+    ):
       downstream.update(eqn.outputs)
     if any(is_dependent(a) for a in eqn.inputs):
       depends.update(eqn.outputs)
@@ -301,10 +359,12 @@ def _crown_environment(graph: Graph, leaves) -> Env:
         continue
       current = as_interval(env[atom])
       start = backward.identity_coefficients(current.shape, current.lower.dtype)
-      lower = backward.lower_bound(graph, env, sets, {atom: start},
-                                   linear_rules.RULES)
+      lower = backward.lower_bound(
+        graph, env, sets, {atom: start}, linear_rules.RULES
+      )
       tighter = current.intersect(
-          backward.interval_from_identity(lower, current.shape))
+        backward.interval_from_identity(lower, current.shape)
+      )
       env[atom] = tighter
       refined[i] = tighter
     return refined
@@ -320,12 +380,18 @@ def _crown_lower(graph, leaves, spec, both, rows_per_pass=AUTO):
   """
   env = _crown_environment(graph, leaves)
   out, start, finish = _start(graph, env, spec, "crown", both)
-  lower = backward.lower_bound(graph, env, _sets_by_id(graph, leaves),
-                               {out: start}, linear_rules.RULES,
-                               groups=_row_groups(start, rows_per_pass))
+  lower = backward.lower_bound(
+    graph,
+    env,
+    _sets_by_id(graph, leaves),
+    {out: start},
+    linear_rules.RULES,
+    groups=_row_groups(start, rows_per_pass),
+  )
   ibp_env = propagate(graph, leaves, ibp_rules.RULES, "CROWN")
-  reference, _ = _crown_ibp_lower(graph, ibp_env, leaves, spec, both,
-                                  rows_per_pass)
+  reference, _ = _crown_ibp_lower(
+    graph, ibp_env, leaves, spec, both, rows_per_pass
+  )
   return jnp.maximum(lower, reference), finish, env
 
 
@@ -349,13 +415,14 @@ def crown(fn: Callable, bound: str = "both", rows_per_pass=AUTO) -> Callable:
     graph, leaves = _trace_checked(fn, args, kwargs)
     lower, finish, _ = _crown_lower(graph, leaves, spec, both, rows_per_pass)
     return finish(lower)
+
   return bounded
 
 
 crown.__doc__ = crown.__doc__.format(rows_per_pass=_ROWS_PER_PASS_DOC)
 
 
-def _unstable_relus(graph: Graph, env: Env) -> Dict[int, Interval]:
+def _unstable_relus(graph: Graph, env: Env) -> dict[int, Interval]:
   """Output id -> ReLU pre-activation interval of each max(x, c), min(x, c)
   and leaky ReLU.
 
@@ -373,23 +440,33 @@ def _unstable_relus(graph: Graph, env: Env) -> Dict[int, Interval]:
     elif len(bounded) == 1:
       (x,) = bounded
       c = [a for a in args if not isinstance(a, Interval)][0]
-      found[eqn.outputs[0]] = (Interval(x.lower - c, x.upper - c)
-                               if eqn.name == "max" else
-                               Interval(c - x.upper, c - x.lower))
+      found[eqn.outputs[0]] = (
+        Interval(x.lower - c, x.upper - c)
+        if eqn.name == "max"
+        else Interval(c - x.upper, c - x.lower)
+      )
   return found
 
 
-def _products(graph: Graph, env: Env) -> Dict[int, tuple]:
+def _products(graph: Graph, env: Env) -> dict[int, tuple]:
   """Output id -> shape of each product of two bounded values."""
   bounded = _bounded_in(env)
-  return {eqn.outputs[0]: as_interval(env[eqn.outputs[0]]).shape
-          for eqn in graph.eqns if linear_rules.is_product(eqn, bounded)}
+  return {
+    eqn.outputs[0]: as_interval(env[eqn.outputs[0]]).shape
+    for eqn in graph.eqns
+    if linear_rules.is_product(eqn, bounded)
+  }
 
 
-def alpha_crown(fn: Callable, steps: int = 20,
-                optimizer: Optional[optax.GradientTransformation] = None,
-                intermediate: str = "crown", bound: str = "both",
-                unroll: int | bool = True, rows_per_pass=AUTO) -> Callable:
+def alpha_crown(
+  fn: Callable,
+  steps: int = 20,
+  optimizer: optax.GradientTransformation | None = None,
+  intermediate: str = "crown",
+  bound: str = "both",
+  unroll: int | bool = True,
+  rows_per_pass=AUTO,
+) -> Callable:
   """α-CROWN (Xu et al., ICLR 2021): CROWN with optimized lower slopes.
 
   The lower slope α ∈ [0, 1] of every unstable ReLU, separately for every
@@ -416,7 +493,9 @@ def alpha_crown(fn: Callable, steps: int = 20,
     ``bounded(*args, spec=None, **kwargs)``.
   """
   if intermediate not in ("crown", "ibp"):
-    raise ValueError(f"intermediate must be 'crown' or 'ibp', got {intermediate!r}.")
+    raise ValueError(
+      f"intermediate must be 'crown' or 'ibp', got {intermediate!r}."
+    )
   if steps < 0:
     raise ValueError(f"steps must be >= 0, got {steps}.")
   optimizer = optimizer if optimizer is not None else optax.adam(0.1)
@@ -427,12 +506,14 @@ def alpha_crown(fn: Callable, steps: int = 20,
   def bounded(*args, spec=None, **kwargs):
     graph, leaves = _trace_checked(fn, args, kwargs)
     if intermediate == "crown":
-      reference, finish, env = _crown_lower(graph, leaves, spec, both,
-                                            rows_per_pass)
+      reference, finish, env = _crown_lower(
+        graph, leaves, spec, both, rows_per_pass
+      )
     else:
       env = propagate(graph, leaves, ibp_rules.RULES, "α-CROWN")
-      reference, finish = _crown_ibp_lower(graph, env, leaves, spec, both,
-                                           rows_per_pass)
+      reference, finish = _crown_ibp_lower(
+        graph, env, leaves, spec, both, rows_per_pass
+      )
     out, start, _ = _start(graph, env, spec, "alpha_crown", both)
     sets = _sets_by_id(graph, leaves)
     pre = _unstable_relus(graph, env)
@@ -440,14 +521,28 @@ def alpha_crown(fn: Callable, steps: int = 20,
     groups = _row_groups(start, rows_per_pass)
 
     def bound(alphas):
-      return backward.lower_bound(graph, env, sets, {out: start},
-                                  linear_rules.RULES, alphas, groups=groups)
+      return backward.lower_bound(
+        graph,
+        env,
+        sets,
+        {out: start},
+        linear_rules.RULES,
+        alphas,
+        groups=groups,
+      )
 
-    alphas = {v: jnp.broadcast_to(crown_lower_slope(box.lower, box.upper),
-                                  (rows,) + box.shape)
-              for v, box in pre.items()}
-    alphas.update({v: jnp.ones((rows,) + shape, start.dtype)  # CROWN's planes
-                   for v, shape in _products(graph, env).items()})
+    alphas = {
+      v: jnp.broadcast_to(
+        crown_lower_slope(box.lower, box.upper), (rows,) + box.shape
+      )
+      for v, box in pre.items()
+    }
+    alphas.update(
+      {
+        v: jnp.ones((rows,) + shape, start.dtype)  # CROWN's planes
+        for v, shape in _products(graph, env).items()
+      }
+    )
     alphas = jax.lax.stop_gradient(alphas)
 
     def negated_sum(a):
@@ -461,8 +556,9 @@ def alpha_crown(fn: Callable, steps: int = 20,
       (_, lower), grads = jax.value_and_grad(negated_sum, has_aux=True)(alphas)
       best = jnp.maximum(best, lower)
       updates, opt_state = optimizer.update(grads, opt_state, alphas)
-      alphas = jax.tree.map(lambda a: jnp.clip(a, 0.0, 1.0),
-                            optax.apply_updates(alphas, updates))
+      alphas = jax.tree.map(
+        lambda a: jnp.clip(a, 0.0, 1.0), optax.apply_updates(alphas, updates)
+      )
       return (alphas, opt_state, best), None
 
     best = reference
@@ -470,12 +566,18 @@ def alpha_crown(fn: Callable, steps: int = 20,
       # Unrolled by default: XLA:CPU runs convolutions inside a while loop
       # several times slower than outside one (compilation grows instead).
       (alphas, _, best), _ = jax.lax.scan(
-          step, (alphas, optimizer.init(alphas), best), None, length=steps,
-          unroll=unroll)
+        step,
+        (alphas, optimizer.init(alphas), best),
+        None,
+        length=steps,
+        unroll=unroll,
+      )
       best = jnp.maximum(best, bound(alphas))
     return finish(best)
+
   return bounded
 
 
 alpha_crown.__doc__ = alpha_crown.__doc__.format(
-    rows_per_pass=_ROWS_PER_PASS_DOC)
+  rows_per_pass=_ROWS_PER_PASS_DOC
+)

@@ -17,7 +17,7 @@ precision.
 
 import os
 import sys
-from typing import Any, Dict
+from typing import Any
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -25,20 +25,29 @@ from ml_collections import config_flags
 from cure_jax import cli
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Training config of the checkpoint, e.g. "
-    "configs/mnist.py:cpu=True,method=sabr.", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None,
-                               "The run's directory (checkpoints are read "
-                               "there, certify.csv/json written there).")
-_OUTPUT_NAME = flags.DEFINE_string("output_name", "certify",
-                                   "File stem of the CSV and JSON reports.")
+  "config",
+  None,
+  "Training config of the checkpoint, e.g. "
+  "configs/mnist.py:cpu=True,method=sabr.",
+  lock_config=True,
+)
+_WORKDIR = flags.DEFINE_string(
+  "workdir",
+  None,
+  "The run's directory (checkpoints are read "
+  "there, certify.csv/json written there).",
+)
+_OUTPUT_NAME = flags.DEFINE_string(
+  "output_name", "certify", "File stem of the CSV and JSON reports."
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 NORM_RADIUS_KEYS = {"linf": "eps_linf", "l2": "eps_l2", "l1": "eps_l1"}
 
 
-def certify_checkpoint(config, workdir: str, output_name: str = "certify",
-                       log=print) -> Dict[str, Any]:
+def certify_checkpoint(
+  config, workdir: str, output_name: str = "certify", log=print
+) -> dict[str, Any]:
   """Certifies the newest checkpoint of ``workdir``; returns the summary.
 
   Args:
@@ -56,6 +65,7 @@ def certify_checkpoint(config, workdir: str, output_name: str = "certify",
   """
   # Imported here so that --help answers without initializing JAX.
   import numpy as np  # pylint: disable=g-import-not-at-top
+
   from cure_jax import certify, data  # pylint: disable=g-import-not-at-top
   from cure_jax.train import loop  # pylint: disable=g-import-not-at-top
 
@@ -67,16 +77,31 @@ def certify_checkpoint(config, workdir: str, output_name: str = "certify",
   images = data.to_unit_float(test.images)
   if info.eval_crop:
     images = data.center_crop(images, info.eval_crop)
-  radii = {n: float(config.eval[NORM_RADIUS_KEYS[n]]) for n in config.eval.norms}
-  pgd = certify.PGDSettings(steps=config.eval.pgd_steps,
-                            restarts=config.eval.pgd_restarts)
+  radii = {
+    n: float(config.eval[NORM_RADIUS_KEYS[n]]) for n in config.eval.norms
+  }
+  pgd = certify.PGDSettings(
+    steps=config.eval.pgd_steps, restarts=config.eval.pgd_restarts
+  )
   records, summary = certify.evaluate(
-      model.apply, variables, np.asarray(images), test.labels, radii=radii,
-      num_classes=config.model.num_classes,
-      batch_size=config.eval.certify_batch_size, methods=tuple(config.eval.methods),
-      alpha_steps=config.eval.alpha_steps, pgd=pgd, log=log)
-  summary = dict(summary, method=config.method, dataset=info.name,
-                 workdir=os.path.abspath(workdir))
+    model.apply,
+    variables,
+    np.asarray(images),
+    test.labels,
+    radii=radii,
+    num_classes=config.model.num_classes,
+    batch_size=config.eval.certify_batch_size,
+    methods=tuple(config.eval.methods),
+    alpha_steps=config.eval.alpha_steps,
+    pgd=pgd,
+    log=log,
+  )
+  summary = dict(
+    summary,
+    method=config.method,
+    dataset=info.name,
+    workdir=os.path.abspath(workdir),
+  )
   certify.write_report(workdir, records, summary, name=output_name)
   return summary
 
@@ -87,9 +112,14 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   from cure_jax.data import DataNotFoundError  # pylint: disable=g-import-not-at-top
   from cure_jax.train.checkpoint import CheckpointRestoreError  # pylint: disable=g-import-not-at-top
+
   try:
     certify_checkpoint(_CONFIG.value, _WORKDIR.value, _OUTPUT_NAME.value)
-  except (FileNotFoundError, DataNotFoundError, CheckpointRestoreError) as error:
+  except (
+    FileNotFoundError,
+    DataNotFoundError,
+    CheckpointRestoreError,
+  ) as error:
     print(f"{type(error).__name__}: {error}", file=sys.stderr, flush=True)
     return 1
   return 0

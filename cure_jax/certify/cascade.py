@@ -28,7 +28,8 @@ Certification runs in float32 (parameters and inputs are cast) under
 """
 
 import functools
-from typing import Any, Callable, NamedTuple, Optional, Sequence, Tuple
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -36,8 +37,7 @@ import numpy as np
 
 from cure_jax import bounds
 from cure_jax.certify import timing
-from cure_jax.parallel.precision import cast_floating
-from cure_jax.parallel.precision import certification_precision
+from cure_jax.parallel.precision import cast_floating, certification_precision
 
 PyTree = Any
 ApplyFn = Callable[..., jax.Array]
@@ -61,16 +61,21 @@ def _transform(method: str, alpha_steps: int) -> Callable[[Callable], Callable]:
   # Certificates need lower bounds of the margins only: bound="lower" skips
   # the upper ones, half of every linear-bound stage's backward rows.
   return {
-      "ibp": bounds.ibp,
-      "crown_ibp": functools.partial(bounds.crown_ibp, bound="lower"),
-      "crown": functools.partial(bounds.crown, bound="lower"),
-      "alpha_crown": functools.partial(bounds.alpha_crown, steps=alpha_steps,
-                                       bound="lower", unroll=1),
-      # α-CROWN over IBP intermediate bounds: CROWN's identity backward pass
-      # per hidden layer costs memory quadratic in its width (large CNNs).
-      "alpha_crown_ibp": functools.partial(
-          bounds.alpha_crown, steps=alpha_steps, intermediate="ibp",
-          bound="lower", unroll=1),
+    "ibp": bounds.ibp,
+    "crown_ibp": functools.partial(bounds.crown_ibp, bound="lower"),
+    "crown": functools.partial(bounds.crown, bound="lower"),
+    "alpha_crown": functools.partial(
+      bounds.alpha_crown, steps=alpha_steps, bound="lower", unroll=1
+    ),
+    # α-CROWN over IBP intermediate bounds: CROWN's identity backward pass
+    # per hidden layer costs memory quadratic in its width (large CNNs).
+    "alpha_crown_ibp": functools.partial(
+      bounds.alpha_crown,
+      steps=alpha_steps,
+      intermediate="ibp",
+      bound="lower",
+      unroll=1,
+    ),
   }[method]
 
 
@@ -115,16 +120,21 @@ class StageReport(NamedTuple):
   run_seconds: float
 
 
-def _logits(apply_fn: ApplyFn, variables: PyTree,
-            images: jax.Array) -> jax.Array:
+def _logits(
+  apply_fn: ApplyFn, variables: PyTree, images: jax.Array
+) -> jax.Array:
   return apply_fn(variables, images, train=False)
 
 
 _logits_jit = jax.jit(_logits, static_argnums=0)
 
 
-def predict(apply_fn: ApplyFn, variables: PyTree, images: jax.Array,
-            num_classes: Optional[int] = None) -> jax.Array:
+def predict(
+  apply_fn: ApplyFn,
+  variables: PyTree,
+  images: jax.Array,
+  num_classes: int | None = None,
+) -> jax.Array:
   """Clean predictions in float32, the ones the cascade certifies against.
 
   Args:
@@ -143,18 +153,29 @@ def predict(apply_fn: ApplyFn, variables: PyTree, images: jax.Array,
   images = jnp.asarray(images, jnp.float32)
   with certification_precision():
     logits = _logits_jit(apply_fn, variables, images)
-  if logits.ndim != 2 or (num_classes is not None and
-                          logits.shape[1] != num_classes):
+  if logits.ndim != 2 or (
+    num_classes is not None and logits.shape[1] != num_classes
+  ):
     raise ValueError(
-        f"the model returns logits of shape {logits.shape} for inputs of "
-        f"shape {images.shape}; expected [{images.shape[0]}, "
-        f"{num_classes or 'K'}]. Is num_classes right?")
+      f"the model returns logits of shape {logits.shape} for inputs of "
+      f"shape {images.shape}; expected [{images.shape[0]}, "
+      f"{num_classes or 'K'}]. Is num_classes right?"
+    )
   return jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
 
-def bound_margins(apply_fn: ApplyFn, variables: PyTree, images: jax.Array,
-                  labels: jax.Array, *, norm: str, eps, method: str,
-                  num_classes: int, alpha_steps: int = 20) -> jax.Array:
+def bound_margins(
+  apply_fn: ApplyFn,
+  variables: PyTree,
+  images: jax.Array,
+  labels: jax.Array,
+  *,
+  norm: str,
+  eps,
+  method: str,
+  num_classes: int,
+  alpha_steps: int = 20,
+) -> jax.Array:
   """Lower bounds on the margins z_y − z_j over B_p(x, ε) ∩ [0, 1]^d.
 
   Pure and jit-able (``norm``, ``method``, ``num_classes``, ``alpha_steps``
@@ -180,32 +201,53 @@ def bound_margins(apply_fn: ApplyFn, variables: PyTree, images: jax.Array,
   return bounded(variables, ball, train=False, spec=spec).lower
 
 
-def _min_margin(apply_fn, norm, method, num_classes, alpha_steps, variables,
-                images, labels, eps) -> jax.Array:
+def _min_margin(
+  apply_fn,
+  norm,
+  method,
+  num_classes,
+  alpha_steps,
+  variables,
+  images,
+  labels,
+  eps,
+) -> jax.Array:
   """[B] min_j of `bound_margins` (positional, for `jax.jit`)."""
-  margins = bound_margins(apply_fn, variables, images, labels, norm=norm,
-                          eps=eps, method=method, num_classes=num_classes,
-                          alpha_steps=alpha_steps)
+  margins = bound_margins(
+    apply_fn,
+    variables,
+    images,
+    labels,
+    norm=norm,
+    eps=eps,
+    method=method,
+    num_classes=num_classes,
+    alpha_steps=alpha_steps,
+  )
   return jnp.min(margins, axis=-1)
 
 
 _min_margin_jit = jax.jit(_min_margin, static_argnums=range(5))
 
 
-def _merge_stage(result: CascadeResult, stage_margin: jax.Array, stage: int,
-                 active: jax.Array) -> CascadeResult:
+def _merge_stage(
+  result: CascadeResult, stage_margin: jax.Array, stage: int, active: jax.Array
+) -> CascadeResult:
   """Folds one stage's [B] min margins, valid where ``active``, into result."""
   newly = active & (stage_margin > 0)
   return CascadeResult(
-      certified=result.certified | newly,
-      method_index=jnp.where(newly, jnp.int32(stage), result.method_index),
-      margins_lower=jnp.where(active, stage_margin, result.margins_lower))
+    certified=result.certified | newly,
+    method_index=jnp.where(newly, jnp.int32(stage), result.method_index),
+    margins_lower=jnp.where(active, stage_margin, result.margins_lower),
+  )
 
 
 def _initial_result(batch: int) -> CascadeResult:
-  return CascadeResult(jnp.zeros((batch,), bool),
-                       jnp.full((batch,), NOT_CERTIFIED, jnp.int32),
-                       jnp.full((batch,), -jnp.inf, jnp.float32))
+  return CascadeResult(
+    jnp.zeros((batch,), bool),
+    jnp.full((batch,), NOT_CERTIFIED, jnp.int32),
+    jnp.full((batch,), -jnp.inf, jnp.float32),
+  )
 
 
 def gather_size(num_pending: int, batch: int) -> int:
@@ -229,8 +271,20 @@ def _gather_indices(pending: np.ndarray) -> np.ndarray:
   return np.concatenate([rows, np.full(size - len(rows), rows[0])])
 
 
-def _certify_on_host(apply_fn, variables, images, labels, eps, candidates, *,
-                     norm, methods, alpha_steps, num_classes, gather):
+def _certify_on_host(
+  apply_fn,
+  variables,
+  images,
+  labels,
+  eps,
+  candidates,
+  *,
+  norm,
+  methods,
+  alpha_steps,
+  num_classes,
+  gather,
+):
   """The cascade driven from Python: gathered (or full) jitted stages."""
   batch = images.shape[0]
   result = _initial_result(batch)
@@ -246,43 +300,81 @@ def _certify_on_host(apply_fn, variables, images, labels, eps, candidates, *,
     used = num_points if gather else batch
     stage_eps = jnp.take(eps, rows) if jnp.ndim(eps) else eps
     timed = timing.compile_and_run(
-        _min_margin_jit, (apply_fn, norm, method, num_classes, alpha_steps),
-        (variables, jnp.take(images, rows, axis=0), jnp.take(labels, rows),
-         stage_eps))
+      _min_margin_jit,
+      (apply_fn, norm, method, num_classes, alpha_steps),
+      (
+        variables,
+        jnp.take(images, rows, axis=0),
+        jnp.take(labels, rows),
+        stage_eps,
+      ),
+    )
     stage_margin = np.full((batch,), -np.inf, np.float32)
     stage_margin[rows[:used]] = np.asarray(timed.value)[:used]
     before = int(np.sum(result.certified))
-    result = _merge_stage(result, jnp.asarray(stage_margin), stage,
-                          jnp.asarray(pending))
-    reports.append(StageReport(method, num_points, len(rows),
-                               int(np.sum(result.certified)) - before,
-                               timed.compile_seconds, timed.run_seconds))
+    result = _merge_stage(
+      result, jnp.asarray(stage_margin), stage, jnp.asarray(pending)
+    )
+    reports.append(
+      StageReport(
+        method,
+        num_points,
+        len(rows),
+        int(np.sum(result.certified)) - before,
+        timed.compile_seconds,
+        timed.run_seconds,
+      )
+    )
   return result, tuple(reports)
 
 
-def _certify_traced(apply_fn, variables, images, labels, eps, candidates, *,
-                    norm, methods, alpha_steps, num_classes):
+def _certify_traced(
+  apply_fn,
+  variables,
+  images,
+  labels,
+  eps,
+  candidates,
+  *,
+  norm,
+  methods,
+  alpha_steps,
+  num_classes,
+):
   """The cascade as one traceable function: full-batch stages and masks."""
   result = _initial_result(images.shape[0])
   for stage, method in enumerate(methods):
     pending = candidates & ~result.certified
     stage_margin = jax.lax.cond(
-        jnp.any(pending),
-        lambda: _min_margin_jit(apply_fn, norm, method, num_classes,
-                                alpha_steps, variables, images, labels, eps),
-        lambda: jnp.full(images.shape[:1], -jnp.inf, jnp.float32))
+      jnp.any(pending),
+      lambda: _min_margin_jit(
+        apply_fn,
+        norm,
+        method,
+        num_classes,
+        alpha_steps,
+        variables,
+        images,
+        labels,
+        eps,
+      ),
+      lambda: jnp.full(images.shape[:1], -jnp.inf, jnp.float32),
+    )
     result = _merge_stage(result, stage_margin, stage, pending)
   return result
 
 
-def _check_arguments(images, labels, eps, valid, norm, methods, alpha_steps,
-                     num_classes):
+def _check_arguments(
+  images, labels, eps, valid, norm, methods, alpha_steps, num_classes
+):
   """Raises a ValueError saying what to fix for malformed arguments."""
   if norm not in BALLS:
     raise ValueError(f"Unknown norm {norm!r}: use one of {NORMS}.")
   if isinstance(methods, str) or not methods:
-    raise ValueError(f"methods must be a non-empty sequence of names from "
-                     f"{METHODS}, got {methods!r}.")
+    raise ValueError(
+      f"methods must be a non-empty sequence of names from "
+      f"{METHODS}, got {methods!r}."
+    )
   unknown = [m for m in methods if m not in METHODS]
   if unknown:
     raise ValueError(f"Unknown bound method(s) {unknown}: use {METHODS}.")
@@ -292,39 +384,57 @@ def _check_arguments(images, labels, eps, valid, norm, methods, alpha_steps,
     raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}.")
   batch = jnp.shape(images)[:1]
   if jnp.ndim(images) < 2:
-    raise ValueError(f"images must be a batch [B, ...], got shape "
-                     f"{jnp.shape(images)}.")
+    raise ValueError(
+      f"images must be a batch [B, ...], got shape {jnp.shape(images)}."
+    )
   if jnp.shape(labels) != batch or not jnp.issubdtype(
-      jnp.result_type(labels), jnp.integer):
-    raise ValueError(f"labels must be integers of shape {batch}, got "
-                     f"{jnp.result_type(labels)} {jnp.shape(labels)}.")
+    jnp.result_type(labels), jnp.integer
+  ):
+    raise ValueError(
+      f"labels must be integers of shape {batch}, got "
+      f"{jnp.result_type(labels)} {jnp.shape(labels)}."
+    )
   if jnp.shape(eps) not in ((), batch):
-    raise ValueError(f"eps must be a scalar or have shape {batch} (one radius "
-                     f"per point), got shape {jnp.shape(eps)}.")
+    raise ValueError(
+      f"eps must be a scalar or have shape {batch} (one radius "
+      f"per point), got shape {jnp.shape(eps)}."
+    )
   if valid is not None and jnp.shape(valid) != batch:
-    raise ValueError(f"valid must be a [B] mask of shape {batch}, got "
-                     f"{jnp.shape(valid)}.")
+    raise ValueError(
+      f"valid must be a [B] mask of shape {batch}, got {jnp.shape(valid)}."
+    )
   if timing.is_traced(images, labels, eps):
     return
   if np.any(np.asarray(eps) < 0) or np.any(np.isnan(np.asarray(eps))):
     raise ValueError(f"eps must be >= 0, got min {np.min(eps)}.")
   if np.any((np.asarray(labels) < 0) | (np.asarray(labels) >= num_classes)):
-    raise ValueError(f"labels must lie in [0, {num_classes}), got range "
-                     f"[{np.min(labels)}, {np.max(labels)}].")
+    raise ValueError(
+      f"labels must lie in [0, {num_classes}), got range "
+      f"[{np.min(labels)}, {np.max(labels)}]."
+    )
   lo, hi = float(jnp.min(images)), float(jnp.max(images))
   if lo < PIXEL_DOMAIN[0] or hi > PIXEL_DOMAIN[1]:
     raise ValueError(
-        f"images must lie in [0, 1] (pixel space; the model normalizes), got "
-        f"values in [{lo}, {hi}].")
+      f"images must lie in [0, 1] (pixel space; the model normalizes), got "
+      f"values in [{lo}, {hi}]."
+    )
 
 
 def certify_batch(
-    apply_fn: ApplyFn, variables: PyTree, images: jax.Array,
-    labels: jax.Array, *, norm: str, eps, num_classes: int,
-    methods: Sequence[str] = DEFAULT_METHODS, alpha_steps: int = 20,
-    valid: Optional[jax.Array] = None, gather: bool = True,
-    return_stage_reports: bool = False,
-) -> CascadeResult | Tuple[CascadeResult, Tuple[StageReport, ...]]:
+  apply_fn: ApplyFn,
+  variables: PyTree,
+  images: jax.Array,
+  labels: jax.Array,
+  *,
+  norm: str,
+  eps,
+  num_classes: int,
+  methods: Sequence[str] = DEFAULT_METHODS,
+  alpha_steps: int = 20,
+  valid: jax.Array | None = None,
+  gather: bool = True,
+  return_stage_reports: bool = False,
+) -> CascadeResult | tuple[CascadeResult, tuple[StageReport, ...]]:
   """Certifies a batch against B_p(x, ε) ∩ [0, 1]^d with a bound cascade.
 
   Each stage in ``methods`` bounds the margins of the points that are
@@ -359,8 +469,9 @@ def certify_batch(
     ValueError: for malformed arguments, or if ``gather`` or
       ``return_stage_reports`` is asked for inside a jax transformation.
   """
-  _check_arguments(images, labels, eps, valid, norm, methods, alpha_steps,
-                   num_classes)
+  _check_arguments(
+    images, labels, eps, valid, norm, methods, alpha_steps, num_classes
+  )
   methods = tuple(methods)
   variables = cast_floating(variables, jnp.float32)
   images = jnp.asarray(images, jnp.float32)
@@ -369,18 +480,29 @@ def certify_batch(
   candidates = predict(apply_fn, variables, images, num_classes) == labels
   if valid is not None:
     candidates &= jnp.asarray(valid, bool)
-  options = dict(norm=norm, methods=methods, alpha_steps=alpha_steps,
-                 num_classes=num_classes)
+  options = dict(
+    norm=norm, methods=methods, alpha_steps=alpha_steps, num_classes=num_classes
+  )
   if timing.is_traced(variables, images, labels, eps, candidates):
     if gather or return_stage_reports:
       raise ValueError(
-          "certify_batch is being traced (inside jit/vmap): gather=True and "
-          "return_stage_reports=True need concrete arrays, since they "
-          "synchronize with the host between stages. Pass gather=False and "
-          "return_stage_reports=False.")
+        "certify_batch is being traced (inside jit/vmap): gather=True and "
+        "return_stage_reports=True need concrete arrays, since they "
+        "synchronize with the host between stages. Pass gather=False and "
+        "return_stage_reports=False."
+      )
     with certification_precision():
-      return _certify_traced(apply_fn, variables, images, labels, eps,
-                             candidates, **options)
-  result, reports = _certify_on_host(apply_fn, variables, images, labels, eps,
-                                     candidates, gather=gather, **options)
+      return _certify_traced(
+        apply_fn, variables, images, labels, eps, candidates, **options
+      )
+  result, reports = _certify_on_host(
+    apply_fn,
+    variables,
+    images,
+    labels,
+    eps,
+    candidates,
+    gather=gather,
+    **options,
+  )
   return (result, reports) if return_stage_reports else result

@@ -15,7 +15,8 @@ the ball, best iterate kept. The l∞ step is α·sign(g), the l2 step
 2019), all projected onto the ball ∩ [0, 1]^d.
 """
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -49,24 +50,36 @@ class PGDSettings(NamedTuple):
 def check_pgd_settings(settings: PGDSettings) -> PGDSettings:
   """Returns ``settings`` if valid, else raises a ValueError saying why."""
   if not isinstance(settings, PGDSettings):
-    raise ValueError(f"pgd settings must be a PGDSettings, got "
-                     f"{type(settings).__name__}; build one with "
-                     "PGDSettings(steps=..., restarts=...).")
+    raise ValueError(
+      f"pgd settings must be a PGDSettings, got "
+      f"{type(settings).__name__}; build one with "
+      "PGDSettings(steps=..., restarts=...)."
+    )
   if not isinstance(settings.steps, int) or settings.steps < 1:
     raise ValueError(f"PGD steps must be an int >= 1, got {settings.steps!r}.")
   if not isinstance(settings.restarts, int) or settings.restarts < 1:
     raise ValueError(
-        f"PGD restarts must be an int >= 1, got {settings.restarts!r}.")
+      f"PGD restarts must be an int >= 1, got {settings.restarts!r}."
+    )
   if not settings.relative_step_size > 0:
-    raise ValueError(f"relative_step_size must be > 0, got "
-                     f"{settings.relative_step_size}.")
+    raise ValueError(
+      f"relative_step_size must be > 0, got {settings.relative_step_size}."
+    )
   attacks.get_attack_loss(settings.loss)
   return settings
 
 
-def pgd_robust(apply_fn: ApplyFn, variables: PyTree, images: jax.Array,
-               labels: jax.Array, *, norm: str, eps, key: jax.Array,
-               settings: PGDSettings = PGDSettings()) -> jax.Array:
+def pgd_robust(
+  apply_fn: ApplyFn,
+  variables: PyTree,
+  images: jax.Array,
+  labels: jax.Array,
+  *,
+  norm: str,
+  eps,
+  key: jax.Array,
+  settings: PGDSettings = PGDSettings(),
+) -> jax.Array:
   """Whether each point resists the PGD attack (pure, jit-able).
 
   Args:
@@ -83,26 +96,43 @@ def pgd_robust(apply_fn: ApplyFn, variables: PyTree, images: jax.Array,
   Returns:
     [B] bool: correctly classified at x and at the attack's best point.
   """
+
   def logits_fn(x):
     return apply_fn(variables, x, train=False)
 
   x_adv = attacks.pgd(
-      logits_fn, images, labels, norm=norm, eps=eps, steps=settings.steps,
-      step_size=settings.relative_step_size * jnp.asarray(eps) / settings.steps,
-      key=key, restarts=settings.restarts, random_start=True,
-      loss=settings.loss, domain=cascade.PIXEL_DOMAIN,
-      l1_sparsity=settings.l1_sparsity)
+    logits_fn,
+    images,
+    labels,
+    norm=norm,
+    eps=eps,
+    steps=settings.steps,
+    step_size=settings.relative_step_size * jnp.asarray(eps) / settings.steps,
+    key=key,
+    restarts=settings.restarts,
+    random_start=True,
+    loss=settings.loss,
+    domain=cascade.PIXEL_DOMAIN,
+    l1_sparsity=settings.l1_sparsity,
+  )
   # The clean point competes in pgd, but with loss='ce' a correctly
   # classified iterate of higher loss could replace a misclassified x.
   clean_correct = ~attacks.is_adversarial(logits_fn, images, labels)
   return clean_correct & ~attacks.is_adversarial(logits_fn, x_adv, labels)
 
 
-def _pgd_robust(apply_fn, norm, settings, variables, images, labels, eps,
-                key):
+def _pgd_robust(apply_fn, norm, settings, variables, images, labels, eps, key):
   """`pgd_robust` with positional static arguments first, for `jax.jit`."""
-  return pgd_robust(apply_fn, variables, images, labels, norm=norm, eps=eps,
-                    key=key, settings=settings)
+  return pgd_robust(
+    apply_fn,
+    variables,
+    images,
+    labels,
+    norm=norm,
+    eps=eps,
+    key=key,
+    settings=settings,
+  )
 
 
 # `pgd_robust` jitted, as (apply_fn, norm, settings, variables, images,

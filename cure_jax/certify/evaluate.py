@@ -10,16 +10,14 @@ that the report can give the seconds per test point of every stage.
 """
 
 import time
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cure_jax.certify import cascade
-from cure_jax.certify import empirical
-from cure_jax.certify import report
-from cure_jax.certify import timing
+from cure_jax.certify import cascade, empirical, report, timing
 from cure_jax.parallel.batching import pad_batch
 from cure_jax.parallel.precision import cast_floating
 
@@ -29,8 +27,10 @@ PyTree = Any
 def _check_arguments(images, labels, radii, batch_size, pgd, pgd_norms):
   """Raises a ValueError saying what to fix for malformed arguments."""
   if not radii:
-    raise ValueError("radii must map at least one norm to its radius, e.g. "
-                     "{'linf': 0.1, 'l2': 0.5}.")
+    raise ValueError(
+      "radii must map at least one norm to its radius, e.g. "
+      "{'linf': 0.1, 'l2': 0.5}."
+    )
   report.ordered_norms(radii)
   for norm, eps in radii.items():
     if not np.ndim(eps) == 0 or not float(eps) >= 0:
@@ -38,18 +38,26 @@ def _check_arguments(images, labels, radii, batch_size, pgd, pgd_norms):
   if not isinstance(batch_size, int) or batch_size < 1:
     raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}.")
   if len(images) == 0 or len(images) != len(labels):
-    raise ValueError(f"need as many labels as images, at least one; got "
-                     f"{len(images)} images and {len(labels)} labels.")
+    raise ValueError(
+      f"need as many labels as images, at least one; got "
+      f"{len(images)} images and {len(labels)} labels."
+    )
   if pgd is not None:
     empirical.check_pgd_settings(pgd)
   extra = sorted(set(pgd_norms) - set(radii))
   if extra:
-    raise ValueError(f"pgd_norms {extra} have no radius in radii "
-                     f"{sorted(radii)}.")
+    raise ValueError(
+      f"pgd_norms {extra} have no radius in radii {sorted(radii)}."
+    )
 
 
-def _add_time(totals: Dict[str, float], points: int, rows: int,
-              compile_seconds: float, run_seconds: float) -> None:
+def _add_time(
+  totals: dict[str, float],
+  points: int,
+  rows: int,
+  compile_seconds: float,
+  run_seconds: float,
+) -> None:
   """Accumulates one measurement into a timing entry (see `report`)."""
   totals["points"] += points
   totals["rows"] += rows
@@ -57,22 +65,27 @@ def _add_time(totals: Dict[str, float], points: int, rows: int,
   totals["seconds"] += run_seconds
 
 
-def _new_time() -> Dict[str, float]:
+def _new_time() -> dict[str, float]:
   return dict(points=0, rows=0, compile_seconds=0.0, seconds=0.0)
 
 
-def _stage_names(method_index: np.ndarray, methods: Sequence[str]) -> np.ndarray:
+def _stage_names(
+  method_index: np.ndarray, methods: Sequence[str]
+) -> np.ndarray:
   names = np.asarray(list(methods) + [report.STAGE_NONE])
   return names[np.where(method_index >= 0, method_index, len(methods))]
 
 
-def _progress(done: int, total: int, correct, certified, robust,
-              elapsed: float) -> str:
+def _progress(
+  done: int, total: int, correct, certified, robust, elapsed: float
+) -> str:
   """One log line with the running accuracies."""
   parts = [f"[{done}/{total}] clean {np.mean(np.concatenate(correct)):.2%}"]
   for norm in report.ordered_norms(certified):
-    part = (f"{report.NORM_SYMBOLS[norm]} certified "
-            f"{np.mean(np.concatenate(certified[norm])):.2%}")
+    part = (
+      f"{report.NORM_SYMBOLS[norm]} certified "
+      f"{np.mean(np.concatenate(certified[norm])):.2%}"
+    )
     if norm in robust:
       part += f" PGD {np.mean(np.concatenate(robust[norm])):.2%}"
     parts.append(part)
@@ -80,14 +93,22 @@ def _progress(done: int, total: int, correct, certified, robust,
 
 
 def evaluate(
-    apply_fn: Callable[..., jax.Array], variables: PyTree, images, labels, *,
-    radii: Mapping[str, float], num_classes: int, batch_size: int = 500,
-    methods: Sequence[str] = cascade.DEFAULT_METHODS, alpha_steps: int = 20,
-    pgd: Optional[empirical.PGDSettings] = empirical.PGDSettings(),
-    pgd_norms: Optional[Sequence[str]] = None,
-    key: Optional[jax.Array] = None, gather: bool = True,
-    log: Optional[Callable[[str], Any]] = print,
-) -> Tuple[report.Records, Dict[str, Any]]:
+  apply_fn: Callable[..., jax.Array],
+  variables: PyTree,
+  images,
+  labels,
+  *,
+  radii: Mapping[str, float],
+  num_classes: int,
+  batch_size: int = 500,
+  methods: Sequence[str] = cascade.DEFAULT_METHODS,
+  alpha_steps: int = 20,
+  pgd: empirical.PGDSettings | None = empirical.PGDSettings(),
+  pgd_norms: Sequence[str] | None = None,
+  key: jax.Array | None = None,
+  gather: bool = True,
+  log: Callable[[str], Any] | None = print,
+) -> tuple[report.Records, dict[str, Any]]:
   """Certifies and attacks ``images`` for every radius; records and summary.
 
   Args:
@@ -115,7 +136,8 @@ def evaluate(
     ValueError: for malformed arguments.
   """
   pgd_norms = report.ordered_norms(
-      (radii if pgd_norms is None else pgd_norms) if pgd is not None else ())
+    (radii if pgd_norms is None else pgd_norms) if pgd is not None else ()
+  )
   _check_arguments(images, labels, radii, batch_size, pgd, pgd_norms)
   norms = report.ordered_norms(radii)
   methods = tuple(methods)
@@ -128,51 +150,101 @@ def evaluate(
   certified = {n: [] for n in norms}
   stages = {n: [] for n in norms}
   robust = {n: [] for n in pgd_norms}
-  times = {"certify": {n: {m: _new_time() for m in methods} for n in norms},
-           "pgd": {n: _new_time() for n in pgd_norms}}
+  times = {
+    "certify": {n: {m: _new_time() for m in methods} for n in norms},
+    "pgd": {n: _new_time() for n in pgd_norms},
+  }
   start_time = time.perf_counter()
   for batch_index, start in enumerate(range(0, num, batch)):
     (x, y), valid = pad_batch(
-        (np.asarray(images[start:start + batch], np.float32),
-         np.asarray(labels[start:start + batch], np.int32)), batch)
-    prediction = np.asarray(cascade.predict(apply_fn, variables, x,
-                                            num_classes))[valid]
+      (
+        np.asarray(images[start : start + batch], np.float32),
+        np.asarray(labels[start : start + batch], np.int32),
+      ),
+      batch,
+    )
+    prediction = np.asarray(
+      cascade.predict(apply_fn, variables, x, num_classes)
+    )[valid]
     predictions.append(prediction)
     correct.append(prediction == y[valid])
     for norm in norms:
       result, stage_reports = cascade.certify_batch(
-          apply_fn, variables, x, y, norm=norm, eps=radii[norm],
-          num_classes=num_classes, methods=methods, alpha_steps=alpha_steps,
-          valid=valid, gather=gather, return_stage_reports=True)
+        apply_fn,
+        variables,
+        x,
+        y,
+        norm=norm,
+        eps=radii[norm],
+        num_classes=num_classes,
+        methods=methods,
+        alpha_steps=alpha_steps,
+        valid=valid,
+        gather=gather,
+        return_stage_reports=True,
+      )
       certified[norm].append(np.asarray(result.certified)[valid])
-      stages[norm].append(_stage_names(
-          np.asarray(result.method_index)[valid], methods))
+      stages[norm].append(
+        _stage_names(np.asarray(result.method_index)[valid], methods)
+      )
       for stage in stage_reports:
-        _add_time(times["certify"][norm][stage.method], stage.points,
-                  stage.rows, stage.compile_seconds, stage.run_seconds)
+        _add_time(
+          times["certify"][norm][stage.method],
+          stage.points,
+          stage.rows,
+          stage.compile_seconds,
+          stage.run_seconds,
+        )
     batch_key = jax.random.fold_in(key, batch_index)
     for norm_index, norm in enumerate(pgd_norms):
       timed = timing.compile_and_run(
-          empirical.pgd_robust_jit, (apply_fn, norm, pgd),
-          (variables, x, y, jnp.float32(radii[norm]),
-           jax.random.fold_in(batch_key, norm_index)))
+        empirical.pgd_robust_jit,
+        (apply_fn, norm, pgd),
+        (
+          variables,
+          x,
+          y,
+          jnp.float32(radii[norm]),
+          jax.random.fold_in(batch_key, norm_index),
+        ),
+      )
       robust[norm].append(np.asarray(timed.value)[valid])
-      _add_time(times["pgd"][norm], int(valid.sum()), batch,
-                timed.compile_seconds, timed.run_seconds)
-    log(_progress(min(start + batch, num), num, correct, certified, robust,
-                  time.perf_counter() - start_time))
+      _add_time(
+        times["pgd"][norm],
+        int(valid.sum()),
+        batch,
+        timed.compile_seconds,
+        timed.run_seconds,
+      )
+    log(
+      _progress(
+        min(start + batch, num),
+        num,
+        correct,
+        certified,
+        robust,
+        time.perf_counter() - start_time,
+      )
+    )
 
   records = report.build_records(
-      labels=np.asarray(labels), predictions=np.concatenate(predictions),
-      certified={n: np.concatenate(v) for n, v in certified.items()},
-      stages={n: np.concatenate(v) for n, v in stages.items()},
-      pgd_robust={n: np.concatenate(v) for n, v in robust.items()})
-  settings = dict(num_classes=num_classes, batch_size=batch,
-                  alpha_steps=alpha_steps, gather=gather,
-                  pgd=None if pgd is None else pgd._asdict(),
-                  pgd_norms=list(pgd_norms),
-                  wall_seconds=time.perf_counter() - start_time)
-  summary = report.summarize(records, radii=radii, methods=methods,
-                             timing=times, settings=settings)
+    labels=np.asarray(labels),
+    predictions=np.concatenate(predictions),
+    certified={n: np.concatenate(v) for n, v in certified.items()},
+    stages={n: np.concatenate(v) for n, v in stages.items()},
+    pgd_robust={n: np.concatenate(v) for n, v in robust.items()},
+  )
+  settings = dict(
+    num_classes=num_classes,
+    batch_size=batch,
+    alpha_steps=alpha_steps,
+    gather=gather,
+    pgd=None if pgd is None else pgd._asdict(),
+    pgd_norms=list(pgd_norms),
+    wall_seconds=time.perf_counter() - start_time,
+  )
+  summary = report.summarize(
+    records, radii=radii, methods=methods, timing=times, settings=settings
+  )
   log(report.format_table(summary))
   return records, summary

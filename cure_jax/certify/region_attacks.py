@@ -16,15 +16,16 @@ remaining rows of a point once it is broken (`regions.row_chunks`).
 """
 
 import functools
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from cure_jax.attacks.losses import margin, misclassified
-from cure_jax.beyond_lp.patches import apply_patch
 from cure_jax.beyond_lp.parameters import TransformParams
+from cure_jax.beyond_lp.patches import apply_patch
 from cure_jax.beyond_lp.transforms import transform_images
 from cure_jax.certify.cascade import predict
 from cure_jax.certify.regions import row_chunks
@@ -50,12 +51,14 @@ def _padded_rows(count: int, size: int) -> np.ndarray:
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _patch_rows_broken(apply_fn, size, steps, variables, images, labels,
-                       position, step_size, key):
+def _patch_rows_broken(
+  apply_fn, size, steps, variables, images, labels, position, step_size, key
+):
   """[R] whether PGD finds a misclassified patch at each row's position."""
   values = jax.random.uniform(key, images.shape, images.dtype)
-  logits_of = lambda v: apply_fn(variables, apply_patch(images, position, v,
-                                                        size), train=False)
+  logits_of = lambda v: apply_fn(
+    variables, apply_patch(images, position, v, size), train=False
+  )
 
   def loss(v):
     logits = logits_of(v)
@@ -69,12 +72,21 @@ def _patch_rows_broken(apply_fn, size, steps, variables, images, labels,
   return broken | misclassified(logits_of(values), labels)
 
 
-def patch_attack(apply_fn: Callable, variables: PyTree, images, labels, *,
-                 size: int, positions: np.ndarray, steps: int = 10,
-                 step_size: float = 0.25, key: Optional[jax.Array] = None,
-                 rows_per_batch: int = 512,
-                 points: Optional[np.ndarray] = None,
-                 first_positions: Optional[np.ndarray] = None) -> np.ndarray:
+def patch_attack(
+  apply_fn: Callable,
+  variables: PyTree,
+  images,
+  labels,
+  *,
+  size: int,
+  positions: np.ndarray,
+  steps: int = 10,
+  step_size: float = 0.25,
+  key: jax.Array | None = None,
+  rows_per_batch: int = 512,
+  points: np.ndarray | None = None,
+  first_positions: np.ndarray | None = None,
+) -> np.ndarray:
   """Whether each point survives PGD at every patch position.
 
   Args:
@@ -99,7 +111,8 @@ def patch_attack(apply_fn: Callable, variables: PyTree, images, labels, *,
     [B] bool, correctly classified and not broken at any position.
   """
   variables, images, labels, points, broken = _prepare(
-      apply_fn, variables, images, labels, points)
+    apply_fn, variables, images, labels, points
+  )
   key = jax.random.key(0) if key is None else key
   positions = np.asarray(positions, np.int32)
 
@@ -107,22 +120,28 @@ def patch_attack(apply_fn: Callable, variables: PyTree, images, labels, *,
     rows = _padded_rows(len(point), rows_per_batch)
     with certification_precision():
       hit = _patch_rows_broken(
-          apply_fn, size, steps, variables,
-          jnp.take(images, point[rows], axis=0),
-          jnp.asarray(labels[point[rows]]),
-          jnp.asarray(positions[region[rows]]), jnp.float32(step_size),
-          jax.random.fold_in(key, chunk))
-    broken[point[np.asarray(hit)[:len(point)]]] = True
+        apply_fn,
+        size,
+        steps,
+        variables,
+        jnp.take(images, point[rows], axis=0),
+        jnp.asarray(labels[point[rows]]),
+        jnp.asarray(positions[region[rows]]),
+        jnp.float32(step_size),
+        jax.random.fold_in(key, chunk),
+      )
+    broken[point[np.asarray(hit)[: len(point)]]] = True
 
   chunk = 0
   if first_positions is not None:
     first = np.asarray(points)[np.asarray(first_positions)[points] >= 0]
     for start in range(0, len(first), rows_per_batch):
-      point = first[start:start + rows_per_batch]
+      point = first[start : start + rows_per_batch]
       attack(point, np.asarray(first_positions)[point], chunk)
       chunk += 1
-  for point, region in row_chunks(points, len(positions), rows_per_batch,
-                                  broken):
+  for point, region in row_chunks(
+    points, len(positions), rows_per_batch, broken
+  ):
     attack(point, region, chunk)
     chunk += 1
   return ~broken
@@ -134,9 +153,16 @@ def _grid_rows_broken(apply_fn, variables, images, labels, params):
   return misclassified(apply_fn(variables, moved, train=False), labels)
 
 
-def grid_attack(apply_fn: Callable, variables: PyTree, images, labels, *,
-                grid: TransformParams, rows_per_batch: int = 512,
-                points: Optional[np.ndarray] = None) -> np.ndarray:
+def grid_attack(
+  apply_fn: Callable,
+  variables: PyTree,
+  images,
+  labels,
+  *,
+  grid: TransformParams,
+  rows_per_batch: int = 512,
+  points: np.ndarray | None = None,
+) -> np.ndarray:
   """Whether each point is classified correctly under every grid transform.
 
   Args:
@@ -152,15 +178,20 @@ def grid_attack(apply_fn: Callable, variables: PyTree, images, labels, *,
     [B] bool, correctly classified and never misclassified on the grid.
   """
   variables, images, labels, points, broken = _prepare(
-      apply_fn, variables, images, labels, points)
+    apply_fn, variables, images, labels, points
+  )
   grid = jax.tree.map(np.asarray, grid)
   size = int(np.shape(grid.rotation)[0])
   for point, region in row_chunks(points, size, rows_per_batch, broken):
     rows = _padded_rows(len(point), rows_per_batch)
     params = TransformParams(*(leaf[region[rows]] for leaf in grid))
     with certification_precision():
-      hit = _grid_rows_broken(apply_fn, variables,
-                              jnp.take(images, point[rows], axis=0),
-                              jnp.asarray(labels[point[rows]]), params)
-    broken[point[np.asarray(hit)[:len(point)]]] = True
+      hit = _grid_rows_broken(
+        apply_fn,
+        variables,
+        jnp.take(images, point[rows], axis=0),
+        jnp.asarray(labels[point[rows]]),
+        params,
+      )
+    broken[point[np.asarray(hit)[: len(point)]]] = True
   return ~broken

@@ -18,7 +18,8 @@ any of its regions needed.
 """
 
 import functools
-from typing import Any, Callable, Iterator, NamedTuple, Sequence, Tuple
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -26,15 +27,21 @@ import numpy as np
 
 from cure_jax import bounds
 from cure_jax.certify import timing
-from cure_jax.certify.cascade import (NOT_CERTIFIED, StageReport, gather_size,
-                                      predict)
+from cure_jax.certify.cascade import (
+  NOT_CERTIFIED,
+  StageReport,
+  gather_size,
+  predict,
+)
 from cure_jax.parallel.precision import cast_floating
 
 PyTree = Any
 REGION_METHODS = ("ibp", "crown_ibp")
 # Certificates need the margins' lower bounds only (bound="lower").
-TRANSFORMS = {"ibp": bounds.ibp,
-              "crown_ibp": functools.partial(bounds.crown_ibp, bound="lower")}
+TRANSFORMS = {
+  "ibp": bounds.ibp,
+  "crown_ibp": functools.partial(bounds.crown_ibp, bound="lower"),
+}
 
 
 class RegionThreat(NamedTuple):
@@ -82,8 +89,17 @@ class RegionResult(NamedTuple):
   failing_region: np.ndarray
 
 
-def _region_min_margin(apply_fn, boxes_fn, method, num_classes, variables,
-                       images, labels, point, region):
+def _region_min_margin(
+  apply_fn,
+  boxes_fn,
+  method,
+  num_classes,
+  variables,
+  images,
+  labels,
+  point,
+  region,
+):
   """[R] min_j lower bound of z_y − z_j over each row's box."""
   box = boxes_fn(images, point, region)
   spec = bounds.margin_spec(jnp.take(labels, point), num_classes)
@@ -94,8 +110,9 @@ def _region_min_margin(apply_fn, boxes_fn, method, num_classes, variables,
 _region_min_margin_jit = jax.jit(_region_min_margin, static_argnums=range(4))
 
 
-def row_chunks(points: np.ndarray, num_regions: int, rows: int,
-               finished: np.ndarray) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+def row_chunks(
+  points: np.ndarray, num_regions: int, rows: int, finished: np.ndarray
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
   """(point, region) rows, at most ``rows`` at a time, point after point.
 
   Rows of points marked in ``finished`` (read afresh before each chunk, so
@@ -133,16 +150,26 @@ def _pad(index: np.ndarray, size: int) -> np.ndarray:
 class _Stages:
   """Runs one stage on gathered rows and keeps its `StageReport` totals."""
 
-  def __init__(self, apply_fn, threat, methods, num_classes, variables,
-               images, labels, rows_per_batch):
+  def __init__(
+    self,
+    apply_fn,
+    threat,
+    methods,
+    num_classes,
+    variables,
+    images,
+    labels,
+    rows_per_batch,
+  ):
     # A chunk of consecutive rows spans at most ceil(rows / S) + 1 points.
-    self.slots = min(len(labels),
-                     -(-rows_per_batch // threat.num_regions) + 1)
+    self.slots = min(len(labels), -(-rows_per_batch // threat.num_regions) + 1)
     self.apply_fn, self.threat, self.methods = apply_fn, threat, methods
     self.num_classes, self.variables = num_classes, variables
     self.images, self.labels = images, labels
-    self.totals = [dict(points=0, rows=0, certified=0, compile_seconds=0.0,
-                        run_seconds=0.0) for _ in methods]
+    self.totals = [
+      dict(points=0, rows=0, certified=0, compile_seconds=0.0, run_seconds=0.0)
+      for _ in methods
+    ]
 
   def run(self, stage, point, region, size):
     """Min margins of the rows (point, region), computed on ``size`` rows.
@@ -156,13 +183,17 @@ class _Stages:
     slots = _pad(used, self.slots)
     params = jax.tree.map(lambda leaf: leaf[region[rows]], self.threat.regions)
     timed = timing.compile_and_run(
-        _region_min_margin_jit,
-        (self.apply_fn, self.threat.boxes, self.methods[stage],
-         self.num_classes),
-        (self.variables, jnp.take(self.images, slots, axis=0),
-         jnp.take(self.labels, slots), jnp.asarray(local[rows], jnp.int32),
-         params))
-    margin = np.array(timed.value)[:len(point)]
+      _region_min_margin_jit,
+      (self.apply_fn, self.threat.boxes, self.methods[stage], self.num_classes),
+      (
+        self.variables,
+        jnp.take(self.images, slots, axis=0),
+        jnp.take(self.labels, slots),
+        jnp.asarray(local[rows], jnp.int32),
+        params,
+      ),
+    )
+    margin = np.array(timed.value)[: len(point)]
     total = self.totals[stage]
     total["points"] += len(np.unique(point))
     total["rows"] += size
@@ -171,21 +202,27 @@ class _Stages:
     return margin
 
   def reports(self):
-    return tuple(StageReport(m, **t) for m, t in zip(self.methods,
-                                                      self.totals))
+    return tuple(StageReport(m, **t) for m, t in zip(self.methods, self.totals))
 
 
 def _mark_failed(point, region, failing_rows, failed, failing) -> None:
   """Marks the points of ``failing_rows``, noting a region for new ones."""
-  rows = np.flatnonzero(failing_rows & (failing[point] < 0) &
-                        ~failed[point])
+  rows = np.flatnonzero(failing_rows & (failing[point] < 0) & ~failed[point])
   failing[point[rows[::-1]]] = region[rows[::-1]]  # the first row wins
   failed[point[failing_rows]] = True
 
 
-def _last_stage(stages: _Stages, stage: int, point, region, margin,
-                row_stage, rows_per_batch: int, failed: np.ndarray,
-                failing: np.ndarray) -> None:
+def _last_stage(
+  stages: _Stages,
+  stage: int,
+  point,
+  region,
+  margin,
+  row_stage,
+  rows_per_batch: int,
+  failed: np.ndarray,
+  failing: np.ndarray,
+) -> None:
   """The last stage on the chunk's failing rows, worst first, in pieces.
 
   A row the last stage cannot certify fails its point, so the failing rows
@@ -204,30 +241,39 @@ def _last_stage(stages: _Stages, stage: int, point, region, margin,
       break
     margin[take] = stages.run(stage, point[take], region[take], piece)
     row_stage[take] = stage
-    _mark_failed(point[take], region[take], margin[take] <= 0, failed,
-                 failing)
+    _mark_failed(point[take], region[take], margin[take] <= 0, failed, failing)
 
 
 def _check(threat: RegionThreat, methods, rows_per_batch):
   if isinstance(methods, str) or not methods:
-    raise ValueError(f"methods must be a non-empty sequence of names from "
-                     f"{REGION_METHODS}, got {methods!r}.")
+    raise ValueError(
+      f"methods must be a non-empty sequence of names from "
+      f"{REGION_METHODS}, got {methods!r}."
+    )
   unknown = [m for m in methods if m not in REGION_METHODS]
   if unknown:
-    raise ValueError(f"Unknown region bound method(s) {unknown}: use "
-                     f"{REGION_METHODS}.")
+    raise ValueError(
+      f"Unknown region bound method(s) {unknown}: use {REGION_METHODS}."
+    )
   if not isinstance(rows_per_batch, int) or rows_per_batch < 1:
-    raise ValueError(f"rows_per_batch must be an int >= 1, got "
-                     f"{rows_per_batch!r}.")
+    raise ValueError(
+      f"rows_per_batch must be an int >= 1, got {rows_per_batch!r}."
+    )
   if threat.num_regions < 1:
     raise ValueError(f"threat {threat.name!r} has no regions.")
 
 
-def certify_regions(apply_fn, variables: PyTree, images, labels,
-                    threat: RegionThreat, *, num_classes: int,
-                    methods: Sequence[str] = REGION_METHODS,
-                    rows_per_batch: int = 512,
-                    ) -> Tuple[RegionResult, Tuple[StageReport, ...]]:
+def certify_regions(
+  apply_fn,
+  variables: PyTree,
+  images,
+  labels,
+  threat: RegionThreat,
+  *,
+  num_classes: int,
+  methods: Sequence[str] = REGION_METHODS,
+  rows_per_batch: int = 512,
+) -> tuple[RegionResult, tuple[StageReport, ...]]:
   """Certifies each point over every region of ``threat``.
 
   Args:
@@ -252,17 +298,27 @@ def certify_regions(apply_fn, variables: PyTree, images, labels,
   images = jnp.asarray(images, jnp.float32)
   labels_np = np.asarray(labels, np.int32)
   batch = len(labels_np)
-  correct = np.asarray(predict(apply_fn, variables, images, num_classes)
-                       ) == labels_np
+  correct = (
+    np.asarray(predict(apply_fn, variables, images, num_classes)) == labels_np
+  )
   failed = ~correct
   failing = np.full(batch, -1, np.int64)
   needed = np.full(batch, NOT_CERTIFIED, np.int32)
   bounded = np.zeros(batch, np.int64)
   worst = np.full(batch, np.inf, np.float32)
-  stages = _Stages(apply_fn, threat, methods, num_classes, variables, images,
-                   jnp.asarray(labels_np), rows_per_batch)
-  for point, region in row_chunks(np.flatnonzero(correct), threat.num_regions,
-                                  rows_per_batch, failed):
+  stages = _Stages(
+    apply_fn,
+    threat,
+    methods,
+    num_classes,
+    variables,
+    images,
+    jnp.asarray(labels_np),
+    rows_per_batch,
+  )
+  for point, region in row_chunks(
+    np.flatnonzero(correct), threat.num_regions, rows_per_batch, failed
+  ):
     margin = stages.run(0, point, region, rows_per_batch)
     row_stage = np.zeros(len(point), np.int32)
     for stage in range(1, len(methods) - 1):
@@ -270,12 +326,20 @@ def certify_regions(apply_fn, variables: PyTree, images, labels,
       if not len(pending):
         break
       size = gather_size(len(pending), rows_per_batch)
-      margin[pending] = stages.run(stage, point[pending], region[pending],
-                                   size)
+      margin[pending] = stages.run(stage, point[pending], region[pending], size)
       row_stage[pending] = stage
     if len(methods) > 1:
-      _last_stage(stages, len(methods) - 1, point, region, margin, row_stage,
-                  rows_per_batch, failed, failing)
+      _last_stage(
+        stages,
+        len(methods) - 1,
+        point,
+        region,
+        margin,
+        row_stage,
+        rows_per_batch,
+        failed,
+        failing,
+      )
     np.add.at(bounded, point, 1)
     np.minimum.at(worst, point, margin)
     np.maximum.at(needed, point, row_stage)
@@ -284,7 +348,8 @@ def certify_regions(apply_fn, variables: PyTree, images, labels,
   worst[~correct] = -np.inf
   method_index = np.where(certified, needed, NOT_CERTIFIED).astype(np.int32)
   reports = stages.reports()
-  reports = tuple(r._replace(certified=int(np.sum(method_index == i)))
-                  for i, r in enumerate(reports))
-  return RegionResult(certified, method_index, bounded, worst,
-                      failing), reports
+  reports = tuple(
+    r._replace(certified=int(np.sum(method_index == i)))
+    for i, r in enumerate(reports)
+  )
+  return RegionResult(certified, method_index, bounded, worst, failing), reports

@@ -24,11 +24,12 @@ import io
 import json
 import os
 import tempfile
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-Records = Dict[str, np.ndarray]
+Records = dict[str, np.ndarray]
 
 NORM_ORDER = ("linf", "l2", "l1")
 NORM_SYMBOLS = {"linf": "l∞", "l2": "l2", "l1": "l1"}
@@ -36,7 +37,7 @@ STAGE_NONE = "none"
 _INT_COLUMNS = ("index", "label", "prediction")
 
 
-def ordered_norms(norms) -> Tuple[str, ...]:
+def ordered_norms(norms) -> tuple[str, ...]:
   """``norms`` in the canonical order linf, l2, l1; unknown names raise."""
   unknown = sorted(set(norms) - set(NORM_ORDER))
   if unknown:
@@ -44,26 +45,36 @@ def ordered_norms(norms) -> Tuple[str, ...]:
   return tuple(n for n in NORM_ORDER if n in norms)
 
 
-def record_columns(norms: Sequence[str],
-                   pgd_norms: Sequence[str] = ()) -> Tuple[str, ...]:
+def record_columns(
+  norms: Sequence[str], pgd_norms: Sequence[str] = ()
+) -> tuple[str, ...]:
   """The CSV columns for certified ``norms`` and attacked ``pgd_norms``."""
   norms, pgd_norms = ordered_norms(norms), ordered_norms(pgd_norms)
-  return (("index", "label", "prediction", "correct") +
-          tuple(f"certified_{n}" for n in norms) +
-          tuple(f"stage_{n}" for n in norms) +
-          tuple(f"pgd_{n}" for n in pgd_norms) + ("union_certified",) +
-          (("union_pgd",) if pgd_norms else ()))
+  return (
+    ("index", "label", "prediction", "correct")
+    + tuple(f"certified_{n}" for n in norms)
+    + tuple(f"stage_{n}" for n in norms)
+    + tuple(f"pgd_{n}" for n in pgd_norms)
+    + ("union_certified",)
+    + (("union_pgd",) if pgd_norms else ())
+  )
 
 
-def _column_norms(records: Records, prefix: str) -> Tuple[str, ...]:
-  return ordered_norms([c[len(prefix):] for c in records
-                        if c.startswith(prefix)])
+def _column_norms(records: Records, prefix: str) -> tuple[str, ...]:
+  return ordered_norms(
+    [c[len(prefix) :] for c in records if c.startswith(prefix)]
+  )
 
 
-def build_records(*, labels, predictions, certified: Mapping[str, Any],
-                  stages: Mapping[str, Any],
-                  pgd_robust: Optional[Mapping[str, Any]] = None,
-                  index=None) -> Records:
+def build_records(
+  *,
+  labels,
+  predictions,
+  certified: Mapping[str, Any],
+  stages: Mapping[str, Any],
+  pgd_robust: Mapping[str, Any] | None = None,
+  index=None,
+) -> Records:
   """Assembles per-point records from per-norm results.
 
   Args:
@@ -85,13 +96,17 @@ def build_records(*, labels, predictions, certified: Mapping[str, Any],
   num = labels.shape[0]
   pgd_robust = dict(pgd_robust or {})
   if set(certified) != set(stages) or not certified:
-    raise ValueError(f"certified and stages need the same, non-empty norms; "
-                     f"got {sorted(certified)} and {sorted(stages)}.")
+    raise ValueError(
+      f"certified and stages need the same, non-empty norms; "
+      f"got {sorted(certified)} and {sorted(stages)}."
+    )
   correct = np.asarray(predictions, np.int64) == labels
   columns = {
-      "index": np.arange(num) if index is None else np.asarray(index),
-      "label": labels, "prediction": np.asarray(predictions, np.int64),
-      "correct": correct}
+    "index": np.arange(num) if index is None else np.asarray(index),
+    "label": labels,
+    "prediction": np.asarray(predictions, np.int64),
+    "correct": correct,
+  }
   norms, pgd_norms = ordered_norms(certified), ordered_norms(pgd_robust)
   for n in norms:
     columns[f"certified_{n}"] = np.asarray(certified[n], bool)
@@ -100,47 +115,60 @@ def build_records(*, labels, predictions, certified: Mapping[str, Any],
   for n in pgd_norms:
     columns[f"pgd_{n}"] = np.asarray(pgd_robust[n], bool)
   columns["union_certified"] = correct & np.all(
-      [columns[f"certified_{n}"] for n in norms], axis=0)
+    [columns[f"certified_{n}"] for n in norms], axis=0
+  )
   if pgd_norms:
     columns["union_pgd"] = correct & np.all(
-        [columns[f"pgd_{n}"] for n in pgd_norms], axis=0)
+      [columns[f"pgd_{n}"] for n in pgd_norms], axis=0
+    )
   lengths = {k: v.shape for k, v in columns.items() if v.shape != (num,)}
   if lengths:
     raise ValueError(f"every column needs shape ({num},); got {lengths}.")
   return columns
 
 
-def _fraction(mask: np.ndarray) -> Dict[str, Any]:
+def _fraction(mask: np.ndarray) -> dict[str, Any]:
   count = int(np.sum(mask))
   return {"count": count, "accuracy": count / len(mask)}
 
 
-def _per_point(entry: Mapping[str, float], num_examples: int) -> Dict:
+def _per_point(entry: Mapping[str, float], num_examples: int) -> dict:
   """Adds seconds per bounded point and per test point to a timing entry."""
   points = entry["points"]
-  return dict(entry,
-              seconds_per_point=entry["seconds"] / points if points else None,
-              seconds_per_test_point=entry["seconds"] / num_examples)
+  return dict(
+    entry,
+    seconds_per_point=entry["seconds"] / points if points else None,
+    seconds_per_test_point=entry["seconds"] / num_examples,
+  )
 
 
-def _summarize_timing(timing: Mapping, num_examples: int) -> Dict:
+def _summarize_timing(timing: Mapping, num_examples: int) -> dict:
   """Per point times; ``total`` per norm sums the cascade's stages."""
   result = {"certify": {}, "pgd": {}}
   for norm, stages in timing.get("certify", {}).items():
-    result["certify"][norm] = {m: _per_point(e, num_examples)
-                               for m, e in stages.items()}
-    total = {k: sum(e[k] for e in stages.values())
-             for k in ("seconds", "compile_seconds")}
+    result["certify"][norm] = {
+      m: _per_point(e, num_examples) for m, e in stages.items()
+    }
+    total = {
+      k: sum(e[k] for e in stages.values())
+      for k in ("seconds", "compile_seconds")
+    }
     result["certify"][norm]["total"] = dict(
-        total, seconds_per_test_point=total["seconds"] / num_examples)
+      total, seconds_per_test_point=total["seconds"] / num_examples
+    )
   for norm, entry in timing.get("pgd", {}).items():
     result["pgd"][norm] = _per_point(entry, num_examples)
   return result
 
 
-def summarize(records: Records, *, radii: Mapping[str, float],
-              methods: Sequence[str], timing: Optional[Mapping] = None,
-              settings: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+def summarize(
+  records: Records,
+  *,
+  radii: Mapping[str, float],
+  methods: Sequence[str],
+  timing: Mapping | None = None,
+  settings: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
   """The summary of a certification run (JSON-ready).
 
   Args:
@@ -167,28 +195,34 @@ def summarize(records: Records, *, radii: Mapping[str, float],
   num = len(records["index"])
   if num == 0:
     raise ValueError("cannot summarize zero records.")
-  norms, pgd_norms = (_column_norms(records, "certified_"),
-                      _column_norms(records, "pgd_"))
+  norms, pgd_norms = (
+    _column_norms(records, "certified_"),
+    _column_norms(records, "pgd_"),
+  )
   if set(radii) != set(norms):
-    raise ValueError(f"radii are given for {sorted(radii)} but the records "
-                     f"certify {list(norms)}.")
+    raise ValueError(
+      f"radii are given for {sorted(radii)} but the records "
+      f"certify {list(norms)}."
+    )
   summary = {
-      "num_examples": num,
-      "radii": {n: float(radii[n]) for n in norms},
-      "methods": list(methods),
-      "settings": dict(settings or {}),
-      "clean": _fraction(records["correct"]),
-      "certified": {},
-      "union_certified": _fraction(records["union_certified"]),
+    "num_examples": num,
+    "radii": {n: float(radii[n]) for n in norms},
+    "methods": list(methods),
+    "settings": dict(settings or {}),
+    "clean": _fraction(records["correct"]),
+    "certified": {},
+    "union_certified": _fraction(records["union_certified"]),
   }
   for n in norms:
     stages = records[f"stage_{n}"]
     summary["certified"][n] = dict(
-        _fraction(records[f"certified_{n}"]),
-        by_stage={m: int(np.sum(stages == m)) for m in methods})
+      _fraction(records[f"certified_{n}"]),
+      by_stage={m: int(np.sum(stages == m)) for m in methods},
+    )
   if pgd_norms:
-    summary["pgd_robust"] = {n: _fraction(records[f"pgd_{n}"])
-                             for n in pgd_norms}
+    summary["pgd_robust"] = {
+      n: _fraction(records[f"pgd_{n}"]) for n in pgd_norms
+    }
     summary["union_pgd"] = _fraction(records["union_pgd"])
   summary["timing"] = _summarize_timing(timing or {}, num)
   return summary
@@ -203,13 +237,13 @@ def format_radius(eps: float) -> str:
   return short
 
 
-def _percent(entry: Optional[Mapping]) -> str:
+def _percent(entry: Mapping | None) -> str:
   if entry is None:
     return "-"
   return f"{100 * entry['accuracy']:.2f}% ({entry['count']})"
 
 
-def _seconds(value: Optional[float]) -> str:
+def _seconds(value: float | None) -> str:
   return "-" if value is None else f"{value:.3g}"
 
 
@@ -219,7 +253,8 @@ def _align(rows: Sequence[Sequence[str]]) -> str:
   lines = []
   for row in rows:
     cells = [row[0].ljust(widths[0])] + [
-        cell.rjust(width) for cell, width in zip(row[1:], widths[1:])]
+      cell.rjust(width) for cell, width in zip(row[1:], widths[1:])
+    ]
     lines.append("  ".join(cells).rstrip())
   return "\n".join(lines)
 
@@ -240,25 +275,35 @@ def format_table(summary: Mapping[str, Any]) -> str:
   methods = summary["methods"]
   pgd = summary.get("pgd_robust", {})
   timing = summary["timing"]
-  header = (["threat", "radius", "certified"] + list(methods) +
-            ["PGD robust", "cert s/pt", "PGD s/pt"])
+  header = (
+    ["threat", "radius", "certified"]
+    + list(methods)
+    + ["PGD robust", "cert s/pt", "PGD s/pt"]
+  )
   rows = [header]
   for norm, eps in summary["radii"].items():
     cert = summary["certified"][norm]
     cert_time = timing["certify"].get(norm, {}).get("total", {})
     pgd_time = timing["pgd"].get(norm, {})
     rows.append(
-        [NORM_SYMBOLS[norm], format_radius(eps), _percent(cert)] +
-        [str(cert["by_stage"][m]) for m in methods] +
-        [_percent(pgd.get(norm)),
-         _seconds(cert_time.get("seconds_per_test_point")),
-         _seconds(pgd_time.get("seconds_per_test_point"))])
-  rows.append(["union", "", _percent(summary["union_certified"])] +
-              [""] * len(methods) +
-              [_percent(summary.get("union_pgd")), "", ""])
+      [NORM_SYMBOLS[norm], format_radius(eps), _percent(cert)]
+      + [str(cert["by_stage"][m]) for m in methods]
+      + [
+        _percent(pgd.get(norm)),
+        _seconds(cert_time.get("seconds_per_test_point")),
+        _seconds(pgd_time.get("seconds_per_test_point")),
+      ]
+    )
+  rows.append(
+    ["union", "", _percent(summary["union_certified"])]
+    + [""] * len(methods)
+    + [_percent(summary.get("union_pgd")), "", ""]
+  )
   clean = summary["clean"]
-  title = (f"{summary['num_examples']} test points, clean accuracy "
-           f"{100 * clean['accuracy']:.2f}% ({clean['count']})")
+  title = (
+    f"{summary['num_examples']} test points, clean accuracy "
+    f"{100 * clean['accuracy']:.2f}% ({clean['count']})"
+  )
   return title + "\n" + _align(rows)
 
 
@@ -266,9 +311,14 @@ def _write_atomic(path: str, text: str) -> None:
   """Writes ``text`` to a temporary file next to ``path``, then renames it."""
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
-  with tempfile.NamedTemporaryFile("w", dir=directory, delete=False,
-                                   prefix=".tmp_", encoding="utf-8",
-                                   newline="") as f:
+  with tempfile.NamedTemporaryFile(
+    "w",
+    dir=directory,
+    delete=False,
+    prefix=".tmp_",
+    encoding="utf-8",
+    newline="",
+  ) as f:
     tmp = f.name
     f.write(text)
     f.flush()
@@ -301,11 +351,14 @@ def _parse_column(name: str, cells: Sequence[str]) -> np.ndarray:
     return np.asarray([int(c) for c in cells], np.int64)
   if name.startswith("stage_"):
     return np.asarray(cells, dtype=str)
-  if name == "correct" or name.startswith(("certified_", "pgd_", "attack_",
-                                            "union_")):
+  if name == "correct" or name.startswith(
+    ("certified_", "pgd_", "attack_", "union_")
+  ):
     if set(cells) - {"0", "1"}:
-      raise ValueError(f"column {name!r} must hold 0/1, got "
-                       f"{sorted(set(cells) - {'0', '1'})[:3]}.")
+      raise ValueError(
+        f"column {name!r} must hold 0/1, got "
+        f"{sorted(set(cells) - {'0', '1'})[:3]}."
+      )
     return np.asarray([c == "1" for c in cells], bool)
   raise ValueError(f"unknown column {name!r} in a certification CSV.")
 
@@ -317,8 +370,10 @@ def read_csv(path: str) -> Records:
   if not rows:
     raise ValueError(f"{path} is empty; expected a header row.")
   header, body = rows[0], rows[1:]
-  return {name: _parse_column(name, [r[i] for r in body])
-          for i, name in enumerate(header)}
+  return {
+    name: _parse_column(name, [r[i] for r in body])
+    for i, name in enumerate(header)
+  }
 
 
 def write_json(path: str, summary: Mapping[str, Any]) -> None:
@@ -326,8 +381,12 @@ def write_json(path: str, summary: Mapping[str, Any]) -> None:
   _write_atomic(path, json.dumps(summary, indent=2, allow_nan=False) + "\n")
 
 
-def write_report(directory: str, records: Records, summary: Mapping[str, Any],
-                 name: str = "certify") -> Tuple[str, str]:
+def write_report(
+  directory: str,
+  records: Records,
+  summary: Mapping[str, Any],
+  name: str = "certify",
+) -> tuple[str, str]:
   """Writes ``<name>.csv`` and ``<name>.json`` into ``directory``.
 
   Args:
@@ -346,7 +405,7 @@ def write_report(directory: str, records: Records, summary: Mapping[str, Any],
   return csv_path, json_path
 
 
-def read_json(path: str) -> Dict[str, Any]:
+def read_json(path: str) -> dict[str, Any]:
   """Reads a summary written by `write_json`."""
   with open(path, encoding="utf-8") as f:
     return json.load(f)

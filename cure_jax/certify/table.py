@@ -18,15 +18,16 @@ transformation family (``--beyond_lp_first=N`` as ``--first``).
 import argparse
 import json
 import os
-from typing import Dict, List, Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from cure_jax.certify.report import NORM_SYMBOLS, ordered_norms, read_csv
 
 
-def run_row(workdir: str, first: Optional[int] = None,
-            name: str = "certify") -> Dict[str, object]:
+def run_row(
+  workdir: str, first: int | None = None, name: str = "certify"
+) -> dict[str, object]:
   """The figures of one run (fractions in [0, 1]) from its reports.
 
   Args:
@@ -48,8 +49,9 @@ def run_row(workdir: str, first: Optional[int] = None,
   points = len(records["index"])
   if first is not None:
     if first > points:
-      raise ValueError(f"{workdir} certified {points} points, fewer than "
-                       f"--first={first}.")
+      raise ValueError(
+        f"{workdir} certified {points} points, fewer than --first={first}."
+      )
     records = {k: v[:first] for k, v in records.items()}
   summary_path = os.path.join(workdir, f"{name}.json")
   summary = {}
@@ -57,21 +59,30 @@ def run_row(workdir: str, first: Optional[int] = None,
     with open(summary_path, encoding="utf-8") as f:
       summary = json.load(f)
   method = summary.get("method", os.path.basename(os.path.normpath(workdir)))
-  row = {"method": method, "points": len(records["index"]),
-         "clean": float(np.mean(np.asarray(records["correct"], bool))),
-         "certify_seconds_per_point": certify_seconds_per_point(summary)}
-  norms = ordered_norms([c[len("certified_"):] for c in records
-                         if c.startswith("certified_")])
+  row = {
+    "method": method,
+    "points": len(records["index"]),
+    "clean": float(np.mean(np.asarray(records["correct"], bool))),
+    "certify_seconds_per_point": certify_seconds_per_point(summary),
+  }
+  norms = ordered_norms(
+    [c[len("certified_") :] for c in records if c.startswith("certified_")]
+  )
   for norm in norms:
-    row[f"certified_{norm}"] = float(np.mean(np.asarray(
-        records[f"certified_{norm}"], bool)))
-  row["union_certified"] = float(np.mean(np.asarray(
-      records["union_certified"], bool)))
+    row[f"certified_{norm}"] = float(
+      np.mean(np.asarray(records[f"certified_{norm}"], bool))
+    )
+  row["union_certified"] = float(
+    np.mean(np.asarray(records["union_certified"], bool))
+  )
   if {"linf", "l2"} <= set(norms) and len(norms) > 2:
     # The paper's union is l∞ and l2; l1 is optional (spec §1).
-    row["union_linf_l2"] = float(np.mean(
-        np.asarray(records["certified_linf"], bool) &
-        np.asarray(records["certified_l2"], bool)))
+    row["union_linf_l2"] = float(
+      np.mean(
+        np.asarray(records["certified_linf"], bool)
+        & np.asarray(records["certified_l2"], bool)
+      )
+    )
   if "union_pgd" in records:
     row["union_pgd"] = float(np.mean(np.asarray(records["union_pgd"], bool)))
   results_path = os.path.join(workdir, "results.json")
@@ -82,7 +93,7 @@ def run_row(workdir: str, first: Optional[int] = None,
   return row
 
 
-def certify_seconds_per_point(summary: Dict) -> Optional[float]:
+def certify_seconds_per_point(summary: dict) -> float | None:
   """Run seconds per test point of a certification, every norm's cascade and
   attack together (compilation excluded); None without timings."""
   timing = summary.get("timing", {})
@@ -93,17 +104,19 @@ def certify_seconds_per_point(summary: Dict) -> Optional[float]:
   return sum(e["seconds"] for e in entries) / summary["num_examples"]
 
 
-def markdown(rows: Sequence[Dict[str, object]]) -> str:
+def markdown(rows: Sequence[dict[str, object]]) -> str:
   """The rows as a Markdown table (percentages, minutes)."""
-  norms = ordered_norms([k[len("certified_"):] for k in rows[0]
-                         if k.startswith("certified_")])
-  header = (["method", "points", "clean"] +
-            [f"cert. {NORM_SYMBOLS[n]}" for n in norms] +
-            ["cert. union"] +
-            (["cert. l∞ ∪ l2"] if "union_linf_l2" in rows[0] else []) +
-            ["PGD union", "train min", "certify s/point"])
-  lines = ["| " + " | ".join(header) + " |",
-           "|" + "---|" * len(header)]
+  norms = ordered_norms(
+    [k[len("certified_") :] for k in rows[0] if k.startswith("certified_")]
+  )
+  header = (
+    ["method", "points", "clean"]
+    + [f"cert. {NORM_SYMBOLS[n]}" for n in norms]
+    + ["cert. union"]
+    + (["cert. l∞ ∪ l2"] if "union_linf_l2" in rows[0] else [])
+    + ["PGD union", "train min", "certify s/point"]
+  )
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for row in rows:
     cells = [str(row["method"]), str(row["points"]), f"{row['clean']:.1%}"]
     cells += [f"{row[f'certified_{n}']:.1%}" for n in norms]
@@ -119,8 +132,9 @@ def markdown(rows: Sequence[Dict[str, object]]) -> str:
   return "\n".join(lines)
 
 
-def beyond_lp_row(workdir: str, first: Optional[int] = None,
-                  name: str = "beyond_lp") -> Optional[Dict[str, object]]:
+def beyond_lp_row(
+  workdir: str, first: int | None = None, name: str = "beyond_lp"
+) -> dict[str, object] | None:
   """The beyond-l_p figures of one run, or None if it has no such report.
 
   Returns:
@@ -137,31 +151,38 @@ def beyond_lp_row(workdir: str, first: Optional[int] = None,
   points = len(records["index"])
   if first is not None:
     if first > points:
-      raise ValueError(f"{path} holds {points} points, fewer than "
-                       f"--first={first}.")
+      raise ValueError(
+        f"{path} holds {points} points, fewer than --first={first}."
+      )
     records = {k: v[:first] for k, v in records.items()}
   method = os.path.basename(os.path.normpath(workdir))
   summary_path = os.path.join(workdir, f"{name}.json")
   if os.path.exists(summary_path):
     with open(summary_path, encoding="utf-8") as f:
       method = json.load(f).get("method", method)
-  row = {"method": method, "points": len(records["index"]),
-         "clean": float(np.mean(np.asarray(records["correct"], bool)))}
+  row = {
+    "method": method,
+    "points": len(records["index"]),
+    "clean": float(np.mean(np.asarray(records["correct"], bool))),
+  }
   for column in records:
     if column.startswith(("certified_", "attack_")):
       row[column] = float(np.mean(np.asarray(records[column], bool)))
   return row
 
 
-def beyond_lp_markdown(rows: Sequence[Dict[str, object]]) -> str:
+def beyond_lp_markdown(rows: Sequence[dict[str, object]]) -> str:
   """Certified (empirical) accuracy per threat, one row per run."""
   threats = []
   for row in rows:
-    threats += [k[len("certified_"):] for k in row
-                if k.startswith("certified_") and
-                k[len("certified_"):] not in threats]
+    threats += [
+      k[len("certified_") :]
+      for k in row
+      if k.startswith("certified_") and k[len("certified_") :] not in threats
+    ]
   header = ["method", "points", "clean"] + [
-      t.replace("patch_", "patch ") for t in threats]
+    t.replace("patch_", "patch ") for t in threats
+  ]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for row in rows:
     cells = [str(row["method"]), str(row["points"]), f"{row['clean']:.1%}"]
@@ -172,21 +193,28 @@ def beyond_lp_markdown(rows: Sequence[Dict[str, object]]) -> str:
   return "\n".join(lines)
 
 
-def main(argv: Optional[List[str]] = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawTextHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+  )
   parser.add_argument("workdirs", nargs="+")
   parser.add_argument("--first", type=int, default=None)
   parser.add_argument("--name", default="certify")
-  parser.add_argument("--beyond_lp_first", type=int, default=None,
-                      help="points of beyond_lp.csv to use (default all)")
+  parser.add_argument(
+    "--beyond_lp_first",
+    type=int,
+    default=None,
+    help="points of beyond_lp.csv to use (default all)",
+  )
   args = parser.parse_args(argv)
   print(markdown([run_row(w, args.first, args.name) for w in args.workdirs]))
   beyond = [beyond_lp_row(w, args.beyond_lp_first) for w in args.workdirs]
   beyond = [row for row in beyond if row is not None]
   if beyond:
-    print("\nBeyond l_p: certified (empirical) accuracy per threat model, "
-          "from beyond_lp.csv\n")
+    print(
+      "\nBeyond l_p: certified (empirical) accuracy per threat model, "
+      "from beyond_lp.csv\n"
+    )
     print(beyond_lp_markdown(beyond))
 
 

@@ -11,7 +11,8 @@ precision), the setting every certification function is compiled with.
 """
 
 import time
-from typing import Any, Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import jax
 
@@ -32,8 +33,9 @@ class Timed(NamedTuple):
   run_seconds: float
 
 
-def compile_and_run(jitted: Callable, static_args: Sequence[Any],
-                    dynamic_args: Sequence[Any]) -> Timed:
+def compile_and_run(
+  jitted: Callable, static_args: Sequence[Any], dynamic_args: Sequence[Any]
+) -> Timed:
   """Calls ``jitted(*static_args, *dynamic_args)``, timing compile and run.
 
   Args:
@@ -55,5 +57,7 @@ def compile_and_run(jitted: Callable, static_args: Sequence[Any],
 
 def is_traced(*trees: Any) -> bool:
   """Whether any leaf of ``trees`` is a tracer (we are inside jit/vmap/grad)."""
-  return any(isinstance(leaf, jax.core.Tracer)
-             for leaf in jax.tree_util.tree_leaves(trees))
+  return any(
+    isinstance(leaf, jax.core.Tracer)
+    for leaf in jax.tree_util.tree_leaves(trees)
+  )

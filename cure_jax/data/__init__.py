@@ -16,28 +16,32 @@ Typical use:
                            process_count=jax.process_count())
 """
 
-from cure_jax.data.augment import apply_augmentation
-from cure_jax.data.augment import Augmentation
-from cure_jax.data.augment import AugmentationDraws
-from cure_jax.data.augment import center_crop
-from cure_jax.data.augment import sample_draws
-from cure_jax.data.augment import to_unit_float
-from cure_jax.data.batching import Batch
-from cure_jax.data.batching import epoch_permutation
-from cure_jax.data.batching import eval_batches
-from cure_jax.data.batching import EvalBatch
-from cure_jax.data.batching import num_eval_batches
-from cure_jax.data.batching import steps_per_epoch
-from cure_jax.data.batching import train_batch
+from cure_jax.data.augment import (
+  Augmentation,
+  AugmentationDraws,
+  apply_augmentation,
+  center_crop,
+  sample_draws,
+  to_unit_float,
+)
+from cure_jax.data.batching import (
+  Batch,
+  EvalBatch,
+  epoch_permutation,
+  eval_batches,
+  num_eval_batches,
+  steps_per_epoch,
+  train_batch,
+)
 from cure_jax.data.cifar10_builder import CureCifar10
-from cure_jax.data.info import DATASET_NAMES
-from cure_jax.data.info import dataset_info
-from cure_jax.data.info import DatasetInfo
-from cure_jax.data.loading import DATA_DIR_ENV
-from cure_jax.data.loading import dataset_env_var
-from cure_jax.data.loading import load_split
-from cure_jax.data.loading import prepare
-from cure_jax.data.loading import Split
+from cure_jax.data.info import DATASET_NAMES, DatasetInfo, dataset_info
+from cure_jax.data.loading import (
+  DATA_DIR_ENV,
+  Split,
+  dataset_env_var,
+  load_split,
+  prepare,
+)
 from cure_jax.data.mnist_builder import CureMnist
 from cure_jax.data.sources import DataNotFoundError
 from cure_jax.data.tinyimagenet_builder import CureTinyImagenet

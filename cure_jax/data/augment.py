@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-_PAD_MODES = ('edge', 'constant')
+_PAD_MODES = ("edge", "constant")
 
 
 class Augmentation(NamedTuple):
@@ -33,9 +33,10 @@ class Augmentation(NamedTuple):
       'constant' (zeros).
     crop_size: side of the square crop; None keeps the image's own size.
   """
+
   random_flip: bool = False
   pad: int = 0
-  pad_mode: str = 'edge'
+  pad_mode: str = "edge"
   crop_size: int | None = None
 
 
@@ -47,6 +48,7 @@ class AugmentationDraws(NamedTuple):
       the padded image.
     flips: bool [B], which images are mirrored.
   """
+
   offsets: np.ndarray
   flips: np.ndarray
 
@@ -66,24 +68,26 @@ def output_size(augmentation: Augmentation, image_size: int) -> int:
       image.
   """
   if augmentation.pad < 0:
-    raise ValueError(f'pad must be >= 0, got {augmentation.pad}.')
+    raise ValueError(f"pad must be >= 0, got {augmentation.pad}.")
   if augmentation.pad_mode not in _PAD_MODES:
     raise ValueError(
-        f'pad_mode must be one of {_PAD_MODES}, got {augmentation.pad_mode!r}.')
+      f"pad_mode must be one of {_PAD_MODES}, got {augmentation.pad_mode!r}."
+    )
   size = augmentation.crop_size or image_size
   padded = image_size + 2 * augmentation.pad
   if not 0 < size <= padded:
     raise ValueError(
-        f'crop_size {size} must be in [1, {padded}] (image {image_size} +'
-        f' 2 * pad {augmentation.pad}).')
+      f"crop_size {size} must be in [1, {padded}] (image {image_size} +"
+      f" 2 * pad {augmentation.pad})."
+    )
   return size
 
 
 def sample_draws(
-    rng: np.random.Generator,
-    batch_size: int,
-    image_size: int,
-    augmentation: Augmentation,
+  rng: np.random.Generator,
+  batch_size: int,
+  image_size: int,
+  augmentation: Augmentation,
 ) -> AugmentationDraws:
   """Draws crop positions and flips uniformly for a batch.
 
@@ -105,9 +109,9 @@ def sample_draws(
 
 
 def apply_augmentation(
-    images: np.ndarray,
-    augmentation: Augmentation,
-    draws: AugmentationDraws,
+  images: np.ndarray,
+  augmentation: Augmentation,
+  draws: AugmentationDraws,
 ) -> np.ndarray:
   """Pads, crops and flips a batch of images as drawn.
 
@@ -126,21 +130,25 @@ def apply_augmentation(
   """
   batch_size, height, width = images.shape[:3]
   if height != width:
-    raise ValueError(f'Images must be square, got {height}x{width}.')
+    raise ValueError(f"Images must be square, got {height}x{width}.")
   if draws.offsets.shape != (batch_size, 2) or draws.flips.shape != (
-      batch_size,):
+    batch_size,
+  ):
     raise ValueError(
-        f'Draws for {draws.offsets.shape[0]} images do not fit a batch of'
-        f' {batch_size}.')
+      f"Draws for {draws.offsets.shape[0]} images do not fit a batch of"
+      f" {batch_size}."
+    )
   size = output_size(augmentation, height)
   pad = augmentation.pad
-  padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)),
-                  mode=augmentation.pad_mode)
+  padded = np.pad(
+    images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode=augmentation.pad_mode
+  )
   span = np.arange(size)
   rows = draws.offsets[:, :1] + span  # [B, S]
   # A flip reads the crop's columns right to left.
-  cols = draws.offsets[:, 1:] + np.where(draws.flips[:, None],
-                                         size - 1 - span, span)
+  cols = draws.offsets[:, 1:] + np.where(
+    draws.flips[:, None], size - 1 - span, span
+  )
   batch = np.arange(batch_size)[:, None, None]
   return padded[batch, rows[:, :, None], cols[:, None, :]]
 
@@ -163,9 +171,9 @@ def center_crop(images: np.ndarray, size: int) -> np.ndarray:
   """
   height, width = images.shape[1:3]
   if not 0 < size <= min(height, width):
-    raise ValueError(f'Cannot crop {size}x{size} out of {height}x{width}.')
+    raise ValueError(f"Cannot crop {size}x{size} out of {height}x{width}.")
   top, left = (height - size) // 2, (width - size) // 2
-  return images[:, top:top + size, left:left + size]
+  return images[:, top : top + size, left : left + size]
 
 
 def to_unit_float(images: np.ndarray) -> np.ndarray:
@@ -181,5 +189,5 @@ def to_unit_float(images: np.ndarray) -> np.ndarray:
     TypeError: the images are not uint8.
   """
   if images.dtype != np.uint8:
-    raise TypeError(f'Expected uint8 images, got {images.dtype}.')
+    raise TypeError(f"Expected uint8 images, got {images.dtype}.")
   return images.astype(np.float32) / np.float32(255)

@@ -23,8 +23,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from cure_jax.data import augment
-from cure_jax.data import loading
+from cure_jax.data import augment, loading
 
 # Independent random streams derived from the seed.
 _PERMUTATION_STREAM = 0
@@ -38,6 +37,7 @@ class Batch(NamedTuple):
     images: float32 [b, H, W, C] in [0, 1].
     labels: int32 [b].
   """
+
   images: np.ndarray
   labels: np.ndarray
 
@@ -50,6 +50,7 @@ class EvalBatch(NamedTuple):
     labels: int32 [b] (0 where padded).
     mask: bool [b], True for real examples.
   """
+
   images: np.ndarray
   labels: np.ndarray
   mask: np.ndarray
@@ -70,8 +71,9 @@ def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
   """
   if not 0 < global_batch_size <= num_examples:
     raise ValueError(
-        f'global_batch_size must be in [1, {num_examples}] (the number of'
-        f' examples), got {global_batch_size}.')
+      f"global_batch_size must be in [1, {num_examples}] (the number of"
+      f" examples), got {global_batch_size}."
+    )
   return num_examples // global_batch_size
 
 
@@ -107,7 +109,8 @@ def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
 
 
 def _host_slice(
-    global_batch_size: int, process_index: int, process_count: int) -> slice:
+  global_batch_size: int, process_index: int, process_count: int
+) -> slice:
   """Returns this host's contiguous part of a global batch.
 
   Args:
@@ -123,13 +126,15 @@ def _host_slice(
   """
   if process_count < 1 or not 0 <= process_index < process_count:
     raise ValueError(
-        f'process_index must be in [0, process_count), got {process_index} of'
-        f' {process_count}.')
+      f"process_index must be in [0, process_count), got {process_index} of"
+      f" {process_count}."
+    )
   if global_batch_size % process_count:
     raise ValueError(
-        f'The global batch size {global_batch_size} must be divisible by the'
-        f' number of processes {process_count}; use a multiple of'
-        f' {process_count}.')
+      f"The global batch size {global_batch_size} must be divisible by the"
+      f" number of processes {process_count}; use a multiple of"
+      f" {process_count}."
+    )
   local = global_batch_size // process_count
   return slice(process_index * local, (process_index + 1) * local)
 
@@ -138,22 +143,24 @@ def _check_split(split: loading.Split) -> None:
   """Raises ValueError unless images are uint8 NHWC with one label each."""
   if split.images.dtype != np.uint8 or split.images.ndim != 4:
     raise ValueError(
-        f'Expected uint8 [N, H, W, C] images, got {split.images.dtype}'
-        f' {split.images.shape}.')
+      f"Expected uint8 [N, H, W, C] images, got {split.images.dtype}"
+      f" {split.images.shape}."
+    )
   if split.labels.shape != split.images.shape[:1]:
     raise ValueError(
-        f'Expected {len(split.images)} labels, got shape {split.labels.shape}.')
+      f"Expected {len(split.images)} labels, got shape {split.labels.shape}."
+    )
 
 
 def train_batch(
-    split: loading.Split,
-    step: int,
-    *,
-    global_batch_size: int,
-    seed: int,
-    augmentation: augment.Augmentation | None = None,
-    process_index: int = 0,
-    process_count: int = 1,
+  split: loading.Split,
+  step: int,
+  *,
+  global_batch_size: int,
+  seed: int,
+  augmentation: augment.Augmentation | None = None,
+  process_index: int = 0,
+  process_count: int = 1,
 ) -> Batch:
   """Returns this host's part of the training batch at `step`.
 
@@ -177,32 +184,37 @@ def train_batch(
   _check_split(split)
   step, seed = int(step), int(seed)  # Also accepts scalar (jax) arrays.
   if step < 0 or seed < 0:
-    raise ValueError(f'step and seed must be >= 0, got {step} and {seed}.')
+    raise ValueError(f"step and seed must be >= 0, got {step} and {seed}.")
   epoch, position = divmod(
-      step, steps_per_epoch(split.num_examples, global_batch_size))
+    step, steps_per_epoch(split.num_examples, global_batch_size)
+  )
   host = _host_slice(global_batch_size, process_index, process_count)
   order = epoch_permutation(split.num_examples, seed, epoch)
-  indices = order[position * global_batch_size:
-                  (position + 1) * global_batch_size][host]
+  indices = order[
+    position * global_batch_size : (position + 1) * global_batch_size
+  ][host]
   images = split.images[indices]
   if augmentation is not None:
     rng = np.random.default_rng([seed, _AUGMENTATION_STREAM, step])
-    draws = augment.sample_draws(rng, global_batch_size, images.shape[1],
-                                 augmentation)
-    local_draws = augment.AugmentationDraws(draws.offsets[host],
-                                            draws.flips[host])
+    draws = augment.sample_draws(
+      rng, global_batch_size, images.shape[1], augmentation
+    )
+    local_draws = augment.AugmentationDraws(
+      draws.offsets[host], draws.flips[host]
+    )
     images = augment.apply_augmentation(images, augmentation, local_draws)
-  return Batch(augment.to_unit_float(images),
-               split.labels[indices].astype(np.int32))
+  return Batch(
+    augment.to_unit_float(images), split.labels[indices].astype(np.int32)
+  )
 
 
 def eval_batches(
-    split: loading.Split,
-    *,
-    global_batch_size: int,
-    center_crop: int | None = None,
-    process_index: int = 0,
-    process_count: int = 1,
+  split: loading.Split,
+  *,
+  global_batch_size: int,
+  center_crop: int | None = None,
+  process_index: int = 0,
+  process_count: int = 1,
 ) -> Iterator[EvalBatch]:
   """Returns an iterator over this host's part of each evaluation batch.
 
@@ -228,7 +240,8 @@ def eval_batches(
   _check_split(split)
   if global_batch_size < 1:
     raise ValueError(
-        f'global_batch_size must be >= 1, got {global_batch_size}.')
+      f"global_batch_size must be >= 1, got {global_batch_size}."
+    )
   if center_crop is not None:
     augment.center_crop(split.images[:0], center_crop)  # Validates the size.
   host = _host_slice(global_batch_size, process_index, process_count)
@@ -236,10 +249,10 @@ def eval_batches(
 
 
 def _iterate_eval_batches(
-    split: loading.Split,
-    global_batch_size: int,
-    center_crop: int | None,
-    host: slice,
+  split: loading.Split,
+  global_batch_size: int,
+  center_crop: int | None,
+  host: slice,
 ) -> Iterator[EvalBatch]:
   """Yields the evaluation batches described in `eval_batches`."""
   num_examples = split.num_examples
@@ -252,5 +265,8 @@ def _iterate_eval_batches(
     labels = np.where(mask, split.labels[indices], 0)
     if center_crop is not None:
       images = augment.center_crop(images, center_crop)
-    yield EvalBatch(augment.to_unit_float(images.astype(np.uint8)),
-                    labels.astype(np.int32), mask)
+    yield EvalBatch(
+      augment.to_unit_float(images.astype(np.uint8)),
+      labels.astype(np.int32),
+      mask,
+    )

@@ -20,31 +20,43 @@ import tarfile
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
-from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 
 from cure_jax.data import sources
 
 IMAGE_SHAPE = (32, 32, 3)
 NUM_CLASSES = 10
-CLASS_NAMES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog',
-               'horse', 'ship', 'truck')
-ARCHIVE_NAME = 'cifar-10-python.tar.gz'
-FOLDER_NAME = 'cifar-10-batches-py'
+CLASS_NAMES = (
+  "airplane",
+  "automobile",
+  "bird",
+  "cat",
+  "deer",
+  "dog",
+  "frog",
+  "horse",
+  "ship",
+  "truck",
+)
+ARCHIVE_NAME = "cifar-10-python.tar.gz"
+FOLDER_NAME = "cifar-10-batches-py"
 SPLIT_BATCHES = {
-    'train': tuple(f'data_batch_{i}' for i in range(1, 6)),
-    'test': ('test_batch',),
+  "train": tuple(f"data_batch_{i}" for i in range(1, 6)),
+  "test": ("test_batch",),
 }
 REMOTE_FILES = {
-    'archive': sources.RemoteFile(
-        'https://www.cs.toronto.edu/~kriz/' + ARCHIVE_NAME,
-        'c58f30108f718f92721af3b95e74349a'),
+  "archive": sources.RemoteFile(
+    "https://www.cs.toronto.edu/~kriz/" + ARCHIVE_NAME,
+    "c58f30108f718f92721af3b95e74349a",
+  ),
 }
 # What to put in a directory to prepare the dataset from local files.
 LOCAL_FILES_HELP = (
-    f'the CIFAR-10 python-version archive {ARCHIVE_NAME} or its extracted'
-    f' folder {FOLDER_NAME}/ (data_batch_1 ... data_batch_5, test_batch)')
+  f"the CIFAR-10 python-version archive {ARCHIVE_NAME} or its extracted"
+  f" folder {FOLDER_NAME}/ (data_batch_1 ... data_batch_5, test_batch)"
+)
 
 # NumPy's array-reconstruction function, whatever its module is called.
 _RECONSTRUCT_ARRAY = np.zeros(0).__reduce__()[0]
@@ -52,11 +64,11 @@ _RECONSTRUCT_ARRAY = np.zeros(0).__reduce__()[0]
 # NumPy 1 and NumPy 2 module names) and the codec Python 3 uses to pickle
 # bytes at protocol 2.
 _ALLOWED_GLOBALS = {
-    ('numpy.core.multiarray', '_reconstruct'): _RECONSTRUCT_ARRAY,
-    ('numpy._core.multiarray', '_reconstruct'): _RECONSTRUCT_ARRAY,
-    ('numpy', 'ndarray'): np.ndarray,
-    ('numpy', 'dtype'): np.dtype,
-    ('_codecs', 'encode'): codecs.encode,
+  ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT_ARRAY,
+  ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT_ARRAY,
+  ("numpy", "ndarray"): np.ndarray,
+  ("numpy", "dtype"): np.dtype,
+  ("_codecs", "encode"): codecs.encode,
 }
 
 
@@ -68,8 +80,9 @@ class _BatchUnpickler(pickle.Unpickler):
       return _ALLOWED_GLOBALS[(module, name)]
     except KeyError:
       raise pickle.UnpicklingError(
-          f'A CIFAR-10 batch may not refer to {module}.{name}: the file is'
-          ' not an original CIFAR-10 python batch.') from None
+        f"A CIFAR-10 batch may not refer to {module}.{name}: the file is"
+        " not an original CIFAR-10 python batch."
+      ) from None
 
 
 def decode_batch(data: bytes) -> tuple[np.ndarray, np.ndarray]:
@@ -85,20 +98,25 @@ def decode_batch(data: bytes) -> tuple[np.ndarray, np.ndarray]:
     ValueError: the bytes are not a CIFAR-10 batch.
   """
   try:
-    batch = _BatchUnpickler(io.BytesIO(data), encoding='bytes').load()
-    rows = np.asarray(batch[b'data'])
-    labels = np.asarray(batch[b'labels'], dtype=np.int64)
+    batch = _BatchUnpickler(io.BytesIO(data), encoding="bytes").load()
+    rows = np.asarray(batch[b"data"])
+    labels = np.asarray(batch[b"labels"], dtype=np.int64)
   except (pickle.UnpicklingError, EOFError, KeyError, TypeError) as e:
-    raise ValueError(f'Not a CIFAR-10 python batch: {e!r}') from e
+    raise ValueError(f"Not a CIFAR-10 python batch: {e!r}") from e
   if rows.dtype != np.uint8 or rows.ndim != 2 or rows.shape[1] != 3072:
     raise ValueError(
-        f'A CIFAR-10 batch holds uint8 rows of 3072 values, got {rows.dtype}'
-        f' {rows.shape}.')
-  if labels.shape != (len(rows),) or labels.min(initial=0) < 0 or (
-      labels.max(initial=0) >= NUM_CLASSES):
+      f"A CIFAR-10 batch holds uint8 rows of 3072 values, got {rows.dtype}"
+      f" {rows.shape}."
+    )
+  if (
+    labels.shape != (len(rows),)
+    or labels.min(initial=0) < 0
+    or (labels.max(initial=0) >= NUM_CLASSES)
+  ):
     raise ValueError(
-        f'A CIFAR-10 batch holds one label in [0, 10) per image, got labels'
-        f' of shape {labels.shape} for {len(rows)} images.')
+      f"A CIFAR-10 batch holds one label in [0, 10) per image, got labels"
+      f" of shape {labels.shape} for {len(rows)} images."
+    )
   # Row = [R (32x32), G (32x32), B (32x32)]: CHW -> HWC.
   images = rows.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
   return np.ascontiguousarray(images), labels.astype(np.int32)
@@ -111,12 +129,14 @@ class CifarSource(NamedTuple):
     path: the `.tar.gz` archive or the extracted batches folder.
     is_archive: whether `path` is the archive.
   """
+
   path: epath.Path
   is_archive: bool
 
 
 def read_batch_files(
-    source: CifarSource, names: Sequence[str]) -> dict[str, bytes]:
+  source: CifarSource, names: Sequence[str]
+) -> dict[str, bytes]:
   """Reads the named batch files from the archive or folder.
 
   The archive is gzip-compressed, so it is read in one sequential pass.
@@ -134,19 +154,20 @@ def read_batch_files(
   if not source.is_archive:
     return {name: (source.path / name).read_bytes() for name in names}
   found = {}
-  with tarfile.open(source.path, 'r:gz') as archive:
+  with tarfile.open(source.path, "r:gz") as archive:
     for member in archive:
-      name = member.name.rsplit('/', 1)[-1]
+      name = member.name.rsplit("/", 1)[-1]
       if member.isfile() and name in names and name not in found:
         found[name] = archive.extractfile(member).read()
   missing = sorted(set(names) - set(found))
   if missing:
-    raise FileNotFoundError(f'{source.path} lacks the batches {missing}.')
+    raise FileNotFoundError(f"{source.path} lacks the batches {missing}.")
   return found
 
 
 def read_split(
-    source: CifarSource, split: str) -> tuple[np.ndarray, np.ndarray]:
+  source: CifarSource, split: str
+) -> tuple[np.ndarray, np.ndarray]:
   """Reads one CIFAR-10 split, its batches concatenated in file order.
 
   Args:
@@ -166,7 +187,7 @@ def read_split(
     try:
       decoded.append(decode_batch(files[name]))
     except ValueError as e:
-      raise ValueError(f'{name} in {source.path}: {e}') from e
+      raise ValueError(f"{name} in {source.path}: {e}") from e
   images, labels = zip(*decoded)
   return np.concatenate(images), np.concatenate(labels)
 
@@ -174,26 +195,30 @@ def read_split(
 class CureCifar10(sources.OriginalFilesBuilder):
   """CIFAR-10: 50,000 train and 10,000 test 32x32 colour images, 10 classes."""
 
-  VERSION = tfds.core.Version('1.0.0')
+  VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {
-      '1.0.0': 'Raw uint8 images from the python batches, in file order.',
+    "1.0.0": "Raw uint8 images from the python batches, in file order.",
   }
-  MANUAL_DOWNLOAD_INSTRUCTIONS = f'Put {LOCAL_FILES_HELP} in manual_dir.'
+  MANUAL_DOWNLOAD_INSTRUCTIONS = f"Put {LOCAL_FILES_HELP} in manual_dir."
   REMOTE_FILES = REMOTE_FILES
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
-        builder=self,
-        description='CIFAR-10: 60,000 32x32 colour images in 10 classes.',
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Tensor(
-                shape=IMAGE_SHAPE, dtype=np.uint8,
-                encoding=tfds.features.Encoding.BYTES),
-            'label': tfds.features.ClassLabel(names=CLASS_NAMES),
-        }),
-        supervised_keys=('image', 'label'),
-        disable_shuffling=True,  # Keep the original order (test subsets).
-        homepage='https://www.cs.toronto.edu/~kriz/cifar.html',
+      builder=self,
+      description="CIFAR-10: 60,000 32x32 colour images in 10 classes.",
+      features=tfds.features.FeaturesDict(
+        {
+          "image": tfds.features.Tensor(
+            shape=IMAGE_SHAPE,
+            dtype=np.uint8,
+            encoding=tfds.features.Encoding.BYTES,
+          ),
+          "label": tfds.features.ClassLabel(names=CLASS_NAMES),
+        }
+      ),
+      supervised_keys=("image", "label"),
+      disable_shuffling=True,  # Keep the original order (test subsets).
+      homepage="https://www.cs.toronto.edu/~kriz/cifar.html",
     )
 
   @classmethod
@@ -201,7 +226,7 @@ class CureCifar10(sources.OriginalFilesBuilder):
     directory = epath.Path(directory)
     if (directory / ARCHIVE_NAME).is_file():
       return CifarSource(directory / ARCHIVE_NAME, is_archive=True)
-    all_batches = SPLIT_BATCHES['train'] + SPLIT_BATCHES['test']
+    all_batches = SPLIT_BATCHES["train"] + SPLIT_BATCHES["test"]
     for folder in (directory / FOLDER_NAME, directory):
       if all((folder / name).is_file() for name in all_batches):
         return CifarSource(folder, is_archive=False)
@@ -209,17 +234,19 @@ class CureCifar10(sources.OriginalFilesBuilder):
 
   @classmethod
   def sources_from_download(
-      cls, paths: Mapping[str, epath.Path]) -> CifarSource:
-    return CifarSource(paths['archive'], is_archive=True)
+    cls, paths: Mapping[str, epath.Path]
+  ) -> CifarSource:
+    return CifarSource(paths["archive"], is_archive=True)
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     source = self._sources(dl_manager)
-    return {split: self._generate_examples(source, split)
-            for split in SPLIT_BATCHES}
+    return {
+      split: self._generate_examples(source, split) for split in SPLIT_BATCHES
+    }
 
   def _generate_examples(
-      self, source: CifarSource, split: str
+    self, source: CifarSource, split: str
   ) -> Iterator[tuple[int, dict[str, np.ndarray | int]]]:
     images, labels = read_split(source, split)
     for index, (image, label) in enumerate(zip(images, labels)):
-      yield index, {'image': image, 'label': int(label)}
+      yield index, {"image": image, "label": int(label)}

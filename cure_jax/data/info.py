@@ -22,6 +22,7 @@ class DatasetInfo(NamedTuple):
     train_augmentation: the reference augmentation for training.
     eval_crop: side of the evaluation centre crop, or None for none.
   """
+
   name: str
   num_classes: int
   image_shape: tuple[int, int, int]
@@ -33,22 +34,38 @@ class DatasetInfo(NamedTuple):
 
 
 _INFOS = {
-    'mnist': DatasetInfo(
-        name='mnist', num_classes=10, image_shape=(28, 28, 1),
-        input_shape=(28, 28, 1), num_train=60_000, num_test=10_000,
-        train_augmentation=augment.Augmentation(), eval_crop=None),
-    'cifar10': DatasetInfo(
-        name='cifar10', num_classes=10, image_shape=(32, 32, 3),
-        input_shape=(32, 32, 3), num_train=50_000, num_test=10_000,
-        train_augmentation=augment.Augmentation(
-            random_flip=True, pad=2, pad_mode='edge'),
-        eval_crop=None),
-    'tinyimagenet': DatasetInfo(
-        name='tinyimagenet', num_classes=200, image_shape=(64, 64, 3),
-        input_shape=(56, 56, 3), num_train=100_000, num_test=10_000,
-        train_augmentation=augment.Augmentation(random_flip=True,
-                                                crop_size=56),
-        eval_crop=56),
+  "mnist": DatasetInfo(
+    name="mnist",
+    num_classes=10,
+    image_shape=(28, 28, 1),
+    input_shape=(28, 28, 1),
+    num_train=60_000,
+    num_test=10_000,
+    train_augmentation=augment.Augmentation(),
+    eval_crop=None,
+  ),
+  "cifar10": DatasetInfo(
+    name="cifar10",
+    num_classes=10,
+    image_shape=(32, 32, 3),
+    input_shape=(32, 32, 3),
+    num_train=50_000,
+    num_test=10_000,
+    train_augmentation=augment.Augmentation(
+      random_flip=True, pad=2, pad_mode="edge"
+    ),
+    eval_crop=None,
+  ),
+  "tinyimagenet": DatasetInfo(
+    name="tinyimagenet",
+    num_classes=200,
+    image_shape=(64, 64, 3),
+    input_shape=(56, 56, 3),
+    num_train=100_000,
+    num_test=10_000,
+    train_augmentation=augment.Augmentation(random_flip=True, crop_size=56),
+    eval_crop=56,
+  ),
 }
 
 DATASET_NAMES = tuple(_INFOS)
@@ -62,7 +79,8 @@ def check_dataset_name(name: str) -> None:
   """
   if name not in _INFOS:
     raise ValueError(
-        f'Unknown dataset {name!r}; choose one of {", ".join(DATASET_NAMES)}.')
+      f"Unknown dataset {name!r}; choose one of {', '.join(DATASET_NAMES)}."
+    )
 
 
 def dataset_info(name: str) -> DatasetInfo:

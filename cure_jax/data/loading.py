@@ -22,28 +22,30 @@ import os
 import uuid
 from typing import NamedTuple
 
-from absl import logging
-from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
+from etils import epath
 
-from cure_jax.data import cifar10_builder
+from cure_jax.data import (
+  cifar10_builder,
+  mnist_builder,
+  sources,
+  tinyimagenet_builder,
+)
 from cure_jax.data import info as info_lib
-from cure_jax.data import mnist_builder
-from cure_jax.data import sources
-from cure_jax.data import tinyimagenet_builder
 
-DATA_DIR_ENV = 'CURE_DATA_DIR'
-SPLITS = ('train', 'test')
+DATA_DIR_ENV = "CURE_DATA_DIR"
+SPLITS = ("train", "test")
 _BUILDERS = {
-    'mnist': mnist_builder.CureMnist,
-    'cifar10': cifar10_builder.CureCifar10,
-    'tinyimagenet': tinyimagenet_builder.CureTinyImagenet,
+  "mnist": mnist_builder.CureMnist,
+  "cifar10": cifar10_builder.CureCifar10,
+  "tinyimagenet": tinyimagenet_builder.CureTinyImagenet,
 }
 _LOCAL_FILES_HELP = {
-    'mnist': mnist_builder.LOCAL_FILES_HELP,
-    'cifar10': cifar10_builder.LOCAL_FILES_HELP,
-    'tinyimagenet': tinyimagenet_builder.LOCAL_FILES_HELP,
+  "mnist": mnist_builder.LOCAL_FILES_HELP,
+  "cifar10": cifar10_builder.LOCAL_FILES_HELP,
+  "tinyimagenet": tinyimagenet_builder.LOCAL_FILES_HELP,
 }
 _READ_CHUNK = 10_000  # Examples decoded per data-source call.
 _PROBE_TIMEOUT_S = 5.0
@@ -56,6 +58,7 @@ class Split(NamedTuple):
     images: uint8 [N, H, W, C].
     labels: int32 [N].
   """
+
   images: np.ndarray
   labels: np.ndarray
 
@@ -78,17 +81,18 @@ class Split(NamedTuple):
     """
     if not 0 <= num_examples <= self.num_examples:
       raise ValueError(
-          f'Cannot take {num_examples} of {self.num_examples} examples.')
+        f"Cannot take {num_examples} of {self.num_examples} examples."
+      )
     return Split(self.images[:num_examples], self.labels[:num_examples])
 
 
 def dataset_env_var(name: str) -> str:
   """Returns the dataset's own directory variable, e.g. 'CURE_MNIST_DIR'."""
-  return f'CURE_{name.upper()}_DIR'
+  return f"CURE_{name.upper()}_DIR"
 
 
 def _named_source_dir(
-    name: str, data_dir: epath.PathLike | None
+  name: str, data_dir: epath.PathLike | None
 ) -> tuple[epath.Path | None, str]:
   """Returns the directory named by the argument or environment, and by whom.
 
@@ -100,24 +104,26 @@ def _named_source_dir(
     (directory, its origin for messages), or (None, '') if none is named.
   """
   if data_dir is not None:
-    return epath.Path(data_dir).expanduser(), 'the data_dir argument'
+    return epath.Path(data_dir).expanduser(), "the data_dir argument"
   for var in (dataset_env_var(name), DATA_DIR_ENV):
     if os.environ.get(var):
-      return epath.Path(os.environ[var]).expanduser(), f'${var}'
-  return None, ''
+      return epath.Path(os.environ[var]).expanduser(), f"${var}"
+  return None, ""
 
 
 def _where_to_put_files(name: str) -> str:
   """The message part saying which files to put where, and how to name it."""
   return (
-      f'Put {_LOCAL_FILES_HELP[name]} in a directory and pass it as data_dir'
-      f' (config key `data_dir`), or set ${dataset_env_var(name)} or'
-      f' ${DATA_DIR_ENV} to it.')
+    f"Put {_LOCAL_FILES_HELP[name]} in a directory and pass it as data_dir"
+    f" (config key `data_dir`), or set ${dataset_env_var(name)} or"
+    f" ${DATA_DIR_ENV} to it."
+  )
 
 
 def _manual_dir(
-    name: str, builder: sources.OriginalFilesBuilder,
-    data_dir: epath.PathLike | None,
+  name: str,
+  builder: sources.OriginalFilesBuilder,
+  data_dir: epath.PathLike | None,
 ) -> epath.Path | None:
   """Returns the local directory holding the original files, if any.
 
@@ -137,26 +143,27 @@ def _manual_dir(
   if directory is not None:
     if builder.find_local_sources(directory) is None:
       raise sources.DataNotFoundError(
-          f'Dataset {name!r} is not prepared in {builder.data_dir_root} and'
-          f' its original files are not in {directory} (from {origin}).'
-          f' {_where_to_put_files(name)}')
+        f"Dataset {name!r} is not prepared in {builder.data_dir_root} and"
+        f" its original files are not in {directory} (from {origin})."
+        f" {_where_to_put_files(name)}"
+      )
     return directory
-  default_dir = epath.Path(builder.data_dir_root) / 'downloads' / 'manual'
+  default_dir = epath.Path(builder.data_dir_root) / "downloads" / "manual"
   if builder.find_local_sources(default_dir) is not None:
     return default_dir
   return None
 
 
 def _builder(name: str, tfds_data_dir) -> tfds.core.DatasetBuilder:
-  return _BUILDERS[name](data_dir=tfds_data_dir, file_format='array_record')
+  return _BUILDERS[name](data_dir=tfds_data_dir, file_format="array_record")
 
 
 def prepare(
-    name: str,
-    *,
-    data_dir: epath.PathLike | None = None,
-    tfds_data_dir: epath.PathLike | None = None,
-    download: bool = True,
+  name: str,
+  *,
+  data_dir: epath.PathLike | None = None,
+  tfds_data_dir: epath.PathLike | None = None,
+  download: bool = True,
 ) -> tfds.core.DatasetBuilder:
   """Returns the dataset's tfds builder, preparing the dataset if needed.
 
@@ -192,21 +199,25 @@ def prepare(
     urls = [f.url for f in builder.REMOTE_FILES.values()]
     if not download:
       raise sources.DataNotFoundError(
-          f'Dataset {name!r} is not prepared in {builder.data_dir_root}, no'
-          f' directory of original files is named, and download=False.'
-          f' {_where_to_put_files(name)}')
+        f"Dataset {name!r} is not prepared in {builder.data_dir_root}, no"
+        f" directory of original files is named, and download=False."
+        f" {_where_to_put_files(name)}"
+      )
     unreachable = sources.unreachable_hosts(urls, _PROBE_TIMEOUT_S)
     if unreachable:
       raise sources.DataNotFoundError(
-          f'Dataset {name!r} is not prepared in {builder.data_dir_root} and'
-          f' cannot be downloaded: no answer from {", ".join(unreachable)}'
-          f' within {_PROBE_TIMEOUT_S:g} s (no network?). Download'
-          f' {", ".join(urls)} elsewhere, or use a local copy. '
-          + _where_to_put_files(name))
+        f"Dataset {name!r} is not prepared in {builder.data_dir_root} and"
+        f" cannot be downloaded: no answer from {', '.join(unreachable)}"
+        f" within {_PROBE_TIMEOUT_S:g} s (no network?). Download"
+        f" {', '.join(urls)} elsewhere, or use a local copy. "
+        + _where_to_put_files(name)
+      )
   try:
     builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(
-            manual_dir=manual_dir, try_download_gcs=False))
+      download_config=tfds.download.DownloadConfig(
+        manual_dir=manual_dir, try_download_gcs=False
+      )
+    )
   except FileExistsError:
     # tfds writes into a private folder and renames it into place at the
     # end; the rename fails when another process (a second host on a shared
@@ -218,8 +229,7 @@ def prepare(
   return builder
 
 
-def _read_data_source(
-    builder: tfds.core.DatasetBuilder, split: str) -> Split:
+def _read_data_source(builder: tfds.core.DatasetBuilder, split: str) -> Split:
   """Reads a whole prepared split through `tfds.data_source` (no TF).
 
   Args:
@@ -230,20 +240,20 @@ def _read_data_source(
     The split, in dataset order.
   """
   source = builder.as_data_source(split=split)
-  image_shape = builder.info.features['image'].shape
+  image_shape = builder.info.features["image"].shape
   images = np.empty((len(source), *image_shape), np.uint8)
   labels = np.empty((len(source),), np.int32)
   for start in range(0, len(source), _READ_CHUNK):
     stop = min(start + _READ_CHUNK, len(source))
     examples = source.__getitems__(range(start, stop))  # A batched read.
-    images[start:stop] = [example['image'] for example in examples]
-    labels[start:stop] = [example['label'] for example in examples]
+    images[start:stop] = [example["image"] for example in examples]
+    labels[start:stop] = [example["label"] for example in examples]
   return Split(images, labels)
 
 
 def _cache_path(builder: tfds.core.DatasetBuilder, split: str) -> epath.Path:
   """The `.npz` cache of a split, inside the prepared dataset's version dir."""
-  return epath.Path(builder.data_path) / f'{split}.arrays.npz'
+  return epath.Path(builder.data_path) / f"{split}.arrays.npz"
 
 
 def _load_cache(builder: tfds.core.DatasetBuilder, split: str) -> Split | None:
@@ -259,20 +269,26 @@ def _load_cache(builder: tfds.core.DatasetBuilder, split: str) -> Split | None:
   path = _cache_path(builder, split)
   if not path.exists():
     return None
-  with path.open('rb') as f, np.load(f) as arrays:
-    cached = Split(arrays['images'], arrays['labels'])
-  expected_images = (builder.info.splits[split].num_examples,
-                     *builder.info.features['image'].shape)
-  if (cached.images.shape != expected_images or cached.images.dtype != np.uint8
-      or cached.labels.shape != expected_images[:1]
-      or cached.labels.dtype != np.int32):
-    logging.warning('Ignoring %s: it does not match the dataset.', path)
+  with path.open("rb") as f, np.load(f) as arrays:
+    cached = Split(arrays["images"], arrays["labels"])
+  expected_images = (
+    builder.info.splits[split].num_examples,
+    *builder.info.features["image"].shape,
+  )
+  if (
+    cached.images.shape != expected_images
+    or cached.images.dtype != np.uint8
+    or cached.labels.shape != expected_images[:1]
+    or cached.labels.dtype != np.int32
+  ):
+    logging.warning("Ignoring %s: it does not match the dataset.", path)
     return None
   return cached
 
 
 def _save_cache(
-    builder: tfds.core.DatasetBuilder, split: str, data: Split) -> None:
+  builder: tfds.core.DatasetBuilder, split: str, data: Split
+) -> None:
   """Writes the split's cache atomically; a read-only location is skipped.
 
   Args:
@@ -281,24 +297,24 @@ def _save_cache(
     data: its arrays.
   """
   path = _cache_path(builder, split)
-  partial = path.with_name(f'.{path.name}.{uuid.uuid4().hex}.partial')
+  partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
   try:
-    with partial.open('wb') as f:
+    with partial.open("wb") as f:
       np.savez(f, images=data.images, labels=data.labels)
     partial.replace(path)  # Atomic: readers never see a partial file.
   except OSError as e:
-    logging.warning('Not caching %s arrays at %s: %s', split, path, e)
+    logging.warning("Not caching %s arrays at %s: %s", split, path, e)
     partial.unlink(missing_ok=True)
 
 
 def load_split(
-    name: str,
-    split: str,
-    *,
-    data_dir: epath.PathLike | None = None,
-    tfds_data_dir: epath.PathLike | None = None,
-    download: bool = True,
-    cache: bool = True,
+  name: str,
+  split: str,
+  *,
+  data_dir: epath.PathLike | None = None,
+  tfds_data_dir: epath.PathLike | None = None,
+  download: bool = True,
+  cache: bool = True,
 ) -> Split:
   """Loads a dataset split into host memory, preparing the dataset if needed.
 
@@ -323,9 +339,10 @@ def load_split(
   """
   info_lib.check_dataset_name(name)
   if split not in SPLITS:
-    raise ValueError(f'Unknown split {split!r}; choose one of {SPLITS}.')
-  builder = prepare(name, data_dir=data_dir, tfds_data_dir=tfds_data_dir,
-                    download=download)
+    raise ValueError(f"Unknown split {split!r}; choose one of {SPLITS}.")
+  builder = prepare(
+    name, data_dir=data_dir, tfds_data_dir=tfds_data_dir, download=download
+  )
   if cache and (cached := _load_cache(builder, split)) is not None:
     return cached
   data = _read_data_source(builder, split)

@@ -21,9 +21,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar, NamedTuple
 from urllib import parse
 
-from etils import epath
 import requests
 import tensorflow_datasets as tfds
+from etils import epath
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -37,6 +37,7 @@ class RemoteFile(NamedTuple):
     url: where to download it from.
     md5: hex MD5 of the published file, checked after every download.
   """
+
   url: str
   md5: str
 
@@ -51,14 +52,14 @@ def file_md5(path: epath.PathLike) -> str:
     The 32-character lowercase hex digest.
   """
   digest = hashlib.md5(usedforsecurity=False)
-  with epath.Path(path).open('rb') as f:
-    for chunk in iter(lambda: f.read(1 << 20), b''):
+  with epath.Path(path).open("rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
       digest.update(chunk)
   return digest.hexdigest()
 
 
 def manual_dir_or_none(
-    dl_manager: tfds.download.DownloadManager,
+  dl_manager: tfds.download.DownloadManager,
 ) -> epath.Path | None:
   """Returns tfds's manual directory, or None if it is unset, absent or empty.
 
@@ -75,8 +76,8 @@ def manual_dir_or_none(
 
 
 def download_verified(
-    dl_manager: tfds.download.DownloadManager,
-    files: Mapping[str, RemoteFile],
+  dl_manager: tfds.download.DownloadManager,
+  files: Mapping[str, RemoteFile],
 ) -> dict[str, epath.Path]:
   """Downloads files with tfds's download manager and checks their MD5.
 
@@ -95,10 +96,10 @@ def download_verified(
     digest = file_md5(paths[key])
     if digest != remote.md5:
       raise OSError(
-          f'{remote.url} was downloaded to {paths[key]} with MD5 {digest}, but'
-          f' the published file has MD5 {remote.md5}. Delete {paths[key]} and'
-          ' retry, or prepare the dataset from a local copy of the original'
-          ' files (see `cure_jax.data.load_split`).'
+        f"{remote.url} was downloaded to {paths[key]} with MD5 {digest}, but"
+        f" the published file has MD5 {remote.md5}. Delete {paths[key]} and"
+        " retry, or prepare the dataset from a local copy of the original"
+        " files (see `cure_jax.data.load_split`)."
       )
   return {key: epath.Path(path) for key, path in paths.items()}
 
@@ -149,13 +150,14 @@ def unreachable_hosts(urls: Iterable[str], timeout_s: float = 5.0) -> list[str]:
   for url in urls:
     first_url_of_host.setdefault(parse.urlsplit(url).netloc, url)
   return [
-      host for host, url in first_url_of_host.items()
-      if not _server_answers(url, timeout_s)
+    host
+    for host, url in first_url_of_host.items()
+    if not _server_answers(url, timeout_s)
   ]
 
 
 class OriginalFilesBuilder(
-    tfds.core.GeneratorBasedBuilder, skip_registration=True
+  tfds.core.GeneratorBasedBuilder, skip_registration=True
 ):
   """A tfds builder fed by its dataset's original distribution files.
 
@@ -203,4 +205,5 @@ class OriginalFilesBuilder(
       if local is not None:
         return local
     return self.sources_from_download(
-        download_verified(dl_manager, self.REMOTE_FILES))
+      download_verified(dl_manager, self.REMOTE_FILES)
+    )

@@ -5,36 +5,27 @@ Every model maps NHWC inputs in [0, 1] to logits ``[B, K]`` through
 moments for the bounded pass of certified training (see `batch_norm`).
 """
 
-from cure_jax.models.batch_norm import BATCH_MOMENTS
-from cure_jax.models.batch_norm import BatchNorm
-from cure_jax.models.batch_norm import RUNNING_STATS
-from cure_jax.models.cnn import CNN7
-from cure_jax.models.cnn import ConvNet
-from cure_jax.models.cnn import OUTPUT_LAYER
-from cure_jax.models.cnn import SmallCNN
-from cure_jax.models.init import ibp_init
-from cure_jax.models.init import ibp_normal
-from cure_jax.models.init import ibp_std
+from cure_jax.models.batch_norm import BATCH_MOMENTS, RUNNING_STATS, BatchNorm
+from cure_jax.models.cnn import CNN7, OUTPUT_LAYER, ConvNet, SmallCNN
+from cure_jax.models.init import ibp_init, ibp_normal, ibp_std
 from cure_jax.models.mlp import MLP
-from cure_jax.models.normalization import INPUT_NORMALIZATION
-from cure_jax.models.normalization import normalize_input
-from cure_jax.models.registry import MODELS
-from cure_jax.models.registry import get_model
+from cure_jax.models.normalization import INPUT_NORMALIZATION, normalize_input
+from cure_jax.models.registry import MODELS, get_model
 
 __all__ = (
-    'BATCH_MOMENTS',
-    'BatchNorm',
-    'CNN7',
-    'ConvNet',
-    'INPUT_NORMALIZATION',
-    'MLP',
-    'MODELS',
-    'OUTPUT_LAYER',
-    'RUNNING_STATS',
-    'SmallCNN',
-    'get_model',
-    'ibp_init',
-    'ibp_normal',
-    'ibp_std',
-    'normalize_input',
+  "BATCH_MOMENTS",
+  "BatchNorm",
+  "CNN7",
+  "ConvNet",
+  "INPUT_NORMALIZATION",
+  "MLP",
+  "MODELS",
+  "OUTPUT_LAYER",
+  "RUNNING_STATS",
+  "SmallCNN",
+  "get_model",
+  "ibp_init",
+  "ibp_normal",
+  "ibp_std",
+  "normalize_input",
 )

@@ -26,14 +26,14 @@ and at ``x`` itself it reproduces ``logits`` exactly, because train mode applies
 the very same affine map to the very same moments.
 """
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
 from cure_jax.bounds.midpoint import midpoint
 
-RUNNING_STATS = 'batch_stats'
-BATCH_MOMENTS = 'batch_moments'
+RUNNING_STATS = "batch_stats"
+BATCH_MOMENTS = "batch_moments"
 
 
 def batch_moments(x: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -51,8 +51,14 @@ def batch_moments(x: jax.Array) -> tuple[jax.Array, jax.Array]:
   return mean, var
 
 
-def normalize(x: jax.Array, mean: jax.Array, var: jax.Array,
-              scale: jax.Array, bias: jax.Array, epsilon: float) -> jax.Array:
+def normalize(
+  x: jax.Array,
+  mean: jax.Array,
+  var: jax.Array,
+  scale: jax.Array,
+  bias: jax.Array,
+  epsilon: float,
+) -> jax.Array:
   """The affine map ``(x − mean) · scale / √(var + ε) + bias`` (per channel).
 
   Only ``sub``, ``mul`` and ``add`` touch ``x``; everything else is a constant
@@ -121,24 +127,27 @@ class BatchNorm(nn.Module):
     """
     if x.ndim < 2:
       raise ValueError(
-          f'BatchNorm expects activations [batch, ..., channels]; got shape '
-          f'{x.shape}. Add a batch axis.')
+        f"BatchNorm expects activations [batch, ..., channels]; got shape "
+        f"{x.shape}. Add a batch axis."
+      )
     features = x.shape[-1]
-    scale = self.param('scale', nn.initializers.ones, (features,))
-    bias = self.param('bias', nn.initializers.zeros, (features,))
-    running_mean = self.variable(RUNNING_STATS, 'mean', jnp.zeros, (features,))
-    running_var = self.variable(RUNNING_STATS, 'var', jnp.ones, (features,))
+    scale = self.param("scale", nn.initializers.ones, (features,))
+    bias = self.param("bias", nn.initializers.zeros, (features,))
+    running_mean = self.variable(RUNNING_STATS, "mean", jnp.zeros, (features,))
+    running_var = self.variable(RUNNING_STATS, "var", jnp.ones, (features,))
 
     if not train:
-      return normalize(x, running_mean.value, running_var.value, scale, bias,
-                       self.epsilon)
+      return normalize(
+        x, running_mean.value, running_var.value, scale, bias, self.epsilon
+      )
 
     count = x.size // features
     if count < 2:
       raise ValueError(
-          f'BatchNorm in train mode needs more than one value per channel to '
-          f'estimate a variance; got shape {x.shape}. Use a larger batch, or '
-          f'train=False to normalize with the running statistics.')
+        f"BatchNorm in train mode needs more than one value per channel to "
+        f"estimate a variance; got shape {x.shape}. Use a larger batch, or "
+        f"train=False to normalize with the running statistics."
+      )
     # On data midpoint(x) is x; bounded in train mode, the moments are those
     # of the bounds' centres (`cure_jax.bounds.midpoint`).
     mean, var = batch_moments(midpoint(x))
@@ -149,8 +158,8 @@ class BatchNorm(nn.Module):
   def _record(self, mean, var, count, running_mean, running_var):
     """Stores the batch moments and updates the running stats, if mutable."""
     if self.is_mutable_collection(BATCH_MOMENTS):
-      self.put_variable(BATCH_MOMENTS, 'mean', mean)
-      self.put_variable(BATCH_MOMENTS, 'var', var)
+      self.put_variable(BATCH_MOMENTS, "mean", mean)
+      self.put_variable(BATCH_MOMENTS, "var", var)
     if self.is_mutable_collection(RUNNING_STATS):
       unbiased_var = var * (count / (count - 1))
       m = self.momentum

@@ -10,32 +10,34 @@ moments) or up to the running average's lag (eval mode), so the bias would be
 a parameter without gradient from the loss.
 """
 
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
 
-import jax
 import flax.linen as nn
+import jax
 
 from cure_jax.models.batch_norm import BatchNorm
 from cure_jax.models.normalization import normalize_input
 
 # Explicit ((top, bottom), (left, right)) padding, or 'VALID'. Note that
 # 'SAME' differs from PyTorch's symmetric padding=1 at stride 2.
-Padding = Union[str, Sequence[tuple[int, int]]]
+Padding = str | Sequence[tuple[int, int]]
 
-OUTPUT_LAYER = 'logits'
+OUTPUT_LAYER = "logits"
 
 
 def check_images(x: jax.Array, model_name: str) -> None:
   """Raises a ValueError unless ``x`` is a batch of NHWC images."""
   if x.ndim != 4:
     raise ValueError(
-        f'{model_name} expects images [batch, height, width, channels] '
-        f'(NHWC) in [0, 1]; got shape {x.shape}. Add the missing batch or '
-        'channel axis (e.g. x[..., None] for grayscale).')
+      f"{model_name} expects images [batch, height, width, channels] "
+      f"(NHWC) in [0, 1]; got shape {x.shape}. Add the missing batch or "
+      "channel axis (e.g. x[..., None] for grayscale)."
+    )
 
 
-def affine_bn_relu(layer: nn.Module, x: jax.Array, train: bool,
-                   batch_norm: bool) -> jax.Array:
+def affine_bn_relu(
+  layer: nn.Module, x: jax.Array, train: bool, batch_norm: bool
+) -> jax.Array:
   """``relu(BN(layer(x)))``, or ``relu(layer(x))`` without BatchNorm.
 
   The BatchNorm is named after the layer (``'<layer>_bn'``).
@@ -52,7 +54,7 @@ def affine_bn_relu(layer: nn.Module, x: jax.Array, train: bool,
   """
   x = layer(x)
   if batch_norm:
-    x = BatchNorm(name=f'{layer.name}_bn')(x, train=train)
+    x = BatchNorm(name=f"{layer.name}_bn")(x, train=train)
   return jax.nn.relu(x)
 
 
@@ -83,8 +85,8 @@ class ConvNet(nn.Module):
   padding: Padding = ((1, 1), (1, 1))
   dense_widths: Sequence[int] = ()
   batch_norm: bool = True
-  mean: Optional[Sequence[float]] = None
-  std: Optional[Sequence[float]] = None
+  mean: Sequence[float] | None = None
+  std: Sequence[float] | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -106,20 +108,27 @@ class ConvNet(nn.Module):
     check_images(x, name)
     if len(self.conv_widths) != len(self.conv_strides):
       raise ValueError(
-          f'{name} needs one stride per convolution; got conv_widths='
-          f'{tuple(self.conv_widths)} and conv_strides='
-          f'{tuple(self.conv_strides)}.')
+        f"{name} needs one stride per convolution; got conv_widths="
+        f"{tuple(self.conv_widths)} and conv_strides="
+        f"{tuple(self.conv_strides)}."
+      )
     x = normalize_input(x, self.mean, self.std)
     use_bias = not self.batch_norm
     for i, (width, stride) in enumerate(
-        zip(self.conv_widths, self.conv_strides)):
-      conv = nn.Conv(width, (self.kernel_size, self.kernel_size),
-                     strides=stride, padding=self.padding, use_bias=use_bias,
-                     name=f'conv_{i}')
+      zip(self.conv_widths, self.conv_strides)
+    ):
+      conv = nn.Conv(
+        width,
+        (self.kernel_size, self.kernel_size),
+        strides=stride,
+        padding=self.padding,
+        use_bias=use_bias,
+        name=f"conv_{i}",
+      )
       x = affine_bn_relu(conv, x, train, self.batch_norm)
     x = x.reshape((x.shape[0], -1))
     for i, width in enumerate(self.dense_widths):
-      dense = nn.Dense(width, use_bias=use_bias, name=f'dense_{i}')
+      dense = nn.Dense(width, use_bias=use_bias, name=f"dense_{i}")
       x = affine_bn_relu(dense, x, train, self.batch_norm)
     return nn.Dense(self.num_classes, name=OUTPUT_LAYER)(x)
 
@@ -155,5 +164,5 @@ class SmallCNN(ConvNet):
   conv_widths: Sequence[int] = (16, 32)
   conv_strides: Sequence[int] = (2, 1)
   kernel_size: int = 4
-  padding: Padding = 'VALID'
+  padding: Padding = "VALID"
   dense_widths: Sequence[int] = (100,)

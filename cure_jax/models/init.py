@@ -67,7 +67,8 @@ def ibp_normal(dtype: Any = jnp.float32) -> jax.nn.initializers.Initializer:
   def init(key: jax.Array, shape: tuple[int, ...], dtype: Any = dtype):
     if len(shape) < 2:
       raise ValueError(
-          f'ibp_normal initializes kernels [..., in, out]; got shape {shape}.')
+        f"ibp_normal initializes kernels [..., in, out]; got shape {shape}."
+      )
     # Drawn flat and reshaped: the same distribution, and on CPU a 1-D draw
     # compiles several times faster than an N-D one under the default
     # partitionable threefry.
@@ -77,8 +78,9 @@ def ibp_normal(dtype: Any = jnp.float32) -> jax.nn.initializers.Initializer:
   return init
 
 
-def ibp_init(params: Params, rng: jax.Array, *,
-             output_layer: str = OUTPUT_LAYER) -> Params:
+def ibp_init(
+  params: Params, rng: jax.Array, *, output_layer: str = OUTPUT_LAYER
+) -> Params:
   """Re-initializes a params tree with IBP initialization.
 
   Every ``kernel`` leaf (a ``Dense`` or ``Conv`` weight) outside
@@ -101,15 +103,21 @@ def ibp_init(params: Params, rng: jax.Array, *,
       lists the layers found.
   """
   flat = traverse_util.flatten_dict(params)
-  layers = sorted({path[:-1] for path, leaf in flat.items()
-                   if path[-1] == 'kernel' and jnp.ndim(leaf) >= 2})
+  layers = sorted(
+    {
+      path[:-1]
+      for path, leaf in flat.items()
+      if path[-1] == "kernel" and jnp.ndim(leaf) >= 2
+    }
+  )
   if not any(layer[-1] == output_layer for layer in layers):
-    names = ['/'.join(map(str, layer)) for layer in layers]
+    names = ["/".join(map(str, layer)) for layer in layers]
     raise ValueError(
-        f'ibp_init found no output layer named {output_layer!r} among the '
-        f'layers {names}; pass output_layer=<name of the logits layer>.')
+      f"ibp_init found no output layer named {output_layer!r} among the "
+      f"layers {names}; pass output_layer=<name of the logits layer>."
+    )
   hidden = [layer for layer in layers if layer[-1] != output_layer]
-  kernels = [flat[layer + ('kernel',)] for layer in hidden]
+  kernels = [flat[layer + ("kernel",)] for layer in hidden]
   # One i.i.d. N(0, 1) draw cut into the kernels: independent per kernel, and
   # a single random-bits program to compile however many layers there are.
   sizes = [kernel.size for kernel in kernels]
@@ -117,8 +125,9 @@ def ibp_init(params: Params, rng: jax.Array, *,
   offsets = np.cumsum([0] + sizes)
   for layer, kernel, start, stop in zip(hidden, kernels, offsets, offsets[1:]):
     unit = noise[start:stop].reshape(kernel.shape)
-    flat[layer + ('kernel',)] = (ibp_std(kernel.shape) * unit).astype(
-        kernel.dtype)
-    if layer + ('bias',) in flat:
-      flat[layer + ('bias',)] = jnp.zeros_like(flat[layer + ('bias',)])
+    flat[layer + ("kernel",)] = (ibp_std(kernel.shape) * unit).astype(
+      kernel.dtype
+    )
+    if layer + ("bias",) in flat:
+      flat[layer + ("bias",)] = jnp.zeros_like(flat[layer + ("bias",)])
   return traverse_util.unflatten_dict(flat)

@@ -1,9 +1,9 @@
 """`MLP`: a fully connected classifier over flattened inputs."""
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
-import jax
 import flax.linen as nn
+import jax
 
 from cure_jax.models.cnn import OUTPUT_LAYER, affine_bn_relu
 from cure_jax.models.normalization import normalize_input
@@ -27,8 +27,8 @@ class MLP(nn.Module):
   num_classes: int = 10
   hidden_widths: Sequence[int] = (256, 256)
   batch_norm: bool = False
-  mean: Optional[Sequence[float]] = None
-  std: Optional[Sequence[float]] = None
+  mean: Sequence[float] | None = None
+  std: Sequence[float] | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -49,11 +49,12 @@ class MLP(nn.Module):
     """
     if x.ndim < 2:
       raise ValueError(
-          f'MLP expects inputs [batch, ...features]; got shape {x.shape}. '
-          'Add a batch axis.')
+        f"MLP expects inputs [batch, ...features]; got shape {x.shape}. "
+        "Add a batch axis."
+      )
     x = normalize_input(x, self.mean, self.std)
     x = x.reshape((x.shape[0], -1))
     for i, width in enumerate(self.hidden_widths):
-      dense = nn.Dense(width, use_bias=not self.batch_norm, name=f'dense_{i}')
+      dense = nn.Dense(width, use_bias=not self.batch_norm, name=f"dense_{i}")
       x = affine_bn_relu(dense, x, train, self.batch_norm)
     return nn.Dense(self.num_classes, name=OUTPUT_LAYER)(x)

@@ -6,23 +6,25 @@ a subtraction and a division by constants that every bound transform
 propagates exactly.
 """
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 
 # (mean, std) per channel of the reference code (SABR / CURE); MNIST is used
 # unnormalized there.
-INPUT_NORMALIZATION: dict[str, Optional[tuple[tuple[float, ...],
-                                              tuple[float, ...]]]] = {
-    'mnist': None,
-    'cifar10': ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
-    'tinyimagenet': ((0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262)),
+INPUT_NORMALIZATION: dict[
+  str, tuple[tuple[float, ...], tuple[float, ...]] | None
+] = {
+  "mnist": None,
+  "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+  "tinyimagenet": ((0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262)),
 }
 
 
-def normalize_input(x: jax.Array, mean: Optional[Sequence[float]],
-                    std: Optional[Sequence[float]]) -> jax.Array:
+def normalize_input(
+  x: jax.Array, mean: Sequence[float] | None, std: Sequence[float] | None
+) -> jax.Array:
   """Returns ``(x − mean) / std`` per channel, or ``x`` if both are None.
 
   Args:
@@ -41,14 +43,16 @@ def normalize_input(x: jax.Array, mean: Optional[Sequence[float]],
     return x
   if mean is None or std is None:
     raise ValueError(
-        'Input normalization needs both mean and std (or neither); got '
-        f'mean={mean}, std={std}.')
+      "Input normalization needs both mean and std (or neither); got "
+      f"mean={mean}, std={std}."
+    )
   channels = x.shape[-1]
   if len(mean) != channels or len(std) != channels:
     raise ValueError(
-        f'Input normalization has {len(mean)} means and {len(std)} stds but '
-        f'the input has {channels} channels (shape {x.shape}); give one value '
-        'per channel (channels last, NHWC).')
+      f"Input normalization has {len(mean)} means and {len(std)} stds but "
+      f"the input has {channels} channels (shape {x.shape}); give one value "
+      "per channel (channels last, NHWC)."
+    )
   if min(std) <= 0:
-    raise ValueError(f'Input normalization std must be positive; got {std}.')
+    raise ValueError(f"Input normalization std must be positive; got {std}.")
   return (x - jnp.asarray(mean, x.dtype)) / jnp.asarray(std, x.dtype)

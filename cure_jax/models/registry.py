@@ -8,17 +8,20 @@ from cure_jax.models.cnn import CNN7, ConvNet, SmallCNN
 from cure_jax.models.mlp import MLP
 
 MODELS: dict[str, type[nn.Module]] = {
-    'cnn7': CNN7,
-    'small_cnn': SmallCNN,
-    'mlp': MLP,
-    'conv_net': ConvNet,
+  "cnn7": CNN7,
+  "small_cnn": SmallCNN,
+  "mlp": MLP,
+  "conv_net": ConvNet,
 }
 
 
 def model_fields(model_cls: type[nn.Module]) -> tuple[str, ...]:
   """The configurable attributes of a model class (not flax's parent/name)."""
-  return tuple(f.name for f in dataclasses.fields(model_cls)
-               if f.name not in ('parent', 'name'))
+  return tuple(
+    f.name
+    for f in dataclasses.fields(model_cls)
+    if f.name not in ("parent", "name")
+  )
 
 
 def get_model(name: str, **kwargs) -> nn.Module:
@@ -42,14 +45,16 @@ def get_model(name: str, **kwargs) -> nn.Module:
   """
   if name not in MODELS:
     raise ValueError(
-        f'Unknown model {name!r}; valid names are {sorted(MODELS)}.')
+      f"Unknown model {name!r}; valid names are {sorted(MODELS)}."
+    )
   model_cls = MODELS[name]
   fields = model_fields(model_cls)
   unknown = sorted(set(kwargs) - set(fields))
   if unknown:
     raise ValueError(
-        f'Model {name!r} has no attribute(s) {unknown}; valid ones are '
-        f'{list(fields)}.')
+      f"Model {name!r} has no attribute(s) {unknown}; valid ones are "
+      f"{list(fields)}."
+    )
   return model_cls(**{k: _as_tuples(v) for k, v in kwargs.items()})
 
 

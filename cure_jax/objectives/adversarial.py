@@ -32,9 +32,18 @@ class AdversarialLoss(NamedTuple):
   logits: jax.Array
 
 
-def pgd_training_loss(network: Network, images: jax.Array, labels: jax.Array,
-                      *, norm: str, eps, steps: int, step_size,
-                      key: jax.Array, restarts: int = 1) -> AdversarialLoss:
+def pgd_training_loss(
+  network: Network,
+  images: jax.Array,
+  labels: jax.Array,
+  *,
+  norm: str,
+  eps,
+  steps: int,
+  step_size,
+  key: jax.Array,
+  restarts: int = 1,
+) -> AdversarialLoss:
   """Cross-entropy at a PGD point in B_p(x, ε) ∩ [0, 1] (Madry et al., 2018).
 
   Args:
@@ -59,9 +68,19 @@ def pgd_training_loss(network: Network, images: jax.Array, labels: jax.Array,
     ValueError: for an unknown ``norm``, negative ``eps``/``step_size`` or
       malformed inputs (from `cure_jax.attacks.pgd`).
   """
-  adversarial = pgd(network.logits, images, labels, norm=norm, eps=eps,
-                    steps=steps, step_size=step_size, key=key,
-                    restarts=restarts, random_start=True, loss="ce",
-                    domain=DOMAIN)
+  adversarial = pgd(
+    network.logits,
+    images,
+    labels,
+    norm=norm,
+    eps=eps,
+    steps=steps,
+    step_size=step_size,
+    key=key,
+    restarts=restarts,
+    random_start=True,
+    loss="ce",
+    domain=DOMAIN,
+  )
   logits = network.logits(adversarial)
   return AdversarialLoss(loss=cross_entropy(logits, labels), logits=logits)

@@ -15,7 +15,8 @@ built by `cure_jax.objectives.make_objective(config, model)`; each method
 lives in its own module.
 """
 
-from typing import Any, Callable, Dict, NamedTuple, Tuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +26,7 @@ from cure_jax.bounds import Interval, LinfBall, ibp, margin_spec, pad_margins
 from cure_jax.models.batch_norm import RUNNING_STATS
 
 Params = Any
-Metrics = Dict[str, jax.Array]
+Metrics = dict[str, jax.Array]
 DOMAIN = (0.0, 1.0)  # images live in [0, 1]; normalization is in the model.
 
 
@@ -53,8 +54,9 @@ class StepContext(NamedTuple):
   reg_scale: jax.Array
 
 
-Objective = Callable[[Params, Any, Batch, StepContext],
-                     Tuple[jax.Array, Tuple[Any, Metrics]]]
+Objective = Callable[
+  [Params, Any, Batch, StepContext], tuple[jax.Array, tuple[Any, Metrics]]
+]
 
 
 class Network(NamedTuple):
@@ -73,7 +75,7 @@ class Network(NamedTuple):
   """
 
   apply: Callable
-  variables: Dict[str, Any]
+  variables: dict[str, Any]
   num_classes: int
   midpoint_moments: bool = False
 
@@ -93,13 +95,17 @@ class Network(NamedTuple):
     """
     spec = margin_spec(labels, self.num_classes)
     if not self.midpoint_moments:
-      return transform(self.apply)(self.variables, input_set, train=False,
-                                   spec=spec), None
+      return transform(self.apply)(
+        self.variables, input_set, train=False, spec=spec
+      ), None
     if transform is not ibp:
-      raise ValueError("midpoint BatchNorm moments are implemented for IBP "
-                       f"only, not {getattr(transform, '__name__', transform)}.")
+      raise ValueError(
+        "midpoint BatchNorm moments are implemented for IBP "
+        f"only, not {getattr(transform, '__name__', transform)}."
+      )
     bounds, state = ibp(self.train_mode, has_aux=True)(
-        self.variables, input_set, spec=spec)
+      self.variables, input_set, spec=spec
+    )
     return bounds, state[RUNNING_STATS]
 
   def train_mode(self, variables, x):
@@ -110,10 +116,16 @@ class Network(NamedTuple):
 def clean_pass(model, params, batch_stats, images):
   """Train-mode forward pass: logits, new running stats, the batch's moments."""
   logits, state = model.apply(
-      {"params": params, "batch_stats": batch_stats}, images, train=True,
-      mutable=["batch_stats", "batch_moments"])
-  return (logits, state.get("batch_stats", batch_stats),
-          state.get("batch_moments", batch_stats))
+    {"params": params, "batch_stats": batch_stats},
+    images,
+    train=True,
+    mutable=["batch_stats", "batch_moments"],
+  )
+  return (
+    logits,
+    state.get("batch_stats", batch_stats),
+    state.get("batch_moments", batch_stats),
+  )
 
 
 def moment_subset(images: jax.Array, examples: int) -> jax.Array:
@@ -136,7 +148,7 @@ def moment_subset(images: jax.Array, examples: int) -> jax.Array:
   if not examples or examples >= batch:
     return images
   stride = batch // examples
-  return images[:stride * examples:stride]
+  return images[: stride * examples : stride]
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -166,5 +178,6 @@ def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 def ibp_linf_margins(network: Network, images, labels, eps) -> jax.Array:
   """Margin lower bounds over B∞(x, ε) ∩ [0, 1] by IBP [B, K-1]."""
-  return network.margin_bounds(LinfBall(images, eps, domain=DOMAIN),
-                               labels).lower
+  return network.margin_bounds(
+    LinfBall(images, eps, domain=DOMAIN), labels
+  ).lower

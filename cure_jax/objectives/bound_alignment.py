@@ -28,19 +28,28 @@ def _check_inputs(o_linf, o_l2, certified_linf, certified_l2) -> None:
   """Raises a ValueError that says what to fix for malformed inputs."""
   if jnp.ndim(o_linf) != 2 or jnp.shape(o_linf) != jnp.shape(o_l2):
     raise ValueError(
-        f"o_linf and o_l2 must be worst-case logits of one shape [B, K]; got "
-        f"{jnp.shape(o_linf)} and {jnp.shape(o_l2)}.")
+      f"o_linf and o_l2 must be worst-case logits of one shape [B, K]; got "
+      f"{jnp.shape(o_linf)} and {jnp.shape(o_l2)}."
+    )
   batch = jnp.shape(o_linf)[:1]
-  for name, mask in (("certified_linf", certified_linf),
-                     ("certified_l2", certified_l2)):
+  for name, mask in (
+    ("certified_linf", certified_linf),
+    ("certified_l2", certified_l2),
+  ):
     if jnp.shape(mask) != batch or jnp.result_type(mask) != jnp.bool_:
       raise ValueError(
-          f"{name} must be a boolean mask of shape {batch}; got shape "
-          f"{jnp.shape(mask)} and dtype {jnp.result_type(mask)}.")
+        f"{name} must be a boolean mask of shape {batch}; got shape "
+        f"{jnp.shape(mask)} and dtype {jnp.result_type(mask)}."
+      )
 
 
-def aligned_kl(o_target: jax.Array, o_other: jax.Array, selected: jax.Array,
-               *, stop_gradient: bool = False) -> jax.Array:
+def aligned_kl(
+  o_target: jax.Array,
+  o_other: jax.Array,
+  selected: jax.Array,
+  *,
+  stop_gradient: bool = False,
+) -> jax.Array:
   """(1/|S|) Σ_{i∈S} KL(softmax o_target,i ‖ softmax o_other,i), 0 if S = ∅.
 
   The KL of every example is finite (log-softmax of finite logits), so
@@ -64,10 +73,15 @@ def aligned_kl(o_target: jax.Array, o_other: jax.Array, selected: jax.Array,
   return jnp.sum(weights * kl) / jnp.maximum(jnp.sum(weights), 1.0)
 
 
-def bound_alignment(o_linf: jax.Array, o_l2: jax.Array,
-                    certified_linf: jax.Array, certified_l2: jax.Array, *,
-                    direction: str = "l2_to_linf",
-                    stop_gradient: bool = False) -> jax.Array:
+def bound_alignment(
+  o_linf: jax.Array,
+  o_l2: jax.Array,
+  certified_linf: jax.Array,
+  certified_l2: jax.Array,
+  *,
+  direction: str = "l2_to_linf",
+  stop_gradient: bool = False,
+) -> jax.Array:
   """The BA loss between the l∞ and l2 worst-case logits.
 
   Args:
@@ -88,14 +102,16 @@ def bound_alignment(o_linf: jax.Array, o_l2: jax.Array,
     ValueError: for an unknown ``direction`` or malformed inputs.
   """
   if direction not in DIRECTIONS:
-    raise ValueError(f"Unknown bound alignment direction {direction!r}: use "
-                     f"one of {DIRECTIONS}.")
+    raise ValueError(
+      f"Unknown bound alignment direction {direction!r}: use "
+      f"one of {DIRECTIONS}."
+    )
   _check_inputs(o_linf, o_l2, certified_linf, certified_l2)
   loss = jnp.zeros((), jnp.result_type(o_linf, o_l2))
   if direction in ("l2_to_linf", "both"):
-    loss += aligned_kl(o_l2, o_linf, certified_l2,
-                       stop_gradient=stop_gradient)
+    loss += aligned_kl(o_l2, o_linf, certified_l2, stop_gradient=stop_gradient)
   if direction in ("linf_to_l2", "both"):
-    loss += aligned_kl(o_linf, o_l2, certified_linf,
-                       stop_gradient=stop_gradient)
+    loss += aligned_kl(
+      o_linf, o_l2, certified_linf, stop_gradient=stop_gradient
+    )
   return loss

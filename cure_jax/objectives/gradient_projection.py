@@ -26,7 +26,7 @@ produce. Unlike the reference, every natural step uses that step's gradient
 alone (the reference never zeroes them, so they accumulate).
 """
 
-from typing import Any, NamedTuple, Tuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -49,8 +49,9 @@ class GradientProjectionState(NamedTuple):
   natural_opt_state: optax.OptState
 
 
-def cosine_similarity(a: jax.Array, b: jax.Array,
-                      eps: float = 1e-8) -> jax.Array:
+def cosine_similarity(
+  a: jax.Array, b: jax.Array, eps: float = 1e-8
+) -> jax.Array:
   """cos(a, b) of the flattened arrays, with each norm clamped below by eps.
 
   ⟨a, b⟩ / (max(‖a‖, ε)·max(‖b‖, ε)), as PyTorch's ``cosine_similarity``
@@ -67,7 +68,8 @@ def cosine_similarity(a: jax.Array, b: jax.Array,
   dtype = jnp.promote_types(jnp.result_type(a, b), jnp.float32)
   a, b = jnp.ravel(a).astype(dtype), jnp.ravel(b).astype(dtype)
   norms = jnp.maximum(jnp.linalg.norm(a), eps) * jnp.maximum(
-      jnp.linalg.norm(b), eps)
+    jnp.linalg.norm(b), eps
+  )
   return jnp.vdot(a, b) / norms
 
 
@@ -77,16 +79,20 @@ def _check_same_structure(**trees: Params) -> None:
   reference = jax.tree.structure(first)
   shapes = [jnp.shape(leaf) for leaf in jax.tree.leaves(first)]
   for name, tree in others:
-    if (jax.tree.structure(tree) != reference or
-        [jnp.shape(leaf) for leaf in jax.tree.leaves(tree)] != shapes):
+    if (
+      jax.tree.structure(tree) != reference
+      or [jnp.shape(leaf) for leaf in jax.tree.leaves(tree)] != shapes
+    ):
       raise ValueError(
-          f"{name} must have the structure and leaf shapes of {first_name} "
-          f"(the same model's parameters); got {jax.tree.structure(tree)} "
-          f"for {reference}.")
+        f"{name} must have the structure and leaf shapes of {first_name} "
+        f"(the same model's parameters); got {jax.tree.structure(tree)} "
+        f"for {reference}."
+      )
 
 
-def project(theta0: Params, theta_c: Params, theta_n: Params, beta,
-            *, eps: float = 1e-8) -> Params:
+def project(
+  theta0: Params, theta_c: Params, theta_n: Params, beta, *, eps: float = 1e-8
+) -> Params:
   """GP's update θ0 + (1 − β)·g_c + [cs > 0]·β·cs·g_n, per pytree leaf.
 
   Args:
@@ -122,8 +128,9 @@ def _fresh_copy(tree):
   return jax.tree.map(jnp.copy, tree)
 
 
-def init_state(params: Params,
-               opt_state: optax.OptState) -> GradientProjectionState:
+def init_state(
+  params: Params, opt_state: optax.OptState
+) -> GradientProjectionState:
   """Starts an interval at ``params``: θ0 = θn = params.
 
   Args:
@@ -133,14 +140,18 @@ def init_state(params: Params,
   Returns:
     The state, holding fresh copies of both.
   """
-  return GradientProjectionState(anchor_params=_fresh_copy(params),
-                                 natural_params=_fresh_copy(params),
-                                 natural_opt_state=_fresh_copy(opt_state))
+  return GradientProjectionState(
+    anchor_params=_fresh_copy(params),
+    natural_params=_fresh_copy(params),
+    natural_opt_state=_fresh_copy(opt_state),
+  )
 
 
-def natural_step(state: GradientProjectionState, grads: Params,
-                 optimizer: optax.GradientTransformation
-                 ) -> GradientProjectionState:
+def natural_step(
+  state: GradientProjectionState,
+  grads: Params,
+  optimizer: optax.GradientTransformation,
+) -> GradientProjectionState:
   """One optimizer update of the natural copy θn.
 
   Args:
@@ -153,16 +164,21 @@ def natural_step(state: GradientProjectionState, grads: Params,
   Returns:
     The state with θn and its optimizer state advanced by one step.
   """
-  updates, opt_state = optimizer.update(grads, state.natural_opt_state,
-                                        state.natural_params)
+  updates, opt_state = optimizer.update(
+    grads, state.natural_opt_state, state.natural_params
+  )
   return state._replace(
-      natural_params=optax.apply_updates(state.natural_params, updates),
-      natural_opt_state=opt_state)
+    natural_params=optax.apply_updates(state.natural_params, updates),
+    natural_opt_state=opt_state,
+  )
 
 
-def finish_interval(state: GradientProjectionState, certified_params: Params,
-                    opt_state: optax.OptState, beta
-                    ) -> Tuple[Params, GradientProjectionState]:
+def finish_interval(
+  state: GradientProjectionState,
+  certified_params: Params,
+  opt_state: optax.OptState,
+  beta,
+) -> tuple[Params, GradientProjectionState]:
   """Projects at the end of an interval and starts the next one.
 
   Args:
@@ -176,6 +192,7 @@ def finish_interval(state: GradientProjectionState, certified_params: Params,
     ``(params, state)``: the projected parameters (`project`) and a fresh
     state anchored at them. BatchNorm statistics stay those of θc.
   """
-  params = project(state.anchor_params, certified_params,
-                   state.natural_params, beta)
+  params = project(
+    state.anchor_params, certified_params, state.natural_params, beta
+  )
   return params, init_state(params, opt_state)

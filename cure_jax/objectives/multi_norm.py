@@ -13,8 +13,6 @@ With per-example losses L∞,i and L2,i (e.g. `robust_losses.sabr_linf` and
   permutation and form a true partition (spec §3, Decision).
 """
 
-from typing import Tuple
-
 import jax
 import jax.numpy as jnp
 
@@ -22,15 +20,19 @@ import jax.numpy as jnp
 def _check_per_example(**losses: jax.Array) -> None:
   """Raises a ValueError unless every loss is a vector, all of one length."""
   shapes = {name: jnp.shape(loss) for name, loss in losses.items()}
-  if any(len(shape) != 1 for shape in shapes.values()) or len(
-      set(shapes.values())) != 1:
+  if (
+    any(len(shape) != 1 for shape in shapes.values())
+    or len(set(shapes.values())) != 1
+  ):
     raise ValueError(
-        f"expected per-example losses of one shape [B]; got {shapes}. Pass "
-        "the unreduced losses (e.g. RobustLoss.loss), not their means.")
+      f"expected per-example losses of one shape [B]; got {shapes}. Pass "
+      "the unreduced losses (e.g. RobustLoss.loss), not their means."
+    )
 
 
-def joint(loss_linf: jax.Array, loss_l2: jax.Array,
-          alpha: float = 0.5) -> jax.Array:
+def joint(
+  loss_linf: jax.Array, loss_l2: jax.Array, alpha: float = 0.5
+) -> jax.Array:
   """The Joint (AVG) objective (1 − α)·mean L∞ + α·mean L2.
 
   Args:
@@ -46,8 +48,9 @@ def joint(loss_linf: jax.Array, loss_l2: jax.Array,
   """
   _check_per_example(loss_linf=loss_linf, loss_l2=loss_l2)
   if isinstance(alpha, (int, float)) and not 0.0 <= alpha <= 1.0:
-    raise ValueError(f"alpha weighs the l2 loss and must lie in [0, 1]; got "
-                     f"{alpha}.")
+    raise ValueError(
+      f"alpha weighs the l2 loss and must lie in [0, 1]; got {alpha}."
+    )
   return (1.0 - alpha) * jnp.mean(loss_linf) + alpha * jnp.mean(loss_l2)
 
 
@@ -71,8 +74,9 @@ def maximum(loss_linf: jax.Array, loss_l2: jax.Array) -> jax.Array:
   return jnp.mean(jnp.maximum(loss_linf, loss_l2))
 
 
-def random_partition(key: jax.Array,
-                     batch_size: int) -> Tuple[jax.Array, jax.Array]:
+def random_partition(
+  key: jax.Array, batch_size: int
+) -> tuple[jax.Array, jax.Array]:
   """Splits the batch indices 0..B−1 at random into an l∞ and an l2 half.
 
   One uniformly random permutation is cut into two contiguous pieces, so the
@@ -90,17 +94,23 @@ def random_partition(key: jax.Array,
   Raises:
     ValueError: if ``batch_size`` is not a positive int.
   """
-  if isinstance(batch_size, bool) or not isinstance(batch_size, int) or (
-      batch_size < 1):
-    raise ValueError(f"batch_size must be a positive Python int (the static "
-                     f"batch dimension); got {batch_size!r}.")
+  if (
+    isinstance(batch_size, bool)
+    or not isinstance(batch_size, int)
+    or (batch_size < 1)
+  ):
+    raise ValueError(
+      f"batch_size must be a positive Python int (the static "
+      f"batch dimension); got {batch_size!r}."
+    )
   permutation = jax.random.permutation(key, batch_size)
   num_linf = (batch_size + 1) // 2
   return permutation[:num_linf], permutation[num_linf:]
 
 
-def random_loss(loss_linf_on_half: jax.Array,
-                loss_l2_on_half: jax.Array) -> jax.Array:
+def random_loss(
+  loss_linf_on_half: jax.Array, loss_l2_on_half: jax.Array
+) -> jax.Array:
   """The Random objective: the mean loss over the union of the two halves.
 
   (Σ_{i∈I∞} L∞,i + Σ_{i∈I2} L2,i) / B with B = |I∞| + |I2|, i.e. every
@@ -118,8 +128,9 @@ def random_loss(loss_linf_on_half: jax.Array,
   """
   shapes = (jnp.shape(loss_linf_on_half), jnp.shape(loss_l2_on_half))
   if any(len(shape) != 1 for shape in shapes):
-    raise ValueError(f"expected per-example losses [|I∞|] and [|I2|]; got "
-                     f"shapes {shapes}.")
+    raise ValueError(
+      f"expected per-example losses [|I∞|] and [|I2|]; got shapes {shapes}."
+    )
   if shapes[0][0] + shapes[1][0] == 0:
     raise ValueError("both halves are empty: the batch has no example.")
   return jnp.mean(jnp.concatenate([loss_linf_on_half, loss_l2_on_half]))

@@ -19,13 +19,18 @@ import jax
 import jax.numpy as jnp
 
 from cure_jax.beyond_lp.patches import check_patch, patch_boxes
-from cure_jax.objectives.base import (Network, certified,
-                                      robust_cross_entropy, worst_case_logits)
+from cure_jax.objectives.base import (
+  Network,
+  certified,
+  robust_cross_entropy,
+  worst_case_logits,
+)
 from cure_jax.objectives.robust_losses import RobustLoss
 
 
-def sample_positions(key: jax.Array, batch: int, positions: int, height: int,
-                     width: int, size: int) -> jax.Array:
+def sample_positions(
+  key: jax.Array, batch: int, positions: int, height: int, width: int, size: int
+) -> jax.Array:
   """[B, k, 2] corners drawn uniformly from the valid patch positions."""
   k_row, k_col = jax.random.split(key)
   rows = jax.random.randint(k_row, (batch, positions), 0, height - size + 1)
@@ -33,9 +38,16 @@ def sample_positions(key: jax.Array, batch: int, positions: int, height: int,
   return jnp.stack([rows, cols], axis=-1)
 
 
-def random_patch_ibp(network: Network, images: jax.Array, labels: jax.Array,
-                     *, size: int, positions: int, key: jax.Array,
-                     fraction=1.0) -> RobustLoss:
+def random_patch_ibp(
+  network: Network,
+  images: jax.Array,
+  labels: jax.Array,
+  *,
+  size: int,
+  positions: int,
+  key: jax.Array,
+  fraction=1.0,
+) -> RobustLoss:
   """Chiang et al.'s random-patch IBP loss, per example.
 
   Args:
@@ -58,8 +70,9 @@ def random_patch_ibp(network: Network, images: jax.Array, labels: jax.Array,
   batch, height, width = images.shape[:3]
   check_patch(size, height, width)
   if not isinstance(positions, int) or positions < 1:
-    raise ValueError(f"patch positions per example must be an int >= 1, got "
-                     f"{positions!r}.")
+    raise ValueError(
+      f"patch positions per example must be an int >= 1, got {positions!r}."
+    )
   corners = sample_positions(key, batch, positions, height, width, size)
   point = jnp.repeat(jnp.arange(batch), positions)
   box = patch_boxes(images, point, corners.reshape(-1, 2), size, fraction)
@@ -68,6 +81,7 @@ def random_patch_ibp(network: Network, images: jax.Array, labels: jax.Array,
   worst = jnp.argmax(losses, axis=1)
   logits = worst_case_logits(margins).reshape(batch, positions, -1)
   return RobustLoss(
-      jnp.max(losses, axis=1),
-      jnp.take_along_axis(logits, worst[:, None, None], axis=1)[:, 0],
-      jnp.all(certified(margins).reshape(batch, positions), axis=1))
+    jnp.max(losses, axis=1),
+    jnp.take_along_axis(logits, worst[:, None, None], axis=1)[:, 0],
+    jnp.all(certified(margins).reshape(batch, positions), axis=1),
+  )

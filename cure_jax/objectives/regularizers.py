@@ -27,7 +27,8 @@
   0.5·(1 − ε/ε_end) during the ε ramp (`StepContext.reg_scale`).
 """
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -57,13 +58,18 @@ def l1_penalty(params: Params, *, kernels_only: bool = False) -> jax.Array:
   Raises:
     ValueError: if no parameter is selected.
   """
-  leaves = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(params)
-            if not kernels_only or _is_kernel(path)]
+  leaves = [
+    leaf
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+    if not kernels_only or _is_kernel(path)
+  ]
   if not leaves:
     raise ValueError(
-        "no parameters to penalize: pass the model's 'params' collection"
-        + (" (kernels_only=True found no 'kernel' leaf)." if kernels_only
-           else "."))
+      "no parameters to penalize: pass the model's 'params' collection"
+      + (
+        " (kernels_only=True found no 'kernel' leaf)." if kernels_only else "."
+      )
+    )
   dtype = jnp.promote_types(jnp.result_type(*leaves), jnp.float32)
   return sum(jnp.sum(jnp.abs(leaf).astype(dtype)) for leaf in leaves)
 
@@ -91,7 +97,7 @@ def _relu_balance(bounds: Interval, tol: float) -> jax.Array:
   active, inactive = lower > 0, upper < 0
   mean_active = jnp.mean(jnp.where(active, center, 0.0))
   mean_inactive = jnp.mean(jnp.where(inactive, center, 0.0))  # <= 0
-  delta = (center - jnp.mean(center))**2
+  delta = (center - jnp.mean(center)) ** 2
   var_active = jnp.sum(jnp.where(active, delta, 0.0))
   var_inactive = jnp.sum(jnp.where(inactive, delta, 0.0))
 
@@ -99,15 +105,17 @@ def _relu_balance(bounds: Interval, tol: float) -> jax.Array:
   # inactive neurons: m_act / −(+0) is −∞ or NaN (all-active layers are thus
   # skipped). ρ_v = v_act / 0 is +∞, folded to 0, unless v_act = 0 (NaN).
   mean_ratio = _folded_ratio(mean_active, -mean_inactive)
-  var_ratio = jnp.where(var_inactive > 0,
-                        _folded_ratio(var_active, var_inactive), 0.0)
+  var_ratio = jnp.where(
+    var_inactive > 0, _folded_ratio(var_active, var_inactive), 0.0
+  )
   defined = (mean_inactive < 0) & ((var_inactive > 0) | (var_active > 0))
   term = (jax.nn.relu(tol - mean_ratio) + jax.nn.relu(tol - var_ratio)) / tol
   return jnp.where(defined, term, 0.0)
 
 
-def warmup_regularizer(preactivations: Sequence[Interval], input_radius,
-                       tol: float = 0.5) -> jax.Array:
+def warmup_regularizer(
+  preactivations: Sequence[Interval], input_radius, tol: float = 0.5
+) -> jax.Array:
   """Shi et al.'s (2021) warm-up regularizers, as in the SABR/CURE code.
 
   Args:
@@ -128,11 +136,15 @@ def warmup_regularizer(preactivations: Sequence[Interval], input_radius,
     ValueError: if ``preactivations`` is empty or ``tol`` is not positive.
   """
   if not preactivations:
-    raise ValueError("preactivations is empty: pass the bounds entering each "
-                     "ReLU, e.g. from ibp(fn, return_preactivations=True).")
+    raise ValueError(
+      "preactivations is empty: pass the bounds entering each "
+      "ReLU, e.g. from ibp(fn, return_preactivations=True)."
+    )
   if isinstance(tol, (int, float)) and tol <= 0:
     raise ValueError(f"tol must be positive; got {tol}.")
-  total = sum(_tightness(Interval(*bounds), input_radius, tol) +
-              _relu_balance(Interval(*bounds), tol)
-              for bounds in preactivations)
+  total = sum(
+    _tightness(Interval(*bounds), input_radius, tol)
+    + _relu_balance(Interval(*bounds), tol)
+    for bounds in preactivations
+  )
   return total / len(preactivations)

@@ -27,8 +27,13 @@ import jax.numpy as jnp
 from cure_jax.attacks import projections
 from cure_jax.attacks.sabr import sabr_attack
 from cure_jax.bounds import Box, L2Ball, LinfBall
-from cure_jax.objectives.base import (DOMAIN, Network, certified,
-                                      robust_cross_entropy, worst_case_logits)
+from cure_jax.objectives.base import (
+  DOMAIN,
+  Network,
+  certified,
+  robust_cross_entropy,
+  worst_case_logits,
+)
 
 
 class RobustLoss(NamedTuple):
@@ -40,9 +45,12 @@ class RobustLoss(NamedTuple):
 
 
 def _from_margins(margin_lower: jax.Array, batch_stats=None) -> RobustLoss:
-  return RobustLoss(robust_cross_entropy(margin_lower),
-                    worst_case_logits(margin_lower), certified(margin_lower),
-                    batch_stats)
+  return RobustLoss(
+    robust_cross_entropy(margin_lower),
+    worst_case_logits(margin_lower),
+    certified(margin_lower),
+    batch_stats,
+  )
 
 
 def _bounded(network: Network, region, labels) -> RobustLoss:
@@ -53,8 +61,10 @@ def _bounded(network: Network, region, labels) -> RobustLoss:
 
 def _per_example(value, x):
   value = jnp.asarray(value, x.dtype)
-  return jnp.broadcast_to(value.reshape((-1,) + (1,) * (x.ndim - 1)) if
-                          value.ndim else value, (x.shape[0],) + (1,) * (x.ndim - 1))
+  return jnp.broadcast_to(
+    value.reshape((-1,) + (1,) * (x.ndim - 1)) if value.ndim else value,
+    (x.shape[0],) + (1,) * (x.ndim - 1),
+  )
 
 
 def ibp_linf(network: Network, images, labels, eps) -> RobustLoss:
@@ -112,8 +122,16 @@ def small_box(adversarial, images, eps, tau) -> Box:
   return Box(jnp.maximum(center - tau, lo), jnp.minimum(center + tau, hi))
 
 
-def sabr_linf(network: Network, images, labels, eps, *, lam: float,
-              key: jax.Array, pgd_steps: int) -> RobustLoss:
+def sabr_linf(
+  network: Network,
+  images,
+  labels,
+  eps,
+  *,
+  lam: float,
+  key: jax.Array,
+  pgd_steps: int,
+) -> RobustLoss:
   """SABR's l∞ loss: IBP over the small box of radius λε around a PGD point.
 
   Args:
@@ -128,18 +146,41 @@ def sabr_linf(network: Network, images, labels, eps, *, lam: float,
   Returns:
     The per-example `RobustLoss` over `small_box`.
   """
-  adversarial = sabr_attack(network.logits, images, labels, eps=eps, key=key,
-                            steps=pgd_steps, norm="linf", domain=DOMAIN)
-  region = jax.lax.stop_gradient(
-      small_box(adversarial, images, eps, lam * eps))
+  adversarial = sabr_attack(
+    network.logits,
+    images,
+    labels,
+    eps=eps,
+    key=key,
+    steps=pgd_steps,
+    norm="linf",
+    domain=DOMAIN,
+  )
+  region = jax.lax.stop_gradient(small_box(adversarial, images, eps, lam * eps))
   return _bounded(network, region, labels)
 
 
-def l2_sabr_box(network: Network, images, labels, eps, *, lam: float,
-                key: jax.Array, pgd_steps: int) -> RobustLoss:
+def l2_sabr_box(
+  network: Network,
+  images,
+  labels,
+  eps,
+  *,
+  lam: float,
+  key: jax.Array,
+  pgd_steps: int,
+) -> RobustLoss:
   """The reference l2 loss: IBP over an l∞ box of radius λ2·ε2 at an l2-PGD point."""
-  adversarial = sabr_attack(network.logits, images, labels, eps=eps, key=key,
-                            steps=pgd_steps, norm="l2", domain=DOMAIN)
+  adversarial = sabr_attack(
+    network.logits,
+    images,
+    labels,
+    eps=eps,
+    key=key,
+    steps=pgd_steps,
+    norm="l2",
+    domain=DOMAIN,
+  )
   tau = lam * eps
   lo = jnp.zeros_like(images) + _per_example(tau, images)
   center = jax.lax.stop_gradient(jnp.clip(adversarial, lo, 1.0 - lo))
@@ -161,15 +202,32 @@ def small_l2_ball(adversarial, images, eps, lam) -> L2Ball:
   Returns:
     The small ball, an `L2Ball` over [0, 1].
   """
-  center = projections.project_l2(adversarial, images, (1.0 - lam) * eps,
-                                  domain=DOMAIN)
+  center = projections.project_l2(
+    adversarial, images, (1.0 - lam) * eps, domain=DOMAIN
+  )
   return L2Ball(center, lam * eps, domain=DOMAIN)
 
 
-def l2_certified(network: Network, images, labels, eps, *, lam: float,
-                 key: jax.Array, pgd_steps: int) -> RobustLoss:
+def l2_certified(
+  network: Network,
+  images,
+  labels,
+  eps,
+  *,
+  lam: float,
+  key: jax.Array,
+  pgd_steps: int,
+) -> RobustLoss:
   """Certified l2 loss: IBP over `small_l2_ball`, dual norm at layer one."""
-  adversarial = sabr_attack(network.logits, images, labels, eps=eps, key=key,
-                            steps=pgd_steps, norm="l2", domain=DOMAIN)
+  adversarial = sabr_attack(
+    network.logits,
+    images,
+    labels,
+    eps=eps,
+    key=key,
+    steps=pgd_steps,
+    norm="l2",
+    domain=DOMAIN,
+  )
   region = jax.lax.stop_gradient(small_l2_ball(adversarial, images, eps, lam))
   return _bounded(network, region, labels)

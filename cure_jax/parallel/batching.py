@@ -9,14 +9,15 @@ holds `global_batch_size // device_count`. Both divisions must be exact.
 from typing import Any
 
 import jax
-from jax.sharding import Mesh
 import numpy as np
+from jax.sharding import Mesh
 
 PyTree = Any
 
 
-def check_global_batch_size(global_batch_size: int, num_devices: int,
-                            num_processes: int) -> int:
+def check_global_batch_size(
+  global_batch_size: int, num_devices: int, num_processes: int
+) -> int:
   """Checks a global batch splits evenly; returns the per-process batch size.
 
   Args:
@@ -33,16 +34,18 @@ def check_global_batch_size(global_batch_size: int, num_devices: int,
   """
   if num_devices < 1 or num_processes < 1 or num_devices % num_processes:
     raise ValueError(
-        f'{num_devices} devices cannot be spread evenly over {num_processes} '
-        'processes; every process must hold the same number of devices.')
+      f"{num_devices} devices cannot be spread evenly over {num_processes} "
+      "processes; every process must hold the same number of devices."
+    )
   if global_batch_size < 1 or global_batch_size % num_devices:
     lower = global_batch_size // num_devices * num_devices
     upper = lower + num_devices
-    valid = f'{lower} or {upper}' if lower else f'{upper}'
+    valid = f"{lower} or {upper}" if lower else f"{upper}"
     raise ValueError(
-        f'Global batch size {global_batch_size} does not split evenly over '
-        f'{num_devices} devices ({num_processes} processes): use a multiple '
-        f'of {num_devices}, e.g. {valid}.')
+      f"Global batch size {global_batch_size} does not split evenly over "
+      f"{num_devices} devices ({num_processes} processes): use a multiple "
+      f"of {num_devices}, e.g. {valid}."
+    )
   return global_batch_size // num_processes
 
 
@@ -59,8 +62,9 @@ def per_process_batch_size(global_batch_size: int, mesh: Mesh) -> int:
   Raises:
     ValueError: see `check_global_batch_size`.
   """
-  return check_global_batch_size(global_batch_size, mesh.size,
-                                 jax.process_count())
+  return check_global_batch_size(
+    global_batch_size, mesh.size, jax.process_count()
+  )
 
 
 def pad_batch(batch: PyTree, batch_size: int) -> tuple[PyTree, np.ndarray]:
@@ -82,15 +86,20 @@ def pad_batch(batch: PyTree, batch_size: int) -> tuple[PyTree, np.ndarray]:
   Raises:
     ValueError: if leaves disagree on the row count or exceed `batch_size`.
   """
-  sizes = {np.shape(leaf)[0] if np.ndim(leaf) else None
-           for leaf in jax.tree_util.tree_leaves(batch)}
+  sizes = {
+    np.shape(leaf)[0] if np.ndim(leaf) else None
+    for leaf in jax.tree_util.tree_leaves(batch)
+  }
   if len(sizes) != 1 or None in sizes:
-    raise ValueError('pad_batch needs leaves with one common leading axis; '
-                     f'got leading sizes {sizes}.')
+    raise ValueError(
+      "pad_batch needs leaves with one common leading axis; "
+      f"got leading sizes {sizes}."
+    )
   num_rows = sizes.pop()
   if num_rows > batch_size:
-    raise ValueError(f'The batch has {num_rows} rows, more than batch_size='
-                     f'{batch_size}.')
+    raise ValueError(
+      f"The batch has {num_rows} rows, more than batch_size={batch_size}."
+    )
 
   def pad(leaf):
     leaf = np.asarray(leaf)

@@ -24,14 +24,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
-from jax.experimental import multihost_utils
-from jax.sharding import AxisType
-from jax.sharding import Mesh
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec
 import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-DATA_AXIS = 'data'
+DATA_AXIS = "data"
 
 PyTree = Any
 
@@ -48,9 +45,10 @@ def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
   """
   devices = jax.devices() if devices is None else list(devices)
   if not devices:
-    raise ValueError('make_mesh needs at least one device.')
-  return jax.make_mesh((len(devices),), (DATA_AXIS,),
-                       axis_types=(AxisType.Auto,), devices=devices)
+    raise ValueError("make_mesh needs at least one device.")
+  return jax.make_mesh(
+    (len(devices),), (DATA_AXIS,), axis_types=(AxisType.Auto,), devices=devices
+  )
 
 
 def data_sharding(mesh: Mesh) -> NamedSharding:
@@ -102,12 +100,14 @@ def shard_global_batch(local_batch: PyTree, mesh: Mesh) -> PyTree:
   num_local_devices = len(mesh.local_devices)
   if num_rows % num_local_devices:
     raise ValueError(
-        f'This process holds a batch of {num_rows} rows, which does not split '
-        f'evenly over its {num_local_devices} devices (global batch '
-        f'{num_rows * jax.process_count()} over {mesh.size} devices). Use a '
-        f'global batch size that is a multiple of {mesh.size}.')
-  return jax.make_array_from_process_local_data(data_sharding(mesh),
-                                                local_batch)
+      f"This process holds a batch of {num_rows} rows, which does not split "
+      f"evenly over its {num_local_devices} devices (global batch "
+      f"{num_rows * jax.process_count()} over {mesh.size} devices). Use a "
+      f"global batch size that is a multiple of {mesh.size}."
+    )
+  return jax.make_array_from_process_local_data(
+    data_sharding(mesh), local_batch
+  )
 
 
 def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
@@ -146,16 +146,17 @@ def _common_leading_dim(batch: PyTree) -> int:
   """Checks every leaf has the same leading axis; returns its length."""
   leaves = jax.tree_util.tree_leaves_with_path(batch)
   if not leaves:
-    raise ValueError('The batch has no arrays.')
+    raise ValueError("The batch has no arrays.")
   sizes = {}
   for path, leaf in leaves:
     shape = np.shape(leaf)
     if not shape:
       raise ValueError(
-          f'Batch leaf {jax.tree_util.keystr(path)} is a scalar; every leaf '
-          'needs a leading batch axis (pass constants as separate, '
-          'replicated arguments).')
+        f"Batch leaf {jax.tree_util.keystr(path)} is a scalar; every leaf "
+        "needs a leading batch axis (pass constants as separate, "
+        "replicated arguments)."
+      )
     sizes[jax.tree_util.keystr(path)] = shape[0]
   if len(set(sizes.values())) > 1:
-    raise ValueError(f'Batch leaves disagree on the batch size: {sizes}.')
+    raise ValueError(f"Batch leaves disagree on the batch size: {sizes}.")
   return next(iter(sizes.values()))

@@ -36,6 +36,7 @@ class Policy(NamedTuple):
     compute_dtype: dtype in which the model computes.
     output_dtype: dtype of the values returned to the training loop.
   """
+
   param_dtype: jnp.dtype = jnp.float32
   compute_dtype: jnp.dtype = jnp.float32
   output_dtype: jnp.dtype = jnp.float32
@@ -58,8 +59,11 @@ MIXED_BFLOAT16 = Policy(jnp.float32, jnp.bfloat16, jnp.float32)
 # The policy of every certification run, whatever the training used.
 CERTIFICATION = FLOAT32
 
-_POLICIES = {'float32': FLOAT32, 'bfloat16': MIXED_BFLOAT16,
-             'mixed_bfloat16': MIXED_BFLOAT16}
+_POLICIES = {
+  "float32": FLOAT32,
+  "bfloat16": MIXED_BFLOAT16,
+  "mixed_bfloat16": MIXED_BFLOAT16,
+}
 
 
 def get_policy(name: str) -> Policy:
@@ -76,10 +80,15 @@ def get_policy(name: str) -> Policy:
     ValueError: for any other name.
   """
   if name not in _POLICIES:
-    hint = (' float16 needs loss scaling; use bfloat16.'
-            if 'float16' in name and 'bfloat16' not in name else '')
-    raise ValueError(f'Unknown precision policy {name!r}; choose one of '
-                     f'{sorted(_POLICIES)}.{hint}')
+    hint = (
+      " float16 needs loss scaling; use bfloat16."
+      if "float16" in name and "bfloat16" not in name
+      else ""
+    )
+    raise ValueError(
+      f"Unknown precision policy {name!r}; choose one of "
+      f"{sorted(_POLICIES)}.{hint}"
+    )
   return _POLICIES[name]
 
 
@@ -96,9 +105,13 @@ def cast_floating(tree: PyTree, dtype: jnp.dtype) -> PyTree:
   Returns:
     `tree` with its floating arrays cast.
   """
+
   def cast(leaf):
-    if (hasattr(leaf, 'dtype') and hasattr(leaf, 'astype') and
-        jnp.issubdtype(leaf.dtype, jnp.floating)):
+    if (
+      hasattr(leaf, "dtype")
+      and hasattr(leaf, "astype")
+      and jnp.issubdtype(leaf.dtype, jnp.floating)
+    ):
       return leaf.astype(dtype)
     return leaf
 
@@ -106,9 +119,9 @@ def cast_floating(tree: PyTree, dtype: jnp.dtype) -> PyTree:
 
 
 def apply_with_policy(
-    apply_fn: Callable[..., PyTree],
-    policy: Policy,
-    cast_collections: Sequence[str] = ('params',),
+  apply_fn: Callable[..., PyTree],
+  policy: Policy,
+  cast_collections: Sequence[str] = ("params",),
 ) -> Callable[..., PyTree]:
   """Wraps a Flax-style `apply(variables, *args, **kwargs)` in a policy.
 
@@ -131,9 +144,10 @@ def apply_with_policy(
     return apply_fn
 
   def apply(variables: Mapping[str, PyTree], *args, **kwargs) -> PyTree:
-    variables = {name: policy.cast_to_compute(value)
-                 if name in cast_collections else value
-                 for name, value in variables.items()}
+    variables = {
+      name: policy.cast_to_compute(value) if name in cast_collections else value
+      for name, value in variables.items()
+    }
     args, kwargs = policy.cast_to_compute((args, kwargs))
     return policy.cast_to_output(apply_fn(variables, *args, **kwargs))
 
@@ -149,7 +163,7 @@ def certification_precision():
   Returns:
     A context manager (`jax.default_matmul_precision('highest')`).
   """
-  return jax.default_matmul_precision('highest')
+  return jax.default_matmul_precision("highest")
 
 
 class PolicyModel:
@@ -174,4 +188,3 @@ class PolicyModel:
 def training_model(module, mixed_precision: bool):
   """``module``, or a `PolicyModel` of `MIXED_BFLOAT16` if asked for."""
   return PolicyModel(module, MIXED_BFLOAT16) if mixed_precision else module
-

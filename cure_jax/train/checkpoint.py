@@ -34,25 +34,25 @@ Typical use, with `cure_jax.train.preemption.PreemptionGuard`::
     ckpt.save(step, state, force=True)  # Final or preemption save.
 """
 
-from collections.abc import Iterator, Mapping
 import contextlib
 import json
 import operator
 import os
+from collections.abc import Iterator, Mapping
 from typing import Any
 
-from absl import logging
 import jax
-from jax import lax
-from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
+from jax import lax
+from jax.experimental import multihost_utils
 
 # Items of one checkpoint step (sub-directories of `<directory>/<step>/`).
-_STATE = 'state'
-_INTEGRITY = 'integrity'
-_METADATA = 'metadata'
+_STATE = "state"
+_INTEGRITY = "integrity"
+_METADATA = "metadata"
 _INTEGRITY_FORMAT = 1
 # Problems listed per kind in a mismatch error before eliding the rest.
 _MAX_LISTED = 5
@@ -72,11 +72,12 @@ class CheckpointRestoreError(RuntimeError):
   def __init__(self, path: Any, reason: str):
     self.path = str(path)
     super().__init__(
-        f'Cannot restore the checkpoint at {self.path}: {reason}\n'
-        'It is corrupt or incompatible with the current training state. '
-        'Training will not silently start over: move this checkpoint aside '
-        f'(e.g. `mv {self.path} {self.path}.bad`) to resume from the previous '
-        'one, or pass a fresh workdir to start from scratch.')
+      f"Cannot restore the checkpoint at {self.path}: {reason}\n"
+      "It is corrupt or incompatible with the current training state. "
+      "Training will not silently start over: move this checkpoint aside "
+      f"(e.g. `mv {self.path} {self.path}.bad`) to resume from the previous "
+      "one, or pass a fresh workdir to start from scratch."
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -86,7 +87,7 @@ class CheckpointRestoreError(RuntimeError):
 
 def _key_name(key: Any) -> str:
   """The name of one pytree key, as orbax names it on disk."""
-  for attribute in ('key', 'name', 'idx'):
+  for attribute in ("key", "name", "idx"):
     if hasattr(key, attribute):
       return str(getattr(key, attribute))
   return str(key)
@@ -106,11 +107,12 @@ def _leaves_by_path(tree: Any) -> dict[str, Any]:
     An insertion-ordered dict (pytree flattening order) from path to leaf.
   """
   flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-  leaves = {'/'.join(_key_name(k) for k in path): leaf for path, leaf in flat}
+  leaves = {"/".join(_key_name(k) for k in path): leaf for path, leaf in flat}
   if len(leaves) != len(flat):
     raise ValueError(
-        'Two leaves of the pytree have the same path once joined with "/"; '
-        'rename the keys that contain "/".')
+      'Two leaves of the pytree have the same path once joined with "/"; '
+      'rename the keys that contain "/".'
+    )
   return leaves
 
 
@@ -132,9 +134,10 @@ def _check_array_leaves(tree: Any, what: str, allow_abstract: bool) -> None:
   for path, leaf in _leaves_by_path(tree).items():
     if not isinstance(leaf, kinds):
       raise TypeError(
-          f'{what} leaf {path!r} is a {type(leaf).__name__}; checkpoints hold '
-          'pytrees of arrays only. Wrap Python/NumPy scalars with '
-          '`jnp.asarray` (or mark static fields as non-pytree).')
+        f"{what} leaf {path!r} is a {type(leaf).__name__}; checkpoints hold "
+        "pytrees of arrays only. Wrap Python/NumPy scalars with "
+        "`jnp.asarray` (or mark static fields as non-pytree)."
+      )
 
 
 def _stored_shape_dtype(leaf: Any) -> tuple[tuple[int, ...], np.dtype]:
@@ -151,8 +154,13 @@ def _as_uint32_words(x: jax.Array) -> jax.Array:
   if jnp.issubdtype(x.dtype, jnp.complexfloating):
     x = jnp.stack([x.real, x.imag], axis=-1)
   if jnp.issubdtype(x.dtype, jnp.floating):
-    unsigned = {4: jnp.uint4, 8: jnp.uint8, 16: jnp.uint16, 32: jnp.uint32,
-                64: jnp.uint32}[jnp.finfo(x.dtype).bits]
+    unsigned = {
+      4: jnp.uint4,
+      8: jnp.uint8,
+      16: jnp.uint16,
+      32: jnp.uint32,
+      64: jnp.uint32,
+    }[jnp.finfo(x.dtype).bits]
     x = lax.bitcast_convert_type(x, unsigned)  # 64-bit: trailing axis of 2.
   elif jnp.issubdtype(x.dtype, jnp.integer) and jnp.iinfo(x.dtype).bits == 64:
     x = lax.bitcast_convert_type(x, jnp.uint32)
@@ -179,11 +187,16 @@ def _fingerprint(x: jax.Array) -> jax.Array:
   words = _as_uint32_words(x)
   index = jnp.zeros(words.shape, jnp.uint32)
   for axis, size in enumerate(words.shape):  # Row-major index, Horner form.
-    index = (index * jnp.uint32(size % 2**32)
-             + lax.broadcasted_iota(jnp.uint32, words.shape, axis))
+    index = index * jnp.uint32(size % 2**32) + lax.broadcasted_iota(
+      jnp.uint32, words.shape, axis
+    )
   weights = 2 * index + 1
-  return jnp.stack([jnp.sum(words, dtype=jnp.uint32),
-                    jnp.sum(words * weights, dtype=jnp.uint32)])
+  return jnp.stack(
+    [
+      jnp.sum(words, dtype=jnp.uint32),
+      jnp.sum(words * weights, dtype=jnp.uint32),
+    ]
+  )
 
 
 def _is_finite(x: jax.Array) -> jax.Array:
@@ -197,8 +210,10 @@ def _leaf_statistics(leaves: list[Any]) -> tuple[jax.Array, jax.Array]:
   """Per-leaf finiteness [L] and fingerprints [L, 2], in one compiled pass."""
   if not leaves:
     return jnp.zeros((0,), bool), jnp.zeros((0, 2), jnp.uint32)
-  return (jnp.stack([_is_finite(x) for x in leaves]),
-          jnp.stack([_fingerprint(x) for x in leaves]))
+  return (
+    jnp.stack([_is_finite(x) for x in leaves]),
+    jnp.stack([_fingerprint(x) for x in leaves]),
+  )
 
 
 def _to_host(x: jax.Array) -> np.ndarray:
@@ -221,17 +236,20 @@ def _host_statistics(x: np.ndarray) -> tuple[bool, list[int]]:
   Returns:
     (whether all elements are finite, the two uint32 checksums).
   """
-  finite = (not jnp.issubdtype(x.dtype, jnp.inexact)
-            or bool(np.isfinite(x).all()))
+  finite = not jnp.issubdtype(x.dtype, jnp.inexact) or bool(
+    np.isfinite(x).all()
+  )
   words = np.ascontiguousarray(x).reshape(-1)
   if jnp.issubdtype(words.dtype, jnp.complexfloating):
     words = np.stack([words.real, words.imag], axis=-1).reshape(-1)
   if jnp.issubdtype(words.dtype, jnp.floating) or words.dtype.itemsize == 8:
-    words = words.view(f'u{min(words.dtype.itemsize, 4)}')
+    words = words.view(f"u{min(words.dtype.itemsize, 4)}")
   words = words.astype(np.uint32)
   weights = 2 * np.arange(words.size, dtype=np.uint32) + np.uint32(1)
-  return finite, [int(words.sum(dtype=np.uint32)),
-                  int((words * weights).sum(dtype=np.uint32))]
+  return finite, [
+    int(words.sum(dtype=np.uint32)),
+    int((words * weights).sum(dtype=np.uint32)),
+  ]
 
 
 def _statistics(tree: Any) -> tuple[dict[str, bool], dict[str, list[int]]]:
@@ -239,10 +257,12 @@ def _statistics(tree: Any) -> tuple[dict[str, bool], dict[str, list[int]]]:
   leaves = _leaves_by_path(tree)
   on_device = [p for p, leaf in leaves.items() if isinstance(leaf, jax.Array)]
   finite, fingerprints = map(
-      _to_host, _leaf_statistics([leaves[p] for p in on_device]))
+    _to_host, _leaf_statistics([leaves[p] for p in on_device])
+  )
   stats = dict(zip(on_device, zip(finite.tolist(), fingerprints.tolist())))
-  stats.update({p: _host_statistics(leaf) for p, leaf in leaves.items()
-                if p not in stats})
+  stats.update(
+    {p: _host_statistics(leaf) for p, leaf in leaves.items() if p not in stats}
+  )
   return ({p: stats[p][0] for p in leaves}, {p: stats[p][1] for p in leaves})
 
 
@@ -256,10 +276,10 @@ def _as_step(step: Any) -> int:
     step = operator.index(step)
   except TypeError:
     raise TypeError(
-        f'step must be an integer, got {step!r} of type {type(step).__name__}.'
+      f"step must be an integer, got {step!r} of type {type(step).__name__}."
     ) from None
   if step < 0:
-    raise ValueError(f'step must be non-negative, got {step}.')
+    raise ValueError(f"step must be non-negative, got {step}.")
   return step
 
 
@@ -268,25 +288,26 @@ def _json_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
   if metadata is None:
     return {}
   if not isinstance(metadata, Mapping):
-    raise TypeError(
-        f'metadata must be a dict, got {type(metadata).__name__}.')
+    raise TypeError(f"metadata must be a dict, got {type(metadata).__name__}.")
   try:
     return json.loads(json.dumps(dict(metadata), allow_nan=False))
   except (TypeError, ValueError) as error:
     raise TypeError(
-        'metadata must be JSON-serialisable (str keys; str, number, bool, '
-        f'None, list and dict values; finite floats): {error}. Convert e.g. '
-        'arrays with `.tolist()` and configs with `.to_dict()`.') from error
+      "metadata must be JSON-serialisable (str keys; str, number, bool, "
+      f"None, list and dict values; finite floats): {error}. Convert e.g. "
+      "arrays with `.tolist()` and configs with `.to_dict()`."
+    ) from error
 
 
 def _list_some(items: list[str]) -> str:
-  shown = ', '.join(items[:_MAX_LISTED])
+  shown = ", ".join(items[:_MAX_LISTED])
   more = len(items) - _MAX_LISTED
-  return shown + (f' and {more} more' if more > 0 else '')
+  return shown + (f" and {more} more" if more > 0 else "")
 
 
-def _check_compatible(path: Any, saved_tree: Any,
-                      target: Any) -> dict[str, np.dtype]:
+def _check_compatible(
+  path: Any, saved_tree: Any, target: Any
+) -> dict[str, np.dtype]:
   """Checks the checkpoint's leaves against the target's.
 
   Args:
@@ -300,28 +321,38 @@ def _check_compatible(path: Any, saved_tree: Any,
   Raises:
     CheckpointRestoreError: if the leaf paths or shapes differ.
   """
-  saved = {p: (tuple(m.shape), np.dtype(m.dtype))
-           for p, m in _leaves_by_path(saved_tree).items()}
-  wanted = {p: _stored_shape_dtype(leaf)
-            for p, leaf in _leaves_by_path(target).items()}
+  saved = {
+    p: (tuple(m.shape), np.dtype(m.dtype))
+    for p, m in _leaves_by_path(saved_tree).items()
+  }
+  wanted = {
+    p: _stored_shape_dtype(leaf) for p, leaf in _leaves_by_path(target).items()
+  }
   problems = []
   missing = [p for p in wanted if p not in saved]
   if missing:
     problems.append(
-        f'leaves missing from the checkpoint: {_list_some(missing)}')
+      f"leaves missing from the checkpoint: {_list_some(missing)}"
+    )
   unexpected = [p for p in saved if p not in wanted]
   if unexpected:
     problems.append(
-        f'checkpoint leaves absent from the target: {_list_some(unexpected)}')
-  reshaped = [f'{p} (checkpoint {saved[p][0]}, target {shape})'
-              for p, (shape, _) in wanted.items()
-              if p in saved and saved[p][0] != shape]
+      f"checkpoint leaves absent from the target: {_list_some(unexpected)}"
+    )
+  reshaped = [
+    f"{p} (checkpoint {saved[p][0]}, target {shape})"
+    for p, (shape, _) in wanted.items()
+    if p in saved and saved[p][0] != shape
+  ]
   if reshaped:
-    problems.append(f'shape mismatches: {_list_some(reshaped)}')
+    problems.append(f"shape mismatches: {_list_some(reshaped)}")
   if problems:
     raise CheckpointRestoreError(
-        path, 'its state does not match the target structure; '
-        + '; '.join(problems) + '.')
+      path,
+      "its state does not match the target structure; "
+      + "; ".join(problems)
+      + ".",
+    )
   return {p: dtype for p, (_, dtype) in saved.items()}
 
 
@@ -340,26 +371,34 @@ def _restore_template(target: Any, saved_dtypes: dict[str, np.dtype]) -> Any:
     A pytree of `jax.ShapeDtypeStruct` (for jax leaves) and zero-stride NumPy
     arrays (for NumPy leaves, so they restore as NumPy).
   """
+
   def template(path, leaf):
     dtype = leaf.dtype if _is_key_array(leaf) else saved_dtypes[path]
     if isinstance(leaf, np.ndarray):
       return np.broadcast_to(np.zeros((), dtype), leaf.shape)
-    return jax.ShapeDtypeStruct(leaf.shape, dtype,
-                                sharding=getattr(leaf, 'sharding', None))
+    return jax.ShapeDtypeStruct(
+      leaf.shape, dtype, sharding=getattr(leaf, "sharding", None)
+    )
 
   leaves = _leaves_by_path(target)
   treedef = jax.tree_util.tree_structure(target)
   return jax.tree_util.tree_unflatten(
-      treedef, [template(p, leaf) for p, leaf in leaves.items()])
+    treedef, [template(p, leaf) for p, leaf in leaves.items()]
+  )
 
 
 def _cast_to_target(restored: Any, target: Any) -> Any:
   def cast(x, t):
     if x.dtype == t.dtype:
       return x
-    logging.warning('Casting restored %s %s leaf to the target dtype %s.',
-                    x.shape, x.dtype, t.dtype)
+    logging.warning(
+      "Casting restored %s %s leaf to the target dtype %s.",
+      x.shape,
+      x.dtype,
+      t.dtype,
+    )
     return x.astype(t.dtype)  # Elementwise: keeps the sharding.
+
   return jax.tree.map(cast, restored, target)
 
 
@@ -376,10 +415,14 @@ class Checkpointer:
   Not thread-safe; one `Checkpointer` per directory.
   """
 
-  def __init__(self, directory: str | os.PathLike[str], *,
-               max_to_keep: int | None = 3,
-               save_interval_steps: int = 1000,
-               async_save: bool = True):
+  def __init__(
+    self,
+    directory: str | os.PathLike[str],
+    *,
+    max_to_keep: int | None = 3,
+    save_interval_steps: int = 1000,
+    async_save: bool = True,
+  ):
     """Opens (creating it if needed) a checkpoint directory.
 
     Stale temporary directories of interrupted saves are deleted.
@@ -394,20 +437,24 @@ class Checkpointer:
     """
     if max_to_keep is not None and max_to_keep < 1:
       raise ValueError(
-          f'max_to_keep must be >= 1 or None (keep all), got {max_to_keep}.')
+        f"max_to_keep must be >= 1 or None (keep all), got {max_to_keep}."
+      )
     if save_interval_steps < 1:
       raise ValueError(
-          f'save_interval_steps must be >= 1, got {save_interval_steps}.')
+        f"save_interval_steps must be >= 1, got {save_interval_steps}."
+      )
     policies = ocp.checkpoint_managers
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep,
-        save_decision_policy=policies.AnySavePolicy([
-            policies.FixedIntervalPolicy(save_interval_steps),
-            policies.PreemptionCheckpointingPolicy(),
-        ]),
-        create=True,
-        cleanup_tmp_directories=True,
-        enable_async_checkpointing=async_save,
+      max_to_keep=max_to_keep,
+      save_decision_policy=policies.AnySavePolicy(
+        [
+          policies.FixedIntervalPolicy(save_interval_steps),
+          policies.PreemptionCheckpointingPolicy(),
+        ]
+      ),
+      create=True,
+      cleanup_tmp_directories=True,
+      enable_async_checkpointing=async_save,
     )
     registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
     registry.add(_STATE, ocp.args.StandardSave)
@@ -416,7 +463,8 @@ class Checkpointer:
       registry.add(item, ocp.args.JsonSave)
       registry.add(item, ocp.args.JsonRestore)
     self._manager = ocp.CheckpointManager(
-        directory, options=options, handler_registry=registry)
+      directory, options=options, handler_registry=registry
+    )
 
   @property
   def directory(self) -> Any:
@@ -437,9 +485,14 @@ class Checkpointer:
     """The directory of the checkpoint of `step`."""
     return self.directory / str(step)
 
-  def save(self, step: int, state: Any, *,
-           metadata: Mapping[str, Any] | None = None,
-           force: bool = False) -> bool:
+  def save(
+    self,
+    step: int,
+    state: Any,
+    *,
+    metadata: Mapping[str, Any] | None = None,
+    force: bool = False,
+  ) -> bool:
     """Saves `state` at `step` if due (or forced); never overwrites.
 
     Args:
@@ -464,33 +517,44 @@ class Checkpointer:
     latest = self.latest_step
     if latest is not None and step < latest:
       raise ValueError(
-          f'Cannot save step {step}: the newest checkpoint in {self.directory} '
-          f'is step {latest}, so this state belongs to another run (a resume '
-          'would ignore it). Resume with `restore_latest` before training, or '
-          'use a fresh directory.')
+        f"Cannot save step {step}: the newest checkpoint in {self.directory} "
+        f"is step {latest}, so this state belongs to another run (a resume "
+        "would ignore it). Resume with `restore_latest` before training, or "
+        "use a fresh directory."
+      )
     if step == latest:
-      logging.info('Checkpoint of step %d already exists; keeping it.', step)
+      logging.info("Checkpoint of step %d already exists; keeping it.", step)
       return False
     if not (force or self._manager.should_save(step)):
       return False
     metadata = _json_metadata(metadata)
-    _check_array_leaves(state, 'state', allow_abstract=False)
+    _check_array_leaves(state, "state", allow_abstract=False)
     finite, fingerprints = _statistics(state)
     bad = [path for path, ok in finite.items() if not ok]
     if bad:
       raise NonFiniteStateError(
-          f'Refusing to save step {step}: state leaf {bad[0]!r} contains NaN '
-          f'or Inf ({len(bad)} non-finite leaves: {_list_some(bad)}). Nothing '
-          f'was written; the checkpoints in {self.directory} are intact. '
-          'Training has diverged: resume from the latest checkpoint with a '
-          'lower learning rate or stronger gradient clipping.')
-    integrity = {'format': _INTEGRITY_FORMAT, 'step': step,
-                 'fingerprints': fingerprints}
-    return self._manager.save(step, force=True, args=ocp.args.Composite(**{
-        _STATE: ocp.args.StandardSave(state),
-        _INTEGRITY: ocp.args.JsonSave(integrity),
-        _METADATA: ocp.args.JsonSave(metadata),
-    }))
+        f"Refusing to save step {step}: state leaf {bad[0]!r} contains NaN "
+        f"or Inf ({len(bad)} non-finite leaves: {_list_some(bad)}). Nothing "
+        f"was written; the checkpoints in {self.directory} are intact. "
+        "Training has diverged: resume from the latest checkpoint with a "
+        "lower learning rate or stronger gradient clipping."
+      )
+    integrity = {
+      "format": _INTEGRITY_FORMAT,
+      "step": step,
+      "fingerprints": fingerprints,
+    }
+    return self._manager.save(
+      step,
+      force=True,
+      args=ocp.args.Composite(
+        **{
+          _STATE: ocp.args.StandardSave(state),
+          _INTEGRITY: ocp.args.JsonSave(integrity),
+          _METADATA: ocp.args.JsonSave(metadata),
+        }
+      ),
+    )
 
   def restore(self, step: int, target: Any) -> Any:
     """Restores the checkpoint of `step` into the structure of `target`.
@@ -514,22 +578,31 @@ class Checkpointer:
     self.wait_until_finished()
     if step not in self._manager.all_steps():
       raise FileNotFoundError(
-          f'No checkpoint of step {step} in {self.directory}; available '
-          f'steps: {list(self.all_steps)}.')
-    _check_array_leaves(target, 'target', allow_abstract=True)
+        f"No checkpoint of step {step} in {self.directory}; available "
+        f"steps: {list(self.all_steps)}."
+      )
+    _check_array_leaves(target, "target", allow_abstract=True)
     path = self.step_path(step)
     with _restore_errors(path):
       saved = self._manager.item_metadata(step)
       if saved.get(_STATE) is None or _INTEGRITY not in saved:
         raise CheckpointRestoreError(
-            path, f'it lacks the {_STATE!r} or {_INTEGRITY!r} item, so it was '
-            'not written by `cure_jax.train.checkpoint.Checkpointer`.')
+          path,
+          f"it lacks the {_STATE!r} or {_INTEGRITY!r} item, so it was "
+          "not written by `cure_jax.train.checkpoint.Checkpointer`.",
+        )
       saved_dtypes = _check_compatible(path, saved[_STATE], target)
-      restored = self._manager.restore(step, args=ocp.args.Composite(**{
-          _STATE: ocp.args.StandardRestore(
-              _restore_template(target, saved_dtypes)),
-          _INTEGRITY: ocp.args.JsonRestore(),
-      }))
+      restored = self._manager.restore(
+        step,
+        args=ocp.args.Composite(
+          **{
+            _STATE: ocp.args.StandardRestore(
+              _restore_template(target, saved_dtypes)
+            ),
+            _INTEGRITY: ocp.args.JsonRestore(),
+          }
+        ),
+      )
       _verify_integrity(path, step, restored[_STATE], restored[_INTEGRITY])
     return _cast_to_target(restored[_STATE], target)
 
@@ -551,7 +624,7 @@ class Checkpointer:
     step = self.latest_step
     if step is None:
       return None
-    logging.info('Restoring checkpoint %s.', self.step_path(step))
+    logging.info("Restoring checkpoint %s.", self.step_path(step))
     return self.restore(step, target)
 
   def read_metadata(self, step: int | None = None) -> dict[str, Any] | None:
@@ -574,11 +647,13 @@ class Checkpointer:
       return None
     if step not in self._manager.all_steps():
       raise FileNotFoundError(
-          f'No checkpoint of step {step} in {self.directory}; available '
-          f'steps: {list(self.all_steps)}.')
+        f"No checkpoint of step {step} in {self.directory}; available "
+        f"steps: {list(self.all_steps)}."
+      )
     with _restore_errors(self.step_path(step)):
-      restored = self._manager.restore(step, args=ocp.args.Composite(
-          **{_METADATA: ocp.args.JsonRestore()}))
+      restored = self._manager.restore(
+        step, args=ocp.args.Composite(**{_METADATA: ocp.args.JsonRestore()})
+      )
     return restored[_METADATA]
 
   def wait_until_finished(self) -> None:
@@ -593,7 +668,7 @@ class Checkpointer:
     """Waits for pending saves, then releases orbax's resources."""
     self._manager.close()
 
-  def __enter__(self) -> 'Checkpointer':
+  def __enter__(self) -> "Checkpointer":
     return self
 
   def __exit__(self, *exc_info) -> None:
@@ -608,29 +683,38 @@ def _restore_errors(path: Any) -> Iterator[None]:
   except CheckpointRestoreError:
     raise
   except Exception as error:  # pylint: disable=broad-exception-caught
-    reason = f'{type(error).__name__}: {error}'.strip()
+    reason = f"{type(error).__name__}: {error}".strip()
     if len(reason) > 600:  # TensorStore errors embed whole JSON specs.
-      reason = reason[:600] + ' ...'
+      reason = reason[:600] + " ..."
     raise CheckpointRestoreError(path, reason) from error
 
 
-def _verify_integrity(path: Any, step: int, restored: Any,
-                      integrity: Any) -> None:
+def _verify_integrity(
+  path: Any, step: int, restored: Any, integrity: Any
+) -> None:
   """Checks the restored bits against the fingerprints taken at save time."""
-  if (not isinstance(integrity, Mapping)
-      or integrity.get('format') != _INTEGRITY_FORMAT):
+  if (
+    not isinstance(integrity, Mapping)
+    or integrity.get("format") != _INTEGRITY_FORMAT
+  ):
     raise CheckpointRestoreError(
-        path, f'its integrity record is unreadable or of an unknown format: '
-        f'{str(integrity)[:200]}.')
-  if integrity.get('step') != step:
+      path,
+      f"its integrity record is unreadable or of an unknown format: "
+      f"{str(integrity)[:200]}.",
+    )
+  if integrity.get("step") != step:
     raise CheckpointRestoreError(
-        path, f'it records step {integrity.get("step")} but is stored as step '
-        f'{step} (was the directory renamed?).')
-  expected = integrity['fingerprints']
+      path,
+      f"it records step {integrity.get('step')} but is stored as step "
+      f"{step} (was the directory renamed?).",
+    )
+  expected = integrity["fingerprints"]
   _, actual = _statistics(restored)
   corrupt = [p for p, fp in actual.items() if expected.get(p) != fp]
   if corrupt or set(expected) != set(actual):
     corrupt += sorted(set(expected) - set(actual))
     raise CheckpointRestoreError(
-        path, 'restored data does not match the fingerprints recorded at '
-        f'save time (data corruption) in leaves {_list_some(corrupt)}.')
+      path,
+      "restored data does not match the fingerprints recorded at "
+      f"save time (data corruption) in leaves {_list_some(corrupt)}.",
+    )

@@ -11,7 +11,8 @@ compute-seconds per point).
 """
 
 import time
-from typing import Any, Callable, Dict
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -24,8 +25,9 @@ from cure_jax.parallel.distributed import sum_over_processes
 NORM_RADIUS_KEYS = {"linf": "eps_linf", "l2": "eps_l2", "l1": "eps_l1"}
 
 
-def evaluate_model(config, model, variables, test, info,
-                   log: Callable[..., None] = print) -> Dict[str, Any]:
+def evaluate_model(
+  config, model, variables, test, info, log: Callable[..., None] = print
+) -> dict[str, Any]:
   """Clean accuracy and certified accuracy per norm (and their union)."""
   if config.eval.final_examples:
     test = test.take(config.eval.final_examples)
@@ -38,19 +40,29 @@ def evaluate_model(config, model, variables, test, info,
     return jnp.argmax(model.apply(variables, x, train=False), -1)
 
   def certify(norm, x, y):  # jits its stages itself (cached per shape)
-    return certify_batch(model.apply, variables, x, y, norm=norm,
-                         eps=radii[norm], methods=methods,
-                         alpha_steps=config.eval.alpha_steps,
-                         num_classes=num_classes).certified
+    return certify_batch(
+      model.apply,
+      variables,
+      x,
+      y,
+      norm=norm,
+      eps=radii[norm],
+      methods=methods,
+      alpha_steps=config.eval.alpha_steps,
+      num_classes=num_classes,
+    ).certified
 
   correct, total = 0, 0
   certified = {norm: 0 for norm in radii}
   union = 0
   seconds = {norm: 0.0 for norm in radii}
   for batch in data.eval_batches(
-      test, global_batch_size=config.eval.batch_size,
-      center_crop=info.eval_crop, process_index=jax.process_index(),
-      process_count=jax.process_count()):
+    test,
+    global_batch_size=config.eval.batch_size,
+    center_crop=info.eval_crop,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  ):
     mask = batch.mask
     ok = np.asarray(predict(batch.images)) == batch.labels
     all_norms = ok.copy()
@@ -64,22 +76,35 @@ def evaluate_model(config, model, variables, test, info,
     correct += int(np.sum(ok & mask))
     total += int(mask.sum())
   # Each process evaluated its own share of the test set.
-  totals = sum_over_processes(dict(
-      correct=correct, total=total, union=union,
+  totals = sum_over_processes(
+    dict(
+      correct=correct,
+      total=total,
+      union=union,
       **{f"certified_{n}": c for n, c in certified.items()},
-      **{f"seconds_{n}": t for n, t in seconds.items()}))
-  correct, total, union = (int(totals[k]) for k in ("correct", "total",
-                                                      "union"))
+      **{f"seconds_{n}": t for n, t in seconds.items()},
+    )
+  )
+  correct, total, union = (
+    int(totals[k]) for k in ("correct", "total", "union")
+  )
   certified = {n: int(totals[f"certified_{n}"]) for n in radii}
   seconds = {n: totals[f"seconds_{n}"] for n in radii}
-  results = {"test_examples": total, "clean_accuracy": correct / total,
-             "union_certified_accuracy": union / total,
-             "certification_methods": list(methods)}
+  results = {
+    "test_examples": total,
+    "clean_accuracy": correct / total,
+    "union_certified_accuracy": union / total,
+    "certification_methods": list(methods),
+  }
   for norm, eps in radii.items():
     results[f"certified_accuracy_{norm}"] = certified[norm] / total
     results[f"eps_{norm}"] = eps
     results[f"certify_seconds_per_point_{norm}"] = seconds[norm] / total
-  log("final evaluation: " + ", ".join(
+  log(
+    "final evaluation: "
+    + ", ".join(
       f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
-      for k, v in sorted(results.items())))
+      for k, v in sorted(results.items())
+    )
+  )
   return results

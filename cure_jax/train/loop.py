@@ -9,27 +9,37 @@ and the same config runs on one CPU or a pod.
 
 import os
 import time
-from typing import Any, Dict, Optional
+from typing import Any
 
-from etils import epath
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from etils import epath
 
 from cure_jax import data, settings
 from cure_jax.objectives.base import Batch
-from cure_jax.parallel import distributed, mesh as mesh_lib
+from cure_jax.parallel import distributed
+from cure_jax.parallel import mesh as mesh_lib
 from cure_jax.parallel.precision import training_model
 from cure_jax.train import final_eval
 from cure_jax.train.checkpoint import Checkpointer
 from cure_jax.train.preemption import PreemptionGuard
 from cure_jax.train.reporting import MetricWriter, Progress, write_json_atomic
-from cure_jax.train.state import (TrainState, build_model, create_train_state,
-                                  fresh_state, make_optimizer)
-from cure_jax.train.step import (is_gp_boundary, make_gp_boundary,
-                                 make_gp_restart, make_schedules,
-                                 make_train_step, phase_at)
+from cure_jax.train.state import (
+  TrainState,
+  build_model,
+  create_train_state,
+  fresh_state,
+  make_optimizer,
+)
+from cure_jax.train.step import (
+  is_gp_boundary,
+  make_gp_boundary,
+  make_gp_restart,
+  make_schedules,
+  make_train_step,
+  phase_at,
+)
 
 RESULTS_FILE = "results.json"
 TFDS_DATA_DIR_ENV = "TFDS_DATA_DIR"
@@ -44,27 +54,33 @@ def checkpoint_dir(workdir: str) -> str:
   return os.path.join(workdir, "checkpoints")
 
 
-def tfds_data_dir(config: ml_collections.ConfigDict) -> Optional[str]:
+def tfds_data_dir(config: ml_collections.ConfigDict) -> str | None:
   """Where prepared datasets live: the config, else $TFDS_DATA_DIR, else None.
 
   tfds reads $TFDS_DATA_DIR once, when it is imported; reading it here, at
   call time, lets a caller (or a test) redirect the cache at any time.
   """
-  return (config.dataset.tfds_data_dir or os.environ.get(TFDS_DATA_DIR_ENV)
-          or None)
+  return (
+    config.dataset.tfds_data_dir or os.environ.get(TFDS_DATA_DIR_ENV) or None
+  )
 
 
-def load_config_split(config: ml_collections.ConfigDict, split: str) -> data.Split:
+def load_config_split(
+  config: ml_collections.ConfigDict, split: str
+) -> data.Split:
   """The ``split`` ('train' or 'test') of ``config.dataset``, whole.
 
   Raises:
     DataNotFoundError: the dataset is not prepared and its files are neither
       local nor downloadable (within seconds, naming the files and settings).
   """
-  return data.load_split(config.dataset.name, split,
-                         data_dir=config.dataset.data_dir or None,
-                         tfds_data_dir=tfds_data_dir(config),
-                         download=config.dataset.download)
+  return data.load_split(
+    config.dataset.name,
+    split,
+    data_dir=config.dataset.data_dir or None,
+    tfds_data_dir=tfds_data_dir(config),
+    download=config.dataset.download,
+  )
 
 
 def load_datasets(config: ml_collections.ConfigDict):
@@ -102,8 +118,9 @@ def train_subset(split: data.Split, num_examples: int, seed: int) -> data.Split:
   """
   if not 0 < num_examples <= split.num_examples:
     raise ValueError(
-        f"dataset.train_examples must be in [1, {split.num_examples}] (the "
-        f"split's size), or 0 for all of it; got {num_examples}.")
+      f"dataset.train_examples must be in [1, {split.num_examples}] (the "
+      f"split's size), or 0 for all of it; got {num_examples}."
+    )
   rng = np.random.default_rng([seed, SUBSET_STREAM])
   indices = np.sort(rng.choice(split.num_examples, num_examples, replace=False))
   return data.Split(split.images[indices], split.labels[indices])
@@ -120,8 +137,9 @@ def restore_for_eval(config: ml_collections.ConfigDict, workdir: str):
   optimizer = make_optimizer(config, steps_per_epoch=1)
   template = _template(config, model, optimizer, info)
   missing = FileNotFoundError(
-      f"no checkpoint in {checkpoint_dir(workdir)}: train first with "
-      f"python -m cure_jax.main --config=... --workdir={workdir}")
+    f"no checkpoint in {checkpoint_dir(workdir)}: train first with "
+    f"python -m cure_jax.main --config=... --workdir={workdir}"
+  )
   if not epath.Path(checkpoint_dir(workdir)).exists():
     raise missing  # before orbax, which would create the directory
   with Checkpointer(checkpoint_dir(workdir), async_save=False) as ckpt:
@@ -138,9 +156,10 @@ def _pretrained(config, model, optimizer, info) -> TrainState:
   pre_config.cure.gp_beta = 0.0
   template = _template(pre_config, model, optimizer, info)
   missing = FileNotFoundError(
-      f"finetune_from={source!r} holds no checkpoint under "
-      f"{checkpoint_dir(source)}; train the l∞ model there first (e.g. "
-      "method=sabr).")
+    f"finetune_from={source!r} holds no checkpoint under "
+    f"{checkpoint_dir(source)}; train the l∞ model there first (e.g. "
+    "method=sabr)."
+  )
   if not epath.Path(checkpoint_dir(source)).exists():
     raise missing  # before orbax, which would create the directory
   with Checkpointer(checkpoint_dir(source), async_save=False) as ckpt:
@@ -150,21 +169,29 @@ def _pretrained(config, model, optimizer, info) -> TrainState:
   return fresh_state(config, restored.params, restored.batch_stats, optimizer)
 
 
-def _check_finite(metrics: Dict[str, Any], step: int, ckpt: Checkpointer):
+def _check_finite(metrics: dict[str, Any], step: int, ckpt: Checkpointer):
   loss = float(metrics["loss"])
   if not np.isfinite(loss):
     last = ckpt.latest_step
-    kept = (f"the last good checkpoint (step {last}) in {ckpt.directory} is "
-            "kept and the run resumes from it" if last is not None else
-            "no checkpoint was written")
+    kept = (
+      f"the last good checkpoint (step {last}) in {ckpt.directory} is "
+      "kept and the run resumes from it"
+      if last is not None
+      else "no checkpoint was written"
+    )
     raise NonFiniteLossError(
-        f"the loss is {loss} at step {step}; {kept}. Lower the learning rate "
-        "(--config.learning_rate), tighten gradient clipping "
-        "(--config.grad_clip_norm) or check the data, then restart.")
+      f"the loss is {loss} at step {step}; {kept}. Lower the learning rate "
+      "(--config.learning_rate), tighten gradient clipping "
+      "(--config.grad_clip_norm) or check the data, then restart."
+    )
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       *, stop_after_steps: Optional[int] = None) -> Dict[str, Any]:
+def train_and_evaluate(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  *,
+  stop_after_steps: int | None = None,
+) -> dict[str, Any]:
   """Trains ``config`` in ``workdir`` (resuming if possible) and evaluates.
 
   Args:
@@ -198,12 +225,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   writer = MetricWriter(os.path.join(workdir, "tensorboard"), enabled=main)
   try:  # Closing waits for pending asynchronous saves, also on errors.
-    with Checkpointer(checkpoint_dir(workdir),
-                      max_to_keep=config.keep_checkpoints,
-                      save_interval_steps=config.checkpoint_every_steps) as ckpt:
-      state = (_pretrained(config, model, optimizer, info)
-               if config.finetune_from else
-               _template(config, model, optimizer, info))
+    with Checkpointer(
+      checkpoint_dir(workdir),
+      max_to_keep=config.keep_checkpoints,
+      save_interval_steps=config.checkpoint_every_steps,
+    ) as ckpt:
+      state = (
+        _pretrained(config, model, optimizer, info)
+        if config.finetune_from
+        else _template(config, model, optimizer, info)
+      )
       restored = ckpt.restore_latest(state)
       state = mesh_lib.replicate(state if restored is None else restored, mesh)
       first_step = int(state.step)
@@ -214,23 +245,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       def train_step_of(phase):  # one compilation per phase of training
         if phase not in compiled_steps:
           compiled_steps[phase] = jax.jit(
-              make_train_step(config, training_model(
-                  model, config.mixed_precision), optimizer, sched, phase),
-              in_shardings=(replicated, mesh_lib.data_sharding(mesh)),
-              out_shardings=(replicated, replicated), donate_argnums=0)
+            make_train_step(
+              config,
+              training_model(model, config.mixed_precision),
+              optimizer,
+              sched,
+              phase,
+            ),
+            in_shardings=(replicated, mesh_lib.data_sharding(mesh)),
+            out_shardings=(replicated, replicated),
+            donate_argnums=0,
+          )
         return compiled_steps[phase]
+
       gp_boundary = jax.jit(make_gp_boundary(config), donate_argnums=0)
       gp_restart = jax.jit(make_gp_restart(), donate_argnums=0)
 
       progress = Progress(total_steps, first_step, enabled=main)
       if main:
-        print(f"{config.method} on {info.name}: {total_steps} steps "
-              f"({steps_per_epoch}/epoch) from step {first_step}, "
-              f"{len(jax.devices())} device(s), {jax.process_count()} "
-              "process(es)", flush=True)
+        print(
+          f"{config.method} on {info.name}: {total_steps} steps "
+          f"({steps_per_epoch}/epoch) from step {first_step}, "
+          f"{len(jax.devices())} device(s), {jax.process_count()} "
+          "process(es)",
+          flush=True,
+        )
       start_time = time.monotonic()
-      stop_at = total_steps if stop_after_steps is None else min(
-          total_steps, first_step + stop_after_steps)
+      stop_at = (
+        total_steps
+        if stop_after_steps is None
+        else min(total_steps, first_step + stop_after_steps)
+      )
       with PreemptionGuard() as guard:
         for step in range(first_step, stop_at):
           if config.cure.gp_beta > 0 and step == sched.ramp_end:
@@ -238,14 +283,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           elif is_gp_boundary(config, sched, step, gp_interval):
             state = gp_boundary(state)
           local = data.train_batch(
-              train, step, global_batch_size=config.batch_size,
-              seed=config.seed, augmentation=info.train_augmentation,
-              process_index=jax.process_index(),
-              process_count=jax.process_count())
+            train,
+            step,
+            global_batch_size=config.batch_size,
+            seed=config.seed,
+            augmentation=info.train_augmentation,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+          )
           batch = mesh_lib.shard_global_batch(
-              Batch(local.images, local.labels), mesh)
+            Batch(local.images, local.labels), mesh
+          )
           state, metrics = train_step_of(phase_at(config, sched, step))(
-              state, batch)
+            state, batch
+          )
           done = step + 1
           log_now = done % config.log_every_steps == 0 or done == total_steps
           save_now = done % config.checkpoint_every_steps == 0
@@ -266,19 +317,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         ckpt.save(total_steps, state, force=True)
 
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    results = final_eval.evaluate_model(config, model, variables, test, info,
-                                        log=print if main else (lambda *_: None))
+    results = final_eval.evaluate_model(
+      config,
+      model,
+      variables,
+      test,
+      info,
+      log=print if main else (lambda *_: None),
+    )
     # One compilation per phase, none after a phase's first step.
     compilations = sum(fn._cache_size() for fn in compiled_steps.values())  # pylint: disable=protected-access
-    results.update(method=config.method, dataset=info.name, steps=total_steps,
-                   train_seconds_this_run=train_seconds,
-                   resumed_from_step=first_step,
-                   train_phases_this_run=len(compiled_steps),
-                   train_step_compilations_this_run=compilations)
+    results.update(
+      method=config.method,
+      dataset=info.name,
+      steps=total_steps,
+      train_seconds_this_run=train_seconds,
+      resumed_from_step=first_step,
+      train_phases_this_run=len(compiled_steps),
+      train_step_compilations_this_run=compilations,
+    )
     if main:
-      writer.write_scalars(total_steps, {
-          f"final/{k}": v for k, v in results.items()
-          if isinstance(v, (int, float))})
+      writer.write_scalars(
+        total_steps,
+        {
+          f"final/{k}": v
+          for k, v in results.items()
+          if isinstance(v, (int, float))
+        },
+      )
       write_json_atomic(os.path.join(workdir, RESULTS_FILE), results)
     return results
   finally:

@@ -29,21 +29,23 @@ delivery of a handled signal is passed to the previous handler, so pressing
 Ctrl-C twice (with SIGINT handled) still interrupts at once.
 """
 
-from collections.abc import Sequence
 import os
 import signal
 import threading
 import types
+from collections.abc import Sequence
 from typing import Any
 
-from absl import logging
 import jax
-from jax.experimental import multihost_utils
 import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
 
 _UNCATCHABLE = frozenset(
-    getattr(signal, name) for name in ('SIGKILL', 'SIGSTOP')
-    if hasattr(signal, name))
+  getattr(signal, name)
+  for name in ("SIGKILL", "SIGSTOP")
+  if hasattr(signal, name)
+)
 
 
 def jax_preemption_service_active() -> bool:
@@ -53,8 +55,9 @@ def jax_preemption_service_active() -> bool:
   `jax_enable_preemption_service` option on (the default); it then owns
   SIGTERM.
   """
-  return (jax.distributed.is_initialized()
-          and bool(jax.config.jax_enable_preemption_service))
+  return jax.distributed.is_initialized() and bool(
+    jax.config.jax_enable_preemption_service
+  )
 
 
 def _reached_jax_sync_point(step: int) -> bool:
@@ -72,8 +75,12 @@ class PreemptionGuard:
   Python runs signal handlers).
   """
 
-  def __init__(self, signals: Sequence[int] = (signal.SIGTERM,), *,
-               sync_every_steps: int = 1):
+  def __init__(
+    self,
+    signals: Sequence[int] = (signal.SIGTERM,),
+    *,
+    sync_every_steps: int = 1,
+  ):
     """Configures the guard (nothing is installed before `__enter__`).
 
     Args:
@@ -86,10 +93,11 @@ class PreemptionGuard:
     """
     self._signals = tuple(_as_signal(s) for s in signals)
     if not self._signals:
-      raise ValueError('signals must name at least one signal to handle.')
+      raise ValueError("signals must name at least one signal to handle.")
     if sync_every_steps < 1:
       raise ValueError(
-          f'sync_every_steps must be >= 1, got {sync_every_steps}.')
+        f"sync_every_steps must be >= 1, got {sync_every_steps}."
+      )
     self._sync_every_steps = sync_every_steps
     self._previous_handlers: dict[signal.Signals, Any] = {}
     self._signal_received: signal.Signals | None = None
@@ -127,7 +135,7 @@ class PreemptionGuard:
     if self._stop_requested:
       return True
     if self._use_jax_service and _reached_jax_sync_point(step):
-      logging.warning('JAX preemption sync point reached at step %d.', step)
+      logging.warning("JAX preemption sync point reached at step %d.", step)
       self._stop_requested = True
     elif self._previous_handlers:
       self._stop_requested = self._agree_on_local_signals(step)
@@ -141,38 +149,46 @@ class PreemptionGuard:
       return False
     flags = multihost_utils.process_allgather(np.int32(local))
     if flags.any():
-      logging.warning('Processes %s received a stop signal; stopping all at '
-                      'step %d.', np.flatnonzero(flags).tolist(), step)
+      logging.warning(
+        "Processes %s received a stop signal; stopping all at step %d.",
+        np.flatnonzero(flags).tolist(),
+        step,
+      )
     return bool(flags.any())
 
-  def __enter__(self) -> 'PreemptionGuard':
+  def __enter__(self) -> "PreemptionGuard":
     if self._previous_handlers:
-      raise RuntimeError('This PreemptionGuard is already active.')
+      raise RuntimeError("This PreemptionGuard is already active.")
     if threading.current_thread() is not threading.main_thread():
       raise RuntimeError(
-          'PreemptionGuard must be entered from the main thread: Python only '
-          'runs signal handlers there.')
+        "PreemptionGuard must be entered from the main thread: Python only "
+        "runs signal handlers there."
+      )
     self._signal_received = None
     self._stop_requested = False
     self._use_jax_service = jax_preemption_service_active()
     for sig in self._signals:
       if sig == signal.SIGTERM and self._use_jax_service:
-        logging.info('SIGTERM is left to the JAX preemption service.')
+        logging.info("SIGTERM is left to the JAX preemption service.")
         continue
       previous = signal.getsignal(sig)
       if previous is None:
         self._restore_handlers()
         raise RuntimeError(
-            f'{sig.name} already has a handler installed outside Python, '
-            'which PreemptionGuard could not restore afterwards; leave it out '
-            'of `signals`.')
+          f"{sig.name} already has a handler installed outside Python, "
+          "which PreemptionGuard could not restore afterwards; leave it out "
+          "of `signals`."
+        )
       self._previous_handlers[sig] = previous
       signal.signal(sig, self._on_signal)
     return self
 
-  def __exit__(self, exc_type: type[BaseException] | None,
-               exc_value: BaseException | None,
-               traceback: types.TracebackType | None) -> None:
+  def __exit__(
+    self,
+    exc_type: type[BaseException] | None,
+    exc_value: BaseException | None,
+    traceback: types.TracebackType | None,
+  ) -> None:
     self._restore_handlers()
 
   def _restore_handlers(self) -> None:
@@ -185,11 +201,14 @@ class PreemptionGuard:
     sig = signal.Signals(signum)
     if self._signal_received is None:
       self._signal_received = sig
-      logging.warning('Received %s: will checkpoint and stop at the next step '
-                      'boundary (send it again to stop at once).', sig.name)
+      logging.warning(
+        "Received %s: will checkpoint and stop at the next step "
+        "boundary (send it again to stop at once).",
+        sig.name,
+      )
       return
     previous = self._previous_handlers.get(sig, signal.SIG_DFL)
-    logging.warning('Received %s again: passing it on.', sig.name)
+    logging.warning("Received %s again: passing it on.", sig.name)
     if callable(previous):
       previous(signum, frame)
     elif previous != signal.SIG_IGN:  # SIG_DFL: die by the signal.
@@ -201,7 +220,7 @@ def _as_signal(sig: int) -> signal.Signals:
   try:
     sig = signal.Signals(sig)
   except ValueError:
-    raise ValueError(f'{sig!r} is not a signal number.') from None
+    raise ValueError(f"{sig!r} is not a signal number.") from None
   if sig in _UNCATCHABLE:
-    raise ValueError(f'{sig.name} cannot be caught; choose e.g. SIGTERM.')
+    raise ValueError(f"{sig.name} cannot be caught; choose e.g. SIGTERM.")
   return sig

@@ -8,7 +8,7 @@ import json
 import os
 import sys
 import time
-from typing import Dict, Mapping, Optional
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -16,11 +16,12 @@ import numpy as np
 class MetricWriter:
   """Scalars to stdout and to TensorBoard event files under ``logdir``."""
 
-  def __init__(self, logdir: Optional[str], enabled: bool = True):
+  def __init__(self, logdir: str | None, enabled: bool = True):
     self._enabled = enabled
     self._tb = None
     if enabled and logdir:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+
       self._tb = SummaryWriter(logdir)
 
   def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
@@ -45,8 +46,13 @@ def _fmt(value) -> str:
 class Progress:
   """A one-line progress report: step, percentage, speed and ETA."""
 
-  def __init__(self, total_steps: int, first_step: int, enabled: bool = True,
-               stream=sys.stderr):
+  def __init__(
+    self,
+    total_steps: int,
+    first_step: int,
+    enabled: bool = True,
+    stream=sys.stderr,
+  ):
     self._total = total_steps
     self._first = first_step
     self._start = time.monotonic()
@@ -58,9 +64,11 @@ class Progress:
     elapsed = time.monotonic() - self._start
     rate = done / elapsed if elapsed > 0 else 0.0
     eta = (self._total - step) / rate if rate > 0 else float("nan")
-    line = (f"{step}/{self._total} [{100 * step / max(self._total, 1):5.1f}%] "
-            f"{rate:6.2f} steps/s  elapsed {_duration(elapsed)}  "
-            f"ETA {_duration(eta)}")
+    line = (
+      f"{step}/{self._total} [{100 * step / max(self._total, 1):5.1f}%] "
+      f"{rate:6.2f} steps/s  elapsed {_duration(elapsed)}  "
+      f"ETA {_duration(eta)}"
+    )
     if self._enabled:
       print(line, file=self._stream, flush=True)
     return line
@@ -75,7 +83,7 @@ def _duration(seconds: float) -> str:
   return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
-def write_json_atomic(path: str, payload: Dict) -> None:
+def write_json_atomic(path: str, payload: dict) -> None:
   """Writes JSON to ``path`` via a temporary file and a rename."""
   tmp = f"{path}.tmp"
   with open(tmp, "w") as f:

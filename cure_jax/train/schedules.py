@@ -14,7 +14,7 @@ settings of the reference convert with ``step = epoch · steps_per_epoch``.
 """
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import chex
 import jax.numpy as jnp
@@ -24,12 +24,16 @@ import optax
 def _check_step(value, name: str) -> None:
   """Raises a ValueError unless ``value`` is a non-negative int."""
   if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-    raise ValueError(f'{name} must be a non-negative int step; got {value!r}.')
+    raise ValueError(f"{name} must be a non-negative int step; got {value!r}.")
 
 
-def smoothed_eps_schedule(final_eps: float, start_step: int, end_step: int,
-                          mid_fraction: float = 0.25,
-                          degree: float = 4.0) -> optax.Schedule:
+def smoothed_eps_schedule(
+  final_eps: float,
+  start_step: int,
+  end_step: int,
+  mid_fraction: float = 0.25,
+  degree: float = 4.0,
+) -> optax.Schedule:
   """ε ramp of auto_LiRPA's ``SmoothedScheduler``: polynomial, then linear.
 
   With a = ``start_step``, b = ``end_step``, F = ``final_eps``, d = ``degree``,
@@ -64,22 +68,22 @@ def smoothed_eps_schedule(final_eps: float, start_step: int, end_step: int,
   Raises:
     ValueError: on arguments outside the ranges above.
   """
-  _check_step(start_step, 'start_step')
-  _check_step(end_step, 'end_step')
+  _check_step(start_step, "start_step")
+  _check_step(end_step, "end_step")
   if end_step < start_step:
     raise ValueError(
-        f'end_step ({end_step}) must be >= start_step ({start_step}).')
+      f"end_step ({end_step}) must be >= start_step ({start_step})."
+    )
   if not 0.0 <= mid_fraction <= 1.0:
-    raise ValueError(f'mid_fraction must be in [0, 1]; got {mid_fraction}.')
+    raise ValueError(f"mid_fraction must be in [0, 1]; got {mid_fraction}.")
   if degree < 1:
-    raise ValueError(f'degree must be >= 1; got {degree}.')
+    raise ValueError(f"degree must be >= 1; got {degree}.")
   if final_eps < 0:
-    raise ValueError(f'final_eps must be >= 0; got {final_eps}.')
+    raise ValueError(f"final_eps must be >= 0; got {final_eps}.")
 
   ramp = end_step - start_step
   if not ramp:
-    return lambda step: jnp.where(jnp.asarray(step) >= end_step, final_eps,
-                                  0.0)
+    return lambda step: jnp.where(jnp.asarray(step) >= end_step, final_eps, 0.0)
   mid_step = start_step + int(math.floor(ramp * mid_fraction))
   poly_len, linear_len = mid_step - start_step, end_step - mid_step
   # ε_m = α P^d with α = F / (P^(d−1) (d L + P)), i.e. ε_m = F P / (d L + P).
@@ -114,7 +118,7 @@ def kappa_schedule(natural_steps: int) -> optax.Schedule:
   Raises:
     ValueError: ``natural_steps`` is not a non-negative int.
   """
-  _check_step(natural_steps, 'natural_steps')
+  _check_step(natural_steps, "natural_steps")
 
   def schedule(step: chex.Numeric) -> chex.Numeric:
     return jnp.where(jnp.asarray(step) < natural_steps, 1.0, 0.0)
@@ -122,8 +126,9 @@ def kappa_schedule(natural_steps: int) -> optax.Schedule:
   return schedule
 
 
-def multistep_lr_schedule(base_lr: float, milestones_steps: Sequence[int],
-                          decay: float = 0.2) -> optax.Schedule:
+def multistep_lr_schedule(
+  base_lr: float, milestones_steps: Sequence[int], decay: float = 0.2
+) -> optax.Schedule:
   """Learning rate times ``decay`` at each milestone, as PyTorch MultiStepLR.
 
   ``lr(step) = base_lr · decay^k`` with k the number of milestones ≤ step.
@@ -142,23 +147,27 @@ def multistep_lr_schedule(base_lr: float, milestones_steps: Sequence[int],
       milestones that are not strictly increasing positive ints.
   """
   if base_lr <= 0:
-    raise ValueError(f'base_lr must be > 0; got {base_lr}.')
+    raise ValueError(f"base_lr must be > 0; got {base_lr}.")
   if not 0 < decay <= 1:
-    raise ValueError(f'decay must be in (0, 1]; got {decay}.')
+    raise ValueError(f"decay must be in (0, 1]; got {decay}.")
   milestones = list(milestones_steps)
   for milestone in milestones:
-    _check_step(milestone, 'each milestone')
+    _check_step(milestone, "each milestone")
   if any(b <= a for a, b in zip(milestones, milestones[1:])) or (
-      milestones and milestones[0] == 0):
+    milestones and milestones[0] == 0
+  ):
     raise ValueError(
-        'milestones_steps must be strictly increasing positive steps; got '
-        f'{milestones}.')
+      "milestones_steps must be strictly increasing positive steps; got "
+      f"{milestones}."
+    )
   return optax.piecewise_constant_schedule(
-      base_lr, {milestone: decay for milestone in milestones})
+    base_lr, {milestone: decay for milestone in milestones}
+  )
 
 
-def warmup_regularizer_scale(eps: chex.Numeric, eps_end: float,
-                             weight: float = 0.5) -> chex.Numeric:
+def warmup_regularizer_scale(
+  eps: chex.Numeric, eps_end: float, weight: float = 0.5
+) -> chex.Numeric:
   """Weight of Shi et al.'s warm-up regularizers at the current ε.
 
   ``weight · (1 − ε/ε_end)``, clipped to [0, weight] (Shi et al., 2021; CURE
@@ -177,6 +186,7 @@ def warmup_regularizer_scale(eps: chex.Numeric, eps_end: float,
     ValueError: ``eps_end`` is not positive.
   """
   if eps_end <= 0:
-    raise ValueError(f'eps_end must be > 0; got {eps_end}.')
-  return weight * jnp.clip(1.0 - jnp.asarray(eps, dtype=float) / eps_end,
-                           0.0, 1.0)
+    raise ValueError(f"eps_end must be > 0; got {eps_end}.")
+  return weight * jnp.clip(
+    1.0 - jnp.asarray(eps, dtype=float) / eps_end, 0.0, 1.0
+  )

@@ -13,8 +13,9 @@ import ml_collections
 import optax
 
 from cure_jax.models import get_model, ibp_init
-from cure_jax.objectives.gradient_projection import (GradientProjectionState,
-                                                     init_state)
+from cure_jax.objectives.gradient_projection import (
+  init_state,
+)
 from cure_jax.train import schedules
 
 
@@ -41,38 +42,50 @@ def build_model(config: ml_collections.ConfigDict):
   return get_model(config.model.name, **kwargs)
 
 
-def make_optimizer(config: ml_collections.ConfigDict,
-                   steps_per_epoch: int) -> optax.GradientTransformation:
+def make_optimizer(
+  config: ml_collections.ConfigDict, steps_per_epoch: int
+) -> optax.GradientTransformation:
   """Adam with multi-step decay and gradient-norm clipping (spec §4)."""
   milestones = [int(e * steps_per_epoch) for e in config.lr_milestones]
-  lr = schedules.multistep_lr_schedule(config.learning_rate, milestones,
-                                       config.lr_decay)
-  return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm),
-                     optax.adam(lr))
+  lr = schedules.multistep_lr_schedule(
+    config.learning_rate, milestones, config.lr_decay
+  )
+  return optax.chain(
+    optax.clip_by_global_norm(config.grad_clip_norm), optax.adam(lr)
+  )
 
 
 def gradient_projection_on(config) -> bool:
   return config.cure.gp_beta > 0
 
 
-def create_train_state(config: ml_collections.ConfigDict, model,
-                       optimizer: optax.GradientTransformation,
-                       input_shape) -> TrainState:
+def create_train_state(
+  config: ml_collections.ConfigDict,
+  model,
+  optimizer: optax.GradientTransformation,
+  input_shape,
+) -> TrainState:
   """Initializes parameters (IBP initialization by default) and optimizer."""
   init_key, ibp_key = jax.random.split(jax.random.key(config.seed))
-  variables = model.init(init_key, jnp.zeros((2,) + tuple(input_shape)),
-                         train=False)
+  variables = model.init(
+    init_key, jnp.zeros((2,) + tuple(input_shape)), train=False
+  )
   params = variables["params"]
   if config.init == "ibp":
     params = ibp_init(params, ibp_key)
   elif config.init != "default":
-    raise ValueError(f"unknown init {config.init!r}; valid ones are "
-                     "['ibp', 'default'].")
-  return fresh_state(config, params, variables.get("batch_stats", {}), optimizer)
+    raise ValueError(
+      f"unknown init {config.init!r}; valid ones are ['ibp', 'default']."
+    )
+  return fresh_state(
+    config, params, variables.get("batch_stats", {}), optimizer
+  )
 
 
 def fresh_state(config, params, batch_stats, optimizer) -> TrainState:
   """A step-0 state around given parameters (also used to fine-tune)."""
   opt_state = optimizer.init(params)
   gp = init_state(params, opt_state) if gradient_projection_on(config) else ()
-  return TrainState(jnp.zeros((), jnp.int32), params, batch_stats, opt_state, gp)
+  return TrainState(
+    jnp.zeros((), jnp.int32), params, batch_stats, opt_state, gp
+  )

@@ -9,22 +9,26 @@ or, for a trained run, ``python -m cure_jax.certify.beyond_lp --config=...
 --workdir=...`` (see `__main__`).
 """
 
-from cure_jax.certify.beyond_lp.evaluate import certify_checkpoint_beyond_lp
-from cure_jax.certify.beyond_lp.evaluate import evaluate_threats
-from cure_jax.certify.beyond_lp.evaluate import format_threat_table
-from cure_jax.certify.beyond_lp.threats import FAMILY_DESCRIPTIONS
-from cure_jax.certify.beyond_lp.threats import geometric_threat
-from cure_jax.certify.beyond_lp.threats import patch_threat
-from cure_jax.certify.beyond_lp.threats import Threat
-from cure_jax.certify.beyond_lp.threats import threats_from_config
+from cure_jax.certify.beyond_lp.evaluate import (
+  certify_checkpoint_beyond_lp,
+  evaluate_threats,
+  format_threat_table,
+)
+from cure_jax.certify.beyond_lp.threats import (
+  FAMILY_DESCRIPTIONS,
+  Threat,
+  geometric_threat,
+  patch_threat,
+  threats_from_config,
+)
 
 __all__ = (
-    "FAMILY_DESCRIPTIONS",
-    "Threat",
-    "certify_checkpoint_beyond_lp",
-    "evaluate_threats",
-    "format_threat_table",
-    "geometric_threat",
-    "patch_threat",
-    "threats_from_config",
+  "FAMILY_DESCRIPTIONS",
+  "Threat",
+  "certify_checkpoint_beyond_lp",
+  "evaluate_threats",
+  "format_threat_table",
+  "geometric_threat",
+  "patch_threat",
+  "threats_from_config",
 )

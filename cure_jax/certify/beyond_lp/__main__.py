@@ -29,13 +29,21 @@ from ml_collections import config_flags
 from cure_jax import cli
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Training config of the checkpoint, e.g. "
-    "configs/mnist.py:cpu=True,method=cure_max.", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None,
-                               "The run's directory (checkpoints are read "
-                               "there, beyond_lp.csv/json written there).")
-_OUTPUT_NAME = flags.DEFINE_string("output_name", "beyond_lp",
-                                   "File stem of the CSV and JSON reports.")
+  "config",
+  None,
+  "Training config of the checkpoint, e.g. "
+  "configs/mnist.py:cpu=True,method=cure_max.",
+  lock_config=True,
+)
+_WORKDIR = flags.DEFINE_string(
+  "workdir",
+  None,
+  "The run's directory (checkpoints are read "
+  "there, beyond_lp.csv/json written there).",
+)
+_OUTPUT_NAME = flags.DEFINE_string(
+  "output_name", "beyond_lp", "File stem of the CSV and JSON reports."
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -47,11 +55,17 @@ def main(argv):
   from cure_jax.certify.beyond_lp import evaluate  # pylint: disable=g-import-not-at-top
   from cure_jax.data import DataNotFoundError  # pylint: disable=g-import-not-at-top
   from cure_jax.train.checkpoint import CheckpointRestoreError  # pylint: disable=g-import-not-at-top
+
   try:
-    evaluate.certify_checkpoint_beyond_lp(_CONFIG.value, _WORKDIR.value,
-                                          _OUTPUT_NAME.value)
-  except (FileNotFoundError, DataNotFoundError, CheckpointRestoreError,
-          ValueError) as error:
+    evaluate.certify_checkpoint_beyond_lp(
+      _CONFIG.value, _WORKDIR.value, _OUTPUT_NAME.value
+    )
+  except (
+    FileNotFoundError,
+    DataNotFoundError,
+    CheckpointRestoreError,
+    ValueError,
+  ) as error:
     print(f"{type(error).__name__}: {error}", file=sys.stderr, flush=True)
     return 1
   return 0

@@ -14,7 +14,8 @@ the l_p reports (`certify.report`): columns ``certified_<threat>``,
 import json
 import os
 import time
-from typing import Any, Dict, Mapping, Sequence, Tuple
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -23,37 +24,52 @@ from cure_jax.certify import cascade, regions, report
 from cure_jax.certify.beyond_lp.threats import Threat, threats_from_config
 
 
-def _fraction(mask) -> Dict[str, Any]:
+def _fraction(mask) -> dict[str, Any]:
   mask = np.asarray(mask, bool)
-  return {"count": int(mask.sum()),
-          "accuracy": float(mask.mean()) if mask.size else 0.0}
-
-
-def _threat_summary(threat: Threat, result: regions.RegionResult, reports,
-                    empirical, attack_seconds: float, attacked: int,
-                    num_examples: int) -> Dict[str, Any]:
-  stage_seconds = {r.method: r.run_seconds for r in reports}
-  total = sum(stage_seconds.values()) + attack_seconds
   return {
-      "description": threat.description,
-      "regions": threat.region.num_regions,
-      "certified": _fraction(result.certified),
-      "certified_by_stage": {r.method: r.certified for r in reports},
-      "empirical": _fraction(empirical),
-      "rows_bounded": {r.method: r.rows for r in reports},
-      "seconds": dict(stage_seconds, attack=attack_seconds),
-      "compile_seconds": {r.method: r.compile_seconds for r in reports},
-      "attacked_points": int(attacked),
-      # Certification and attack together, compilation excluded.
-      "seconds_per_point": total / max(num_examples, 1),
+    "count": int(mask.sum()),
+    "accuracy": float(mask.mean()) if mask.size else 0.0,
   }
 
 
-def evaluate_threats(apply_fn, variables, images, labels,
-                     threats: Sequence[Threat], *, num_classes: int,
-                     methods: Sequence[str] = regions.REGION_METHODS,
-                     rows_per_batch: int = 512, log=print
-                     ) -> Tuple[report.Records, Dict[str, Any]]:
+def _threat_summary(
+  threat: Threat,
+  result: regions.RegionResult,
+  reports,
+  empirical,
+  attack_seconds: float,
+  attacked: int,
+  num_examples: int,
+) -> dict[str, Any]:
+  stage_seconds = {r.method: r.run_seconds for r in reports}
+  total = sum(stage_seconds.values()) + attack_seconds
+  return {
+    "description": threat.description,
+    "regions": threat.region.num_regions,
+    "certified": _fraction(result.certified),
+    "certified_by_stage": {r.method: r.certified for r in reports},
+    "empirical": _fraction(empirical),
+    "rows_bounded": {r.method: r.rows for r in reports},
+    "seconds": dict(stage_seconds, attack=attack_seconds),
+    "compile_seconds": {r.method: r.compile_seconds for r in reports},
+    "attacked_points": int(attacked),
+    # Certification and attack together, compilation excluded.
+    "seconds_per_point": total / max(num_examples, 1),
+  }
+
+
+def evaluate_threats(
+  apply_fn,
+  variables,
+  images,
+  labels,
+  threats: Sequence[Threat],
+  *,
+  num_classes: int,
+  methods: Sequence[str] = regions.REGION_METHODS,
+  rows_per_batch: int = 512,
+  log=print,
+) -> tuple[report.Records, dict[str, Any]]:
   """Certifies and attacks every point under every threat.
 
   Args:
@@ -72,62 +88,107 @@ def evaluate_threats(apply_fn, variables, images, labels,
     (records, summary): per-point columns and the JSON-ready summary.
   """
   labels = np.asarray(labels, np.int64)
-  predictions = np.asarray(cascade.predict(apply_fn, variables, images,
-                                           num_classes), np.int64)
+  predictions = np.asarray(
+    cascade.predict(apply_fn, variables, images, num_classes), np.int64
+  )
   correct = predictions == labels
-  records = {"index": np.arange(len(labels)), "label": labels,
-             "prediction": predictions, "correct": correct}
+  records = {
+    "index": np.arange(len(labels)),
+    "label": labels,
+    "prediction": predictions,
+    "correct": correct,
+  }
   per_threat = {}
   stage_names = np.asarray(tuple(methods) + (report.STAGE_NONE,))
   for threat in threats:
     result, reports = regions.certify_regions(
-        apply_fn, variables, images, labels, threat.region,
-        num_classes=num_classes, methods=methods,
-        rows_per_batch=rows_per_batch)
+      apply_fn,
+      variables,
+      images,
+      labels,
+      threat.region,
+      num_classes=num_classes,
+      methods=methods,
+      rows_per_batch=rows_per_batch,
+    )
     start = time.perf_counter()
     pending = np.flatnonzero(correct & ~result.certified)
-    empirical = np.asarray(threat.attack(apply_fn, variables, images, labels,
-                                         pending, result.failing_region)
-                           ) | result.certified
+    empirical = (
+      np.asarray(
+        threat.attack(
+          apply_fn, variables, images, labels, pending, result.failing_region
+        )
+      )
+      | result.certified
+    )
     attack_seconds = time.perf_counter() - start
     records[f"certified_{threat.name}"] = result.certified
     records[f"stage_{threat.name}"] = stage_names[result.method_index]
     records[f"attack_{threat.name}"] = empirical
-    entry = _threat_summary(threat, result, reports, empirical,
-                            attack_seconds, len(pending), len(labels))
+    entry = _threat_summary(
+      threat,
+      result,
+      reports,
+      empirical,
+      attack_seconds,
+      len(pending),
+      len(labels),
+    )
     per_threat[threat.name] = entry
     if log:
-      log(f"{threat.name}: certified {entry['certified']['accuracy']:.1%}, "
-          f"empirical {entry['empirical']['accuracy']:.1%}, "
-          f"{entry['seconds_per_point']:.3f} s/point")
+      log(
+        f"{threat.name}: certified {entry['certified']['accuracy']:.1%}, "
+        f"empirical {entry['empirical']['accuracy']:.1%}, "
+        f"{entry['seconds_per_point']:.3f} s/point"
+      )
   records["union_certified"] = correct & np.all(
-      [records[f"certified_{t.name}"] for t in threats], axis=0)
-  summary = {"num_examples": int(len(labels)), "clean": _fraction(correct),
-             "methods": list(methods), "threats": per_threat,
-             "union_certified": _fraction(records["union_certified"])}
+    [records[f"certified_{t.name}"] for t in threats], axis=0
+  )
+  summary = {
+    "num_examples": int(len(labels)),
+    "clean": _fraction(correct),
+    "methods": list(methods),
+    "threats": per_threat,
+    "union_certified": _fraction(records["union_certified"]),
+  }
   return records, summary
 
 
 def format_threat_table(summary: Mapping[str, Any]) -> str:
   """The summary as an aligned text table, one row per threat."""
-  header = ("threat", "regions", "certified", "empirical", "s/point",
-            "threat model")
+  header = (
+    "threat",
+    "regions",
+    "certified",
+    "empirical",
+    "s/point",
+    "threat model",
+  )
   rows = [header]
   for name, entry in summary["threats"].items():
-    rows.append((name, str(entry["regions"]),
-                 f"{entry['certified']['accuracy']:.1%}",
-                 f"{entry['empirical']['accuracy']:.1%}",
-                 f"{entry['seconds_per_point']:.4f}", entry["description"]))
+    rows.append(
+      (
+        name,
+        str(entry["regions"]),
+        f"{entry['certified']['accuracy']:.1%}",
+        f"{entry['empirical']['accuracy']:.1%}",
+        f"{entry['seconds_per_point']:.4f}",
+        entry["description"],
+      )
+    )
   widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-  lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()
-           for r in rows]
-  return (f"{summary['num_examples']} test points, clean accuracy "
-          f"{summary['clean']['accuracy']:.2%}\n" + "\n".join(lines))
+  lines = [
+    "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows
+  ]
+  return (
+    f"{summary['num_examples']} test points, clean accuracy "
+    f"{summary['clean']['accuracy']:.2%}\n" + "\n".join(lines)
+  )
 
 
-def certify_checkpoint_beyond_lp(config, workdir: str,
-                                 output_name: str = "beyond_lp",
-                                 log=print) -> Dict[str, Any]:
+def certify_checkpoint_beyond_lp(
+  config, workdir: str, output_name: str = "beyond_lp", log=print
+) -> dict[str, Any]:
   """Certifies the newest checkpoint of ``workdir`` beyond l_p.
 
   Args:
@@ -147,10 +208,14 @@ def certify_checkpoint_beyond_lp(config, workdir: str,
     DataNotFoundError: the test split is not available.
   """
   from cure_jax.train import loop  # pylint: disable=g-import-not-at-top
+
   settings = config.eval.beyond_lp
   info = data.dataset_info(config.dataset.name)
-  image_shape = ((info.eval_crop, info.eval_crop) if info.eval_crop else
-                 tuple(info.image_shape[:2]))
+  image_shape = (
+    (info.eval_crop, info.eval_crop)
+    if info.eval_crop
+    else tuple(info.image_shape[:2])
+  )
   threats = threats_from_config(settings, image_shape)
   model, variables = loop.restore_for_eval(config, workdir)
   test = loop.load_config_split(config, "test")
@@ -160,12 +225,23 @@ def certify_checkpoint_beyond_lp(config, workdir: str,
   if info.eval_crop:
     images = data.center_crop(images, info.eval_crop)
   records, summary = evaluate_threats(
-      model.apply, variables, np.asarray(images), test.labels, threats,
-      num_classes=config.model.num_classes, methods=tuple(settings.methods),
-      rows_per_batch=settings.rows_per_batch, log=log)
-  summary = dict(summary, method=config.method, dataset=info.name,
-                 workdir=os.path.abspath(workdir),
-                 settings=json.loads(json.dumps(settings.to_dict())))
+    model.apply,
+    variables,
+    np.asarray(images),
+    test.labels,
+    threats,
+    num_classes=config.model.num_classes,
+    methods=tuple(settings.methods),
+    rows_per_batch=settings.rows_per_batch,
+    log=log,
+  )
+  summary = dict(
+    summary,
+    method=config.method,
+    dataset=info.name,
+    workdir=os.path.abspath(workdir),
+    settings=json.loads(json.dumps(settings.to_dict())),
+  )
   report.write_report(workdir, records, summary, name=output_name)
   if log:
     log(format_threat_table(summary))

@@ -13,20 +13,23 @@ holds every perturbed input) with the empirical attack of
 """
 
 import functools
-from typing import Any, Callable, List, Mapping, NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 from cure_jax.beyond_lp import geometric_bounds, parameters, patches
 from cure_jax.certify import region_attacks, regions
 
 ATTACK_ROWS = 128  # (point, region) rows per attack call
 FAMILY_DESCRIPTIONS = {
-    "rotation": "rotation ±{rotation:g}°",
-    "translation": "translation ±{translation:g} px in x and y",
-    "scaling": "scaling ×[1 − {scaling:g}, 1 + {scaling:g}]",
-    "shearing": "shearing ±{shearing:g}",
-    "brightness_contrast": ("brightness ±{brightness:g} and contrast ×[1 − "
-                            "{contrast:g}, 1 + {contrast:g}]"),
-    "combined": "every family above at once",
+  "rotation": "rotation ±{rotation:g}°",
+  "translation": "translation ±{translation:g} px in x and y",
+  "scaling": "scaling ×[1 − {scaling:g}, 1 + {scaling:g}]",
+  "shearing": "shearing ±{shearing:g}",
+  "brightness_contrast": (
+    "brightness ±{brightness:g} and contrast ×[1 − "
+    "{contrast:g}, 1 + {contrast:g}]"
+  ),
+  "combined": "every family above at once",
 }
 
 
@@ -59,35 +62,52 @@ def patch_threat(size: int, image_shape, *, attack_steps: int = 10) -> Threat:
   """
   height, width = image_shape[:2]
   positions = patches.patch_positions(height, width, size)
-  attack = functools.partial(_patch_attack, size=size, positions=positions,
-                             steps=attack_steps)
-  region = regions.RegionThreat(f"patch_{size}", patches.PatchBoxes(size),
-                                positions)
-  return Threat(region, f"{size}×{size} patch, any of {len(positions)} "
-                "positions", attack)
+  attack = functools.partial(
+    _patch_attack, size=size, positions=positions, steps=attack_steps
+  )
+  region = regions.RegionThreat(
+    f"patch_{size}", patches.PatchBoxes(size), positions
+  )
+  return Threat(
+    region, f"{size}×{size} patch, any of {len(positions)} positions", attack
+  )
 
 
-def _patch_attack(apply_fn, variables, images, labels, points, hints, *,
-                  size, positions, steps):
+def _patch_attack(
+  apply_fn, variables, images, labels, points, hints, *, size, positions, steps
+):
   # The failing position first; then small chunks, so that a broken point
   # stops after the chunk that broke it.
-  return region_attacks.patch_attack(apply_fn, variables, images, labels,
-                                     size=size, positions=positions,
-                                     steps=steps, points=points,
-                                     rows_per_batch=ATTACK_ROWS,
-                                     first_positions=hints)
+  return region_attacks.patch_attack(
+    apply_fn,
+    variables,
+    images,
+    labels,
+    size=size,
+    positions=positions,
+    steps=steps,
+    points=points,
+    rows_per_batch=ATTACK_ROWS,
+    first_positions=hints,
+  )
 
 
-def _grid_attack(apply_fn, variables, images, labels, points, hints, *,
-                 grid):
+def _grid_attack(apply_fn, variables, images, labels, points, hints, *, grid):
   del hints  # failing sub-boxes do not index the grid
-  return region_attacks.grid_attack(apply_fn, variables, images, labels,
-                                    grid=grid, points=points,
-                                    rows_per_batch=ATTACK_ROWS)
+  return region_attacks.grid_attack(
+    apply_fn,
+    variables,
+    images,
+    labels,
+    grid=grid,
+    points=points,
+    rows_per_batch=ATTACK_ROWS,
+  )
 
 
-def geometric_threat(family: str, ranges: Mapping[str, float],
-                     subintervals: int, grid_points: int) -> Threat:
+def geometric_threat(
+  family: str, ranges: Mapping[str, float], subintervals: int, grid_points: int
+) -> Threat:
   """A transformation family's threat model.
 
   Args:
@@ -103,14 +123,18 @@ def geometric_threat(family: str, ranges: Mapping[str, float],
   box = parameters.family_box(family, magnitudes)
   sub_boxes = parameters.split_box(box, subintervals)
   grid = parameters.parameter_grid(box, grid_points)
-  region = regions.RegionThreat(family, geometric_bounds.region_boxes,
-                                sub_boxes)
+  region = regions.RegionThreat(
+    family, geometric_bounds.region_boxes, sub_boxes
+  )
   description = FAMILY_DESCRIPTIONS[family].format(**magnitudes._asdict())
-  return Threat(region, f"{description}, {sub_boxes.num_boxes} sub-boxes",
-                functools.partial(_grid_attack, grid=grid))
+  return Threat(
+    region,
+    f"{description}, {sub_boxes.num_boxes} sub-boxes",
+    functools.partial(_grid_attack, grid=grid),
+  )
 
 
-def threats_from_config(settings, image_shape) -> List[Threat]:
+def threats_from_config(settings, image_shape) -> list[Threat]:
   """Every threat model of ``config.eval.beyond_lp``, patches first.
 
   Args:
@@ -124,24 +148,37 @@ def threats_from_config(settings, image_shape) -> List[Threat]:
   threats = []
   for size in settings.patch_sizes:
     try:
-      threats.append(patch_threat(size, image_shape,
-                                  attack_steps=settings.patch_attack_steps))
+      threats.append(
+        patch_threat(
+          size, image_shape, attack_steps=settings.patch_attack_steps
+        )
+      )
     except ValueError as error:
       raise ValueError(f"eval.beyond_lp.patch_sizes: {error}") from error
   for family in settings.families:
     if family not in parameters.FAMILIES:
-      raise ValueError(f"eval.beyond_lp.families lists {family!r}; valid "
-                       f"families are {tuple(parameters.FAMILIES)}.")
-    counts = {key: settings[key].get(family) for key in ("subintervals",
-                                                          "grid_points")}
+      raise ValueError(
+        f"eval.beyond_lp.families lists {family!r}; valid "
+        f"families are {tuple(parameters.FAMILIES)}."
+      )
+    counts = {
+      key: settings[key].get(family) for key in ("subintervals", "grid_points")
+    }
     missing = [key for key, count in counts.items() if count is None]
     if missing:
-      raise ValueError(f"eval.beyond_lp lists the family {family!r} but "
-                       f"eval.beyond_lp.{missing[0]} has no entry for it.")
+      raise ValueError(
+        f"eval.beyond_lp lists the family {family!r} but "
+        f"eval.beyond_lp.{missing[0]} has no entry for it."
+      )
     try:
-      threats.append(geometric_threat(
-          family, settings.ranges.to_dict(), counts["subintervals"],
-          counts["grid_points"]))
+      threats.append(
+        geometric_threat(
+          family,
+          settings.ranges.to_dict(),
+          counts["subintervals"],
+          counts["grid_points"],
+        )
+      )
     except ValueError as error:
       raise ValueError(f"eval.beyond_lp ({family}): {error}") from error
   return threats
