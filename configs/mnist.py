@@ -1,4 +1,4 @@
-r"""MNIST: every setting × method of the CURE paper (spec §6), and CPU variants.
+r"""MNIST: every setting × method of the CURE paper (docs/method.md §6), and CPU variants.
 
 Run (CNN7, the paper's setting "small", ε∞ = 0.1; on one GPU an estimated hour
 for SABR, not measured):

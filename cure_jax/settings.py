@@ -1,4 +1,4 @@
-"""The paper's settings (spec §6) and the config every run starts from.
+"""The paper's settings (docs/method.md §6) and the config every run starts from.
 
 Config files in ``configs/`` are plain Python (big_vision style):
 ``get_config(arg)`` parses ``arg`` ("setting=large,method=sabr,cpu=True"),
@@ -41,7 +41,7 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
 
 
 def base_config() -> ml_collections.ConfigDict:
-  """Every key a run reads, with the reference defaults (spec §3–§4)."""
+  """Every key a run reads, with the reference defaults (docs/method.md §3–§4)."""
   c = ml_collections.ConfigDict()
   c.seed = 12
   c.method = "sabr"
@@ -60,7 +60,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(dict(name="cnn7", num_classes=10))
   c.init = "ibp"  # ibp (Shi et al., 2021) | default
 
-  # Threat models: training radii and small-box sizes (spec §2, §6).
+  # Threat models: training radii and small-box sizes (docs/method.md §2, §6).
   c.eps_linf = 0.1
   c.lambda_linf = 0.4
   c.eps_l2_train = 0.75
@@ -89,7 +89,7 @@ def base_config() -> ml_collections.ConfigDict:
     )
   )
 
-  # Optimization and schedules (spec §4).
+  # Optimization and schedules (docs/method.md §4).
   c.batch_size = 128
   c.num_epochs = 70
   c.learning_rate = 5e-4
@@ -111,7 +111,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.bn_moment_gradients = True
   # Which BatchNorm moments the bounded pass uses once κ = 0 (README,
   # Performance). "clean": the clean batch's, from a clean forward pass (the
-  # reference, spec §2; 2.5-2.9x natural per IBP step on this CPU).
+  # reference, docs/method.md §2; 2.5-2.9x natural per IBP step on this CPU).
   # "midpoint": the moments of the midpoints of each BatchNorm's bounded
   # input, with no clean pass (auto_LiRPA's IBP without a forward pass; IBP
   # 1.8-1.9x natural; the MNIST CPU SABR job ends at 98.1% / 94.8%, as with
@@ -148,7 +148,7 @@ def base_config() -> ml_collections.ConfigDict:
       norms=("linf", "l2", "l1"),
       pgd_steps=50,
       pgd_restarts=1,
-      # python -m cure_jax.certify.beyond_lp: patches and geometry (issue 6).
+      # python -m cure_jax.certify.beyond_lp: patches and geometry.
       beyond_lp=ml_collections.ConfigDict(
         dict(
           examples=500,  # the first test points
@@ -203,7 +203,7 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-# method -> config changes (CURE presets, spec §3 and §6).
+# method -> config changes (CURE presets, docs/method.md §3 and §6).
 METHOD_PRESETS: dict[str, dict[str, Any]] = {
   "natural": dict(warmup_reg=False),
   "ibp": dict(lambda_linf=1.0),
@@ -235,7 +235,7 @@ def apply_method(
     method: a method name.
     row: the setting's row (``ba_weight``, ``gp_beta`` of CURE-Scratch).
     finetune_schedule: CURE-Finetune's (epochs, LR milestones, ramp end), a
-      short schedule from a pre-trained l∞ model (spec §6).
+      short schedule from a pre-trained l∞ model (docs/method.md §6).
   """
   apply_overrides(c, METHOD_PRESETS[method])
   if method == "cure_scratch":
@@ -313,7 +313,7 @@ def apply_overrides(
 def setting_row(
   rows: dict[str, dict[str, Any]], setting: str
 ) -> dict[str, Any]:
-  """The row of ``setting`` in a config file's table of settings (spec §6).
+  """The row of ``setting`` in a config file's table of settings (docs/method.md §6).
 
   Args:
     rows: setting name -> that setting's values.

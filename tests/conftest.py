@@ -3,10 +3,10 @@
 Many tests compile the same programs (the train steps of several
 ``train_and_evaluate`` runs, the subprocess workers of the multi-device and
 restart tests, the certification cascade). JAX's persistent compilation
-cache in a directory made for this session compiles each distinct program
-once per session, and the pytest-xdist workers and the subprocesses share it
+cache in a directory made for this test run compiles each distinct program
+once per test run, and the pytest-xdist workers and the subprocesses share it
 through the environment (the controller sets it before they start). A
-fresh directory each session means no cache from an earlier checkout can
+fresh directory each run means no cache from an earlier checkout can
 hide a compile error; a ``JAX_COMPILATION_CACHE_DIR`` the user set is kept.
 """
 

@@ -9,7 +9,7 @@ key; everything is jit-able and vmap-safe::
               step_size=0.1, key=key, loss='margin')
   robust = ~is_adversarial(logits_fn, x_adv, y)
 
-  center = sabr_attack(logits_fn, x, y, eps=8 / 255, key=key)  # spec §2
+  center = sabr_attack(logits_fn, x, y, eps=8 / 255, key=key)  # docs/method.md §2
 """
 
 from cure_jax.attacks.ball_sampling import (

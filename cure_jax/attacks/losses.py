@@ -1,7 +1,7 @@
 """Per-example attack objectives (maximized by the attack) and success test.
 
 * ``'ce'``: cross-entropy CE(f(x), y) = logsumexp(z) − z_y, the loss SABR's
-  attack maximizes (spec §2).
+  attack maximizes (docs/method.md §2).
 * ``'margin'``: max_{j≠y} z_j − z_y (Carlini & Wagner, "Towards Evaluating
   the Robustness of Neural Networks", S&P 2017, on logits). It is positive
   exactly when some other class beats y, so maximizing it searches for a

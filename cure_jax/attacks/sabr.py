@@ -1,4 +1,4 @@
-"""SABR's attack: the PGD that picks the centre of SABR's small box (spec §2).
+"""SABR's attack: the PGD that picks the centre of SABR's small box (docs/method.md §2).
 
 Müller, Eckert, Fischer & Vechev, "Certified Training: Small Boxes are All
 You Need" (ICLR 2023), as run by the CURE reference code: cross-entropy PGD,
@@ -11,7 +11,7 @@ For n = 8 the milestones are 4, 7 and 8, so steps 0–3 use 0.5ε, steps 4–6
 Deliberate differences from the reference code: the clean point competes with
 the iterates (so the box centre never has a lower loss than x), the l∞ start
 is exactly uniform in B∞(x, ε) ∩ [0, 1], the radius is per example rather
-than the batch maximum, and the l2 projection is the correct one (spec §2,
+than the batch maximum, and the l2 projection is the correct one (docs/method.md §2,
 **Decision**).
 """
 
@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 from cure_jax.attacks import norms, projected_gradient
 
-# Initial step as a fraction of ε, per threat model (spec §2).
+# Initial step as a fraction of ε, per threat model (docs/method.md §2).
 SABR_STEP_FRACTION = {"linf": 0.5, "l2": 0.2}
 # The step is multiplied by SABR_DECAY_FACTOR at ⌈f·n⌉ for each f here.
 SABR_DECAY_POINTS = (

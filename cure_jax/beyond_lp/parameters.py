@@ -75,7 +75,7 @@ class ParameterBox(NamedTuple):
 
 
 class GeometricRanges(NamedTuple):
-  """± magnitudes of each family's parameters (defaults: MNIST, issue 6).
+  """± magnitudes of each family's parameters (defaults: MNIST).
 
   Attributes:
     rotation: φ ∈ [−rotation, rotation] degrees.

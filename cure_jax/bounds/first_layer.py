@@ -5,7 +5,7 @@ An l_p ball is kept symbolically — as a `PendingBall` x = center + s ⊙ P(δ)
 it passes through operations that preserve that form (reshape, transpose,
 adding, multiplying or dividing by constants: input normalization). At the
 first operation that mixes coordinates (dot_general or conv) it is bounded
-exactly by the dual norm (spec §2):
+exactly by the dual norm (docs/method.md §2):
 
     (W x + b)_i ∈ W_i c + b_i ± eps · ||W_i ⊙ s||_q,   1/p + 1/q = 1,
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 
 
 def margin_spec(labels: jax.Array, num_classes: int) -> jax.Array:
-  """Rows e_y - e_j for every j != y (spec §2): [B, K-1, K].
+  """Rows e_y - e_j for every j != y (docs/method.md §2): [B, K-1, K].
 
   A positive lower bound on every row, z_y - z_j > 0, certifies that the
   prediction is y everywhere in the input set.
@@ -29,7 +29,7 @@ def margin_spec(labels: jax.Array, num_classes: int) -> jax.Array:
 def pad_margins(margin_lower: jax.Array) -> jax.Array:
   """Worst-case logits [0, -lb_1, ..., -lb_{K-1}] whose class 0 is the label.
 
-  The robust cross-entropy of spec §2 is CE(pad_margins(lb), 0).
+  The robust cross-entropy of docs/method.md §2 is CE(pad_margins(lb), 0).
   """
   zeros = jnp.zeros(margin_lower.shape[:-1] + (1,), margin_lower.dtype)
   return jnp.concatenate([zeros, -margin_lower], axis=-1)

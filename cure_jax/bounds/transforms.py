@@ -9,7 +9,7 @@ the structure of the function's output::
 
 With ``spec=C`` (per example, [B, S, K]; see `margin_spec`) the transformed
 function bounds C·f(x) ([B, S]) and folds C into the last affine operations
-instead of bounding f and multiplying afterwards (spec §2), which is tighter.
+instead of bounding f and multiplying afterwards (docs/method.md §2), which is tighter.
 
 Methods (all pure; compose with `jit`, `vmap` and `grad`):
 

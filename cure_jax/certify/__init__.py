@@ -9,7 +9,7 @@
 
 A point counts as certified for a norm when it is correctly classified and
 every margin lower bound over the ball ∩ [0, 1] is positive; for the union
-(spec §1) when that holds for every norm evaluated.
+(docs/method.md §1) when that holds for every norm evaluated.
 """
 
 from cure_jax.certify.cascade import (

@@ -2,7 +2,7 @@
 
 A test point x with label y is certified against the threat model
 B_p(x, ε) ∩ [0, 1]^d when a sound lower bound on every margin
-z_y − z_j (j ≠ y) over that set is positive (spec §2, margin spec C with
+z_y − z_j (j ≠ y) over that set is positive (docs/method.md §2, margin spec C with
 rows e_y − e_j folded into the last layer). The bound methods form a chain
 of increasing cost and tightness — IBP, CROWN, α-CROWN — and the cascade
 runs them in order: a stage bounds only the points that are correctly

@@ -8,7 +8,7 @@ order linf, l2, l1; PGD columns only for the attacked norms)::
   pgd_<n>..., union_certified, union_pgd
 
 ``stage_<n>`` names the bound method that certified the point (`STAGE_NONE`
-if none did). Union columns follow spec §1: a point counts for the union
+if none did). Union columns follow docs/method.md §1: a point counts for the union
 when it is correctly classified and certified (resp. PGD-robust) for every
 evaluated (resp. attacked) norm.
 

@@ -76,7 +76,7 @@ def run_row(
     np.mean(np.asarray(records["union_certified"], bool))
   )
   if {"linf", "l2"} <= set(norms) and len(norms) > 2:
-    # The paper's union is l∞ and l2; l1 is optional (spec §1).
+    # The paper's union is l∞ and l2; l1 is optional (docs/method.md §1).
     row["union_linf_l2"] = float(
       np.mean(
         np.asarray(records["certified_linf"], bool)

@@ -134,7 +134,7 @@ class ConvNet(nn.Module):
 
 
 class CNN7(ConvNet):
-  """CNN7 of the SABR / CURE papers (CURE spec §5), with BatchNorm.
+  """CNN7 of the SABR / CURE papers (CURE docs/method.md §5), with BatchNorm.
 
   Five 3×3 convolutions with padding 1, widths 64, 64, 128, 128, 128 and
   strides 1, 1, 2, 1, 1, each followed by BN + ReLU; flatten; dense 512 +

@@ -1,6 +1,6 @@
 """Per-channel input normalization, the first op of every model.
 
-Perturbation radii are measured in [0, 1] pixel space (CURE spec §5), so the
+Perturbation radii are measured in [0, 1] pixel space (CURE docs/method.md §5), so the
 models take raw pixels and normalize them themselves: ``(x − mean) / std``,
 a subtraction and a division by constants that every bound transform
 propagates exactly.

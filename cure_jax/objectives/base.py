@@ -8,7 +8,7 @@ of the parameters, the BatchNorm running statistics, a `Batch` and the
 `StepContext` (the step's PRNG key and scheduled values). By default it runs the
 clean forward pass in train mode — which updates the running statistics and
 yields the clean batch's moments — and bounds the network with those moments
-(spec §2), so each BatchNorm is a fixed affine map in the bounded pass; with
+(docs/method.md §2), so each BatchNorm is a fixed affine map in the bounded pass; with
 ``config.bn_moments = 'midpoint'`` it skips the clean pass and bounds the
 network in train mode instead (`Network.midpoint_moments`). Objectives are
 built by `cure_jax.objectives.make_objective(config, model)`; each method
@@ -157,7 +157,7 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 def worst_case_logits(margin_lower: jax.Array) -> jax.Array:
-  """o = [0, −lb_1, …, −lb_{K−1}]: logits whose class 0 is the label (spec §2)."""
+  """o = [0, −lb_1, …, −lb_{K−1}]: logits whose class 0 is the label (docs/method.md §2)."""
   return pad_margins(margin_lower)
 
 

@@ -1,4 +1,4 @@
-"""Bound alignment (BA): align the l∞ and l2 worst-case outputs (spec §3).
+"""Bound alignment (BA): align the l∞ and l2 worst-case outputs (docs/method.md §3).
 
 With the worst-case logits o = [0, −lb] of the l∞ and of the l2 small region
 (`RobustLoss.logits`; class 0 is the label), BA is the mean KL divergence

@@ -1,4 +1,4 @@
-"""Gradient projection (GP): natural updates mixed in (spec §3).
+"""Gradient projection (GP): natural updates mixed in (docs/method.md §3).
 
 Once per interval (an epoch in the reference), after the ε ramp has ended:
 θ0 are the parameters at the start of the interval, θc the parameters after
@@ -20,7 +20,7 @@ Usage, for a pure training loop::
   params, gp = finish_interval(gp, params, opt_state, beta)
 
 BatchNorm running statistics are not parameters and are not projected: the
-caller keeps those of the certified model θc (spec §3, Decision; the
+caller keeps those of the certified model θc (docs/method.md §3, Decision; the
 reference mixes them too) and discards any statistics the natural steps
 produce. Unlike the reference, every natural step uses that step's gradient
 alone (the reference never zeroes them, so they accumulate).

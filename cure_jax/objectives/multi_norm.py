@@ -1,4 +1,4 @@
-"""Combining the per-example l∞ and l2 losses into one objective (spec §3).
+"""Combining the per-example l∞ and l2 losses into one objective (docs/method.md §3).
 
 With per-example losses L∞,i and L2,i (e.g. `robust_losses.sabr_linf` and
 `robust_losses.l2_sabr_box`) CURE considers three combinations:
@@ -10,7 +10,7 @@ With per-example losses L∞,i and L2,i (e.g. `robust_losses.sabr_linf` and
   loss. `random_partition` draws the halves and `random_loss` averages the
   union. The reference code draws the halves from two independent
   permutations, so they overlap and miss examples; here they come from one
-  permutation and form a true partition (spec §3, Decision).
+  permutation and form a true partition (docs/method.md §3, Decision).
 """
 
 import jax

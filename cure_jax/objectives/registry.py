@@ -1,6 +1,6 @@
 """`make_objective`: the training objective a config asks for.
 
-Every objective has the form of spec §3,
+Every objective has the form of docs/method.md §3,
 
     L = (1 − κ)·L_rob + κ·CE(clean) + λ_l1·Σ|θ| + s·R_warmup,
 

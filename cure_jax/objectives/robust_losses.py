@@ -1,4 +1,4 @@
-"""Per-example certified losses over one threat model (spec §2).
+"""Per-example certified losses over one threat model (docs/method.md §2).
 
 Each returns a `RobustLoss`: the per-example robust cross-entropy, the
 worst-case logits o = [0, −lb] (needed by bound alignment), whether the

@@ -6,11 +6,11 @@ the optimizer update being computed (``optax``'s ``count``). Epoch-based
 settings of the reference convert with ``step = epoch · steps_per_epoch``.
 
 * `smoothed_eps_schedule`: the ε ramp of auto_LiRPA's ``SmoothedScheduler``
-  (CURE spec §4).
-* `kappa_schedule`: weight κ of the clean cross-entropy (spec §3).
-* `multistep_lr_schedule`: learning rate decayed at milestones (spec §4).
+  (CURE docs/method.md §4).
+* `kappa_schedule`: weight κ of the clean cross-entropy (docs/method.md §3).
+* `multistep_lr_schedule`: learning rate decayed at milestones (docs/method.md §4).
 * `warmup_regularizer_scale`: weight of Shi et al.'s warm-up regularizers,
-  a function of the current ε rather than of the step (spec §3).
+  a function of the current ε rather than of the step (docs/method.md §3).
 """
 
 import math
@@ -106,7 +106,7 @@ def smoothed_eps_schedule(
 def kappa_schedule(natural_steps: int) -> optax.Schedule:
   """Weight κ of the clean cross-entropy: 1 for the first steps, then 0.
 
-  The total loss is (1 − κ)·L_rob + κ·CE(clean) (CURE spec §3); the reference
+  The total loss is (1 − κ)·L_rob + κ·CE(clean) (CURE docs/method.md §3); the reference
   trains the first epoch naturally (``natural_steps = steps_per_epoch``).
 
   Args:
@@ -171,7 +171,7 @@ def warmup_regularizer_scale(
   """Weight of Shi et al.'s warm-up regularizers at the current ε.
 
   ``weight · (1 − ε/ε_end)``, clipped to [0, weight] (Shi et al., 2021; CURE
-  spec §3): the regularizers fade out linearly in ε and vanish once ε reaches
+  docs/method.md §3): the regularizers fade out linearly in ε and vanish once ε reaches
   ``eps_end``. The caller applies them only during the ε ramp.
 
   Args:

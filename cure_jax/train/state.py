@@ -45,7 +45,7 @@ def build_model(config: ml_collections.ConfigDict):
 def make_optimizer(
   config: ml_collections.ConfigDict, steps_per_epoch: int
 ) -> optax.GradientTransformation:
-  """Adam with multi-step decay and gradient-norm clipping (spec §4)."""
+  """Adam with multi-step decay and gradient-norm clipping (docs/method.md §4)."""
   milestones = [int(e * steps_per_epoch) for e in config.lr_milestones]
   lr = schedules.multistep_lr_schedule(
     config.learning_rate, milestones, config.lr_decay

@@ -145,7 +145,7 @@ def make_train_step(
     params = optax.apply_updates(state.params, updates)
     gp = state.gp
     if phase.natural_branch:
-      # The natural branch of gradient projection (spec §3): the same steps
+      # The natural branch of gradient projection (docs/method.md §3): the same steps
       # with clean CE, from the interval's start, with its own optimizer state.
       g = _natural_gradients(model, gp.natural_params, state.batch_stats, batch)
       gp = gradient_projection.natural_step(gp, g, optimizer)
