@@ -29,7 +29,9 @@ dataset's reference augmentation (random flip and 2-pixel crop,
 from cure_jax import settings
 from cure_jax.models import INPUT_NORMALIZATION
 
-MEAN, STD = INPUT_NORMALIZATION["cifar10"]  # docs/method.md §5, inside the model
+MEAN, STD = INPUT_NORMALIZATION[
+  "cifar10"
+]  # docs/method.md §5, inside the model
 
 SETTINGS = {
   # ε∞/λ∞, ε2 train (eval in `eval`), schedule, l1 reg, CURE weights.
@@ -80,7 +82,9 @@ def get_config(arg=None):
   # CNN7's hidden layers (up to 64k neurons) make CROWN's intermediate
   # bounds cost memory quadratic in their width: bound them by IBP.
   c.eval.methods = ("ibp", "crown_ibp", "alpha_crown_ibp")
-  c.cure.ba_direction = "linf_to_l2"  # the reverse direction (docs/method.md §3)
+  c.cure.ba_direction = (
+    "linf_to_l2"  # the reverse direction (docs/method.md §3)
+  )
   settings.apply_method(
     c, arg.method, row, finetune_schedule=(36, (28, 32), 16)
   )

@@ -28,7 +28,9 @@ reference augmentation (random 56-crop and flip) and evaluation centre
 from cure_jax import settings
 from cure_jax.models import INPUT_NORMALIZATION
 
-MEAN, STD = INPUT_NORMALIZATION["tinyimagenet"]  # docs/method.md §5, inside the model
+MEAN, STD = INPUT_NORMALIZATION[
+  "tinyimagenet"
+]  # docs/method.md §5, inside the model
 NUM_CLASSES = 200
 
 SETTINGS = {
@@ -73,7 +75,9 @@ def get_config(arg=None):
   # bounds for α-CROWN.
   c.eval.batch_size = 50
   c.eval.methods = ("ibp", "crown_ibp", "alpha_crown_ibp")
-  c.cure.ba_direction = "linf_to_l2"  # the reverse direction (docs/method.md §3)
+  c.cure.ba_direction = (
+    "linf_to_l2"  # the reverse direction (docs/method.md §3)
+  )
   settings.apply_method(
     c, arg.method, row, finetune_schedule=(36, (28, 32), 16)
   )

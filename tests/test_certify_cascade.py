@@ -202,7 +202,7 @@ def test_adding_stages_never_uncertifies(mlp):
   variables, x, labels, full, _ = mlp
   previous = None
   for length in (1, 2):
-    methods = cascade.DEFAULT_METHODS[:length]
+    methods = cascade.DEFAULT_BOUND_METHODS[:length]
     prefix = cascade.certify_batch(
       MLP_MODEL.apply,
       variables,
@@ -260,7 +260,7 @@ def test_traced_full_batch_cascade_matches_gathered(mlp):
 
 def test_stage_reports_account_for_every_point(mlp):
   _, _, _, result, reports = mlp
-  assert [r.method for r in reports] == list(cascade.DEFAULT_METHODS)
+  assert [r.method for r in reports] == list(cascade.DEFAULT_BOUND_METHODS)
   assert reports[0].points == BATCH - len(MISCLASSIFIED)
   for before, after in zip(reports, reports[1:]):
     assert after.points == before.points - before.certified

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from cure_jax import bounds
-from cure_jax.beyond_lp import geometric_bounds, parameters, patches
 from cure_jax.certify import region_attacks, regions
 from cure_jax.models import ConvNet
+from cure_jax.perturbations import geometric_bounds, parameters, patches
 
 NUM_CLASSES = 3
 SIDE = 8

@@ -5,7 +5,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cure_jax.beyond_lp import patches
 from cure_jax.models import ConvNet
 from cure_jax.objectives import patch_training
 from cure_jax.objectives.base import (
@@ -13,6 +12,7 @@ from cure_jax.objectives.base import (
   cross_entropy,
   robust_cross_entropy,
 )
+from cure_jax.perturbations import patches
 
 NUM_CLASSES = 4
 MODEL = ConvNet(

@@ -17,9 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-NORMS = ("linf", "l2", "l1")
-
-Domain = tuple[float, float] | None
+from cure_jax.types import NORMS, Domain
 
 
 def check_norm(norm: str) -> str:

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cure_jax import settings
-from cure_jax.benchmarks.timing import median_seconds
+from cure_jax.benchmarks.measure import median_seconds
 from cure_jax.certify.beyond_lp import threats_from_config
 from cure_jax.certify.regions import _region_min_margin_jit
 from cure_jax.models import get_model, ibp_init

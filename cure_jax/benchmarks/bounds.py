@@ -18,7 +18,7 @@ import json
 import jax
 import jax.numpy as jnp
 
-from cure_jax.benchmarks.timing import median_seconds, paired_ratio
+from cure_jax.benchmarks.measure import median_seconds, paired_ratio
 from cure_jax.bounds import LinfBall, alpha_crown, crown_ibp, ibp, margin_spec
 from cure_jax.models import get_model, ibp_init
 

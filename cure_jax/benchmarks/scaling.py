@@ -32,7 +32,7 @@ def _worker(
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
-  from cure_jax.benchmarks.timing import median_seconds  # pylint: disable=g-import-not-at-top
+  from cure_jax.benchmarks.measure import median_seconds  # pylint: disable=g-import-not-at-top
   from cure_jax.objectives.base import Batch  # pylint: disable=g-import-not-at-top
   from cure_jax.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   from cure_jax.settings import load_config  # pylint: disable=g-import-not-at-top

@@ -20,7 +20,7 @@ import json
 import jax
 import jax.numpy as jnp
 
-from cure_jax.benchmarks.timing import median_seconds, paired_ratio
+from cure_jax.benchmarks.measure import median_seconds, paired_ratio
 from cure_jax.objectives.base import Batch
 from cure_jax.settings import load_config
 from cure_jax.train.state import build_model, create_train_state, make_optimizer

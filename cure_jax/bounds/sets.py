@@ -27,8 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cure_jax.bounds.interval import Interval
-
-Domain = tuple[float, float] | None
+from cure_jax.types import Domain
 
 
 def dual_exponent(p: float) -> float:

@@ -14,8 +14,8 @@ every margin lower bound over the ball ∩ [0, 1] is positive; for the union
 
 from cure_jax.certify.cascade import (
   BALLS,
-  DEFAULT_METHODS,
-  METHODS,
+  BOUND_METHODS,
+  DEFAULT_BOUND_METHODS,
   NORMS,
   NOT_CERTIFIED,
   CascadeResult,
@@ -49,8 +49,8 @@ from cure_jax.certify.report import (
 __all__ = (
   "BALLS",
   "CascadeResult",
-  "DEFAULT_METHODS",
-  "METHODS",
+  "DEFAULT_BOUND_METHODS",
+  "BOUND_METHODS",
   "NORMS",
   "NOT_CERTIFIED",
   "PGDSettings",

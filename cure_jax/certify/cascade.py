@@ -29,30 +29,28 @@ Certification runs in float32 (parameters and inputs are cast) under
 
 import functools
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from cure_jax import bounds
-from cure_jax.certify import timing
+from cure_jax.certify import stage_timing
 from cure_jax.parallel.precision import cast_floating, certification_precision
+from cure_jax.types import NORMS, PIXEL_DOMAIN, PyTree
 
-PyTree = Any
 ApplyFn = Callable[..., jax.Array]
 
-PIXEL_DOMAIN = (0.0, 1.0)
 NOT_CERTIFIED = -1
-DEFAULT_METHODS = ("ibp", "crown", "alpha_crown")
+DEFAULT_BOUND_METHODS = ("ibp", "crown", "alpha_crown")
 BALLS = {"linf": bounds.LinfBall, "l2": bounds.L2Ball, "l1": bounds.L1Ball}
-NORMS = tuple(BALLS)
 # A gathered stage batch has one of the sizes ceil(B / 2^k), k = 0, ..., 4.
 _GATHER_HALVINGS = 4
 
 
 def _transform(method: str, alpha_steps: int) -> Callable[[Callable], Callable]:
-  """The bound transform called ``method`` (see `METHODS`).
+  """The bound transform called ``method`` (see `BOUND_METHODS`).
 
   α-CROWN's loop stays rolled here: a stage compiles for up to five gathered
   batch sizes, and unrolling 20 steps costs ~4× the compilation for a ~2×
@@ -79,7 +77,7 @@ def _transform(method: str, alpha_steps: int) -> Callable[[Callable], Callable]:
   }[method]
 
 
-METHODS = ("ibp", "crown_ibp", "crown", "alpha_crown", "alpha_crown_ibp")
+BOUND_METHODS = ("ibp", "crown_ibp", "crown", "alpha_crown", "alpha_crown_ibp")
 
 
 class CascadeResult(NamedTuple):
@@ -188,7 +186,7 @@ def bound_margins(
     labels: [B] integer labels y.
     norm: ``'linf'``, ``'l2'`` or ``'l1'``.
     eps: radius ε, scalar or [B].
-    method: one of `METHODS`.
+    method: one of `BOUND_METHODS`.
     num_classes: K.
     alpha_steps: optimization steps of the α-CROWN methods.
 
@@ -299,7 +297,7 @@ def _certify_on_host(
     rows = _gather_indices(pending) if gather else np.arange(batch)
     used = num_points if gather else batch
     stage_eps = jnp.take(eps, rows) if jnp.ndim(eps) else eps
-    timed = timing.compile_and_run(
+    timed = stage_timing.compile_and_run(
       _min_margin_jit,
       (apply_fn, norm, method, num_classes, alpha_steps),
       (
@@ -373,11 +371,11 @@ def _check_arguments(
   if isinstance(methods, str) or not methods:
     raise ValueError(
       f"methods must be a non-empty sequence of names from "
-      f"{METHODS}, got {methods!r}."
+      f"{BOUND_METHODS}, got {methods!r}."
     )
-  unknown = [m for m in methods if m not in METHODS]
+  unknown = [m for m in methods if m not in BOUND_METHODS]
   if unknown:
-    raise ValueError(f"Unknown bound method(s) {unknown}: use {METHODS}.")
+    raise ValueError(f"Unknown bound method(s) {unknown}: use {BOUND_METHODS}.")
   if not isinstance(alpha_steps, int) or alpha_steps < 0:
     raise ValueError(f"alpha_steps must be an int >= 0, got {alpha_steps!r}.")
   if not isinstance(num_classes, int) or num_classes < 2:
@@ -403,7 +401,7 @@ def _check_arguments(
     raise ValueError(
       f"valid must be a [B] mask of shape {batch}, got {jnp.shape(valid)}."
     )
-  if timing.is_traced(images, labels, eps):
+  if stage_timing.is_traced(images, labels, eps):
     return
   if np.any(np.asarray(eps) < 0) or np.any(np.isnan(np.asarray(eps))):
     raise ValueError(f"eps must be >= 0, got min {np.min(eps)}.")
@@ -429,7 +427,7 @@ def certify_batch(
   norm: str,
   eps,
   num_classes: int,
-  methods: Sequence[str] = DEFAULT_METHODS,
+  methods: Sequence[str] = DEFAULT_BOUND_METHODS,
   alpha_steps: int = 20,
   valid: jax.Array | None = None,
   gather: bool = True,
@@ -452,7 +450,7 @@ def certify_batch(
     norm: ``'linf'``, ``'l2'`` or ``'l1'``.
     eps: radius, scalar or [B], >= 0.
     num_classes: K, the number of logits.
-    methods: bound methods from `METHODS`, cheapest first.
+    methods: bound methods from `BOUND_METHODS`, cheapest first.
     alpha_steps: optimization steps of the α-CROWN methods.
     valid: optional [B] bool; False rows (batch padding) are never bounded
       nor certified.
@@ -483,7 +481,7 @@ def certify_batch(
   options = dict(
     norm=norm, methods=methods, alpha_steps=alpha_steps, num_classes=num_classes
   )
-  if timing.is_traced(variables, images, labels, eps, candidates):
+  if stage_timing.is_traced(variables, images, labels, eps, candidates):
     if gather or return_stage_reports:
       raise ValueError(
         "certify_batch is being traced (inside jit/vmap): gather=True and "

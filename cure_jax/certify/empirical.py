@@ -16,15 +16,15 @@ the ball, best iterate kept. The l∞ step is α·sign(g), the l2 step
 """
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from cure_jax import attacks
 from cure_jax.certify import cascade
+from cure_jax.types import PyTree
 
-PyTree = Any
 ApplyFn = Callable[..., jax.Array]
 
 

@@ -17,11 +17,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cure_jax.certify import cascade, empirical, report, timing
-from cure_jax.parallel.batching import pad_batch
+from cure_jax.certify import cascade, empirical, report, stage_timing
+from cure_jax.parallel.global_batch import pad_batch
 from cure_jax.parallel.precision import cast_floating
-
-PyTree = Any
+from cure_jax.types import PyTree
 
 
 def _check_arguments(images, labels, radii, batch_size, pgd, pgd_norms):
@@ -101,7 +100,7 @@ def evaluate(
   radii: Mapping[str, float],
   num_classes: int,
   batch_size: int = 500,
-  methods: Sequence[str] = cascade.DEFAULT_METHODS,
+  methods: Sequence[str] = cascade.DEFAULT_BOUND_METHODS,
   alpha_steps: int = 20,
   pgd: empirical.PGDSettings | None = empirical.PGDSettings(),
   pgd_norms: Sequence[str] | None = None,
@@ -197,7 +196,7 @@ def evaluate(
         )
     batch_key = jax.random.fold_in(key, batch_index)
     for norm_index, norm in enumerate(pgd_norms):
-      timed = timing.compile_and_run(
+      timed = stage_timing.compile_and_run(
         empirical.pgd_robust_jit,
         (apply_fn, norm, pgd),
         (

@@ -17,21 +17,19 @@ remaining rows of a point once it is broken (`regions.row_chunks`).
 
 import functools
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from cure_jax.attacks.losses import margin, misclassified
-from cure_jax.beyond_lp.parameters import TransformParams
-from cure_jax.beyond_lp.patches import apply_patch
-from cure_jax.beyond_lp.transforms import transform_images
 from cure_jax.certify.cascade import predict
 from cure_jax.certify.regions import row_chunks
 from cure_jax.parallel.precision import cast_floating, certification_precision
-
-PyTree = Any
+from cure_jax.perturbations.parameters import TransformParams
+from cure_jax.perturbations.patches import apply_patch
+from cure_jax.perturbations.warps import transform_images
+from cure_jax.types import PyTree
 
 
 def _prepare(apply_fn, variables, images, labels, points):

@@ -19,14 +19,14 @@ any of its regions needed.
 
 import functools
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from cure_jax import bounds
-from cure_jax.certify import timing
+from cure_jax.certify import stage_timing
 from cure_jax.certify.cascade import (
   NOT_CERTIFIED,
   StageReport,
@@ -34,8 +34,8 @@ from cure_jax.certify.cascade import (
   predict,
 )
 from cure_jax.parallel.precision import cast_floating
+from cure_jax.types import PyTree
 
-PyTree = Any
 REGION_METHODS = ("ibp", "crown_ibp")
 # Certificates need the margins' lower bounds only (bound="lower").
 TRANSFORMS = {
@@ -182,7 +182,7 @@ class _Stages:
     used, local = np.unique(point, return_inverse=True)
     slots = _pad(used, self.slots)
     params = jax.tree.map(lambda leaf: leaf[region[rows]], self.threat.regions)
-    timed = timing.compile_and_run(
+    timed = stage_timing.compile_and_run(
       _region_min_margin_jit,
       (self.apply_fn, self.threat.boxes, self.methods[stage], self.num_classes),
       (

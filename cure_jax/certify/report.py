@@ -29,9 +29,10 @@ from typing import Any
 
 import numpy as np
 
+from cure_jax.types import NORMS as NORM_ORDER
+
 Records = dict[str, np.ndarray]
 
-NORM_ORDER = ("linf", "l2", "l1")
 NORM_SYMBOLS = {"linf": "l∞", "l2": "l2", "l1": "l1"}
 STAGE_NONE = "none"
 _INT_COLUMNS = ("index", "label", "prediction")

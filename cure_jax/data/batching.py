@@ -24,22 +24,11 @@ from typing import NamedTuple
 import numpy as np
 
 from cure_jax.data import augment, loading
+from cure_jax.types import Batch
 
 # Independent random streams derived from the seed.
 _PERMUTATION_STREAM = 0
 _AUGMENTATION_STREAM = 1
-
-
-class Batch(NamedTuple):
-  """A training batch on one host.
-
-  Attributes:
-    images: float32 [b, H, W, C] in [0, 1].
-    labels: int32 [b].
-  """
-
-  images: np.ndarray
-  labels: np.ndarray
 
 
 class EvalBatch(NamedTuple):

@@ -6,11 +6,11 @@ moments for the bounded pass of certified training (see `batch_norm`).
 """
 
 from cure_jax.models.batch_norm import BATCH_MOMENTS, RUNNING_STATS, BatchNorm
+from cure_jax.models.catalog import MODELS, get_model
 from cure_jax.models.cnn import CNN7, OUTPUT_LAYER, ConvNet, SmallCNN
 from cure_jax.models.init import ibp_init, ibp_normal, ibp_std
 from cure_jax.models.mlp import MLP
 from cure_jax.models.normalization import INPUT_NORMALIZATION, normalize_input
-from cure_jax.models.registry import MODELS, get_model
 
 __all__ = (
   "BATCH_MOMENTS",

@@ -24,15 +24,10 @@ import optax
 
 from cure_jax.bounds import Interval, LinfBall, ibp, margin_spec, pad_margins
 from cure_jax.models.batch_norm import RUNNING_STATS
+from cure_jax.types import PIXEL_DOMAIN as DOMAIN
+from cure_jax.types import Batch, Params
 
-Params = Any
 Metrics = dict[str, jax.Array]
-DOMAIN = (0.0, 1.0)  # images live in [0, 1]; normalization is in the model.
-
-
-class Batch(NamedTuple):
-  images: jax.Array  # [B, H, W, C] in [0, 1]
-  labels: jax.Array  # [B] int32
 
 
 class StepContext(NamedTuple):

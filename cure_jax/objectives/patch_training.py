@@ -18,7 +18,6 @@ the ε ramp the window's box is shrunk towards x by ``fraction`` ∈ [0, 1].
 import jax
 import jax.numpy as jnp
 
-from cure_jax.beyond_lp.patches import check_patch, patch_boxes
 from cure_jax.objectives.base import (
   Network,
   certified,
@@ -26,6 +25,7 @@ from cure_jax.objectives.base import (
   worst_case_logits,
 )
 from cure_jax.objectives.robust_losses import RobustLoss
+from cure_jax.perturbations.patches import check_patch, patch_boxes
 
 
 def sample_positions(

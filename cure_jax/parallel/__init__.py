@@ -7,11 +7,6 @@ process's batch of `global_batch_size // process_count` rows becomes a slice
 of one global array with `shard_global_batch`. Steps are `jax.jit` functions.
 """
 
-from cure_jax.parallel.batching import (
-  check_global_batch_size,
-  pad_batch,
-  per_process_batch_size,
-)
 from cure_jax.parallel.distributed import (
   DistributedConfig,
   barrier,
@@ -19,6 +14,11 @@ from cure_jax.parallel.distributed import (
   is_main_process,
   resolve_config,
   sum_over_processes,
+)
+from cure_jax.parallel.global_batch import (
+  check_global_batch_size,
+  pad_batch,
+  per_process_batch_size,
 )
 from cure_jax.parallel.mesh import (
   DATA_AXIS,

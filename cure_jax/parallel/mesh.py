@@ -21,16 +21,15 @@ any JAX function (bound transforms, attacks), with no per-op annotations.
 """
 
 from collections.abc import Sequence
-from typing import Any
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-DATA_AXIS = "data"
+from cure_jax.types import PyTree
 
-PyTree = Any
+DATA_AXIS = "data"
 
 
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:

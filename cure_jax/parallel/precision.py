@@ -20,12 +20,12 @@ round-to-nearest float32, not directed rounding.)
 """
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-PyTree = Any
+from cure_jax.types import PyTree
 
 
 class Policy(NamedTuple):

@@ -9,7 +9,7 @@ or, for a trained run, ``python -m cure_jax.certify.beyond_lp --config=...
 --workdir=...`` (see `__main__`).
 """
 
-from cure_jax.certify.beyond_lp.evaluate import (
+from cure_jax.certify.beyond_lp.threat_eval import (
   certify_checkpoint_beyond_lp,
   evaluate_threats,
   format_threat_table,

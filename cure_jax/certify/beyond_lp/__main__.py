@@ -52,7 +52,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)
   # Imported here so that --help answers without initializing JAX.
-  from cure_jax.certify.beyond_lp import evaluate  # pylint: disable=g-import-not-at-top
+  from cure_jax.certify.beyond_lp import threat_eval as evaluate  # pylint: disable=g-import-not-at-top
   from cure_jax.data import DataNotFoundError  # pylint: disable=g-import-not-at-top
   from cure_jax.train.checkpoint import CheckpointRestoreError  # pylint: disable=g-import-not-at-top
 

@@ -16,8 +16,8 @@ import functools
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
-from cure_jax.beyond_lp import geometric_bounds, parameters, patches
 from cure_jax.certify import region_attacks, regions
+from cure_jax.perturbations import geometric_bounds, parameters, patches
 
 ATTACK_ROWS = 128  # (point, region) rows per attack call
 FAMILY_DESCRIPTIONS = {

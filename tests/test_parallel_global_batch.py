@@ -1,4 +1,4 @@
-"""Tests for cure_jax.parallel.batching."""
+"""Tests for cure_jax.parallel.global_batch."""
 
 import numpy as np
 import pytest

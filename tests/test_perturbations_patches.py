@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cure_jax.beyond_lp import patches
+from cure_jax.perturbations import patches
 
 
 def _images(batch=3, height=7, width=9, channels=2, seed=0):

@@ -11,16 +11,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cure_jax.beyond_lp import parameters
-from cure_jax.beyond_lp.geometric_bounds import transformed_image_bounds
-from cure_jax.beyond_lp.parameters import (
+from cure_jax.perturbations import parameters
+from cure_jax.perturbations.geometric_bounds import transformed_image_bounds
+from cure_jax.perturbations.parameters import (
   GeometricRanges,
   TransformParams,
   family_box,
   parameter_grid,
   split_box,
 )
-from cure_jax.beyond_lp.transforms import transform_images
+from cure_jax.perturbations.warps import transform_images
 
 TOL = 1e-5
 

@@ -6,13 +6,11 @@ process loads `global_batch_size // process_count` of them; each device then
 holds `global_batch_size // device_count`. Both divisions must be exact.
 """
 
-from typing import Any
-
 import jax
 import numpy as np
 from jax.sharding import Mesh
 
-PyTree = Any
+from cure_jax.types import PyTree
 
 
 def check_global_batch_size(

@@ -22,7 +22,7 @@ consistent.
 import jax
 import jax.numpy as jnp
 
-from cure_jax.beyond_lp.parameters import TransformParams
+from cure_jax.perturbations.parameters import TransformParams
 
 DEGREE = jnp.pi / 180.0
 

@@ -1,9 +1,9 @@
-"""Tests for cure_jax.models.registry."""
+"""Tests for cure_jax.models.catalog."""
 
 import pytest
 
 from cure_jax.models import CNN7, MLP, ConvNet, SmallCNN
-from cure_jax.models.registry import MODELS, get_model
+from cure_jax.models.catalog import MODELS, get_model
 
 
 @pytest.mark.parametrize(

@@ -34,8 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cure_jax.beyond_lp.transforms import bilinear_sample
 from cure_jax.bounds import Interval
+from cure_jax.perturbations.warps import bilinear_sample
 
 SNAP_TOLERANCE = 1e-4
 # Float error of interpolating at the centre and of the half-widths (values

@@ -18,19 +18,18 @@ per-pixel bounds, and shrinks as the parameter box is split.
 import jax
 import jax.numpy as jnp
 
-from cure_jax.beyond_lp.coordinate_bounds import (
+from cure_jax.bounds import Box, Interval
+from cure_jax.perturbations.coordinate_bounds import (
   multiply,
   source_coordinate_bounds,
 )
-from cure_jax.beyond_lp.interpolation_bounds import (
+from cure_jax.perturbations.interpolation_bounds import (
   WindowTables,
   interpolation_bounds,
   window_tables,
 )
-from cure_jax.beyond_lp.parameters import ParameterBox
-from cure_jax.bounds import Box, Interval
-
-PIXEL_DOMAIN = (0.0, 1.0)
+from cure_jax.perturbations.parameters import ParameterBox
+from cure_jax.types import PIXEL_DOMAIN
 
 
 def photometric_bounds(values: Interval, box: ParameterBox) -> Interval:

@@ -29,9 +29,9 @@ is monotone, so at a degenerate range they reproduce it bit for bit.
 import jax
 import jax.numpy as jnp
 
-from cure_jax.beyond_lp.parameters import ParameterBox
-from cure_jax.beyond_lp.transforms import DEGREE, centered_grid
 from cure_jax.bounds import Interval
+from cure_jax.perturbations.parameters import ParameterBox
+from cure_jax.perturbations.warps import DEGREE, centered_grid
 
 _TWO_PI = 2.0 * jnp.pi
 

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cure_jax.certify import timing
+from cure_jax.certify import stage_timing
 from cure_jax.parallel.precision import certification_precision
 
 BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
@@ -33,8 +33,8 @@ def test_compile_and_run_returns_the_value_and_compiles_once():
   listener = _count_compilations(compilations)
   jax.monitoring.register_event_duration_secs_listener(listener)
   try:
-    first = timing.compile_and_run(_scaled_sum_jit, (2,), (x, 3.0))
-    again = timing.compile_and_run(_scaled_sum_jit, (2,), (y, 1.0))
+    first = stage_timing.compile_and_run(_scaled_sum_jit, (2,), (x, 3.0))
+    again = stage_timing.compile_and_run(_scaled_sum_jit, (2,), (y, 1.0))
     with certification_precision():  # Part of the cache key.
       plain = _scaled_sum_jit(2, x, 3.0)  # Shares the executable.
   finally:
@@ -56,8 +56,8 @@ def test_compile_and_run_returns_the_value_and_compiles_once():
 
 def test_is_traced_inside_transformations_only():
   x = jnp.ones(3)
-  assert not timing.is_traced(x, {"a": np.ones(2)}, 1.0)
+  assert not stage_timing.is_traced(x, {"a": np.ones(2)}, 1.0)
   seen = []
-  jax.jit(lambda y: seen.append(timing.is_traced(1.0, {"y": y})) or y)(x)
-  jax.grad(lambda y: seen.append(timing.is_traced(y)) or jnp.sum(y))(x)
+  jax.jit(lambda y: seen.append(stage_timing.is_traced(1.0, {"y": y})) or y)(x)
+  jax.grad(lambda y: seen.append(stage_timing.is_traced(y)) or jnp.sum(y))(x)
   assert seen == [True, True]
