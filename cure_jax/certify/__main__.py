@@ -71,7 +71,7 @@ def certify_checkpoint(
 
   model, variables = loop.restore_for_eval(config, workdir)
   info = data.dataset_info(config.dataset.name)
-  test = loop.load_config_split(config, "test")
+  test = data.load_config_split(config, "test")
   if config.eval.certify_examples:
     test = test.take(min(config.eval.certify_examples, test.num_examples))
   images = data.to_unit_float(test.images)

@@ -34,6 +34,12 @@ from cure_jax.data.batching import (
   train_batch,
 )
 from cure_jax.data.cifar10_builder import CureCifar10
+from cure_jax.data.from_config import (
+  load_config_split,
+  load_datasets,
+  tfds_data_dir,
+  train_subset,
+)
 from cure_jax.data.info import DATASET_NAMES, DatasetInfo, dataset_info
 from cure_jax.data.loading import (
   DATA_DIR_ENV,

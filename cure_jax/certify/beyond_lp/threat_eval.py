@@ -218,7 +218,7 @@ def certify_checkpoint_beyond_lp(
   )
   threats = threats_from_config(settings, image_shape)
   model, variables = loop.restore_for_eval(config, workdir)
-  test = loop.load_config_split(config, "test")
+  test = data.load_config_split(config, "test")
   if settings.examples:
     test = test.take(min(settings.examples, test.num_examples))
   images = data.to_unit_float(test.images)
