@@ -156,7 +156,9 @@ def pgd(
     eps: ball radius, scalar or [B], >= 0.
     step_size: α, the ``norm``-length of a step, scalar or [B], >= 0 (l∞:
       α·sign(g); l2: α·g/||g||_2; l1: a SLIDE step of l1 length α).
+    steps: gradient steps per restart (>= 0).
     key: PRNG key, needed when ``random_start`` is True.
+    restarts: starts (>= 1; > 1 needs ``random_start``); the best is kept.
     loss: ``'ce'`` or ``'margin'`` (see `losses`).
     step_decay: optional ``t -> multiplier`` of the step size, called with
       Python ints t = 0, …, steps − 1 (e.g. `sabr.sabr_step_decay`).

@@ -10,9 +10,9 @@ Every projection maps an iterate ``x_adv`` to a point of
 Step 2 never leaves the ball when x lies in the domain: clipping moves each
 coordinate of x + δ towards x, so |δ_i| only shrinks and ||δ||_p with it.
 For l∞ the two steps are the exact projection onto the intersection (a box);
-for l2 and l1 this is the standard PGD projection (docs/method.md §2, **Decision**:
-x_adv = x + Π_{||δ||_2 <= ε}(δ), then clip — the reference instead adds the
-clipped perturbation to the iterate and can leave the ball).
+for l2 and l1 this is the standard PGD projection (docs/method.md §2,
+**Decision**: x_adv = x + Π_{||δ||_2 <= ε}(δ), then clip — the reference
+adds the clipped perturbation to the iterate and can leave the ball).
 """
 
 import jax

@@ -1,4 +1,4 @@
-"""SABR's attack: the PGD that picks the centre of SABR's small box (docs/method.md §2).
+"""SABR's attack: the PGD that centres SABR's small box (docs/method.md §2).
 
 Müller, Eckert, Fischer & Vechev, "Certified Training: Small Boxes are All
 You Need" (ICLR 2023), as run by the CURE reference code: cross-entropy PGD,
@@ -11,8 +11,8 @@ For n = 8 the milestones are 4, 7 and 8, so steps 0–3 use 0.5ε, steps 4–6
 Deliberate differences from the reference code: the clean point competes with
 the iterates (so the box centre never has a lower loss than x), the l∞ start
 is exactly uniform in B∞(x, ε) ∩ [0, 1], the radius is per example rather
-than the batch maximum, and the l2 projection is the correct one (docs/method.md §2,
-**Decision**).
+than the batch maximum, and the l2 projection is the correct one
+(docs/method.md §2, **Decision**).
 """
 
 import fractions

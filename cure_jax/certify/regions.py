@@ -3,8 +3,8 @@
 Patches and geometric transformations are not l_p balls: a test point x is
 certified when the margins are provably positive over *every* region of its
 threat model — every patch position (`perturbations.patches`), every sub-box
-of the transformation parameters (`perturbations.geometric_bounds`). Each region is
-an input `Box`, built from the point and a *region parameter* by a
+of the transformation parameters (`perturbations.geometric_bounds`). Each
+region is an input `Box`, built from the point and a *region parameter* by a
 `RegionThreat`, so the work is a list of (point, region) rows.
 
 Rows are bounded in fixed-size chunks (one compilation per method), point

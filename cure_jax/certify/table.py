@@ -7,8 +7,8 @@ Each argument is a workdir holding ``certify.csv`` (written by
 ``python -m cure_jax.certify``) and, from training, ``results.json``. Rows
 are the runs; columns clean, certified accuracy per norm, union certified,
 PGD union (the empirical upper bound), the training time and the
-certification's run seconds per test point (all norms, cascade and PGD). ``--first=N``
-recomputes every figure on the first N test points of each CSV, so runs
+certification's run seconds per test point (all norms, cascade and PGD).
+``--first=N`` recomputes every figure on the first N test points of each CSV, so runs
 certified on different numbers of points compare on the same points. Runs
 with a ``beyond_lp.csv`` (``python -m cure_jax.certify.beyond_lp``) add a
 second table: certified and empirical accuracy per patch size and

@@ -115,7 +115,7 @@ def decode_batch(data: bytes) -> tuple[np.ndarray, np.ndarray]:
 
 
 class CifarSource(NamedTuple):
-  """A local copy of the batches: the `.tar.gz` archive or the extracted folder."""
+  """A local copy of the batches: the `.tar.gz` archive or extracted folder."""
 
   path: epath.Path
   is_archive: bool

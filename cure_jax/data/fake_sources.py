@@ -29,7 +29,7 @@ from cure_jax.data import (
 
 
 def encode_idx(array: np.ndarray) -> bytes:
-  """Returns the uncompressed IDX bytes of a uint8 array (see `mnist_builder`)."""
+  """The uncompressed IDX bytes of a uint8 array (see `mnist_builder`)."""
   if array.dtype != np.uint8:
     raise TypeError(f"Only uint8 IDX files are written, got {array.dtype}.")
   header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(

@@ -51,7 +51,7 @@ _PROBE_TIMEOUT_S = 5.0
 
 
 class Split(NamedTuple):
-  """A dataset split in host memory: uint8 images [N, H, W, C], int32 labels [N]."""
+  """A split in host memory: uint8 images [N, H, W, C], int32 labels [N]."""
 
   images: np.ndarray
   labels: np.ndarray

@@ -46,7 +46,7 @@ def file_md5(path: epath.PathLike) -> str:
 def manual_dir_or_none(
   dl_manager: tfds.download.DownloadManager,
 ) -> epath.Path | None:
-  """Returns tfds's manual directory, or None if it is unset, absent or empty."""
+  """tfds's manual directory, or None if it is unset, absent or empty."""
   try:
     return dl_manager.manual_dir
   except AssertionError:  # tfds signals a missing or empty manual dir so.

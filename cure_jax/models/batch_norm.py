@@ -1,9 +1,9 @@
 """Batch normalization whose eval mode is a per-channel affine map of the input.
 
 Certified training bounds the network with the *clean* batch's statistics
-(CURE docs/method.md §2): the clean forward pass normalizes with the batch moments, and
-the bounded pass over the same batch treats those moments as constants, so
-every BatchNorm becomes the input-independent affine map
+(docs/method.md §2): the clean forward pass normalizes with the batch
+moments, and the bounded pass over the same batch treats those moments as
+constants, so every BatchNorm becomes the input-independent affine map
 
   y = (x − μ) · γ / √(σ² + ε) + β.
 

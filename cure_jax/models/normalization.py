@@ -1,7 +1,7 @@
 """Per-channel input normalization, the first op of every model.
 
-Perturbation radii are measured in [0, 1] pixel space (CURE docs/method.md §5), so the
-models take raw pixels and normalize them themselves: ``(x − mean) / std``,
+Perturbation radii are measured in [0, 1] pixel space (docs/method.md §5), so
+the models take raw pixels and normalize them themselves: ``(x − mean) / std``,
 a subtraction and a division by constants that every bound transform
 propagates exactly.
 """

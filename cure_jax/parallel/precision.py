@@ -5,8 +5,8 @@ and updated in `param_dtype`, the passes run in `compute_dtype`, and outputs
 (logits, losses, updated batch statistics) come back in `output_dtype`.
 `MIXED_BFLOAT16` (float32 / bfloat16 / float32) about halves activation
 memory; gradients arrive in float32 because the cast to bfloat16 happens
-inside the differentiated function. bfloat16 has float32's exponent range, so no loss
-scaling is needed (float16 would need it and is not offered).
+inside the differentiated function. bfloat16 has float32's exponent range,
+so no loss scaling is needed (float16 would need it and is not offered).
 
 Certification always runs in float32 (`CERTIFICATION`) and under
 `certification_precision()`. A certificate asserts that a lower bound on the

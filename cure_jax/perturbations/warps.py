@@ -4,8 +4,8 @@ Coordinates are centred: pixel (row r, column c) of an H×W image sits at
 p = (x, y) = (c − o_x, r − o_y), o = ((W − 1)/2, (H − 1)/2), with y pointing
 down. The geometric part moves content by the forward map
 
-  p_out = t + R(φ) · Sh(m) · (s · p_in),  R(φ) = [[cos φ, −sin φ], [sin φ, cos φ]],
-                                          Sh(m) = [[1, m], [0, 1]],
+  p_out = t + R(φ) · Sh(m) · (s · p_in),
+  R(φ) = [[cos φ, −sin φ], [sin φ, cos φ]],  Sh(m) = [[1, m], [0, 1]],
 
 (scale, then shear, then rotate, then translate), and is computed, as usual,
 by inverse mapping: output pixel p reads the input at
@@ -41,7 +41,7 @@ def source_coordinates(
   params: TransformParams, height: int, width: int
 ) -> tuple[jax.Array, jax.Array]:
   """(u, v) [..., H, W]: the input column and row each output pixel samples,
-  eq. (1); ``params`` scalar or broadcastable against [H, W] (e.g. [S, 1, 1])."""
+  eq. (1); ``params`` scalar or broadcastable against [H, W] ([S, 1, 1])."""
   x, y = centered_grid(height, width)
   x, y = x - params.translation_x, y - params.translation_y
   angle = params.rotation * DEGREE
@@ -84,7 +84,7 @@ def transform_image(image: jax.Array, params: TransformParams) -> jax.Array:
 
 
 def transform_images(images: jax.Array, params: TransformParams) -> jax.Array:
-  """Transforms images [B, H, W, C]; ``params`` leaves scalar (shared) or [B]."""
+  """Transforms images [B, H, W, C]; ``params`` leaves scalar or [B]."""
   params = TransformParams(
     *(
       jnp.broadcast_to(jnp.asarray(p, jnp.float32), images.shape[:1])

@@ -8,7 +8,8 @@ settings of the reference convert with ``step = epoch · steps_per_epoch``.
 * `smoothed_eps_schedule`: the ε ramp of auto_LiRPA's ``SmoothedScheduler``
   (CURE docs/method.md §4).
 * `kappa_schedule`: weight κ of the clean cross-entropy (docs/method.md §3).
-* `multistep_lr_schedule`: learning rate decayed at milestones (docs/method.md §4).
+* `multistep_lr_schedule`: learning rate decayed at milestones
+  (docs/method.md §4).
 * `warmup_regularizer_scale`: weight of Shi et al.'s warm-up regularizers,
   a function of the current ε rather than of the step (docs/method.md §3).
 """
@@ -97,8 +98,8 @@ def smoothed_eps_schedule(
 def kappa_schedule(natural_steps: int) -> optax.Schedule:
   """Weight κ of the clean cross-entropy: 1 for the first steps, then 0.
 
-  The total loss is (1 − κ)·L_rob + κ·CE(clean) (CURE docs/method.md §3); the reference
-  trains the first epoch naturally (``natural_steps = steps_per_epoch``).
+  The total loss is (1 − κ)·L_rob + κ·CE(clean) (docs/method.md §3); the
+  reference trains the first epoch naturally (``natural_steps = steps_per_epoch``).
   Raises ValueError unless ``natural_steps`` is a non-negative int.
   """
   _check_step(natural_steps, "natural_steps")
@@ -145,9 +146,9 @@ def warmup_regularizer_scale(
 ) -> chex.Numeric:
   """Weight of Shi et al.'s warm-up regularizers at the current ε.
 
-  ``weight · (1 − ε/ε_end)``, clipped to [0, weight] (Shi et al., 2021; CURE
-  docs/method.md §3): the regularizers fade out linearly in ε and vanish once ε reaches
-  ``eps_end`` (> 0, else ValueError). The caller applies them only during the
+  ``weight · (1 − ε/ε_end)``, clipped to [0, weight] (Shi et al., 2021;
+  docs/method.md §3): the regularizers fade out linearly in ε and vanish once
+  ε reaches ``eps_end`` (> 0, else ValueError). The caller applies them only during the
   ε ramp. The default ``weight`` is the reference's ``reg_lambda``.
   """
   if eps_end <= 0:
