@@ -29,14 +29,7 @@ _TIMEOUT_STATUS = 124
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-  """Returns a TCP port on `host` that was free a moment ago.
-
-  Args:
-    host: interface to probe.
-
-  Returns:
-    The port number.
-  """
+  """Returns a TCP port on `host` that was free a moment ago."""
   with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
     sock.bind((host, 0))
     return sock.getsockname()[1]
@@ -50,19 +43,11 @@ def process_env(
   cpu_devices: int | None = None,
   platform: str | None = None,
 ) -> dict[str, str]:
-  """The environment of one process of the job.
+  """A copy of `base` with the CURE_* coordinates of one process.
 
-  Args:
-    base: environment to start from.
-    process_id: rank of the process.
-    num_processes: number of processes.
-    coordinator: `host:port` of process 0's coordination service.
-    cpu_devices: if set, the number of CPU devices the process simulates
-      (`XLA_FLAGS=--xla_force_host_platform_device_count`).
-    platform: if set, `JAX_PLATFORMS` (e.g. `cpu`).
-
-  Returns:
-    A new environment mapping.
+  `cpu_devices`, if set, is the number of CPU devices the process simulates
+  (`XLA_FLAGS=--xla_force_host_platform_device_count`); `platform`, if set,
+  becomes `JAX_PLATFORMS`.
   """
   env = dict(base)
   env.update(
@@ -91,19 +76,12 @@ def launch(
   timeout: float | None = None,
   out=None,
 ) -> int:
-  """Starts the processes, streams their output and waits for all of them.
+  """Starts the processes, streams their prefixed output to `out` (default
+  stdout) and waits for all of them, at most `timeout` seconds (None: no
+  limit).
 
-  Args:
-    command: the program and its arguments, run once per process.
-    num_processes: number of processes.
-    cpu_devices: CPU devices per process (see `process_env`).
-    platform: `JAX_PLATFORMS` for the processes.
-    timeout: seconds before every process is stopped; None waits forever.
-    out: text stream that receives the prefixed output (default stdout).
-
-  Returns:
-    0 if all processes exit with 0; else the status of the first failure
-    (124 on timeout, 130 on Ctrl-C).
+  Returns 0 if all processes exit with 0; else the status of the first
+  failure (124 on timeout, 130 on Ctrl-C).
   """
   out = sys.stdout if out is None else out
   coordinator = f"127.0.0.1:{free_port()}"

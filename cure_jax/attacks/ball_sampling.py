@@ -42,17 +42,8 @@ def _uniform_in_unit_ball(key: jax.Array, x: jax.Array, norm: str) -> jax.Array:
 def sample_ball_perturbation(
   key: jax.Array, x: jax.Array, eps, *, norm: str
 ) -> jax.Array:
-  """δ uniform in {||δ||_p <= eps}, independently per example.
-
-  Args:
-    key: PRNG key.
-    x: [B, ...] clean points (fixes the shape and dtype).
-    eps: radius, scalar or [B].
-    norm: ``'linf'``, ``'l2'`` or ``'l1'``.
-
-  Returns:
-    [B, ...] perturbations.
-  """
+  """δ [B, ...] uniform in {||δ||_p <= eps} (eps scalar or [B]), independently
+  per example; ``x`` fixes shape and dtype."""
   eps_b = norms.per_example(eps, x, "eps")
   if norms.check_norm(norm) == "linf":
     return eps_b * jax.random.uniform(key, x.shape, x.dtype, -1.0, 1.0)
@@ -67,18 +58,8 @@ def random_start(
   norm: str,
   domain: norms.Domain = (0.0, 1.0),
 ) -> jax.Array:
-  """A point drawn uniformly from the threat model around ``x`` (see above).
-
-  Args:
-    key: PRNG key.
-    x: [B, ...] clean points (inside ``domain``).
-    eps: radius, scalar or [B].
-    norm: ``'linf'``, ``'l2'`` or ``'l1'``.
-    domain: optional ``(lo, hi)`` box.
-
-  Returns:
-    [B, ...] starting points inside the ball ∩ domain.
-  """
+  """A point of ball ∩ domain around ``x`` (inside ``domain``), drawn as the
+  module doc says; eps scalar or [B]."""
   domain = norms.check_domain(domain)
   if norms.check_norm(norm) == "linf" and domain is not None:
     eps_b = norms.per_example(eps, x, "eps")

@@ -18,28 +18,13 @@ AttackLoss = Callable[[jax.Array, jax.Array], jax.Array]
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  """CE per example: logsumexp(z) − z_y.
-
-  Args:
-    logits: [B, K].
-    labels: [B] integer classes.
-
-  Returns:
-    [B] losses.
-  """
+  """CE per example: logsumexp(z) − z_y, [B, K] × [B] -> [B]."""
   return optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
 def margin(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  """max_{j≠y} z_j − z_y per example (> 0 iff misclassified, up to ties).
-
-  Args:
-    logits: [B, K], K >= 2.
-    labels: [B] integer classes.
-
-  Returns:
-    [B] margins.
-  """
+  """max_{j≠y} z_j − z_y per example (> 0 iff misclassified, up to ties);
+  [B, K] (K >= 2) × [B] -> [B]."""
   is_label = jax.nn.one_hot(labels, logits.shape[-1], dtype=bool)
   label_logit = jnp.sum(jnp.where(is_label, logits, 0.0), axis=-1)
   best_other = jnp.max(jnp.where(is_label, -jnp.inf, logits), axis=-1)
@@ -50,17 +35,8 @@ ATTACK_LOSSES = {"ce": cross_entropy, "margin": margin}
 
 
 def get_attack_loss(name: str) -> AttackLoss:
-  """The per-example attack objective called ``name`` (``'ce'``/``'margin'``).
-
-  Args:
-    name: a key of `ATTACK_LOSSES`.
-
-  Returns:
-    A function ``(logits [B, K], labels [B]) -> [B]`` to maximize.
-
-  Raises:
-    ValueError: for an unknown name.
-  """
+  """The objective ``(logits [B, K], labels [B]) -> [B]`` to maximize called
+  ``name`` in `ATTACK_LOSSES`; ValueError for an unknown name."""
   if name not in ATTACK_LOSSES:
     raise ValueError(
       f"Unknown attack loss {name!r}: use one of {tuple(ATTACK_LOSSES)}."
@@ -76,19 +52,11 @@ def misclassified(logits: jax.Array, labels: jax.Array) -> jax.Array:
 def is_adversarial(
   logits_fn: Callable[[jax.Array], jax.Array], x_adv: jax.Array, y: jax.Array
 ) -> jax.Array:
-  """Whether each attack point is misclassified.
+  """[B] bool: argmax logits_fn(x_adv) ≠ y.
 
   For points from ``pgd(..., loss='margin')``, ``mean(~is_adversarial(...))``
   is the empirical robust accuracy, an upper bound on certified accuracy (the
   clean point is the attack's first candidate, so a misclassified clean point
   stays misclassified).
-
-  Args:
-    logits_fn: ``x -> logits`` ([B, ...] -> [B, K]).
-    x_adv: [B, ...] attack points.
-    y: [B] integer labels.
-
-  Returns:
-    [B] bool, True where argmax logits_fn(x_adv) ≠ y.
   """
   return misclassified(logits_fn(x_adv), y)

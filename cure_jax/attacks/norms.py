@@ -21,34 +21,15 @@ from cure_jax.types import NORMS, Domain
 
 
 def check_norm(norm: str) -> str:
-  """Returns ``norm`` if it names a supported threat model, else raises.
-
-  Args:
-    norm: one of ``'linf'``, ``'l2'``, ``'l1'``.
-
-  Returns:
-    ``norm`` unchanged.
-
-  Raises:
-    ValueError: for any other value.
-  """
+  """Returns ``norm`` if it is one of `NORMS`, else raises ValueError."""
   if norm not in NORMS:
     raise ValueError(f"Unknown norm {norm!r}: use one of {NORMS}.")
   return norm
 
 
 def check_domain(domain: Domain) -> Domain:
-  """Validates an optional ``(lo, hi)`` domain box.
-
-  Args:
-    domain: ``None`` (no clipping) or a pair of floats with ``lo <= hi``.
-
-  Returns:
-    The domain as a tuple, or ``None``.
-
-  Raises:
-    ValueError: if it is not a pair or ``lo > hi``.
-  """
+  """Returns ``None`` (no clipping) or ``(lo, hi)`` as a tuple; ValueError if
+  it is not a pair or ``lo > hi``."""
   if domain is None:
     return None
   try:
@@ -71,15 +52,8 @@ def clip_to_domain(x: jax.Array, domain: Domain) -> jax.Array:
 
 
 def check_nonnegative(name: str, value) -> None:
-  """Rejects negative values when ``value`` is concrete (not traced).
-
-  Args:
-    name: the argument's name, for the error message.
-    value: a scalar or array; traced values are not checked.
-
-  Raises:
-    ValueError: if a concrete ``value`` has a negative or NaN entry.
-  """
+  """Raises ValueError naming ``name`` if a concrete ``value`` has a negative
+  or NaN entry; traced values are not checked."""
   try:
     concrete = np.asarray(value)
   except (
@@ -93,19 +67,8 @@ def check_nonnegative(name: str, value) -> None:
 
 
 def check_count(name: str, value, minimum: int) -> int:
-  """Validates a static count such as the number of steps or restarts.
-
-  Args:
-    name: the argument's name, for the error message.
-    value: a Python or NumPy integer (not a bool, float or traced value).
-    minimum: the smallest allowed value.
-
-  Returns:
-    ``value`` as a Python int.
-
-  Raises:
-    ValueError: if ``value`` is not an integer >= ``minimum``.
-  """
+  """Returns a static count (steps, restarts) as a Python int; ValueError
+  unless it is a Python or NumPy integer (not bool) >= ``minimum``."""
   if (
     not isinstance(value, (int, np.integer))
     or isinstance(value, bool)
@@ -116,16 +79,8 @@ def check_count(name: str, value, minimum: int) -> int:
 
 
 def per_example(value, x: jax.Array, name: str) -> jax.Array:
-  """A scalar or per-example [B] quantity, shaped to broadcast against ``x``.
-
-  Args:
-    value: a non-negative scalar or an array of shape [B], B = ``x.shape[0]``.
-    x: the [B, ...] batch it applies to.
-    name: the argument's name, for error messages.
-
-  Returns:
-    ``value`` as ``x.dtype`` with shape [B, 1, ..., 1] (or [1, ..., 1] for a
-    scalar), so that ``x + value * direction`` is per example.
+  """A non-negative scalar or [B] ``value`` as ``x.dtype``, shaped
+  [B, 1, ..., 1] (or scalar) so that ``x + value * direction`` is per example.
 
   Raises:
     ValueError: if the shape is neither () nor [B], or a concrete value is
@@ -153,15 +108,7 @@ def expand_per_example(values: jax.Array, x: jax.Array) -> jax.Array:
 
 
 def norm_per_example(x: jax.Array, norm: str) -> jax.Array:
-  """||x_b||_p over all non-batch axes, for every example b.
-
-  Args:
-    x: [B, ...] array.
-    norm: ``'linf'``, ``'l2'`` or ``'l1'``.
-
-  Returns:
-    [B] norms.
-  """
+  """[B] norms ||x_b||_p over all non-batch axes."""
   flat = flatten_examples(x)
   if check_norm(norm) == "linf":
     return jnp.max(jnp.abs(flat), axis=1)

@@ -40,13 +40,8 @@ StepDecay = Callable[[int], float]
 
 
 class BestIterate(NamedTuple):
-  """The best point found so far, per example.
-
-  Attributes:
-    x: [B, ...] the point.
-    loss: [B] its attack loss.
-    misclassified: [B] whether argmax f(x) ≠ y there.
-  """
+  """The best point found so far per example: x [B, ...], its attack loss
+  [B] and whether argmax f(x) ≠ y there [B]."""
 
   x: jax.Array
   loss: jax.Array
@@ -58,14 +53,8 @@ def keep_better(
 ) -> BestIterate:
   """Per example, the better of two points; a tie keeps ``best``.
 
-  Args:
-    best: the incumbent points.
-    candidate: the new points.
-    misclassified_first: rank by (misclassified, loss) lexicographically
-      instead of by loss alone (used with the margin loss).
-
-  Returns:
-    The better point per example, with its loss and correctness.
+  Ranks by loss, or by (misclassified, loss) lexicographically when
+  ``misclassified_first`` (the margin loss).
   """
   better = candidate.loss > best.loss
   if misclassified_first:
@@ -164,27 +153,20 @@ def pgd(
   Args:
     logits_fn: ``x -> logits``, [B, ...] -> [B, K], per example.
     x: [B, ...] clean inputs, inside ``domain``.
-    y: [B] integer labels.
-    norm: threat model, ``'linf'``, ``'l2'`` or ``'l1'``.
     eps: ball radius, scalar or [B], >= 0.
-    steps: number of gradient steps per restart (>= 0).
     step_size: α, the ``norm``-length of a step, scalar or [B], >= 0 (l∞:
       α·sign(g); l2: α·g/||g||_2; l1: a SLIDE step of l1 length α).
+    steps: gradient steps per restart (>= 0).
     key: PRNG key, needed when ``random_start`` is True.
-    restarts: independent random starts (>= 1); the best over all is kept.
-    random_start: start uniformly in the threat model (else at ``x``).
-    loss: attack objective, ``'ce'`` or ``'margin'`` (see `losses`).
-    domain: ``(lo, hi)`` box the points stay in, or None.
-    step_decay: optional schedule ``t -> multiplier`` of the step size for
-      step t = 0, …, steps − 1 (e.g. `sabr.sabr_step_decay`); it is called
-      with Python ints.
-    l1_sparsity: fraction of coordinates an l1 step leaves untouched
-      (`steepest_ascent.l1_direction`).
-    unroll: unroll the steps and restarts into straight-line code. On
-      XLA:CPU a convolution inside a loop runs ~5× slower than outside one,
-      but unrolled code grows with steps × restarts (compile time, memory).
-      Default: unrolled when steps × restarts <= `MAX_UNROLLED_STEPS` (the
-      training attacks), rolled otherwise (evaluation attacks).
+    restarts: starts (>= 1; > 1 needs ``random_start``); the best is kept.
+    loss: ``'ce'`` or ``'margin'`` (see `losses`).
+    step_decay: optional ``t -> multiplier`` of the step size, called with
+      Python ints t = 0, …, steps − 1 (e.g. `sabr.sabr_step_decay`).
+    l1_sparsity: see `steepest_ascent.l1_direction`.
+    unroll: unroll steps and restarts into straight-line code (XLA:CPU runs
+      a convolution inside a loop much slower, docs/performance.md), at a
+      compile cost growing with steps × restarts. Default: unrolled when
+      steps × restarts <= `MAX_UNROLLED_STEPS` (the training attacks).
 
   Returns:
     [B, ...] the best iterate per example, a constant for autodiff.

@@ -10,9 +10,9 @@ Every projection maps an iterate ``x_adv`` to a point of
 Step 2 never leaves the ball when x lies in the domain: clipping moves each
 coordinate of x + δ towards x, so |δ_i| only shrinks and ||δ||_p with it.
 For l∞ the two steps are the exact projection onto the intersection (a box);
-for l2 and l1 this is the standard PGD projection (docs/method.md §2, **Decision**:
-x_adv = x + Π_{||δ||_2 <= ε}(δ), then clip — the reference instead adds the
-clipped perturbation to the iterate and can leave the ball).
+for l2 and l1 this is the standard PGD projection (docs/method.md §2,
+**Decision**: x_adv = x + Π_{||δ||_2 <= ε}(δ), then clip — the reference
+adds the clipped perturbation to the iterate and can leave the ball).
 """
 
 import jax
@@ -34,14 +34,8 @@ def project_onto_l1_ball(v: jax.Array, radius: jax.Array) -> jax.Array:
   θ = (Σ_{r<=ρ} μ_r − radius)/ρ. Inside the ball v is returned unchanged, so
   the projection is idempotent. Unlike ``optax.projections.projection_l1_ball``
   it does not divide by the radius, so radius 0 gives w = 0 (ρ is then
-  clamped to 1 and θ = max|v|) rather than NaN.
-
-  Args:
-    v: [D] vector (vmap it for a batch).
-    radius: non-negative scalar.
-
-  Returns:
-    [D] projection of ``v``.
+  clamped to 1 and θ = max|v|) rather than NaN. ``v`` is [D] (vmap it for a
+  batch), ``radius`` a non-negative scalar.
   """
   magnitude = jnp.abs(v)
   mu = jnp.sort(magnitude)[::-1]
@@ -56,17 +50,7 @@ def project_onto_l1_ball(v: jax.Array, radius: jax.Array) -> jax.Array:
 def project_linf(
   x_adv: jax.Array, x: jax.Array, eps, domain: norms.Domain = (0.0, 1.0)
 ) -> jax.Array:
-  """Projects onto {x' : ||x' − x||_∞ <= eps} ∩ domain (exact: a box).
-
-  Args:
-    x_adv: [B, ...] iterates.
-    x: [B, ...] clean points (inside ``domain``).
-    eps: radius, scalar or [B].
-    domain: optional ``(lo, hi)`` box.
-
-  Returns:
-    [B, ...] projected iterates.
-  """
+  """Projects onto {x' : ||x' − x||_∞ <= eps} ∩ domain (exact: a box)."""
   radius = norms.per_example(eps, x, "eps")
   return norms.clip_to_domain(jnp.clip(x_adv, x - radius, x + radius), domain)
 
@@ -77,15 +61,6 @@ def project_l2(
   """x + Π_{||δ||_2 <= eps}(x_adv − x), then clipped into ``domain``.
 
   The l2 projection rescales δ by min(1, eps/||δ||_2).
-
-  Args:
-    x_adv: [B, ...] iterates.
-    x: [B, ...] clean points (inside ``domain``).
-    eps: radius, scalar or [B].
-    domain: optional ``(lo, hi)`` box.
-
-  Returns:
-    [B, ...] projected iterates.
   """
   radius = norms.per_example(eps, x, "eps")
   delta = x_adv - x
@@ -100,15 +75,6 @@ def project_l1(
   """x + Π_{||δ||_1 <= eps}(x_adv − x), then clipped into ``domain``.
 
   The l1 projection is `project_onto_l1_ball`, vmapped over examples.
-
-  Args:
-    x_adv: [B, ...] iterates.
-    x: [B, ...] clean points (inside ``domain``).
-    eps: radius, scalar or [B].
-    domain: optional ``(lo, hi)`` box.
-
-  Returns:
-    [B, ...] projected iterates.
   """
   radius = jnp.broadcast_to(
     norms.per_example(eps, x, "eps").reshape(-1), x.shape[:1]
@@ -129,18 +95,8 @@ def project(
   norm: str,
   domain: norms.Domain = (0.0, 1.0),
 ) -> jax.Array:
-  """Projects iterates onto the ``norm`` ball of radius ``eps`` ∩ ``domain``.
-
-  Args:
-    x_adv: [B, ...] iterates.
-    x: [B, ...] clean points (inside ``domain``).
-    eps: radius, scalar or [B].
-    norm: ``'linf'``, ``'l2'`` or ``'l1'``.
-    domain: optional ``(lo, hi)`` box.
-
-  Returns:
-    [B, ...] projected iterates.
-  """
+  """Projects iterates [B, ...] onto the ``norm`` ball of radius ``eps``
+  (scalar or [B]) around ``x`` (inside ``domain``), ∩ ``domain``."""
   return _PROJECTIONS[norms.check_norm(norm)](
     x_adv, x, eps, norms.check_domain(domain)
   )

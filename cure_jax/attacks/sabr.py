@@ -1,4 +1,4 @@
-"""SABR's attack: the PGD that picks the centre of SABR's small box (docs/method.md §2).
+"""SABR's attack: the PGD that centres SABR's small box (docs/method.md §2).
 
 Müller, Eckert, Fischer & Vechev, "Certified Training: Small Boxes are All
 You Need" (ICLR 2023), as run by the CURE reference code: cross-entropy PGD,
@@ -11,8 +11,8 @@ For n = 8 the milestones are 4, 7 and 8, so steps 0–3 use 0.5ε, steps 4–6
 Deliberate differences from the reference code: the clean point competes with
 the iterates (so the box centre never has a lower loss than x), the l∞ start
 is exactly uniform in B∞(x, ε) ∩ [0, 1], the radius is per example rather
-than the batch maximum, and the l2 projection is the correct one (docs/method.md §2,
-**Decision**).
+than the batch maximum, and the l2 projection is the correct one
+(docs/method.md §2, **Decision**).
 """
 
 import fractions
@@ -39,27 +39,15 @@ def sabr_milestones(steps: int) -> tuple[int, ...]:
   """The steps ⌈0.5n⌉, ⌈0.8n⌉, ⌈0.9n⌉ at which SABR decays its step size.
 
   Computed in exact rational arithmetic: in floating point 0.9·110 is
-  99.00000000000001, whose ceiling would be off by one.
-
-  Args:
-    steps: number of PGD steps n.
-
-  Returns:
-    The three milestones (possibly repeated for tiny n).
+  99.00000000000001, whose ceiling would be off by one. Milestones may
+  repeat for tiny n.
   """
   return tuple(math.ceil(f * steps) for f in SABR_DECAY_POINTS)
 
 
 def sabr_step_decay(steps: int) -> Callable[[int], float]:
-  """SABR's step multiplier t -> 0.1^{#{m : t >= m}} over the milestones.
-
-  Args:
-    steps: number of PGD steps n.
-
-  Returns:
-    A schedule for the ``step_decay`` of `projected_gradient.pgd` (Python
-    ints in, floats out).
-  """
+  """SABR's step multiplier t -> 0.1^{#{m : t >= m}} over the milestones, the
+  ``step_decay`` of `projected_gradient.pgd`."""
   milestones = sabr_milestones(steps)
 
   def decay(t: int) -> float:
@@ -81,14 +69,7 @@ def sabr_step_sizes(eps, steps: int, norm: str = "linf") -> jax.Array:
   """The step size SABR's attack uses at each step t = 0, …, steps − 1.
 
   α_t = fraction·ε·0.1^{#{m : t >= m}}, fraction 0.5 for l∞ and 0.2 for l2.
-
-  Args:
-    eps: radius, scalar or [B].
-    steps: number of PGD steps n (>= 0).
-    norm: ``'linf'`` or ``'l2'``.
-
-  Returns:
-    [steps] step sizes, or [steps, B] for per-example ``eps``.
+  Returns [steps], or [steps, B] for per-example ``eps``.
   """
   norms.check_count("steps", steps, minimum=0)
   norms.check_nonnegative("eps", eps)
@@ -114,20 +95,9 @@ def sabr_attack(
 ) -> jax.Array:
   """SABR's PGD: the adversarial point around which SABR puts its small box.
 
-  Args:
-    logits_fn: ``x -> logits``, [B, ...] -> [B, K], per example.
-    x: [B, ...] clean inputs, inside ``domain``.
-    y: [B] integer labels.
-    eps: radius of the threat model, scalar or [B].
-    key: PRNG key for the random start.
-    steps: number of PGD steps (8 in SABR).
-    norm: ``'linf'`` (SABR) or ``'l2'`` (CURE's l2 variant).
-    restarts: independent random starts; the best over all is kept.
-    domain: ``(lo, hi)`` box the points stay in, or None.
-
-  Returns:
-    [B, ...] the highest-cross-entropy point per example (the clean point
-    included), carrying no gradient.
+  ``norm`` is 'linf' (SABR) or 'l2' (CURE's l2 variant); other arguments as
+  `projected_gradient.pgd`. Returns the highest-cross-entropy point per
+  example (the clean point included), carrying no gradient.
   """
   fraction = SABR_STEP_FRACTION[_check_sabr_norm(norm)]
   norms.check_nonnegative("eps", eps)

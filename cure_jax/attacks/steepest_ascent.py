@@ -30,14 +30,7 @@ def linf_direction(grad: jax.Array) -> jax.Array:
 
 
 def l2_direction(grad: jax.Array) -> jax.Array:
-  """g / ||g||_2 per example (0 where g = 0).
-
-  Args:
-    grad: [B, ...] gradients.
-
-  Returns:
-    [B, ...] directions of unit l2 norm per example.
-  """
+  """g / ||g||_2 per example (0 where g = 0)."""
   length = norms.expand_per_example(norms.norm_per_example(grad, "l2"), grad)
   return jnp.where(length > 0, grad / jnp.maximum(length, 1e-30), 0.0)
 
@@ -55,17 +48,10 @@ def l1_direction(
 ) -> jax.Array:
   """SLIDE's sparse steepest-ascent direction of unit l1 norm, box-aware.
 
-  Args:
-    grad: [B, ...] gradients.
-    x_adv: [B, ...] current iterates (to find coordinates stuck on the
-      domain boundary).
-    domain: optional ``(lo, hi)`` box.
-    sparsity: fraction of coordinates left untouched, in [0, 1): each step
-      moves the ``round((1 − sparsity)·D)`` (at least one) coordinates with the
-      largest |g| among the movable ones (SLIDE's percentile q = 100·sparsity).
-
-  Returns:
-    [B, ...] directions, each of l1 norm 1 (0 where no coordinate can move).
+  Moves the ``round((1 − sparsity)·D)`` (>= 1) coordinates with the largest
+  |g| among those not stuck on the domain boundary at ``x_adv`` (SLIDE's
+  percentile q = 100·sparsity, sparsity in [0, 1)). Each direction has l1
+  norm 1, or is 0 where no coordinate can move.
   """
   if not 0.0 <= sparsity < 1.0:
     raise ValueError(f"l1 sparsity must lie in [0, 1), got {sparsity}.")
@@ -75,8 +61,7 @@ def l1_direction(
     movable = ~(((x_adv <= lo) & (grad < 0)) | ((x_adv >= hi) & (grad > 0)))
   score = norms.flatten_examples(jnp.where(movable, jnp.abs(grad), 0.0))
   k = l1_num_coordinates(score.shape[1], sparsity)
-  # The k-th largest score (min of the top k; slicing the top-k output instead
-  # makes XLA:CPU fall back to a full sort, ~30x slower).
+  # Min of the top k: slicing the top-k output makes XLA:CPU do a full sort.
   kth_largest = jnp.min(jax.lax.top_k(score, k)[0], axis=1, keepdims=True)
   chosen = (score >= kth_largest) & (score > 0)  # Ties may add coordinates.
   count = jnp.maximum(jnp.sum(chosen, axis=1, keepdims=True), 1)
@@ -92,18 +77,8 @@ def ascent_direction(
   domain: norms.Domain = (0.0, 1.0),
   l1_sparsity: float = 0.99,
 ) -> jax.Array:
-  """The steepest ascent direction of unit ``norm`` for gradient ``grad``.
-
-  Args:
-    grad: [B, ...] gradients of the attack loss.
-    x_adv: [B, ...] current iterates (used by the box-aware l1 step).
-    norm: ``'linf'``, ``'l2'`` or ``'l1'``.
-    domain: optional ``(lo, hi)`` box.
-    l1_sparsity: see `l1_direction`.
-
-  Returns:
-    [B, ...] directions of unit ``norm`` (or zero).
-  """
+  """The steepest ascent direction of unit ``norm`` (or zero) for ``grad``;
+  ``x_adv`` and ``l1_sparsity`` serve the box-aware l1 step."""
   if norms.check_norm(norm) == "linf":
     return linf_direction(grad)
   if norm == "l2":

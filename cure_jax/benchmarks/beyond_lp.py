@@ -5,13 +5,11 @@ r"""Certification cost per test point under patches and geometric families.
 For each threat model of the default ``config.eval.beyond_lp`` (2×2 and 5×5
 patches; rotation, translation, scaling, shearing, brightness/contrast and
 all combined) on MNIST-shaped input, times one chunk of ``rows`` (point,
-region) rows bounded by IBP and by CROWN-IBP (margin specification, lower
-bounds), and reports seconds per row and per test point when every region
-is bounded — the cost of a point that certifies (an uncertifiable point
-stops at its first failing region, so costs less), by IBP alone and with
-every region needing CROWN-IBP as well. The model is IBP-initialized at
-random, as in `benchmarks.bounds`; the trained models' measured averages are
-in each run's ``beyond_lp.json``.
+region) rows bounded by IBP and by CROWN-IBP (margin lower bounds), and
+reports seconds per row and per test point when every region is bounded:
+the cost of a point that certifies (an uncertifiable point stops at its
+first failing region). The model is IBP-initialized at random, as in
+`benchmarks.bounds`; trained runs record theirs in ``beyond_lp.json``.
 """
 
 import argparse

@@ -3,7 +3,7 @@ r"""Cost of each bound transform relative to a plain forward pass.
   python -m cure_jax.benchmarks.bounds [--model=cnn7] [--batch=128]
 
 Measures, on one random MNIST-shaped batch: the forward pass (eval mode),
-and each in alternation with it (`timing.paired_ratio`) IBP of the logits,
+and each in alternation with it (`measure.paired_ratio`) IBP of the logits,
 IBP with the margin specification, CROWN-IBP with the margin specification
 (lower bounds: what margins need) with its rows in cache-sized groups (the
 default, `backward.row_groups`) and in one pass, and the vector-Jacobian
@@ -85,7 +85,6 @@ def run(
     "forward_s": median_seconds(forward, variables, x, repeats=repeats),
   }
   for name, (fn, args) in timed.items():
-    # Each in alternation with the forward pass (`timing.paired_ratio`).
     seconds, _, ratio = paired_ratio(
       fn, args, forward, (variables, x), repeats=repeats
     )

@@ -8,9 +8,9 @@ Times the jitted `train_step` of `cure_jax.train.step` (objective, gradient,
 Adam update; gradient projection's natural branch included for
 cure_scratch) on one random MNIST-shaped batch, after the ε ramp (κ = 0,
 full radii), each method in alternation with the natural step so that the
-ratios survive a shared or throttled machine (`timing.paired_ratio`). A method may
-carry config overrides after slashes, ``METHOD/key=value/...`` (values are
-Python literals).
+ratios survive a shared or throttled machine (`measure.paired_ratio`). A
+method may carry config overrides after slashes, ``METHOD/key=value/...``
+(values are Python literals).
 """
 
 import argparse

@@ -31,13 +31,8 @@ ApplyFn = Callable[..., jax.Array]
 class PGDSettings(NamedTuple):
   """The attack used for empirical robust accuracy (hashable: jit-static).
 
-  Attributes:
-    steps: gradient steps per restart.
-    restarts: random starts (>= 1); a point is broken if any restart breaks
-      it.
-    relative_step_size: the step is α = relative_step_size · ε / steps.
-    loss: ``'margin'`` or ``'ce'`` (see `cure_jax.attacks.losses`).
-    l1_sparsity: fraction of coordinates an l1 step leaves unchanged.
+  The step is α = relative_step_size · ε / steps; a point is broken if any
+  of the ``restarts`` breaks it.
   """
 
   steps: int = 50
@@ -80,22 +75,9 @@ def pgd_robust(
   key: jax.Array,
   settings: PGDSettings = PGDSettings(),
 ) -> jax.Array:
-  """Whether each point resists the PGD attack (pure, jit-able).
-
-  Args:
-    apply_fn: ``apply_fn(variables, x, train=False) -> logits [B, K]``,
-      acting on each example independently.
-    variables: the model's variables.
-    images: [B, ...] inputs in [0, 1].
-    labels: [B] integer labels.
-    norm: ``'linf'``, ``'l2'`` or ``'l1'``.
-    eps: radius, scalar or [B].
-    key: PRNG key of the random starts.
-    settings: the attack.
-
-  Returns:
-    [B] bool: correctly classified at x and at the attack's best point.
-  """
+  """[B] bool: correctly classified at x and at the attack's best point
+  (pure, jit-able). ``apply_fn(variables, x, train=False)`` must act on each
+  example independently; ``eps`` is scalar or [B]."""
 
   def logits_fn(x):
     return apply_fn(variables, x, train=False)
@@ -135,6 +117,4 @@ def _pgd_robust(apply_fn, norm, settings, variables, images, labels, eps, key):
   )
 
 
-# `pgd_robust` jitted, as (apply_fn, norm, settings, variables, images,
-# labels, eps, key) with the first three static.
 pgd_robust_jit = jax.jit(_pgd_robust, static_argnums=(0, 1, 2))

@@ -9,7 +9,7 @@ the fraction not broken bounds the certified accuracy from above.
   [0, 1] (Chiang et al., 2020), from a random start; a position breaks the
   point if any iterate is misclassified.
 * `grid_attack`: every transformation of a dense parameter grid
-  (`beyond_lp.parameters.parameter_grid`), endpoints included.
+  (`perturbations.parameters.parameter_grid`), endpoints included.
 
 Both visit (point, region) rows in chunks, point after point, and drop the
 remaining rows of a point once it is broken (`regions.row_chunks`).
@@ -85,17 +85,11 @@ def patch_attack(
   points: np.ndarray | None = None,
   first_positions: np.ndarray | None = None,
 ) -> np.ndarray:
-  """Whether each point survives PGD at every patch position.
+  """[B] bool: correctly classified and not broken by PGD at any position.
 
   Args:
-    apply_fn: ``apply_fn(variables, x, train=False) -> logits``.
-    variables: the model's variables.
-    images: [B, H, W, C] in [0, 1].
-    labels: [B].
-    size: p.
     positions: [P, 2] corners (`patches.patch_positions`).
     steps: PGD steps per position (0: the random patch only).
-    step_size: sign-gradient step on the patch values.
     key: PRNG key of the random starts (default key 0).
     rows_per_batch: (point, position) rows per call.
     points: indices to attack (default: the correctly classified points);
@@ -104,9 +98,6 @@ def patch_attack(
       first for each point, all points in one batch — e.g. the position
       whose bound failed (`RegionResult.failing_region`); a point broken
       there skips the full sweep.
-
-  Returns:
-    [B] bool, correctly classified and not broken at any position.
   """
   variables, images, labels, points, broken = _prepare(
     apply_fn, variables, images, labels, points
@@ -161,20 +152,8 @@ def grid_attack(
   rows_per_batch: int = 512,
   points: np.ndarray | None = None,
 ) -> np.ndarray:
-  """Whether each point is classified correctly under every grid transform.
-
-  Args:
-    apply_fn: ``apply_fn(variables, x, train=False) -> logits``.
-    variables: the model's variables.
-    images: [B, H, W, C] in [0, 1].
-    labels: [B].
-    grid: `TransformParams` with leaves [G] (`parameter_grid`).
-    rows_per_batch: (point, transformation) rows per call.
-    points: indices to attack (default: the correctly classified points).
-
-  Returns:
-    [B] bool, correctly classified and never misclassified on the grid.
-  """
+  """[B] bool: correctly classified under every transform of ``grid``
+  (leaves [G], `parameter_grid`); ``points`` default to the correct ones."""
   variables, images, labels, points, broken = _prepare(
     apply_fn, variables, images, labels, points
   )

@@ -2,9 +2,9 @@
 
 Patches and geometric transformations are not l_p balls: a test point x is
 certified when the margins are provably positive over *every* region of its
-threat model — every patch position (`beyond_lp.patches`), every sub-box of
-the transformation parameters (`beyond_lp.geometric_bounds`). Each region is
-an input `Box`, built from the point and a *region parameter* by a
+threat model — every patch position (`perturbations.patches`), every sub-box
+of the transformation parameters (`perturbations.geometric_bounds`). Each
+region is an input `Box`, built from the point and a *region parameter* by a
 `RegionThreat`, so the work is a list of (point, region) rows.
 
 Rows are bounded in fixed-size chunks (one compilation per method), point
@@ -37,7 +37,6 @@ from cure_jax.parallel.precision import cast_floating
 from cure_jax.types import PyTree
 
 REGION_METHODS = ("ibp", "crown_ibp")
-# Certificates need the margins' lower bounds only (bound="lower").
 TRANSFORMS = {
   "ibp": bounds.ibp,
   "crown_ibp": functools.partial(bounds.crown_ibp, bound="lower"),
@@ -47,14 +46,12 @@ TRANSFORMS = {
 class RegionThreat(NamedTuple):
   """A threat model as regions: ``boxes(images, point, region) -> Box``.
 
-  Attributes:
-    name: the column name in reports, e.g. ``'patch_2'``, ``'rotation'``.
-    boxes: a hashable, traceable function (a module-level function or a
-      NamedTuple with ``__call__``; it is a static argument of `jax.jit`)
-      from images [B, ...], point [R] int and region parameters (leaves
-      [R, ...]) to the `Box` [R, ...] of each row.
-    regions: region parameters, a pytree of numpy arrays with a leading
-      axis S (one entry per region).
+  ``name`` is the report column (``'patch_2'``, ``'rotation'``). ``boxes``
+  must be hashable and traceable (a static argument of `jax.jit`: a
+  module-level function or a NamedTuple with ``__call__``), mapping images
+  [B, ...], point [R] int and region parameters (leaves [R, ...]) to the
+  `Box` [R, ...] of each row. ``regions`` is a pytree of numpy arrays with a
+  leading axis S, one entry per region.
   """
 
   name: str
@@ -70,16 +67,14 @@ class RegionResult(NamedTuple):
   """Per-point outcome of `certify_regions` (numpy arrays [B]).
 
   Attributes:
-    certified: correctly classified and certified over every region.
-    method_index: index in ``methods`` of the most expensive stage a region
-      needed (`NOT_CERTIFIED` where the point is not certified).
-    regions_bounded: regions bounded before the point failed (all of them
-      for a certified point; 0 for a misclassified one).
-    worst_margin: min over the bounded regions of the lower bound on
-      min_j z_y − z_j from the last stage that bounded the region (−∞ where
-      nothing was bounded).
-    failing_region: the region whose bound failed the point (−1 where the
-      point is certified or misclassified): where an attack should start.
+    method_index: the most expensive stage any region needed
+      (`NOT_CERTIFIED` where the point is not certified).
+    regions_bounded: regions bounded before the point failed (all for a
+      certified point; 0 for a misclassified one).
+    worst_margin: min over the bounded regions of the last stage's lower
+      bound on min_j z_y − z_j (−∞ where nothing was bounded).
+    failing_region: the region whose bound failed the point, where an
+      attack should start (−1 if certified or misclassified).
   """
 
   certified: np.ndarray
@@ -116,16 +111,8 @@ def row_chunks(
   """(point, region) rows, at most ``rows`` at a time, point after point.
 
   Rows of points marked in ``finished`` (read afresh before each chunk, so
-  the caller may mark points between chunks) are skipped.
-
-  Args:
-    points: the point indices to visit, in order.
-    num_regions: S, regions per point.
-    rows: the chunk size.
-    finished: [B] bool, updated by the caller.
-
-  Yields:
-    (point [n], region [n]) int32 arrays, 1 <= n <= rows.
+  the caller may mark points between chunks) are skipped. Yields int32
+  (point [n], region [n]), 1 <= n <= rows.
   """
   point = np.repeat(np.asarray(points, np.int32), num_regions)
   region = np.tile(np.arange(num_regions, dtype=np.int32), len(points))
@@ -274,23 +261,13 @@ def certify_regions(
   methods: Sequence[str] = REGION_METHODS,
   rows_per_batch: int = 512,
 ) -> tuple[RegionResult, tuple[StageReport, ...]]:
-  """Certifies each point over every region of ``threat``.
+  """Certifies each point over every region of ``threat``, in float32.
 
-  Args:
-    apply_fn: ``apply_fn(variables, x, train=False) -> logits [B, K]``;
-      pass the same object on every call (jit caches on it).
-    variables: the model's variables (cast to float32).
-    images: [B, ...] in [0, 1].
-    labels: [B] integer labels.
-    threat: the regions and how to build their boxes.
-    num_classes: K.
-    methods: stages from `REGION_METHODS`, cheapest first.
-    rows_per_batch: rows per bounded chunk.
-
-  Returns:
-    The `RegionResult` and one `StageReport` per stage (``points`` counts
-    (point, stage) visits, ``certified`` the points certified whose most
-    expensive stage it was).
+  ``apply_fn(variables, x, train=False) -> logits [B, K]`` must be the same
+  object on every call (jit caches on it); ``methods`` come from
+  `REGION_METHODS`, cheapest first. Returns the `RegionResult` and one
+  `StageReport` per stage (``points`` counts (point, stage) visits,
+  ``certified`` the points whose most expensive stage it was).
   """
   _check(threat, methods, rows_per_batch)
   methods = tuple(methods)

@@ -7,8 +7,8 @@ Each argument is a workdir holding ``certify.csv`` (written by
 ``python -m cure_jax.certify``) and, from training, ``results.json``. Rows
 are the runs; columns clean, certified accuracy per norm, union certified,
 PGD union (the empirical upper bound), the training time and the
-certification's run seconds per test point (all norms, cascade and PGD). ``--first=N``
-recomputes every figure on the first N test points of each CSV, so runs
+certification's run seconds per test point (all norms, cascade and PGD).
+``--first=N`` recomputes every figure on the first N test points of each CSV, so runs
 certified on different numbers of points compare on the same points. Runs
 with a ``beyond_lp.csv`` (``python -m cure_jax.certify.beyond_lp``) add a
 second table: certified and empirical accuracy per patch size and
@@ -30,16 +30,10 @@ def run_row(
 ) -> dict[str, object]:
   """The figures of one run (fractions in [0, 1]) from its reports.
 
-  Args:
-    workdir: the run's directory.
-    first: use only the first ``first`` test points (None: all).
-    name: the reports' file stem.
-
-  Returns:
-    A dict with method, points, clean, certified_<norm>, union_certified
-    (every norm), union_linf_l2 (with a third norm present), union_pgd,
-    train_seconds (None when there is no results.json) and
-    certify_seconds_per_point (`certify_seconds_per_point`).
+  Uses the first ``first`` test points (None: all) of ``<name>.csv``. Returns
+  method, points, clean, certified_<norm>, union_certified (every norm),
+  union_linf_l2 (with a third norm present), union_pgd, train_seconds (None
+  without results.json) and `certify_seconds_per_point`.
 
   Raises:
     FileNotFoundError: the workdir has no ``<name>.csv``.
@@ -135,11 +129,9 @@ def markdown(rows: Sequence[dict[str, object]]) -> str:
 def beyond_lp_row(
   workdir: str, first: int | None = None, name: str = "beyond_lp"
 ) -> dict[str, object] | None:
-  """The beyond-l_p figures of one run, or None if it has no such report.
-
-  Returns:
-    A dict with method, points, clean and, per threat, ``certified_<t>``
-    and ``attack_<t>`` (fractions), threats in the report's order.
+  """The beyond-l_p figures of one run, or None if it has no such report:
+  method, points, clean and, per threat in report order, ``certified_<t>``
+  and ``attack_<t>`` fractions.
 
   Raises:
     ValueError: ``first`` exceeds the evaluated points.

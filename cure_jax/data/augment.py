@@ -22,16 +22,10 @@ _PAD_MODES = ("edge", "constant")
 class Augmentation(NamedTuple):
   """A random pad-crop-flip augmentation (the identity by default).
 
-  Each image is padded by `pad` pixels on every side, a `crop_size` square is
-  cropped at a uniformly random position, then mirrored left-right with
-  probability 1/2 if `random_flip`.
-
-  Attributes:
-    random_flip: whether to flip horizontally with probability 1/2.
-    pad: pixels added on each side before cropping.
-    pad_mode: 'edge' (replicate the border, as the reference code) or
-      'constant' (zeros).
-    crop_size: side of the square crop; None keeps the image's own size.
+  Pads `pad` pixels per side ('edge' replicates the border, as the reference
+  code; 'constant' is zeros), crops a `crop_size` square (None: the image's
+  size) at a uniform position, then mirrors it with probability 1/2 if
+  `random_flip`.
   """
 
   random_flip: bool = False
@@ -41,31 +35,18 @@ class Augmentation(NamedTuple):
 
 
 class AugmentationDraws(NamedTuple):
-  """The random choices of an augmentation for a batch.
-
-  Attributes:
-    offsets: int [B, 2], the (row, column) of each crop's top-left corner in
-      the padded image.
-    flips: bool [B], which images are mirrored.
-  """
+  """A batch's random choices: `offsets` int [B, 2], each crop's top-left
+  (row, column) in the padded image; `flips` bool [B]."""
 
   offsets: np.ndarray
   flips: np.ndarray
 
 
 def output_size(augmentation: Augmentation, image_size: int) -> int:
-  """Returns the side of augmented images.
-
-  Args:
-    augmentation: the augmentation.
-    image_size: the side of the (square) input images.
-
-  Returns:
-    `crop_size`, or `image_size` when it is None.
+  """Returns the side of augmented images: `crop_size`, else `image_size`.
 
   Raises:
-    ValueError: the settings are invalid or the crop exceeds the padded
-      image.
+    ValueError: invalid settings, or the crop exceeds the padded image.
   """
   if augmentation.pad < 0:
     raise ValueError(f"pad must be >= 0, got {augmentation.pad}.")
@@ -89,18 +70,8 @@ def sample_draws(
   image_size: int,
   augmentation: Augmentation,
 ) -> AugmentationDraws:
-  """Draws crop positions and flips uniformly for a batch.
-
-  Args:
-    rng: the generator to draw from.
-    batch_size: number of images.
-    image_size: side of the (square) images before padding.
-    augmentation: the augmentation.
-
-  Returns:
-    Offsets uniform in [0, image_size + 2 pad - crop_size] per axis and
-    flips with probability 1/2 (all False without `random_flip`).
-  """
+  """Draws offsets uniform in [0, image_size + 2 pad - crop_size] per axis
+  and flips with probability 1/2 (all False without `random_flip`)."""
   size = output_size(augmentation, image_size)
   max_offset = image_size + 2 * augmentation.pad - size
   offsets = rng.integers(0, max_offset + 1, size=(batch_size, 2))
@@ -113,17 +84,11 @@ def apply_augmentation(
   augmentation: Augmentation,
   draws: AugmentationDraws,
 ) -> np.ndarray:
-  """Pads, crops and flips a batch of images as drawn.
+  """Pads, crops and flips square [B, H, H, C] images (any dtype) as drawn.
 
-  Args:
-    images: [B, H, H, C] (any dtype).
-    augmentation: the augmentation.
-    draws: the batch's random choices (see `sample_draws`).
-
-  Returns:
-    [B, S, S, C] with S = `output_size(augmentation, H)`, same dtype:
-    out[b, i, j] = padded[b, r_b + i, c_b + (S - 1 - j if flip_b else j)]
-    where (r_b, c_b) = draws.offsets[b].
+  Returns [B, S, S, C], S = `output_size(augmentation, H)`, same dtype:
+  out[b, i, j] = padded[b, r_b + i, c_b + (S - 1 - j if flip_b else j)],
+  (r_b, c_b) = draws.offsets[b].
 
   Raises:
     ValueError: the images are not square or the draws do not match them.
@@ -154,20 +119,10 @@ def apply_augmentation(
 
 
 def center_crop(images: np.ndarray, size: int) -> np.ndarray:
-  """Crops the centre size x size square of each image.
+  """Returns a view [B, size, size, C] of the centre square of [B, H, W, C].
 
-  The top-left corner is at ((H - size) // 2, (W - size) // 2), as
-  torchvision's CenterCrop for even differences.
-
-  Args:
-    images: [B, H, W, C].
-    size: side of the crop.
-
-  Returns:
-    [B, size, size, C], a view of `images`.
-
-  Raises:
-    ValueError: the crop is larger than the images.
+  The top-left corner is ((H - size) // 2, (W - size) // 2), as torchvision's
+  CenterCrop for even differences. Raises ValueError if the crop is too large.
   """
   height, width = images.shape[1:3]
   if not 0 < size <= min(height, width):
@@ -177,17 +132,7 @@ def center_crop(images: np.ndarray, size: int) -> np.ndarray:
 
 
 def to_unit_float(images: np.ndarray) -> np.ndarray:
-  """Maps uint8 pixels to float32 in [0, 1] (x / 255; no normalization).
-
-  Args:
-    images: uint8 array.
-
-  Returns:
-    float32 array of the same shape.
-
-  Raises:
-    TypeError: the images are not uint8.
-  """
+  """Maps uint8 pixels to float32 x / 255 in [0, 1]; TypeError if not uint8."""
   if images.dtype != np.uint8:
     raise TypeError(f"Expected uint8 images, got {images.dtype}.")
   return images.astype(np.float32) / np.float32(255)

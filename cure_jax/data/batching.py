@@ -32,13 +32,8 @@ _AUGMENTATION_STREAM = 1
 
 
 class EvalBatch(NamedTuple):
-  """An evaluation batch on one host.
-
-  Attributes:
-    images: float32 [b, H, W, C] in [0, 1] (zeros where padded).
-    labels: int32 [b] (0 where padded).
-    mask: bool [b], True for real examples.
-  """
+  """One host's evaluation batch: float32 images [b, H, W, C] in [0, 1],
+  int32 labels [b], bool mask [b] (False where padded: zero image, label 0)."""
 
   images: np.ndarray
   labels: np.ndarray
@@ -46,17 +41,9 @@ class EvalBatch(NamedTuple):
 
 
 def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
-  """Returns the number of full global batches in an epoch, N // B.
+  """Returns N // B, the full global batches in an epoch (B over all hosts).
 
-  Args:
-    num_examples: N.
-    global_batch_size: B, summed over all hosts.
-
-  Returns:
-    N // B.
-
-  Raises:
-    ValueError: B is not positive or larger than N.
+  Raises ValueError unless 0 < B <= N.
   """
   if not 0 < global_batch_size <= num_examples:
     raise ValueError(
@@ -67,30 +54,14 @@ def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
 
 
 def num_eval_batches(num_examples: int, global_batch_size: int) -> int:
-  """Returns how many batches `eval_batches` yields: ceil(N / B).
-
-  Args:
-    num_examples: N.
-    global_batch_size: B, summed over all hosts.
-
-  Returns:
-    ceil(N / B).
-  """
+  """Returns how many batches `eval_batches` yields: ceil(N / B)."""
   return -(-num_examples // global_batch_size)
 
 
 @functools.lru_cache(maxsize=4)
 def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
-  """Returns the order in which an epoch visits the examples.
-
-  Args:
-    num_examples: N.
-    seed: the data seed (>= 0).
-    epoch: the epoch (>= 0).
-
-  Returns:
-    A read-only permutation of range(N), a pure function of the arguments.
-  """
+  """Returns the epoch's read-only permutation of range(N), a pure function
+  of (N, seed >= 0, epoch >= 0)."""
   rng = np.random.default_rng([seed, _PERMUTATION_STREAM, epoch])
   order = rng.permutation(num_examples)
   order.flags.writeable = False
@@ -100,18 +71,9 @@ def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
 def _host_slice(
   global_batch_size: int, process_index: int, process_count: int
 ) -> slice:
-  """Returns this host's contiguous part of a global batch.
+  """Returns slice(i B/n, (i + 1) B/n), host i's part of a global batch.
 
-  Args:
-    global_batch_size: B.
-    process_index: i, in [0, n).
-    process_count: n, dividing B.
-
-  Returns:
-    slice(i B/n, (i + 1) B/n).
-
-  Raises:
-    ValueError: n does not divide B or i is out of range.
+  Raises ValueError if n does not divide B or i is not in [0, n).
   """
   if process_count < 1 or not 0 <= process_index < process_count:
     raise ValueError(
@@ -153,19 +115,11 @@ def train_batch(
 ) -> Batch:
   """Returns this host's part of the training batch at `step`.
 
-  Args:
-    split: the training split.
-    step: the global step (>= 0, an int or a scalar array); epochs follow
-      one another indefinitely.
-    global_batch_size: B, summed over all hosts.
-    seed: the data seed (>= 0), for shuffling and augmentation.
-    augmentation: applied to every image (None: none).
-    process_index: this host's index i (`jax.process_index()`).
-    process_count: the number of hosts n (`jax.process_count()`), dividing B.
-
-  Returns:
-    float32 images in [0, 1] and int32 labels of the B/n examples at
-    positions [i B/n, (i + 1) B/n) of the global batch.
+  `step` (>= 0, an int or scalar array) runs on through epochs indefinitely;
+  `seed` (>= 0) drives shuffling and augmentation; B = `global_batch_size`
+  over all n = `process_count` hosts, n dividing B. Returns float32 images
+  in [0, 1] and int32 labels at positions [i B/n, (i + 1) B/n) of the global
+  batch, i = `process_index`.
 
   Raises:
     ValueError: invalid step, seed, batch size or host split.
@@ -207,20 +161,9 @@ def eval_batches(
 ) -> Iterator[EvalBatch]:
   """Returns an iterator over this host's part of each evaluation batch.
 
-  Global batch k holds examples [k B, (k + 1) B) in dataset order; the last
-  one is padded to B. Every host gets `num_eval_batches(N, B)` batches.
-
-  Args:
-    split: the split to evaluate.
-    global_batch_size: B, summed over all hosts.
-    center_crop: side of a centre crop to apply, or None.
-    process_index: this host's index i (`jax.process_index()`).
-    process_count: the number of hosts n (`jax.process_count()`), dividing B.
-
-  Returns:
-    An iterator of float32 images in [0, 1], int32 labels and the bool mask
-    of real examples, for positions [i B/n, (i + 1) B/n) of each global
-    batch.
+  Global batch k holds examples [k B, (k + 1) B) in dataset order, the last
+  one padded to B; every host gets `num_eval_batches(N, B)` batches, each the
+  positions [i B/n, (i + 1) B/n), optionally centre-cropped.
 
   Raises:
     ValueError: invalid batch size, crop or host split (raised here, not
@@ -249,7 +192,6 @@ def _iterate_eval_batches(
     indices = np.arange(first, first + global_batch_size)[host]
     mask = indices < num_examples
     indices = np.where(mask, indices, 0)
-    # Padding: zero images, label 0.
     images = np.where(mask[:, None, None, None], split.images[indices], 0)
     labels = np.where(mask, split.labels[indices], 0)
     if center_crop is not None:

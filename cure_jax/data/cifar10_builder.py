@@ -52,7 +52,6 @@ REMOTE_FILES = {
     "c58f30108f718f92721af3b95e74349a",
   ),
 }
-# What to put in a directory to prepare the dataset from local files.
 LOCAL_FILES_HELP = (
   f"the CIFAR-10 python-version archive {ARCHIVE_NAME} or its extracted"
   f" folder {FOLDER_NAME}/ (data_batch_1 ... data_batch_5, test_batch)"
@@ -60,9 +59,8 @@ LOCAL_FILES_HELP = (
 
 # NumPy's array-reconstruction function, whatever its module is called.
 _RECONSTRUCT_ARRAY = np.zeros(0).__reduce__()[0]
-# The only globals a CIFAR batch pickle refers to: that function (under its
-# NumPy 1 and NumPy 2 module names) and the codec Python 3 uses to pickle
-# bytes at protocol 2.
+# The only globals a CIFAR batch pickle names: that function (NumPy 1 and 2
+# module names), ndarray, dtype and the codec of protocol-2 bytes.
 _ALLOWED_GLOBALS = {
   ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT_ARRAY,
   ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT_ARRAY,
@@ -86,16 +84,10 @@ class _BatchUnpickler(pickle.Unpickler):
 
 
 def decode_batch(data: bytes) -> tuple[np.ndarray, np.ndarray]:
-  """Decodes one pickled CIFAR-10 python batch.
+  """Decodes one pickled CIFAR-10 python batch (Python 2 pickle, bytes keys).
 
-  Args:
-    data: the batch file's bytes (Python 2 pickles are read as bytes keys).
-
-  Returns:
-    images: uint8 [n, 32, 32, 3] (NHWC); labels: int32 [n] in [0, 10).
-
-  Raises:
-    ValueError: the bytes are not a CIFAR-10 batch.
+  Returns uint8 images [n, 32, 32, 3] (NHWC) and int32 labels [n] in [0, 10);
+  raises ValueError if the bytes are not a CIFAR-10 batch.
   """
   try:
     batch = _BatchUnpickler(io.BytesIO(data), encoding="bytes").load()
@@ -123,12 +115,7 @@ def decode_batch(data: bytes) -> tuple[np.ndarray, np.ndarray]:
 
 
 class CifarSource(NamedTuple):
-  """A local copy of the CIFAR-10 batches.
-
-  Attributes:
-    path: the `.tar.gz` archive or the extracted batches folder.
-    is_archive: whether `path` is the archive.
-  """
+  """A local copy of the batches: the `.tar.gz` archive or extracted folder."""
 
   path: epath.Path
   is_archive: bool
@@ -137,19 +124,9 @@ class CifarSource(NamedTuple):
 def read_batch_files(
   source: CifarSource, names: Sequence[str]
 ) -> dict[str, bytes]:
-  """Reads the named batch files from the archive or folder.
+  """Returns {name: bytes} of the named batches (FileNotFoundError if missing).
 
   The archive is gzip-compressed, so it is read in one sequential pass.
-
-  Args:
-    source: where the batches are.
-    names: batch file names (e.g. 'data_batch_1').
-
-  Returns:
-    The bytes of each named file.
-
-  Raises:
-    FileNotFoundError: a named batch is missing.
   """
   if not source.is_archive:
     return {name: (source.path / name).read_bytes() for name in names}
@@ -168,18 +145,8 @@ def read_batch_files(
 def read_split(
   source: CifarSource, split: str
 ) -> tuple[np.ndarray, np.ndarray]:
-  """Reads one CIFAR-10 split, its batches concatenated in file order.
-
-  Args:
-    source: where the batches are.
-    split: 'train' or 'test'.
-
-  Returns:
-    images: uint8 [N, 32, 32, 3]; labels: int32 [N].
-
-  Raises:
-    ValueError: a batch is malformed; the message names it.
-  """
+  """Reads 'train' or 'test': uint8 images [N, 32, 32, 3], int32 labels [N],
+  batches concatenated in file order. ValueError names a malformed batch."""
   names = SPLIT_BATCHES[split]
   files = read_batch_files(source, names)
   decoded = []

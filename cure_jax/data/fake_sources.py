@@ -29,14 +29,7 @@ from cure_jax.data import (
 
 
 def encode_idx(array: np.ndarray) -> bytes:
-  """Encodes a uint8 array in the IDX format (see `mnist_builder`).
-
-  Args:
-    array: uint8 array of any shape.
-
-  Returns:
-    The IDX file's bytes (not compressed).
-  """
+  """The uncompressed IDX bytes of a uint8 array (see `mnist_builder`)."""
   if array.dtype != np.uint8:
     raise TypeError(f"Only uint8 IDX files are written, got {array.dtype}.")
   header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(
@@ -65,17 +58,8 @@ def write_fake_mnist(
   num_test: int = 5,
   seed: int = 0,
 ) -> dict[str, loading.Split]:
-  """Writes the four gzipped MNIST IDX files with random contents.
-
-  Args:
-    directory: where to write them (created if needed).
-    num_train: train examples.
-    num_test: test examples.
-    seed: seed of the contents.
-
-  Returns:
-    The expected 'train' and 'test' splits.
-  """
+  """Writes the four gzipped MNIST IDX files with random contents; returns
+  the expected 'train' and 'test' splits."""
   rng = np.random.default_rng(seed)
   os.makedirs(directory, exist_ok=True)
   splits = {
@@ -142,17 +126,7 @@ def write_fake_cifar10(
   """Writes CIFAR-10's python version: the archive or the extracted folder.
 
   The train examples are spread over the five `data_batch_*` files in order.
-
-  Args:
-    directory: where to write `cifar-10-python.tar.gz` or
-      `cifar-10-batches-py/` (created if needed).
-    num_train: train examples.
-    num_test: test examples.
-    archive: write the `.tar.gz` archive (else the extracted folder).
-    seed: seed of the contents.
-
-  Returns:
-    The expected 'train' and 'test' splits.
+  Returns the expected 'train' and 'test' splits.
   """
   rng = np.random.default_rng(seed)
   splits = {
@@ -240,20 +214,8 @@ def write_fake_tinyimagenet(
   `wnids.txt` lists 200 made-up wnids in shuffled order; the train images
   cover the first `num_train_classes` of them (as listed), the first train
   image of each class is grayscale (as some real ones), and the validation
-  images (the test split) have random classes. Needs Pillow.
-
-  Args:
-    directory: where to write `tiny-imagenet-200/` or
-      `tiny-imagenet-200.zip` (created if needed).
-    num_train_classes: classes with train images.
-    train_per_class: train images per such class.
-    num_test: validation images.
-    archive: write the `.zip` archive (else the folder).
-    seed: seed of the contents.
-
-  Returns:
-    The expected 'train' and 'test' splits (pixels as decoded from the
-    written JPEGs).
+  images (the test split) have random classes. Needs Pillow. Returns the
+  expected 'train' and 'test' splits, pixels as decoded from the JPEGs.
   """
   rng = np.random.default_rng(seed)
   wnids = [

@@ -65,21 +65,11 @@ def load_datasets(config: ml_collections.ConfigDict):
 def train_subset(
   split: loading.Split, num_examples: int, seed: int
 ) -> loading.Split:
-  """A fixed random subset of ``num_examples`` examples, in dataset order.
+  """A fixed random subset of ``num_examples`` in [1, N] examples, in dataset
+  order, a pure function of ``seed`` (ValueError outside [1, N]).
 
   Random rather than the leading examples: TinyImageNet's training split is
   sorted by class, so its first examples cover only a few classes.
-
-  Args:
-    split: the training split.
-    num_examples: the subset's size, in [1, N].
-    seed: the run's seed; the subset is a pure function of it.
-
-  Returns:
-    The subset.
-
-  Raises:
-    ValueError: ``num_examples`` is outside [1, N].
   """
   if not 0 < num_examples <= split.num_examples:
     raise ValueError(

@@ -10,17 +10,8 @@ from cure_jax.data import augment
 class DatasetInfo(NamedTuple):
   """What a model and a training loop need to know about a dataset.
 
-  Attributes:
-    name: the dataset's name in this package ('mnist', 'cifar10',
-      'tinyimagenet').
-    num_classes: number of labels K.
-    image_shape: (H, W, C) of the stored uint8 images.
-    input_shape: (H, W, C) of the model's input: after the training crop and
-      the evaluation crop.
-    num_train: size of the train split.
-    num_test: size of the test split.
-    train_augmentation: the reference augmentation for training.
-    eval_crop: side of the evaluation centre crop, or None for none.
+  `image_shape` is the stored uint8 (H, W, C); `input_shape` the model's
+  input, after the training crop and the evaluation centre crop `eval_crop`.
   """
 
   name: str
@@ -72,11 +63,7 @@ DATASET_NAMES = tuple(_INFOS)
 
 
 def check_dataset_name(name: str) -> None:
-  """Raises ValueError, listing the valid names, if `name` is unknown.
-
-  Args:
-    name: a dataset name.
-  """
+  """Raises ValueError, listing the valid names, if `name` is unknown."""
   if name not in _INFOS:
     raise ValueError(
       f"Unknown dataset {name!r}; choose one of {', '.join(DATASET_NAMES)}."
@@ -84,16 +71,6 @@ def check_dataset_name(name: str) -> None:
 
 
 def dataset_info(name: str) -> DatasetInfo:
-  """Returns the static facts about a dataset.
-
-  Args:
-    name: 'mnist', 'cifar10' or 'tinyimagenet'.
-
-  Returns:
-    Its `DatasetInfo`.
-
-  Raises:
-    ValueError: the name is unknown.
-  """
+  """Returns the `DatasetInfo` of a dataset (ValueError if unknown)."""
   check_dataset_name(name)
   return _INFOS[name]

@@ -12,8 +12,7 @@ TensorFlow needed) from the original files, taken from, in order:
 
 A directory named by 1. or 2. must hold the files; when no source is usable
 the error, raised within seconds, says which files to put where. The
-prepared split is cached next to the tfds dataset as an `.npz` of its arrays,
-which loads in a fraction of a second.
+prepared split is cached next to the tfds dataset as an `.npz` of its arrays.
 """
 
 from __future__ import annotations
@@ -52,12 +51,7 @@ _PROBE_TIMEOUT_S = 5.0
 
 
 class Split(NamedTuple):
-  """A dataset split in host memory.
-
-  Attributes:
-    images: uint8 [N, H, W, C].
-    labels: int32 [N].
-  """
+  """A split in host memory: uint8 images [N, H, W, C], int32 labels [N]."""
 
   images: np.ndarray
   labels: np.ndarray
@@ -68,17 +62,8 @@ class Split(NamedTuple):
     return len(self.labels)
 
   def take(self, num_examples: int) -> Split:
-    """Returns the first `num_examples` examples (e.g. a certification subset).
-
-    Args:
-      num_examples: how many, at most N.
-
-    Returns:
-      The leading examples, as views.
-
-    Raises:
-      ValueError: more examples than the split has.
-    """
+    """Returns views of the first `num_examples` <= N examples (ValueError
+    if more), e.g. a certification subset."""
     if not 0 <= num_examples <= self.num_examples:
       raise ValueError(
         f"Cannot take {num_examples} of {self.num_examples} examples."
@@ -94,15 +79,8 @@ def dataset_env_var(name: str) -> str:
 def _named_source_dir(
   name: str, data_dir: epath.PathLike | None
 ) -> tuple[epath.Path | None, str]:
-  """Returns the directory named by the argument or environment, and by whom.
-
-  Args:
-    name: the dataset.
-    data_dir: the `data_dir` argument.
-
-  Returns:
-    (directory, its origin for messages), or (None, '') if none is named.
-  """
+  """Returns (directory, its origin for messages) named by the argument or
+  the environment, or (None, '') if none is named."""
   if data_dir is not None:
     return epath.Path(data_dir).expanduser(), "the data_dir argument"
   for var in (dataset_env_var(name), DATA_DIR_ENV):
@@ -125,16 +103,8 @@ def _manual_dir(
   builder: sources.OriginalFilesBuilder,
   data_dir: epath.PathLike | None,
 ) -> epath.Path | None:
-  """Returns the local directory holding the original files, if any.
-
-  Args:
-    name: the dataset.
-    builder: its (unprepared) tfds builder.
-    data_dir: the `data_dir` argument.
-
-  Returns:
-    The directory, or None when none is named and tfds's default manual
-    directory lacks the files (then they must be downloaded).
+  """Returns the local directory holding the original files, or None when
+  none is named and tfds's manual directory lacks them (then download).
 
   Raises:
     DataNotFoundError: a directory was named but lacks the files.
@@ -172,17 +142,9 @@ def prepare(
   but the first to finish use the first one's; preparing before launching
   (`python -m cure_jax.data`) saves the duplicate work.
 
-  Args:
-    name: 'mnist', 'cifar10' or 'tinyimagenet'.
-    data_dir: directory holding the original files (see the module doc);
-      None looks at the environment, then tfds's manual directory.
-    tfds_data_dir: where tfds keeps prepared datasets; None is tfds's default
-      ($TFDS_DATA_DIR or ~/tensorflow_datasets).
-    download: whether to download the original files when no local copy is
-      found.
-
-  Returns:
-    The prepared builder (read it with `as_data_source`).
+  `data_dir` and its fallbacks are described in the module doc;
+  `tfds_data_dir` None is tfds's default ($TFDS_DATA_DIR or
+  ~/tensorflow_datasets). Read the returned builder with `as_data_source`.
 
   Raises:
     ValueError: the name is unknown.
@@ -230,15 +192,7 @@ def prepare(
 
 
 def _read_data_source(builder: tfds.core.DatasetBuilder, split: str) -> Split:
-  """Reads a whole prepared split through `tfds.data_source` (no TF).
-
-  Args:
-    builder: a prepared builder.
-    split: the split.
-
-  Returns:
-    The split, in dataset order.
-  """
+  """Reads a whole prepared split, in dataset order, via `tfds.data_source`."""
   source = builder.as_data_source(split=split)
   image_shape = builder.info.features["image"].shape
   images = np.empty((len(source), *image_shape), np.uint8)
@@ -257,15 +211,8 @@ def _cache_path(builder: tfds.core.DatasetBuilder, split: str) -> epath.Path:
 
 
 def _load_cache(builder: tfds.core.DatasetBuilder, split: str) -> Split | None:
-  """Returns the cached split, or None if absent or not matching the dataset.
-
-  Args:
-    builder: a prepared builder.
-    split: the split.
-
-  Returns:
-    The cached arrays, when their shapes and dtypes match the dataset's.
-  """
+  """Returns the cached split, or None if absent or its shapes or dtypes do
+  not match the dataset's."""
   path = _cache_path(builder, split)
   if not path.exists():
     return None
@@ -289,13 +236,7 @@ def _load_cache(builder: tfds.core.DatasetBuilder, split: str) -> Split | None:
 def _save_cache(
   builder: tfds.core.DatasetBuilder, split: str, data: Split
 ) -> None:
-  """Writes the split's cache atomically; a read-only location is skipped.
-
-  Args:
-    builder: a prepared builder.
-    split: the split.
-    data: its arrays.
-  """
+  """Writes the split's cache atomically; a read-only location is skipped."""
   path = _cache_path(builder, split)
   partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
   try:
@@ -318,19 +259,10 @@ def load_split(
 ) -> Split:
   """Loads a dataset split into host memory, preparing the dataset if needed.
 
-  Args:
-    name: 'mnist', 'cifar10' or 'tinyimagenet'.
-    split: 'train' or 'test' (TinyImageNet's test split is its labelled
-      validation set).
-    data_dir: directory holding the original files, used only to prepare
-      (see the module doc for the files and the fallbacks).
-    tfds_data_dir: where tfds keeps prepared datasets (None: tfds's default).
-    download: whether preparing may download the original files.
-    cache: whether to read and write the split's `.npz` array cache.
-
-  Returns:
-    uint8 images [N, H, W, C] and int32 labels [N], in the original files'
-    order.
+  `split` is 'train' or 'test' (TinyImageNet's test split is its labelled
+  validation set); `data_dir`, `tfds_data_dir` and `download` only serve
+  `prepare`; `cache` reads and writes the split's `.npz` array cache.
+  Returns uint8 images [N, H, W, C] and int32 labels [N] in file order.
 
   Raises:
     ValueError: unknown name or split.

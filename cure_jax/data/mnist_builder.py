@@ -43,7 +43,6 @@ REMOTE_FILES = {
     _MIRROR + FILE_NAMES["test_labels"], "ec29112dd5afa0611ce80d1b7f02629c"
   ),
 }
-# What to put in a directory to prepare the dataset from local files.
 LOCAL_FILES_HELP = (
   "the four original gzipped IDX files of MNIST ("
   + ", ".join(FILE_NAMES.values())
@@ -65,16 +64,8 @@ def decode_idx(data: bytes) -> np.ndarray:
   """Decodes an IDX file (LeCun et al.'s MNIST format) into an array.
 
   Layout: two zero bytes, a type code, the number of dimensions d, then d
-  big-endian uint32 sizes, then the values in C order, big-endian.
-
-  Args:
-    data: the whole (decompressed) file.
-
-  Returns:
-    The array, with the file's shape and a native-endian dtype.
-
-  Raises:
-    ValueError: the bytes are not a complete IDX file.
+  big-endian uint32 sizes, then the values in C order, big-endian. Returns a
+  native-endian array; raises ValueError unless `data` is a complete file.
   """
   if len(data) < 4 or data[0] != 0 or data[1] != 0:
     raise ValueError("Not an IDX file: it must start with two zero bytes.")
@@ -95,17 +86,7 @@ def decode_idx(data: bytes) -> np.ndarray:
 
 
 def read_idx_gz(path: epath.PathLike) -> np.ndarray:
-  """Reads a gzipped IDX file.
-
-  Args:
-    path: the `.gz` file.
-
-  Returns:
-    The decoded array (see `decode_idx`).
-
-  Raises:
-    ValueError: the file is not a gzipped IDX file; the message names it.
-  """
+  """Reads a gzipped IDX file (ValueError naming the file if it is not one)."""
   path = epath.Path(path)
   try:
     return decode_idx(gzip.decompress(path.read_bytes()))
@@ -116,14 +97,7 @@ def read_idx_gz(path: epath.PathLike) -> np.ndarray:
 def read_split(
   images_path: epath.PathLike, labels_path: epath.PathLike
 ) -> tuple[np.ndarray, np.ndarray]:
-  """Reads one MNIST split from its image and label files.
-
-  Args:
-    images_path: the `*-images-idx3-ubyte.gz` file.
-    labels_path: the matching `*-labels-idx1-ubyte.gz` file.
-
-  Returns:
-    images: uint8 [N, 28, 28, 1]; labels: int32 [N] in [0, 10).
+  """Reads one split: uint8 images [N, 28, 28, 1], int32 labels [N] in [0, 10).
 
   Raises:
     ValueError: the files have the wrong shapes, disagree in length, or hold

@@ -1,14 +1,11 @@
 """Where a dataset's original files come from: a local directory or the web.
 
-The project's tfds builders (`cure_mnist`, `cure_cifar10`,
-`cure_tiny_imagenet`) all read the ORIGINAL distribution files of their
-dataset. `OriginalFilesBuilder` finds them in tfds's manual directory when they
-are there (offline preparation) and downloads them otherwise (online
-preparation), so both paths produce the same tfds dataset.
-
-Nothing here needs TensorFlow: downloads go through tfds's download manager
-(which uses `requests`), and the prepared datasets are `array_record` files
-that `tfds.data_source` reads without TensorFlow.
+The project's tfds builders read the ORIGINAL distribution files of their
+dataset: `OriginalFilesBuilder` takes them from tfds's manual directory when
+they are there and downloads them otherwise, so offline and online
+preparation produce the same dataset. Nothing here needs TensorFlow
+(downloads use `requests`; `array_record` files are read by
+`tfds.data_source`).
 """
 
 from __future__ import annotations
@@ -31,26 +28,14 @@ class DataNotFoundError(FileNotFoundError):
 
 
 class RemoteFile(NamedTuple):
-  """One original file of a dataset on the web.
-
-  Attributes:
-    url: where to download it from.
-    md5: hex MD5 of the published file, checked after every download.
-  """
+  """One original file on the web; `md5` is checked after every download."""
 
   url: str
   md5: str
 
 
 def file_md5(path: epath.PathLike) -> str:
-  """Returns the hex MD5 digest of a file, read in 1 MiB chunks.
-
-  Args:
-    path: the file.
-
-  Returns:
-    The 32-character lowercase hex digest.
-  """
+  """Returns the lowercase hex MD5 digest of a file, read in 1 MiB chunks."""
   digest = hashlib.md5(usedforsecurity=False)
   with epath.Path(path).open("rb") as f:
     for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -61,14 +46,7 @@ def file_md5(path: epath.PathLike) -> str:
 def manual_dir_or_none(
   dl_manager: tfds.download.DownloadManager,
 ) -> epath.Path | None:
-  """Returns tfds's manual directory, or None if it is unset, absent or empty.
-
-  Args:
-    dl_manager: the download manager tfds hands to `_split_generators`.
-
-  Returns:
-    The manual directory, when it exists and holds at least one entry.
-  """
+  """tfds's manual directory, or None if it is unset, absent or empty."""
   try:
     return dl_manager.manual_dir
   except AssertionError:  # tfds signals a missing or empty manual dir so.
@@ -79,14 +57,8 @@ def download_verified(
   dl_manager: tfds.download.DownloadManager,
   files: Mapping[str, RemoteFile],
 ) -> dict[str, epath.Path]:
-  """Downloads files with tfds's download manager and checks their MD5.
-
-  Args:
-    dl_manager: the download manager tfds hands to `_split_generators`.
-    files: the files to download, by key.
-
-  Returns:
-    The local path of each downloaded file, by the same keys.
+  """Downloads files with tfds's download manager and checks their MD5;
+  returns their local paths by the same keys.
 
   Raises:
     OSError: a downloaded file does not have the published MD5.
@@ -105,18 +77,10 @@ def download_verified(
 
 
 def _server_answers(url: str, timeout_s: float) -> bool:
-  """Whether the server of `url` answers an HTTP HEAD within the timeout.
+  """Whether the server of `url` answers an HTTP HEAD (any status) in time.
 
   DNS look-ups ignore `requests`' timeout and can hang for a long time, so
   the request runs in a daemon thread that is abandoned at the deadline.
-
-  Args:
-    url: the URL to probe.
-    timeout_s: the deadline in seconds.
-
-  Returns:
-    True when any HTTP answer arrived in time (even an error status: the
-    server is reachable), False otherwise.
   """
   answered = threading.Event()
 
@@ -137,14 +101,8 @@ def unreachable_hosts(urls: Iterable[str], timeout_s: float = 5.0) -> list[str]:
   """Returns the hosts of `urls` whose server does not answer in time.
 
   Each host is probed once, with a HEAD request to its first URL (proxies
-  configured by the usual environment variables are honoured).
-
-  Args:
-    urls: the URLs a download would fetch.
-    timeout_s: the deadline for each host, in seconds.
-
-  Returns:
-    The unreachable host names, in first-seen order (empty: all reachable).
+  configured by the usual environment variables are honoured); hosts come in
+  first-seen order.
   """
   first_url_of_host: dict[str, str] = {}
   for url in urls:
@@ -191,14 +149,7 @@ class OriginalFilesBuilder(
     """Returns the dataset's sources from downloaded `REMOTE_FILES` paths."""
 
   def _sources(self, dl_manager: tfds.download.DownloadManager) -> Any:
-    """Returns the sources: the manual directory's copy, else a download.
-
-    Args:
-      dl_manager: the download manager tfds hands to `_split_generators`.
-
-    Returns:
-      What `find_local_sources` or `sources_from_download` returns.
-    """
+    """Returns the sources: the manual directory's copy, else a download."""
     manual_dir = manual_dir_or_none(dl_manager)
     if manual_dir is not None:
       local = self.find_local_sources(manual_dir)

@@ -41,7 +41,6 @@ REMOTE_FILES = {
     "90528d7ca1a48142e341f4ef8d21d0de",
   ),
 }
-# What to put in a directory to prepare the dataset from local files.
 LOCAL_FILES_HELP = (
   f"the TinyImageNet archive {ARCHIVE_NAME} or its extracted folder"
   f" {FOLDER_NAME}/ (wnids.txt, train/<wnid>/images/*.JPEG, val/images/"
@@ -54,24 +53,14 @@ _TRAIN_IMAGE = re.compile(r"train/([^/]+)/images/([^/]+\.jpe?g)", re.IGNORECASE)
 
 
 class TinyImagenetSource(NamedTuple):
-  """A local copy of TinyImageNet.
-
-  Attributes:
-    path: the `.zip` archive or the extracted folder (holding `wnids.txt`).
-    is_archive: whether `path` is the archive.
-  """
+  """A local copy: the `.zip` archive or the folder holding `wnids.txt`."""
 
   path: epath.Path
   is_archive: bool
 
 
 class FileTree(NamedTuple):
-  """Read access to the dataset's files by path relative to its root.
-
-  Attributes:
-    read: relative path -> file bytes.
-    paths: every file's relative path, with '/' separators.
-  """
+  """`read(relative path) -> bytes` and every file's '/'-separated `paths`."""
 
   read: Callable[[str], bytes]
   paths: Sequence[str]
@@ -82,16 +71,7 @@ def open_tree(source: TinyImagenetSource) -> Iterator[FileTree]:
   """Opens the archive or folder for reading.
 
   In the archive, the root is the folder holding `wnids.txt` (normally
-  `tiny-imagenet-200/`).
-
-  Args:
-    source: where the dataset is.
-
-  Yields:
-    Read access to the dataset's files.
-
-  Raises:
-    FileNotFoundError: the archive has no `wnids.txt`.
+  `tiny-imagenet-200/`); FileNotFoundError if there is none.
   """
   if not source.is_archive:
     root = os.fspath(source.path)
@@ -123,14 +103,7 @@ def open_tree(source: TinyImagenetSource) -> Iterator[FileTree]:
 def read_class_ids(tree: FileTree) -> list[str]:
   """Returns the 200 class ids (wnids), sorted: label i is the i-th.
 
-  Args:
-    tree: the dataset's files.
-
-  Returns:
-    The sorted wnids.
-
-  Raises:
-    ValueError: `wnids.txt` does not list 200 distinct ids.
+  Raises ValueError unless `wnids.txt` lists 200 distinct ids.
   """
   wnids = tree.read(_WNIDS_FILE).decode("ascii").split()
   if len(set(wnids)) != NUM_CLASSES or len(wnids) != NUM_CLASSES:
@@ -144,15 +117,8 @@ def read_class_ids(tree: FileTree) -> list[str]:
 def list_split(
   tree: FileTree, split: str, wnids: Sequence[str]
 ) -> list[tuple[str, int]]:
-  """Lists one split's image files with their labels, in dataset order.
-
-  Args:
-    tree: the dataset's files.
-    split: 'train' (the training images) or 'test' (the validation images).
-    wnids: the sorted class ids (see `read_class_ids`).
-
-  Returns:
-    (relative image path, label) pairs.
+  """Lists (relative image path, label) of 'train' or 'test' (the validation
+  images) in dataset order; `wnids` sorted as by `read_class_ids`.
 
   Raises:
     ValueError: an image belongs to a class not in `wnids.txt`, or an
@@ -190,14 +156,7 @@ def list_split(
 
 
 def decode_jpeg(data: bytes, name: str) -> np.ndarray:
-  """Decodes a TinyImageNet JPEG to RGB (grayscale images are replicated).
-
-  Args:
-    data: the JPEG file's bytes.
-    name: the file's name, for error messages.
-
-  Returns:
-    uint8 [64, 64, 3].
+  """Decodes a JPEG to uint8 RGB [64, 64, 3] (grayscale is replicated).
 
   Raises:
     ImportError: Pillow is not installed.

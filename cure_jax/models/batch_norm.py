@@ -1,9 +1,9 @@
 """Batch normalization whose eval mode is a per-channel affine map of the input.
 
 Certified training bounds the network with the *clean* batch's statistics
-(CURE docs/method.md §2): the clean forward pass normalizes with the batch moments, and
-the bounded pass over the same batch treats those moments as constants, so
-every BatchNorm becomes the input-independent affine map
+(docs/method.md §2): the clean forward pass normalizes with the batch
+moments, and the bounded pass over the same batch treats those moments as
+constants, so every BatchNorm becomes the input-independent affine map
 
   y = (x − μ) · γ / √(σ² + ε) + β.
 
@@ -37,14 +37,8 @@ BATCH_MOMENTS = "batch_moments"
 
 
 def batch_moments(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Per-channel mean and biased variance over all axes but the last.
-
-  Args:
-    x: activations ``[..., C]`` (e.g. ``[B, H, W, C]`` or ``[B, C]``).
-
-  Returns:
-    ``(mean, var)``, each ``[C]``, with ``var = mean((x − mean)²)``.
-  """
+  """Per-channel ``(mean, var)``, each ``[C]``, over all axes of ``[..., C]``
+  but the last; ``var = mean((x − mean)²)`` is biased."""
   axes = tuple(range(x.ndim - 1))
   mean = jnp.mean(x, axis=axes)
   var = jnp.mean(jnp.square(x - mean), axis=axes)
@@ -63,17 +57,6 @@ def normalize(
 
   Only ``sub``, ``mul`` and ``add`` touch ``x``; everything else is a constant
   of the input, which keeps the map exact under every bound transform.
-
-  Args:
-    x: activations ``[..., C]``.
-    mean: ``[C]`` mean to subtract.
-    var: ``[C]`` variance to divide by (after adding ``epsilon``).
-    scale: ``[C]`` learned scale γ.
-    bias: ``[C]`` learned shift β.
-    epsilon: added to ``var`` before the square root.
-
-  Returns:
-    The normalized activations, same shape as ``x``.
   """
   multiplier = scale * jax.lax.rsqrt(var + epsilon)
   return (x - mean) * multiplier + bias
@@ -100,10 +83,7 @@ class BatchNorm(nn.Module):
 
   Neither is written during ``Module.init``, so initial variables hold only
   ``'params'`` and ``'batch_stats'`` (running mean 0, running variance 1).
-
-  Attributes:
-    momentum: decay of the running averages (0.9 ≙ PyTorch's 0.1).
-    epsilon: added to the variance before the square root (PyTorch's 1e-5).
+  Defaults match PyTorch (momentum 0.9 ≙ PyTorch's 0.1, ε = 1e-5).
   """
 
   momentum: float = 0.9
@@ -111,15 +91,8 @@ class BatchNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    """Normalizes ``x`` per channel.
-
-    Args:
-      x: activations ``[..., C]``; at least 2-D (a batch axis and channels).
-      train: normalize with the batch's moments (True) or with
-        ``'batch_stats'`` (False).
-
-    Returns:
-      The normalized activations, same shape as ``x``.
+    """Normalizes ``x [B, ..., C]`` with the batch's moments (``train``) or
+    with ``'batch_stats'``.
 
     Raises:
       ValueError: ``x`` is not at least 2-D, or in train mode holds a single

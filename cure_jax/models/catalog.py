@@ -28,16 +28,8 @@ def get_model(name: str, **kwargs) -> nn.Module:
   """Returns the model registered as ``name``, built with ``kwargs``.
 
   Lists in ``kwargs`` (as config files produce), nested ones included, become
-  tuples, so the module's attributes stay hashable.
-
-  Args:
-    name: one of ``MODELS`` (``'cnn7'``, ``'small_cnn'``, ``'mlp'``,
-      ``'conv_net'``).
-    **kwargs: attributes of that model, e.g. ``num_classes=10``,
-      ``mean=(0.4914, 0.4822, 0.4465)``, ``std=(0.2023, 0.1994, 0.2010)``.
-
-  Returns:
-    The unbound flax module; call ``init``/``apply`` on it.
+  tuples, so the module's attributes stay hashable. Returns the unbound
+  flax module.
 
   Raises:
     ValueError: ``name`` is not registered, or a keyword is not an attribute

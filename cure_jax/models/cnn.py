@@ -41,16 +41,6 @@ def affine_bn_relu(
   """``relu(BN(layer(x)))``, or ``relu(layer(x))`` without BatchNorm.
 
   The BatchNorm is named after the layer (``'<layer>_bn'``).
-
-  Args:
-    layer: a named ``nn.Conv`` or ``nn.Dense`` created in the caller's
-      compact method.
-    x: its input.
-    train: BatchNorm mode.
-    batch_norm: whether to normalize between the layer and the ReLU.
-
-  Returns:
-    The activations after the ReLU.
   """
   x = layer(x)
   if batch_norm:
@@ -64,18 +54,8 @@ class ConvNet(nn.Module):
   ``input → normalize → [conv → (BN) → ReLU]* → flatten →
   [dense → (BN) → ReLU]* → dense (logits)``. Layers are named ``conv_i``,
   ``dense_i`` and ``logits``, their BatchNorms ``conv_i_bn``/``dense_i_bn``.
-
-  Attributes:
-    num_classes: number of logits K.
-    conv_widths: output channels of each convolution.
-    conv_strides: stride of each convolution (same length as conv_widths).
-    kernel_size: side of every (square) convolution kernel.
-    padding: padding of every convolution: ``'VALID'`` or per-side pairs
-      ``((top, bottom), (left, right))``.
-    dense_widths: widths of the hidden dense layers after flattening.
-    batch_norm: BatchNorm after every hidden layer.
-    mean: per-channel input mean for ``(x − mean) / std``, or None.
-    std: per-channel input std, or None.
+  ``conv_strides`` has one stride per ``conv_widths`` entry; ``mean``/``std``
+  (or None) normalize the input as ``(x − mean) / std``.
   """
 
   num_classes: int = 10
@@ -90,15 +70,7 @@ class ConvNet(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    """Computes the logits.
-
-    Args:
-      x: images ``[B, H, W, C]`` with pixels in [0, 1].
-      train: BatchNorm mode (batch moments if True, ``'batch_stats'`` if
-        False).
-
-    Returns:
-      Logits ``[B, num_classes]``.
+    """Logits ``[B, num_classes]`` of images ``[B, H, W, C]`` in [0, 1].
 
     Raises:
       ValueError: ``x`` is not NHWC, the normalization does not match its

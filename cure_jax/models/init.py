@@ -36,16 +36,8 @@ Params = Any  # A nested dict of arrays, as in ``variables['params']``.
 
 
 def ibp_std(shape: tuple[int, ...]) -> float:
-  """σ = √(2π) / fan_in for a flax kernel ``[..., fan_in-axes, out]``.
-
-  Args:
-    shape: kernel shape; ``Dense``: ``[in, out]``, ``Conv``:
-      ``[kh, kw, in, out]``, so the fan-in is the product of all but the last
-      axis.
-
-  Returns:
-    The standard deviation of IBP initialization for that kernel.
-  """
+  """σ = √(2π) / fan_in for a flax kernel (``[in, out]`` or
+  ``[kh, kw, in, out]``: fan_in is the product of all but the last axis)."""
   fan_in = math.prod(shape[:-1])
   return math.sqrt(2 * math.pi) / fan_in
 
@@ -56,12 +48,6 @@ def ibp_normal(dtype: Any = jnp.float32) -> jax.nn.initializers.Initializer:
   Use it as ``nn.Dense(..., kernel_init=ibp_normal())`` to build IBP-initialized
   layers directly; `ibp_init` re-draws an existing params tree from the same
   distribution.
-
-  Args:
-    dtype: default dtype of the drawn kernel.
-
-  Returns:
-    ``init(key, shape, dtype=dtype) -> array``.
   """
 
   def init(key: jax.Array, shape: tuple[int, ...], dtype: Any = dtype):
@@ -69,9 +55,7 @@ def ibp_normal(dtype: Any = jnp.float32) -> jax.nn.initializers.Initializer:
       raise ValueError(
         f"ibp_normal initializes kernels [..., in, out]; got shape {shape}."
       )
-    # Drawn flat and reshaped: the same distribution, and on CPU a 1-D draw
-    # compiles several times faster than an N-D one under the default
-    # partitionable threefry.
+    # A flat draw: same distribution, compiles faster on CPU than an N-D one.
     flat = jax.random.normal(key, (math.prod(shape),), dtype)
     return ibp_std(shape) * flat.reshape(shape)
 
@@ -88,15 +72,6 @@ def ibp_init(
   of its layer set to zero; all other leaves are returned unchanged. Pure and
   jit-able: ``params = ibp_init(model.init(key, x, train=False)['params'],
   key2)``.
-
-  Args:
-    params: the ``'params'`` collection of an initialized model (nested dict).
-    rng: PRNG key for the new kernels.
-    output_layer: name of the logits layer, left as initialized (all models in
-      `cure_jax.models` name it ``'logits'``).
-
-  Returns:
-    A params tree of the same structure with IBP-initialized hidden layers.
 
   Raises:
     ValueError: no layer with a kernel is named ``output_layer``; the message
@@ -118,8 +93,7 @@ def ibp_init(
     )
   hidden = [layer for layer in layers if layer[-1] != output_layer]
   kernels = [flat[layer + ("kernel",)] for layer in hidden]
-  # One i.i.d. N(0, 1) draw cut into the kernels: independent per kernel, and
-  # a single random-bits program to compile however many layers there are.
+  # One N(0, 1) draw cut into the kernels: one program however many layers.
   sizes = [kernel.size for kernel in kernels]
   noise = jax.random.normal(rng, (sum(sizes),))
   offsets = np.cumsum([0] + sizes)

@@ -15,13 +15,6 @@ class MLP(nn.Module):
   Hidden layers are named ``dense_i`` (BatchNorms ``dense_i_bn``), the output
   layer ``logits``. Without BatchNorm (the default) the network is a plain
   ReLU MLP, the setting where bounds are easiest to check by hand.
-
-  Attributes:
-    num_classes: number of logits K.
-    hidden_widths: widths of the hidden dense layers.
-    batch_norm: BatchNorm after every hidden dense layer.
-    mean: per-channel input mean for ``(x − mean) / std``, or None.
-    std: per-channel input std, or None.
   """
 
   num_classes: int = 10
@@ -32,16 +25,7 @@ class MLP(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    """Computes the logits.
-
-    Args:
-      x: inputs ``[B, ...]`` (e.g. NHWC images in [0, 1]); all axes but the
-        first are flattened, channels last.
-      train: BatchNorm mode (batch moments if True, ``'batch_stats'`` if
-        False); unused without BatchNorm.
-
-    Returns:
-      Logits ``[B, num_classes]``.
+    """Logits ``[B, num_classes]`` of inputs ``[B, ...]``, channels last.
 
     Raises:
       ValueError: ``x`` has no feature axis, or the normalization does not

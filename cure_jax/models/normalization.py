@@ -1,7 +1,7 @@
 """Per-channel input normalization, the first op of every model.
 
-Perturbation radii are measured in [0, 1] pixel space (CURE docs/method.md §5), so the
-models take raw pixels and normalize them themselves: ``(x − mean) / std``,
+Perturbation radii are measured in [0, 1] pixel space (docs/method.md §5), so
+the models take raw pixels and normalize them themselves: ``(x − mean) / std``,
 a subtraction and a division by constants that every bound transform
 propagates exactly.
 """
@@ -25,15 +25,8 @@ INPUT_NORMALIZATION: dict[
 def normalize_input(
   x: jax.Array, mean: Sequence[float] | None, std: Sequence[float] | None
 ) -> jax.Array:
-  """Returns ``(x − mean) / std`` per channel, or ``x`` if both are None.
-
-  Args:
-    x: inputs ``[..., C]`` (channels last).
-    mean: ``C`` per-channel means, or None for no normalization.
-    std: ``C`` per-channel standard deviations (all > 0), or None.
-
-  Returns:
-    The normalized inputs, same shape as ``x``.
+  """Returns ``(x − mean) / std`` per channel of ``[..., C]``, or ``x`` if
+  both are None.
 
   Raises:
     ValueError: only one of ``mean`` and ``std`` is given, their lengths differ

@@ -43,7 +43,6 @@ ENV_NUM_PROCESSES = "CURE_NUM_PROCESSES"
 ENV_PROCESS_ID = "CURE_PROCESS_ID"
 ENV_MODE = "CURE_DISTRIBUTED"
 
-# Mode names of `DistributedConfig.mode`.
 SINGLE = "single"
 EXPLICIT = "explicit"
 CLUSTER = "cluster"
@@ -64,18 +63,12 @@ _HOST_PORT = re.compile(r"^\[?[A-Za-z0-9_.:\-]+\]?:\d{1,5}$")
 class DistributedConfig(NamedTuple):
   """How this process joins the job.
 
-  Attributes:
-    mode: `'single'` (no initialization), `'explicit'` (coordinates given) or
-      `'cluster'` (JAX's cluster auto-detection supplies them).
-    coordinator_address: `host:port` of process 0, for `'explicit'`.
-    num_processes: number of processes, for `'explicit'` and `'single'` (1).
-    process_id: rank of this process, for `'explicit'` and `'single'` (0).
-    local_device_ids: devices this process may use, or None for all of them
-      (JAX then reads JAX_LOCAL_DEVICE_IDS, or on SLURM uses SLURM_LOCALID).
-      Multi-process runs only: a single process sees what CUDA_VISIBLE_DEVICES
-      (or the platform's equivalent) shows it.
-    cluster: what was detected for `'cluster'`: `'slurm'`, `'openmpi'` or
-      `'requested'` (CURE_DISTRIBUTED=auto); None otherwise.
+  `mode` is 'single' (no initialization; 1 process, rank 0), 'explicit'
+  (coordinates given) or 'cluster' (JAX's auto-detection supplies them;
+  `cluster` says what was detected: 'slurm', 'openmpi' or 'requested' by
+  CURE_DISTRIBUTED=auto). `local_device_ids` None means all devices (JAX then
+  reads JAX_LOCAL_DEVICE_IDS, or SLURM_LOCALID); it applies to multi-process
+  runs only, a single process seeing what CUDA_VISIBLE_DEVICES shows it.
   """
 
   mode: str
@@ -93,17 +86,10 @@ def resolve_config(
   local_device_ids: int | Sequence[int] | None = None,
   environ: Mapping[str, str] | None = None,
 ) -> DistributedConfig:
-  """Decides how to join the job, without touching JAX (see module doc).
+  """Returns the config `initialize` would act on, without touching JAX.
 
-  Args:
-    coordinator_address: `host:port` of process 0; overrides CURE_COORDINATOR.
-    num_processes: number of processes; overrides CURE_NUM_PROCESSES.
-    process_id: rank of this process; overrides CURE_PROCESS_ID.
-    local_device_ids: device ids this process may use (default: all).
-    environ: environment to read; defaults to `os.environ`.
-
-  Returns:
-    The `DistributedConfig` that `initialize` would act on.
+  Arguments override their CURE_* variables (see module doc); `environ`
+  defaults to `os.environ`.
 
   Raises:
     ValueError: on partial or inconsistent coordinates, or a bad value of an
@@ -163,17 +149,7 @@ def initialize(
   Single-process runs (no coordinates, no multi-task cluster) return at once
   without initializing anything, so the same entry point serves a laptop, one
   8-GPU host and a pod. Calling it again after a successful initialization is
-  a no-op.
-
-  Args:
-    coordinator_address: `host:port` of process 0; default CURE_COORDINATOR.
-    num_processes: number of processes; default CURE_NUM_PROCESSES.
-    process_id: rank of this process; default CURE_PROCESS_ID.
-    local_device_ids: device ids this process may use (default: all, or what
-      the cluster detection picks, e.g. one GPU per SLURM task).
-
-  Returns:
-    The `DistributedConfig` acted on.
+  a no-op. Arguments as `resolve_config`; returns the config acted on.
 
   Raises:
     ValueError: see `resolve_config`.
@@ -222,12 +198,6 @@ def sum_over_processes(values: Mapping[str, float]) -> dict[str, float]:
   each process accumulates over its own share of the data (evaluation
   counts, seconds), so that every process ends with the global totals. With
   one process it returns the values unchanged (as floats).
-
-  Args:
-    values: name -> this process's number.
-
-  Returns:
-    name -> the sum over processes.
   """
   names = sorted(values)
   local = np.asarray([float(values[n]) for n in names], np.float64)
@@ -244,10 +214,8 @@ def barrier(name: str) -> None:
   """Blocks until every process reached the barrier called `name`.
 
   Use it around side effects one process makes for all, e.g. process 0
-  writing a file that the others then read. A no-op with one process.
-
-  Args:
-    name: identifier of the barrier; all processes must pass the same one.
+  writing a file that the others then read. All processes must pass the
+  same `name`; a no-op with one process.
   """
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(name)

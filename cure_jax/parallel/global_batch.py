@@ -16,19 +16,12 @@ from cure_jax.types import PyTree
 def check_global_batch_size(
   global_batch_size: int, num_devices: int, num_processes: int
 ) -> int:
-  """Checks a global batch splits evenly; returns the per-process batch size.
-
-  Args:
-    global_batch_size: examples per step, over all devices.
-    num_devices: devices of the mesh, over all processes.
-    num_processes: number of processes.
-
-  Returns:
-    `global_batch_size // num_processes`.
+  """Returns `global_batch_size // num_processes` after checking it splits.
 
   Raises:
-    ValueError: if the batch is not positive or does not divide evenly; the
-      message gives the nearest valid sizes.
+    ValueError: the batch is not positive or does not split evenly over the
+      devices (the message gives the nearest valid sizes), or the devices do
+      not split evenly over the processes.
   """
   if num_devices < 1 or num_processes < 1 or num_devices % num_processes:
     raise ValueError(
@@ -48,18 +41,8 @@ def check_global_batch_size(
 
 
 def per_process_batch_size(global_batch_size: int, mesh: Mesh) -> int:
-  """The number of examples this process loads per step.
-
-  Args:
-    global_batch_size: examples per step, over all devices.
-    mesh: the data-parallel mesh.
-
-  Returns:
-    `global_batch_size // jax.process_count()`.
-
-  Raises:
-    ValueError: see `check_global_batch_size`.
-  """
+  """`global_batch_size // jax.process_count()`, checked by
+  `check_global_batch_size`."""
   return check_global_batch_size(
     global_batch_size, mesh.size, jax.process_count()
   )
@@ -71,15 +54,7 @@ def pad_batch(batch: PyTree, batch_size: int) -> tuple[PyTree, np.ndarray]:
   Compiled steps keep one batch shape, and every device needs an equal share,
   so the last, partial batch of an evaluation set is padded; weigh per-example
   results with the mask (e.g. `sum(mask * verified) / sum(mask)`).
-
-  Args:
-    batch: pytree of numpy arrays with a common leading axis of at most
-      `batch_size` rows.
-    batch_size: rows after padding.
-
-  Returns:
-    `(padded, mask)`: the batch with `batch_size` rows (zeros appended) and a
-    boolean `[batch_size]` mask, True on the real rows.
+  Returns `(padded, mask)`, mask bool [batch_size], True on the real rows.
 
   Raises:
     ValueError: if leaves disagree on the row count or exceed `batch_size`.

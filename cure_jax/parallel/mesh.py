@@ -33,14 +33,9 @@ DATA_AXIS = "data"
 
 
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """Builds the one-axis `'data'` mesh.
+  """Builds the mesh `(len(devices),)`, axis `'data'` of type `Auto`.
 
-  Args:
-    devices: devices to use, in mesh order; default every device of every
-      process (`jax.devices()`).
-
-  Returns:
-    A `Mesh` of shape `(len(devices),)` with axis `'data'` of type `Auto`.
+  `devices` default to every device of every process (`jax.devices()`).
   """
   devices = jax.devices() if devices is None else list(devices)
   if not devices:
@@ -51,26 +46,12 @@ def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
 
 
 def data_sharding(mesh: Mesh) -> NamedSharding:
-  """Sharding that splits the leading (batch) axis over `'data'`.
-
-  Args:
-    mesh: a mesh from `make_mesh`.
-
-  Returns:
-    `NamedSharding(mesh, P('data'))`.
-  """
+  """`NamedSharding(mesh, P('data'))`: the batch axis split over devices."""
   return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
 
 
 def replicated_sharding(mesh: Mesh) -> NamedSharding:
-  """Sharding that keeps a full copy on every device of `mesh`.
-
-  Args:
-    mesh: a mesh from `make_mesh`.
-
-  Returns:
-    `NamedSharding(mesh, P())`.
-  """
+  """`NamedSharding(mesh, P())`: a full copy on every device."""
   return NamedSharding(mesh, PartitionSpec())
 
 
@@ -83,13 +64,6 @@ def shard_global_batch(local_batch: PyTree, mesh: Mesh) -> PyTree:
   of the global array are ordered by mesh position (process 0's first on the
   usual device orders); losses and metrics that average over the batch do
   not depend on that order.
-
-  Args:
-    local_batch: pytree of host arrays (numpy) with a common leading axis.
-    mesh: a mesh from `make_mesh`.
-
-  Returns:
-    The pytree of global arrays, leading axis `process_count` times longer.
 
   Raises:
     ValueError: if a leaf is a scalar, leading axes differ, or the rows do
@@ -114,13 +88,6 @@ def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
 
   On several processes every process must pass the same values (e.g. params
   initialized from the same seed); this is not checked.
-
-  Args:
-    tree: pytree of arrays (numpy or jax).
-    mesh: a mesh from `make_mesh`.
-
-  Returns:
-    The pytree of global arrays with `replicated_sharding(mesh)`.
   """
   return jax.device_put(tree, replicated_sharding(mesh))
 
@@ -131,12 +98,6 @@ def gather_to_host(tree: PyTree) -> PyTree:
   `jax.device_get` only reads what this process addresses; sharded outputs
   (e.g. per-example certification results) need this all-gather instead.
   A collective: every process must call it.
-
-  Args:
-    tree: pytree of global `jax.Array`s.
-
-  Returns:
-    The pytree of numpy arrays with the global shapes.
   """
   return multihost_utils.process_allgather(tree, tiled=True)
 

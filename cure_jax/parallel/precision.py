@@ -1,13 +1,12 @@
 """Mixed precision for training on accelerators; float32 for certification.
 
 A `Policy` names three dtypes (as in DeepMind's jmp): parameters are stored
-and updated in `param_dtype`, the forward and backward passes run in
-`compute_dtype`, and outputs (logits, losses, updated batch statistics) come
-back in `output_dtype`. `MIXED_BFLOAT16` (float32 / bfloat16 / float32) about
-halves activation memory and uses the bfloat16 matrix units of GPUs and TPUs;
-gradients arrive in float32 because the cast to bfloat16 happens inside the
-differentiated function. bfloat16 has float32's exponent range, so no loss
-scaling is needed (float16 would need it and is not offered).
+and updated in `param_dtype`, the passes run in `compute_dtype`, and outputs
+(logits, losses, updated batch statistics) come back in `output_dtype`.
+`MIXED_BFLOAT16` (float32 / bfloat16 / float32) about halves activation
+memory; gradients arrive in float32 because the cast to bfloat16 happens
+inside the differentiated function. bfloat16 has float32's exponent range,
+so no loss scaling is needed (float16 would need it and is not offered).
 
 Certification always runs in float32 (`CERTIFICATION`) and under
 `certification_precision()`. A certificate asserts that a lower bound on the
@@ -29,13 +28,7 @@ from cure_jax.types import PyTree
 
 
 class Policy(NamedTuple):
-  """The dtypes of parameters, of computation, and of outputs.
-
-  Attributes:
-    param_dtype: dtype in which parameters are stored and updated.
-    compute_dtype: dtype in which the model computes.
-    output_dtype: dtype of the values returned to the training loop.
-  """
+  """The dtypes of parameters, of computation, and of outputs."""
 
   param_dtype: jnp.dtype = jnp.float32
   compute_dtype: jnp.dtype = jnp.float32
@@ -56,7 +49,6 @@ class Policy(NamedTuple):
 
 FLOAT32 = Policy(jnp.float32, jnp.float32, jnp.float32)
 MIXED_BFLOAT16 = Policy(jnp.float32, jnp.bfloat16, jnp.float32)
-# The policy of every certification run, whatever the training used.
 CERTIFICATION = FLOAT32
 
 _POLICIES = {
@@ -67,18 +59,8 @@ _POLICIES = {
 
 
 def get_policy(name: str) -> Policy:
-  """Looks a policy up by its config name.
-
-  Args:
-    name: `'float32'`, or `'bfloat16'` (alias `'mixed_bfloat16'`) for float32
-      parameters with bfloat16 compute.
-
-  Returns:
-    The `Policy`.
-
-  Raises:
-    ValueError: for any other name.
-  """
+  """Returns the policy 'float32' or 'bfloat16' (alias 'mixed_bfloat16':
+  float32 parameters, bfloat16 compute); ValueError for any other name."""
   if name not in _POLICIES:
     hint = (
       " float16 needs loss scaling; use bfloat16."
@@ -97,13 +79,6 @@ def cast_floating(tree: PyTree, dtype: jnp.dtype) -> PyTree:
 
   Integer, boolean and PRNG-key arrays and Python scalars are left as they
   are (labels, step counters, keys, flags like `train=False`).
-
-  Args:
-    tree: any pytree.
-    dtype: the floating dtype to cast to.
-
-  Returns:
-    `tree` with its floating arrays cast.
   """
 
   def cast(leaf):
@@ -129,16 +104,8 @@ def apply_with_policy(
   `policy.compute_dtype`; the outputs (including mutated collections such as
   `batch_stats`) are cast to `policy.output_dtype`. Collections not listed,
   such as BatchNorm running statistics, enter in their stored dtype so that
-  their moving averages are not rounded to bfloat16.
-
-  Args:
-    apply_fn: function of `(variables, *args, **kwargs)`; `variables` is a
-      mapping from collection name to pytree.
-    policy: the precision policy.
-    cast_collections: collections cast to the compute dtype.
-
-  Returns:
-    The wrapped function (`apply_fn` itself for an all-float32 policy).
+  their moving averages are not rounded to bfloat16. Returns `apply_fn`
+  itself for an all-float32 policy.
   """
   if policy == FLOAT32:
     return apply_fn
@@ -157,11 +124,8 @@ def apply_with_policy(
 def certification_precision():
   """Context in which matmuls and convolutions run at full float32 precision.
 
-  Wrap the tracing (first call) of certification functions in it; the
-  setting is part of the `jax.jit` cache key.
-
-  Returns:
-    A context manager (`jax.default_matmul_precision('highest')`).
+  `jax.default_matmul_precision('highest')`; wrap the tracing (first call) of
+  certification functions in it (the setting is part of the jit cache key).
   """
   return jax.default_matmul_precision("highest")
 

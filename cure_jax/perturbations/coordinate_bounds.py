@@ -1,6 +1,6 @@
 """Sound bounds on the sampled source coordinates over a parameter box.
 
-For every output pixel p, eq. (1) of `transforms`,
+For every output pixel p, eq. (1) of `warps`,
 
   q = (1/s) · Sh(−m) · R(−φ) · (p − t),
 
@@ -22,7 +22,7 @@ geometric training, Yang et al., ICLR 2023):
 Each step is exact for its input box; coupling between the coordinates is
 lost between steps (a box stands in for the set), which splitting the range
 into sub-boxes controls. Steps with single-operation formulas use the same
-floating-point operations as `transforms.source_coordinates`, whose rounding
+floating-point operations as `warps.source_coordinates`, whose rounding
 is monotone, so at a degenerate range they reproduce it bit for bit.
 """
 
@@ -98,16 +98,8 @@ def _cosine_range(
 def rotate_back(
   x: Interval, y: Interval, angle: Interval
 ) -> tuple[Interval, Interval]:
-  """Bounds of R(−φ)·(x, y) = (x cos φ + y sin φ, y cos φ − x sin φ).
-
-  Args:
-    x: the box's x range.
-    y: the box's y range.
-    angle: φ in radians.
-
-  Returns:
-    The ranges of the two rotated coordinates over the box and the angles.
-  """
+  """Bounds of R(−φ)·(x, y) = (x cos φ + y sin φ, y cos φ − x sin φ) over the
+  box x × y and the angles φ (radians)."""
   corners = [(a, b) for a in (x.lower, x.upper) for b in (y.lower, y.upper)]
   new_x = _union(
     *[_cosine_range(a, b, angle.lower, angle.upper) for a, b in corners]
@@ -140,18 +132,9 @@ def divide_positive(a: Interval, divisor: Interval) -> Interval:
 def source_coordinate_bounds(
   box: ParameterBox, height: int, width: int
 ) -> tuple[Interval, Interval]:
-  """Bounds on the source coordinates (u, v) of every output pixel.
-
-  Args:
-    box: parameter ranges with scalar leaves, or leaves broadcastable
-      against [H, W] (e.g. [R, 1, 1] for R boxes).
-    height: H.
-    width: W.
-
-  Returns:
-    (u, v) intervals [..., H, W]: column and row of the sampled input point,
-    for every parameter value in the box.
-  """
+  """Bounds (u, v) [..., H, W] on the column and row each output pixel samples,
+  over every parameter in `box` (scalar leaves, or broadcastable against
+  [H, W], e.g. [R, 1, 1] for R boxes)."""
   lo, hi = box
   x, y = centered_grid(height, width)
   point = lambda v: Interval(v, v)

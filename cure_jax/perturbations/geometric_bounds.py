@@ -1,7 +1,7 @@
 """Interval bounds of transformed images over parameter boxes.
 
 For an image x and a box of parameters, every pixel of the transformed image
-clip(c·I_θ(x) + b, 0, 1) (`transforms.transform_image`) is bounded by
+clip(c·I_θ(x) + b, 0, 1) (`warps.transform_image`) is bounded by
 
 1. `coordinate_bounds`: the range of its source coordinates (u, v);
 2. `interpolation_bounds`: the image's extrema over the pixels that bilinear
@@ -33,15 +33,8 @@ from cure_jax.types import PIXEL_DOMAIN
 
 
 def photometric_bounds(values: Interval, box: ParameterBox) -> Interval:
-  """Bounds of c·x + b for x ∈ values, c and b in their ranges.
-
-  Args:
-    values: [R, H, W, C] bounds of the pixels.
-    box: parameter ranges with leaves [R] (one box per row).
-
-  Returns:
-    [R, H, W, C] bounds (not clipped).
-  """
+  """Unclipped bounds [R, H, W, C] of c·x + b for x ∈ values [R, H, W, C],
+  c and b in their ranges (box leaves [R])."""
   per_row = lambda leaf: jnp.reshape(leaf, (-1, 1, 1, 1))
   contrast = Interval(per_row(box.lower.contrast), per_row(box.upper.contrast))
   scaled = multiply(contrast, values)
@@ -54,16 +47,8 @@ def photometric_bounds(values: Interval, box: ParameterBox) -> Interval:
 def row_bounds(
   tables: WindowTables, point: jax.Array, box: ParameterBox
 ) -> Interval:
-  """Bounds of transformed images, one (image, parameter box) pair per row.
-
-  Args:
-    tables: `window_tables` of the images [B, H, W, C].
-    point: [R] index of each row's image.
-    box: parameter ranges with leaves [R].
-
-  Returns:
-    Interval [R, H, W, C], clipped to [0, 1].
-  """
+  """Bounds [R, H, W, C] in [0, 1] of row i's image `point[i]` transformed by
+  every parameter of box i (leaves [R])."""
   height, width = tables.minima.shape[3:5]
   per_row = jax.tree.map(lambda leaf: jnp.reshape(leaf, (-1, 1, 1)), box)
   u, v = source_coordinate_bounds(per_row, height, width)
@@ -75,16 +60,8 @@ def row_bounds(
 
 
 def transformed_image_bounds(images: jax.Array, box: ParameterBox) -> Interval:
-  """Bounds of every transformation in ``box`` of each image.
-
-  Args:
-    images: [B, H, W, C] in [0, 1].
-    box: one parameter box (scalar leaves) for every image, or leaves [B].
-
-  Returns:
-    Interval [B, H, W, C]: for every θ in the box, lower <=
-    `transforms.transform_images`(images, θ) <= upper.
-  """
+  """Bounds [B, H, W, C]: for every θ in ``box`` (scalar leaves or [B]),
+  lower <= `warps.transform_images`(images, θ) <= upper."""
   batch = images.shape[0]
   box = jax.tree.map(
     lambda leaf: jnp.broadcast_to(jnp.asarray(leaf, jnp.float32), (batch,)), box
@@ -95,18 +72,8 @@ def transformed_image_bounds(images: jax.Array, box: ParameterBox) -> Interval:
 def geometric_input_boxes(
   images: jax.Array, regions: ParameterBox, point: jax.Array, region: jax.Array
 ) -> Box:
-  """Input boxes of (image, sub-box) rows, for the certification cascade.
-
-  Args:
-    images: [B, H, W, C] in [0, 1].
-    regions: the S sub-boxes of a family (leaves [S]).
-    point: [R] image index of each row.
-    region: [R] sub-box index of each row.
-
-  Returns:
-    A `Box` [R, H, W, C] holding every transformation of image ``point[i]``
-    with parameters in sub-box ``region[i]``.
-  """
+  """A `Box` [R, H, W, C] holding every transformation of image ``point[i]``
+  with parameters in sub-box ``region[i]`` of the S ``regions``."""
   box = jax.tree.map(lambda leaf: leaf[region], regions)
   bounds = row_bounds(window_tables(images), point, box)
   return Box(bounds.lower, bounds.upper)
@@ -116,14 +83,6 @@ def region_boxes(images: jax.Array, point: jax.Array, box: ParameterBox) -> Box:
   """Input boxes of rows (image ``point[i]``, parameter box ``box[i]``).
 
   The region builder of geometric certification (`certify.regions`).
-
-  Args:
-    images: [B, H, W, C] in [0, 1].
-    point: [R] image index of each row.
-    box: parameter boxes with leaves [R].
-
-  Returns:
-    A `Box` [R, H, W, C].
   """
   bounds = row_bounds(window_tables(images), point, box)
   return Box(bounds.lower, bounds.upper)

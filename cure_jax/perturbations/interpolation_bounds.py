@@ -81,14 +81,7 @@ def _double(levels: jax.Array, axis: int, count: int, op) -> jax.Array:
 
 
 def window_tables(images: jax.Array) -> WindowTables:
-  """Builds the sparse tables of a batch of images.
-
-  Args:
-    images: [B, H, W, C].
-
-  Returns:
-    `WindowTables` ((⌊log2 H⌋ + 1)·(⌊log2 W⌋ + 1) levels per image).
-  """
+  """Sparse tables of [B, H, W, C]: (⌊log2 H⌋ + 1)·(⌊log2 W⌋ + 1) levels."""
   height, width = images.shape[1:3]
 
   def tables(op):
@@ -135,18 +128,8 @@ def _query(
 def interpolation_bounds(
   tables: WindowTables, point: jax.Array, u: Interval, v: Interval
 ) -> Interval:
-  """Bounds on bilinear interpolation of image ``point`` over coordinate boxes.
-
-  Args:
-    tables: `window_tables` of the images [B, H, W, C].
-    point: [R] index of the image each row reads.
-    u: column ranges [R, h, w] (one box per row and output pixel).
-    v: row ranges [R, h, w].
-
-  Returns:
-    Interval [R, h, w, C] holding the interpolated value of image
-    ``point[i]`` at every (u, v) of box (i, pixel).
-  """
+  """Interval [R, h, w, C] holding bilinear interpolation of image
+  ``point[i]`` at every (u, v) of box (i, pixel); u, v are [R, h, w]."""
   height, width = tables.minima.shape[3:5]
   log2 = jnp.asarray(
     np.floor(np.log2(np.arange(1, max(height, width) + 1))), jnp.int32

@@ -2,7 +2,7 @@
 
 A transformation is described by seven parameters (`TransformParams`); the
 geometric ones act on pixel coordinates, the photometric ones on values
-(see `transforms` for the exact maps):
+(see `warps` for the exact maps):
 
   rotation       angle φ in degrees (clockwise on screen: y points down)
   translation_x  shift t_x in pixels (to the right)
@@ -77,13 +77,8 @@ class ParameterBox(NamedTuple):
 class GeometricRanges(NamedTuple):
   """± magnitudes of each family's parameters (defaults: MNIST).
 
-  Attributes:
-    rotation: φ ∈ [−rotation, rotation] degrees.
-    translation: t_x, t_y ∈ [−translation, translation] pixels.
-    scaling: s ∈ [1 − scaling, 1 + scaling].
-    shearing: m ∈ [−shearing, shearing].
-    brightness: b ∈ [−brightness, brightness].
-    contrast: c ∈ [1 − contrast, 1 + contrast].
+  φ ∈ ±rotation degrees, t_x, t_y ∈ ±translation pixels, m ∈ ±shearing,
+  b ∈ ±brightness; s ∈ 1 ± scaling, c ∈ 1 ± contrast.
   """
 
   rotation: float = 15.0
@@ -94,7 +89,6 @@ class GeometricRanges(NamedTuple):
   contrast: float = 0.1
 
 
-# Family name -> the parameters it perturbs.
 FAMILIES = {
   "rotation": ("rotation",),
   "translation": ("translation_x", "translation_y"),
@@ -141,13 +135,8 @@ def _check_range(name: str, value) -> Range:
 def parameter_box(**ranges: Range) -> ParameterBox:
   """The box of the given parameter ranges, the identity elsewhere.
 
-  Example: ``parameter_box(rotation=(-15, 15), scaling=(0.9, 1.1))``.
-
-  Args:
-    **ranges: parameter name -> (lower, upper), see `TransformParams`.
-
-  Returns:
-    A `ParameterBox` with scalar (float) leaves.
+  Example: ``parameter_box(rotation=(-15, 15), scaling=(0.9, 1.1))``; the
+  leaves are Python floats.
 
   Raises:
     ValueError: for an unknown name, lower > upper, a non-finite bound, a
@@ -198,16 +187,8 @@ def _family_ranges(ranges: GeometricRanges) -> Mapping[str, Range]:
 def family_box(
   family: str, ranges: GeometricRanges = GeometricRanges()
 ) -> ParameterBox:
-  """The parameter box of a named family (see `FAMILIES`).
-
-  Args:
-    family: ``'rotation'``, ``'translation'``, ``'scaling'``,
-      ``'shearing'``, ``'brightness_contrast'`` or ``'combined'`` (all of
-      them at once: geometric, then photometric).
-    ranges: the ± magnitudes.
-
-  Returns:
-    The family's `ParameterBox` (scalar leaves).
+  """The parameter box (scalar leaves) of a family of `FAMILIES`
+  (``'combined'``: all parameters at once).
 
   Raises:
     ValueError: for an unknown family or invalid magnitudes.
@@ -264,14 +245,8 @@ def split_box(box: ParameterBox, subintervals: int) -> ParameterBox:
 
   The sub-boxes are the cartesian product of the pieces, so a box with k
   non-degenerate parameters gives ``subintervals**k`` of them; their union
-  is the box (adjacent pieces share their endpoints exactly).
-
-  Args:
-    box: a single `ParameterBox` (scalar leaves).
-    subintervals: pieces per non-degenerate parameter, >= 1.
-
-  Returns:
-    A `ParameterBox` whose leaves are float32 arrays [S].
+  is the box (adjacent pieces share their endpoints exactly). The leaves
+  are float32 arrays [S].
 
   Raises:
     ValueError: if ``box`` is stacked or ``subintervals`` is not an int >= 1.
@@ -302,15 +277,10 @@ def split_box(box: ParameterBox, subintervals: int) -> ParameterBox:
 
 
 def parameter_grid(box: ParameterBox, points: int) -> TransformParams:
-  """An evenly spaced grid over a box, endpoints included.
+  """An evenly spaced grid over a single box: float32 leaves [points**k].
 
-  Args:
-    box: a single `ParameterBox`.
-    points: values per non-degenerate parameter (>= 2 includes both
-      endpoints; 1 takes the centre).
-
-  Returns:
-    `TransformParams` whose leaves are float32 arrays [points**k].
+  ``points`` >= 2 includes both endpoints of each of the k non-degenerate
+  ranges; 1 takes the centre.
   """
   box = _scalar_box(box)
   points = _check_count("points", points)

@@ -65,15 +65,7 @@ def patch_positions(
   threat model. A larger stride samples them, always including the last row
   and column so that the windows still cover every pixel (certifying a
   sample does *not* certify the threat model; use it for training).
-
-  Args:
-    height: H.
-    width: W.
-    size: p.
-    stride: step between neighbouring corners.
-
-  Returns:
-    int32 [P, 2] array of (row, column), row-major.
+  Returns int32 [P, 2] (row, column), row-major.
   """
   check_patch(size, height, width, stride)
   rows, cols = _starts(height, size, stride), _starts(width, size, stride)
@@ -84,17 +76,8 @@ def patch_positions(
 def patch_mask(
   height: int, width: int, size: int, position: jax.Array
 ) -> jax.Array:
-  """The window's mask m, 1 inside the patch at ``position`` (traceable).
-
-  Args:
-    height: H.
-    width: W.
-    size: p.
-    position: [..., 2] int (row, column) corners.
-
-  Returns:
-    float32 [..., H, W, 1].
-  """
+  """The window's mask m, float32 [..., H, W, 1], 1 inside the p×p patch at
+  ``position`` [..., 2] (row, column); traceable."""
   position = jnp.asarray(position)
   row = position[..., 0, None, None]
   col = position[..., 1, None, None]
@@ -123,20 +106,9 @@ def patch_boxes(
   size: int,
   fraction=1.0,
 ) -> Box:
-  """Input boxes of (image, patch position) rows.
-
-  Args:
-    images: [B, H, W, C] in [0, 1].
-    point: [R] index of each row's image.
-    position: [R, 2] corner (row, column) of each row's patch.
-    size: p.
-    fraction: scalar in [0, 1]; 1 is the threat model (the window free in
-      [0, 1]), smaller values shrink the window's box towards x.
-
-  Returns:
-    `Box` [R, H, W, C]: every image equal to ``images[point[i]]`` outside
-    the window at ``position[i]``, with values in the (shrunk) box inside.
-  """
+  """`Box` [R, H, W, C]: images equal to ``images[point[i]]`` outside the
+  window at ``position[i]`` [R, 2], free inside; ``fraction`` < 1 shrinks the
+  window's box towards x (module doc)."""
   x, mask = _rows(images, point, position, size)
   return Box(x - fraction * mask * x, x + fraction * mask * (1.0 - x))
 
@@ -144,17 +116,8 @@ def patch_boxes(
 def apply_patch(
   images: jax.Array, position: jax.Array, values: jax.Array, size: int
 ) -> jax.Array:
-  """Pastes patches: ``values`` inside each window, ``images`` elsewhere.
-
-  Args:
-    images: [R, H, W, C].
-    position: [R, 2] corners.
-    values: [R, H, W, C] in [0, 1]; only the pixels inside the window count.
-    size: p.
-
-  Returns:
-    [R, H, W, C] patched images.
-  """
+  """Pastes patches: ``values`` inside each window, ``images`` elsewhere
+  (all [R, H, W, C]; ``position`` [R, 2])."""
   height, width = images.shape[1:3]
   mask = patch_mask(height, width, size, position)
   return images * (1.0 - mask) + values * mask

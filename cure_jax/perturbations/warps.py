@@ -4,8 +4,8 @@ Coordinates are centred: pixel (row r, column c) of an H×W image sits at
 p = (x, y) = (c − o_x, r − o_y), o = ((W − 1)/2, (H − 1)/2), with y pointing
 down. The geometric part moves content by the forward map
 
-  p_out = t + R(φ) · Sh(m) · (s · p_in),  R(φ) = [[cos φ, −sin φ], [sin φ, cos φ]],
-                                          Sh(m) = [[1, m], [0, 1]],
+  p_out = t + R(φ) · Sh(m) · (s · p_in),
+  R(φ) = [[cos φ, −sin φ], [sin φ, cos φ]],  Sh(m) = [[1, m], [0, 1]],
 
 (scale, then shear, then rotate, then translate), and is computed, as usual,
 by inverse mapping: output pixel p reads the input at
@@ -40,17 +40,8 @@ def centered_grid(height: int, width: int) -> tuple[jax.Array, jax.Array]:
 def source_coordinates(
   params: TransformParams, height: int, width: int
 ) -> tuple[jax.Array, jax.Array]:
-  """Where each output pixel samples the input, eq. (1), in pixel units.
-
-  Args:
-    params: scalar parameters, or arrays broadcastable against [H, W] (e.g.
-      [S, 1, 1] for S transformations).
-    height: H.
-    width: W.
-
-  Returns:
-    (u, v): column and row coordinates in the input, each broadcast [..., H, W].
-  """
+  """(u, v) [..., H, W]: the input column and row each output pixel samples,
+  eq. (1); ``params`` scalar or broadcastable against [H, W] ([S, 1, 1])."""
   x, y = centered_grid(height, width)
   x, y = x - params.translation_x, y - params.translation_y
   angle = params.rotation * DEGREE
@@ -62,17 +53,9 @@ def source_coordinates(
 
 
 def bilinear_sample(image: jax.Array, u: jax.Array, v: jax.Array) -> jax.Array:
-  """Bilinear interpolation of ``image`` at (u, v), zero outside the image.
-
-  Args:
-    image: [H, W, C].
-    u: column coordinates [h, w].
-    v: row coordinates [h, w].
-
-  Returns:
-    [h, w, C]: Σ over the 4 neighbours (v0 + i, u0 + j), i, j ∈ {0, 1}, of
-    weight (1 − |v − v0 − i|)(1 − |u − u0 − j|) times the pixel (0 outside).
-  """
+  """Bilinear interpolation of ``image`` [H, W, C] at (u, v) [h, w]: [h, w, C],
+  Σ over the 4 neighbours (v0 + i, u0 + j), i, j ∈ {0, 1}, of weight
+  (1 − |v − v0 − i|)(1 − |u − u0 − j|) times the pixel (0 outside)."""
   height, width = image.shape[:2]
   u0, v0 = jnp.floor(u), jnp.floor(v)
   fu, fv = (u - u0)[..., None], (v - v0)[..., None]
@@ -101,16 +84,7 @@ def transform_image(image: jax.Array, params: TransformParams) -> jax.Array:
 
 
 def transform_images(images: jax.Array, params: TransformParams) -> jax.Array:
-  """Applies a transformation per image.
-
-  Args:
-    images: [B, H, W, C] in [0, 1].
-    params: `TransformParams` with scalar leaves (the same for every image)
-      or leaves of shape [B] (one transformation per image).
-
-  Returns:
-    [B, H, W, C] transformed images.
-  """
+  """Transforms images [B, H, W, C]; ``params`` leaves scalar or [B]."""
   params = TransformParams(
     *(
       jnp.broadcast_to(jnp.asarray(p, jnp.float32), images.shape[:1])

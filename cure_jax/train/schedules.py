@@ -8,7 +8,8 @@ settings of the reference convert with ``step = epoch · steps_per_epoch``.
 * `smoothed_eps_schedule`: the ε ramp of auto_LiRPA's ``SmoothedScheduler``
   (CURE docs/method.md §4).
 * `kappa_schedule`: weight κ of the clean cross-entropy (docs/method.md §3).
-* `multistep_lr_schedule`: learning rate decayed at milestones (docs/method.md §4).
+* `multistep_lr_schedule`: learning rate decayed at milestones
+  (docs/method.md §4).
 * `warmup_regularizer_scale`: weight of Shi et al.'s warm-up regularizers,
   a function of the current ε rather than of the step (docs/method.md §3).
 """
@@ -55,18 +56,9 @@ def smoothed_eps_schedule(
   Degenerate ramps: if P = 0 the ramp is linear from a to b; if a = b, ε jumps
   from 0 to F at b.
 
-  Args:
-    final_eps: ε reached at ``end_step`` (≥ 0).
-    start_step: last step with ε = 0.
-    end_step: first step with ε = ``final_eps`` (≥ ``start_step``).
-    mid_fraction: fraction of the ramp that is polynomial, in [0, 1].
-    degree: exponent of the polynomial part (≥ 1; 1 gives a linear ramp).
-
-  Returns:
-    ``schedule(step) -> ε`` (a float array).
-
   Raises:
-    ValueError: on arguments outside the ranges above.
+    ValueError: unless F ≥ 0, 0 ≤ a ≤ b are ints, mid_fraction ∈ [0, 1] and
+      d ≥ 1.
   """
   _check_step(start_step, "start_step")
   _check_step(end_step, "end_step")
@@ -106,17 +98,9 @@ def smoothed_eps_schedule(
 def kappa_schedule(natural_steps: int) -> optax.Schedule:
   """Weight κ of the clean cross-entropy: 1 for the first steps, then 0.
 
-  The total loss is (1 − κ)·L_rob + κ·CE(clean) (CURE docs/method.md §3); the reference
-  trains the first epoch naturally (``natural_steps = steps_per_epoch``).
-
-  Args:
-    natural_steps: number of leading steps with κ = 1.
-
-  Returns:
-    ``schedule(step) -> κ``: 1.0 for ``step < natural_steps``, else 0.0.
-
-  Raises:
-    ValueError: ``natural_steps`` is not a non-negative int.
+  The total loss is (1 − κ)·L_rob + κ·CE(clean) (docs/method.md §3); the
+  reference trains the first epoch naturally (``natural_steps = steps_per_epoch``).
+  Raises ValueError unless ``natural_steps`` is a non-negative int.
   """
   _check_step(natural_steps, "natural_steps")
 
@@ -131,16 +115,8 @@ def multistep_lr_schedule(
 ) -> optax.Schedule:
   """Learning rate times ``decay`` at each milestone, as PyTorch MultiStepLR.
 
-  ``lr(step) = base_lr · decay^k`` with k the number of milestones ≤ step.
-
-  Args:
-    base_lr: learning rate before the first milestone (> 0).
-    milestones_steps: strictly increasing positive steps, e.g.
-      ``[120 · steps_per_epoch, 140 · steps_per_epoch]``.
-    decay: factor applied at each milestone, in (0, 1].
-
-  Returns:
-    ``schedule(step) -> lr``.
+  ``lr(step) = base_lr · decay^k`` with k the number of milestones ≤ step,
+  e.g. milestones ``[120 · steps_per_epoch, 140 · steps_per_epoch]``.
 
   Raises:
     ValueError: on a non-positive ``base_lr``, ``decay`` outside (0, 1], or
@@ -170,20 +146,10 @@ def warmup_regularizer_scale(
 ) -> chex.Numeric:
   """Weight of Shi et al.'s warm-up regularizers at the current ε.
 
-  ``weight · (1 − ε/ε_end)``, clipped to [0, weight] (Shi et al., 2021; CURE
-  docs/method.md §3): the regularizers fade out linearly in ε and vanish once ε reaches
-  ``eps_end``. The caller applies them only during the ε ramp.
-
-  Args:
-    eps: the current ε (from the ε schedule).
-    eps_end: the final ε of the ramp (> 0).
-    weight: the scale at ε = 0 (the reference's ``reg_lambda`` 0.5).
-
-  Returns:
-    The scale, a float array.
-
-  Raises:
-    ValueError: ``eps_end`` is not positive.
+  ``weight · (1 − ε/ε_end)``, clipped to [0, weight] (Shi et al., 2021;
+  docs/method.md §3): the regularizers fade out linearly in ε and vanish once
+  ε reaches ``eps_end`` (> 0, else ValueError). The caller applies them only during the
+  ε ramp. The default ``weight`` is the reference's ``reg_lambda``.
   """
   if eps_end <= 0:
     raise ValueError(f"eps_end must be > 0; got {eps_end}.")

@@ -72,20 +72,11 @@ def evaluate_threats(
 ) -> tuple[report.Records, dict[str, Any]]:
   """Certifies and attacks every point under every threat.
 
-  Args:
-    apply_fn: ``apply_fn(variables, x, train=False) -> logits``; the same
-      object on every call.
-    variables: the model's variables.
-    images: [N, H, W, C] in [0, 1].
-    labels: [N] integer labels.
-    threats: the threat models.
-    num_classes: K.
-    methods: the region cascade, from `regions.REGION_METHODS`.
-    rows_per_batch: (point, region) rows per bounded chunk.
-    log: progress output (None: silent).
-
-  Returns:
-    (records, summary): per-point columns and the JSON-ready summary.
+  ``apply_fn(variables, x, train=False) -> logits`` must be the same object on
+  every call (a jit cache key); images [N, H, W, C] in [0, 1]; ``methods`` a
+  cascade from `regions.REGION_METHODS`; ``rows_per_batch`` (point, region)
+  rows per bounded chunk; ``log`` None is silent. Returns (records, summary):
+  per-point columns and the JSON-ready summary.
   """
   labels = np.asarray(labels, np.int64)
   predictions = np.asarray(
@@ -189,17 +180,9 @@ def format_threat_table(summary: Mapping[str, Any]) -> str:
 def certify_checkpoint_beyond_lp(
   config, workdir: str, output_name: str = "beyond_lp", log=print
 ) -> dict[str, Any]:
-  """Certifies the newest checkpoint of ``workdir`` beyond l_p.
-
-  Args:
-    config: the config the checkpoint was trained with; its
-      ``eval.beyond_lp`` names the threat models.
-    workdir: the run's directory.
-    output_name: file stem of the reports written into ``workdir``.
-    log: progress and table output (None: silent).
-
-  Returns:
-    The summary (also in ``workdir/<output_name>.json``).
+  """Certifies the newest checkpoint of ``workdir`` beyond l_p under the
+  threats of ``config.eval.beyond_lp``; returns the summary, also written to
+  ``workdir/<output_name>.json`` (and per-point ``.csv``).
 
   Raises:
     ValueError: a bad ``config.eval.beyond_lp`` setting (before anything

@@ -36,13 +36,9 @@ FAMILY_DESCRIPTIONS = {
 class Threat(NamedTuple):
   """A threat model with its certification regions and empirical attack.
 
-  Attributes:
-    region: the `regions.RegionThreat` (name, box builder, regions).
-    description: the threat model in words.
-    attack: ``attack(apply_fn, variables, images, labels, points, hints)
-      -> [B]`` bool: correctly classified and not broken (points outside
-      ``points`` are reported as classified); ``hints`` is the certification's
-      [B] failing region per point (`RegionResult.failing_region`).
+  ``attack(apply_fn, variables, images, labels, points, hints) -> [B]`` bool:
+  correctly classified and not broken (points outside ``points`` count as
+  classified); ``hints`` is the [B] `RegionResult.failing_region`.
   """
 
   region: regions.RegionThreat
@@ -108,13 +104,9 @@ def _grid_attack(apply_fn, variables, images, labels, points, hints, *, grid):
 def geometric_threat(
   family: str, ranges: Mapping[str, float], subintervals: int, grid_points: int
 ) -> Threat:
-  """A transformation family's threat model.
-
-  Args:
-    family: a key of `parameters.FAMILIES`.
-    ranges: ± magnitudes (`parameters.GeometricRanges` fields).
-    subintervals: pieces per parameter of the family's box.
-    grid_points: values per parameter of the attack's grid.
+  """A family's threat model: ± ``ranges`` (`parameters.GeometricRanges`
+  fields), ``subintervals`` pieces per parameter to certify, ``grid_points``
+  values per parameter to attack.
 
   Raises:
     ValueError: for an unknown family, bad magnitudes or counts.
@@ -135,11 +127,8 @@ def geometric_threat(
 
 
 def threats_from_config(settings, image_shape) -> list[Threat]:
-  """Every threat model of ``config.eval.beyond_lp``, patches first.
-
-  Args:
-    settings: ``config.eval.beyond_lp``.
-    image_shape: (H, W, C) of the evaluated images.
+  """Every threat model of ``settings`` (``config.eval.beyond_lp``) for
+  images of ``image_shape`` (H, W, ...), patches first.
 
   Raises:
     ValueError: for an unknown family, a patch larger than the image, a bad
