@@ -14,7 +14,14 @@ ALLOWED = {
   "attacks": {"bounds"},
   "models": {"bounds"},
   "perturbations": {"bounds"},
-  "certify": {"bounds", "models", "attacks", "data", "parallel", "perturbations"},
+  "certify": {
+    "bounds",
+    "models",
+    "attacks",
+    "data",
+    "parallel",
+    "perturbations",
+  },
 }
 SHARED = {"types", "checkpoint", "config_schema"}  # modules any package may use
 
