@@ -20,9 +20,14 @@ import numpy as np
 import pytest
 
 from cure_jax import settings
+from cure_jax.checkpoint import (
+  Checkpointer,
+  CheckpointRestoreError,
+  checkpoint_dir,
+  restore_for_eval,
+)
 from cure_jax.data import DataNotFoundError, fake_sources
 from cure_jax.train import loop
-from cure_jax.train.checkpoint import Checkpointer, CheckpointRestoreError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # Read before `_no_data_env` clears it: .ci/run points it at real MNIST.
@@ -80,7 +85,7 @@ def tiny_config(files, tfds, method="sabr", **overrides):
 
 
 def restored_params(config, workdir):
-  _, variables = loop.restore_for_eval(config, str(workdir))
+  _, variables = restore_for_eval(config, str(workdir))
   return jax.device_get(variables)
 
 
@@ -119,7 +124,7 @@ def test_trains_evaluates_and_writes_results(
       results["union_certified_accuracy"]
       <= results[f"certified_accuracy_{norm}"]
     )
-  with Checkpointer(loop.checkpoint_dir(str(tmp_path))) as ckpt:
+  with Checkpointer(checkpoint_dir(str(tmp_path))) as ckpt:
     assert ckpt.latest_step == 9
   assert any((tmp_path / "tensorboard").iterdir())
   out = capsys.readouterr().out
@@ -236,7 +241,7 @@ def test_corrupt_checkpoint_stops_with_a_clear_error(
   assert loop.train_and_evaluate(config, str(tmp_path), stop_after_steps=3) == {
     "stopped_at_step": 3
   }
-  step_dir = pathlib.Path(loop.checkpoint_dir(str(tmp_path))) / "3"
+  step_dir = pathlib.Path(checkpoint_dir(str(tmp_path))) / "3"
   data_files = [
     p
     for p in (step_dir / "state").rglob("*")
@@ -248,7 +253,7 @@ def test_corrupt_checkpoint_stops_with_a_clear_error(
   with pytest.raises(CheckpointRestoreError) as error:
     loop.train_and_evaluate(config, str(tmp_path))
   assert str(step_dir) in str(error.value)
-  assert "fresh workdir" in str(error.value)
+  assert "point --workdir elsewhere" in str(error.value)
   assert step_dir.exists()  # never deleted, never overwritten
 
 
@@ -265,7 +270,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
     match=r"loss is nan at step \d+; the last good checkpoint \(step 3\)",
   ):
     loop.train_and_evaluate(config, str(tmp_path))
-  with Checkpointer(loop.checkpoint_dir(str(tmp_path))) as ckpt:
+  with Checkpointer(checkpoint_dir(str(tmp_path))) as ckpt:
     assert ckpt.latest_step == 3
   params = jax.tree.leaves(restored_params(config, tmp_path))
   assert all(np.all(np.isfinite(p)) for p in params)
