@@ -122,24 +122,20 @@ class Checkpointer:
     async_save: bool = True,
     read_only: bool = False,
   ):
-    policies = ocp.checkpoint_managers
-    writes = dict(
-      max_to_keep=max_to_keep,
-      save_decision_policy=policies.AnySavePolicy(
+    every = ocp.checkpoint_managers
+    options = ocp.CheckpointManagerOptions(
+      max_to_keep=None if read_only else max_to_keep,
+      save_interval_steps=0 if read_only else save_interval_steps,
+      save_decision_policy=every.AnySavePolicy(
         [
-          policies.FixedIntervalPolicy(save_interval_steps),
-          policies.PreemptionCheckpointingPolicy(),
+          every.FixedIntervalPolicy(save_interval_steps),
+          every.PreemptionCheckpointingPolicy(),
         ]
       ),
-      cleanup_tmp_directories=True,  # of saves killed half-way
-    )
-    options = ocp.CheckpointManagerOptions(
+      create=not read_only,
+      cleanup_tmp_directories=not read_only,  # of saves killed half-way
       enable_async_checkpointing=async_save,
-      **(
-        dict(read_only=True, create=False, save_interval_steps=0)
-        if read_only
-        else writes
-      ),
+      read_only=read_only,
     )
     registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
     registry.add(_STATE, ocp.args.PyTreeSave)

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 import pytest
 
-from cure_jax import settings
+from cure_jax import data, settings
 from cure_jax.checkpoint import (
   Checkpointer,
   CheckpointRestoreError,
@@ -27,7 +27,9 @@ from cure_jax.checkpoint import (
   restore_for_eval,
 )
 from cure_jax.data import DataNotFoundError, fake_sources
+from cure_jax.models import build_model
 from cure_jax.train import loop
+from cure_jax.train.state import make_optimizer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # Read before `_no_data_env` clears it: .ci/run points it at real MNIST.
@@ -348,6 +350,28 @@ def test_finetune_from_a_missing_run_says_to_train_it_first(
   with pytest.raises(FileNotFoundError, match="train the l∞ model there"):
     loop.train_and_evaluate(config, str(tmp_path / "run"))
   assert not source.exists()  # nothing created where the source should be
+
+
+def test_finetune_starts_from_the_source_runs_variables(
+  mnist_files, tfds_dir, tmp_path
+):
+  source = tiny_config(mnist_files, tfds_dir, method="ibp")
+  loop.train_and_evaluate(source, str(tmp_path / "linf"), stop_after_steps=3)
+  config = tiny_config(
+    mnist_files,
+    tfds_dir,
+    method="cure_finetune",
+    finetune_from=str(tmp_path / "linf"),
+    **{"cure.gp_beta": 0.5},
+  )
+  info, model = data.dataset_info("mnist"), build_model(config)
+  optimizer = make_optimizer(config, steps_per_epoch=3)
+  state = loop._pretrained(config, model, optimizer, info)  # pylint: disable=protected-access
+  assert int(state.step) == 0 and state.gp != ()  # its own optimizer and GP
+  assert_trees_equal(
+    {"params": state.params, "batch_stats": state.batch_stats},
+    restored_params(source, tmp_path / "linf"),
+  )
 
 
 @pytest.mark.parametrize("method", ["sabr", "cure_max"])
