@@ -50,9 +50,9 @@ def main(argv):
     _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value
   )
   # After initialize(): these import JAX backends' users.
+  from cure_jax.checkpoint import CheckpointRestoreError  # pylint: disable=g-import-not-at-top
   from cure_jax.data import DataNotFoundError  # pylint: disable=g-import-not-at-top
   from cure_jax.train import loop  # pylint: disable=g-import-not-at-top
-  from cure_jax.train.checkpoint import CheckpointRestoreError  # pylint: disable=g-import-not-at-top
 
   try:
     loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)

@@ -145,6 +145,7 @@ def test_mixed_precision_train_step_computes_in_bfloat16_keeps_float32_state(
   import pathlib  # pylint: disable=g-import-not-at-top
 
   from cure_jax import settings  # pylint: disable=g-import-not-at-top
+  from cure_jax.models import build_model  # pylint: disable=g-import-not-at-top
   from cure_jax.objectives.base import Batch  # pylint: disable=g-import-not-at-top
   from cure_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
   from cure_jax.train import step as step_lib
@@ -161,7 +162,7 @@ def test_mixed_precision_train_step_computes_in_bfloat16_keeps_float32_state(
       "pgd_steps": 2,
     },
   )
-  model = state_lib.build_model(config)
+  model = build_model(config)
   optimizer = state_lib.make_optimizer(config, 10)
   sched = step_lib.make_schedules(config, 10)
   phase = step_lib.phase_at(config, sched, 20)  # after the ramp

@@ -70,13 +70,14 @@ def _config(method, files, tfds, **overrides):
 def _worker(files, tfds, workdir, out_path):
   import jax  # pylint: disable=g-import-not-at-top
 
+  from cure_jax.checkpoint import restore_for_eval  # pylint: disable=g-import-not-at-top
   from cure_jax.train import loop  # pylint: disable=g-import-not-at-top
 
   arrays = {"devices": np.asarray(jax.device_count())}
   for name, (method, overrides) in RUNS.items():
     config = _config(method, files, tfds, **overrides)
     results = loop.train_and_evaluate(config, os.path.join(workdir, name))
-    _, variables = loop.restore_for_eval(config, os.path.join(workdir, name))
+    _, variables = restore_for_eval(config, os.path.join(workdir, name))
     leaves = jax.tree_util.tree_leaves_with_path(jax.device_get(variables))
     for path, leaf in leaves:
       arrays[f"{name}/{jax.tree_util.keystr(path)}"] = np.asarray(leaf)
@@ -207,13 +208,13 @@ def test_sigkill_mid_epoch_then_restart_gives_the_uninterrupted_result(
     uninterrupted.kill()
   sys.path.insert(0, str(REPO))
   from cure_jax import settings  # pylint: disable=g-import-not-at-top
-  from cure_jax.train import loop  # pylint: disable=g-import-not-at-top
+  from cure_jax.checkpoint import restore_for_eval  # pylint: disable=g-import-not-at-top
 
   config = settings.load_config(f"{MNIST_CONFIG}:cpu=True,method=sabr")
   config.unlock()
   settings.apply_overrides(config, {"model.name": "mlp"})
-  _, a = loop.restore_for_eval(config, str(straight))
-  _, b = loop.restore_for_eval(config, str(killed))
+  _, a = restore_for_eval(config, str(straight))
+  _, b = restore_for_eval(config, str(killed))
   import jax  # pylint: disable=g-import-not-at-top
 
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):

@@ -19,10 +19,17 @@ import jax
 import numpy as np
 import pytest
 
-from cure_jax import settings
+from cure_jax import data, settings
+from cure_jax.checkpoint import (
+  Checkpointer,
+  CheckpointRestoreError,
+  checkpoint_dir,
+  restore_for_eval,
+)
 from cure_jax.data import DataNotFoundError, fake_sources
+from cure_jax.models import build_model
 from cure_jax.train import loop
-from cure_jax.train.checkpoint import Checkpointer, CheckpointRestoreError
+from cure_jax.train.state import make_optimizer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # Read before `_no_data_env` clears it: .ci/run points it at real MNIST.
@@ -80,7 +87,7 @@ def tiny_config(files, tfds, method="sabr", **overrides):
 
 
 def restored_params(config, workdir):
-  _, variables = loop.restore_for_eval(config, str(workdir))
+  _, variables = restore_for_eval(config, str(workdir))
   return jax.device_get(variables)
 
 
@@ -119,7 +126,7 @@ def test_trains_evaluates_and_writes_results(
       results["union_certified_accuracy"]
       <= results[f"certified_accuracy_{norm}"]
     )
-  with Checkpointer(loop.checkpoint_dir(str(tmp_path))) as ckpt:
+  with Checkpointer(checkpoint_dir(str(tmp_path))) as ckpt:
     assert ckpt.latest_step == 9
   assert any((tmp_path / "tensorboard").iterdir())
   out = capsys.readouterr().out
@@ -236,7 +243,7 @@ def test_corrupt_checkpoint_stops_with_a_clear_error(
   assert loop.train_and_evaluate(config, str(tmp_path), stop_after_steps=3) == {
     "stopped_at_step": 3
   }
-  step_dir = pathlib.Path(loop.checkpoint_dir(str(tmp_path))) / "3"
+  step_dir = pathlib.Path(checkpoint_dir(str(tmp_path))) / "3"
   data_files = [
     p
     for p in (step_dir / "state").rglob("*")
@@ -248,7 +255,7 @@ def test_corrupt_checkpoint_stops_with_a_clear_error(
   with pytest.raises(CheckpointRestoreError) as error:
     loop.train_and_evaluate(config, str(tmp_path))
   assert str(step_dir) in str(error.value)
-  assert "fresh workdir" in str(error.value)
+  assert "point --workdir elsewhere" in str(error.value)
   assert step_dir.exists()  # never deleted, never overwritten
 
 
@@ -265,7 +272,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
     match=r"loss is nan at step \d+; the last good checkpoint \(step 3\)",
   ):
     loop.train_and_evaluate(config, str(tmp_path))
-  with Checkpointer(loop.checkpoint_dir(str(tmp_path))) as ckpt:
+  with Checkpointer(checkpoint_dir(str(tmp_path))) as ckpt:
     assert ckpt.latest_step == 3
   params = jax.tree.leaves(restored_params(config, tmp_path))
   assert all(np.all(np.isfinite(p)) for p in params)
@@ -343,6 +350,28 @@ def test_finetune_from_a_missing_run_says_to_train_it_first(
   with pytest.raises(FileNotFoundError, match="train the l∞ model there"):
     loop.train_and_evaluate(config, str(tmp_path / "run"))
   assert not source.exists()  # nothing created where the source should be
+
+
+def test_finetune_starts_from_the_source_runs_variables(
+  mnist_files, tfds_dir, tmp_path
+):
+  source = tiny_config(mnist_files, tfds_dir, method="ibp")
+  loop.train_and_evaluate(source, str(tmp_path / "linf"), stop_after_steps=3)
+  config = tiny_config(
+    mnist_files,
+    tfds_dir,
+    method="cure_finetune",
+    finetune_from=str(tmp_path / "linf"),
+    **{"cure.gp_beta": 0.5},
+  )
+  info, model = data.dataset_info("mnist"), build_model(config)
+  optimizer = make_optimizer(config, steps_per_epoch=3)
+  state = loop._pretrained(config, model, optimizer, info)  # pylint: disable=protected-access
+  assert int(state.step) == 0 and state.gp != ()  # its own optimizer and GP
+  assert_trees_equal(
+    {"params": state.params, "batch_stats": state.batch_stats},
+    restored_params(source, tmp_path / "linf"),
+  )
 
 
 @pytest.mark.parametrize("method", ["sabr", "cure_max"])

@@ -33,6 +33,7 @@ def _worker(
   import numpy as np  # pylint: disable=g-import-not-at-top
 
   from cure_jax.benchmarks.measure import median_seconds  # pylint: disable=g-import-not-at-top
+  from cure_jax.models import build_model  # pylint: disable=g-import-not-at-top
   from cure_jax.objectives.base import Batch  # pylint: disable=g-import-not-at-top
   from cure_jax.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   from cure_jax.settings import load_config  # pylint: disable=g-import-not-at-top
@@ -46,7 +47,7 @@ def _worker(
   config.unlock()
   config.model.name, config.batch_size = model_name, batch
   config.lock()
-  model = state_lib.build_model(config)
+  model = build_model(config)
   optimizer = state_lib.make_optimizer(config, 100)
   sched = step_lib.make_schedules(config, 100)
   state = state_lib.create_train_state(config, model, optimizer, (28, 28, 1))

@@ -60,16 +60,17 @@ def certify_checkpoint(
     The summary (also in ``workdir/<output_name>.json``).
 
   Raises:
-    FileNotFoundError: ``workdir`` has no checkpoint.
+    NoCheckpointError: ``workdir`` has no checkpoint.
+    CheckpointRestoreError: its checkpoint cannot be restored.
     DataNotFoundError: the test split is not available.
   """
   # Imported here so that --help answers without initializing JAX.
   import numpy as np  # pylint: disable=g-import-not-at-top
 
   from cure_jax import certify, data  # pylint: disable=g-import-not-at-top
-  from cure_jax.train import loop  # pylint: disable=g-import-not-at-top
+  from cure_jax.checkpoint import restore_for_eval  # pylint: disable=g-import-not-at-top
 
-  model, variables = loop.restore_for_eval(config, workdir)
+  model, variables = restore_for_eval(config, workdir)
   info = data.dataset_info(config.dataset.name)
   test = data.load_config_split(config, "test")
   if config.eval.certify_examples:
@@ -110,8 +111,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)
+  from cure_jax.checkpoint import CheckpointRestoreError  # pylint: disable=g-import-not-at-top
   from cure_jax.data import DataNotFoundError  # pylint: disable=g-import-not-at-top
-  from cure_jax.train.checkpoint import CheckpointRestoreError  # pylint: disable=g-import-not-at-top
 
   try:
     certify_checkpoint(_CONFIG.value, _WORKDIR.value, _OUTPUT_NAME.value)

@@ -6,7 +6,7 @@ moments for the bounded pass of certified training (see `batch_norm`).
 """
 
 from cure_jax.models.batch_norm import BATCH_MOMENTS, RUNNING_STATS, BatchNorm
-from cure_jax.models.catalog import MODELS, get_model
+from cure_jax.models.catalog import MODELS, build_model, get_model
 from cure_jax.models.cnn import CNN7, OUTPUT_LAYER, ConvNet, SmallCNN
 from cure_jax.models.init import ibp_init, ibp_normal, ibp_std
 from cure_jax.models.mlp import MLP
@@ -23,6 +23,7 @@ __all__ = (
   "OUTPUT_LAYER",
   "RUNNING_STATS",
   "SmallCNN",
+  "build_model",
   "get_model",
   "ibp_init",
   "ibp_normal",

@@ -1,4 +1,4 @@
-"""`get_model`: build a model by name, e.g. from an ml_collections config."""
+"""`get_model`: build a model by name; `build_model`: from a config."""
 
 import dataclasses
 
@@ -48,6 +48,12 @@ def get_model(name: str, **kwargs) -> nn.Module:
       f"{list(fields)}."
     )
   return model_cls(**{k: _as_tuples(v) for k, v in kwargs.items()})
+
+
+def build_model(config) -> nn.Module:
+  """The model of ``config.model``: its ``name`` and attributes (`get_model`)."""
+  kwargs = {k: v for k, v in config.model.items() if k != "name"}
+  return get_model(config.model.name, **kwargs)
 
 
 def _as_tuples(value):

@@ -14,20 +14,24 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-from etils import epath
 
 from cure_jax import data, settings
+from cure_jax.checkpoint import (
+  Checkpointer,
+  NoCheckpointError,
+  checkpoint_dir,
+  restore_variables,
+)
+from cure_jax.models import build_model
 from cure_jax.objectives.base import Batch
 from cure_jax.parallel import distributed
 from cure_jax.parallel import mesh as mesh_lib
 from cure_jax.parallel.precision import training_model
 from cure_jax.train import final_eval
-from cure_jax.train.checkpoint import Checkpointer
 from cure_jax.train.preemption import PreemptionGuard
 from cure_jax.train.reporting import MetricWriter, Progress, write_json_atomic
 from cure_jax.train.state import (
   TrainState,
-  build_model,
   create_train_state,
   fresh_state,
   make_optimizer,
@@ -48,51 +52,28 @@ class NonFiniteLossError(FloatingPointError):
   """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
-def checkpoint_dir(workdir: str) -> str:
-  return os.path.join(workdir, "checkpoints")
-
-
 def _template(config, model, optimizer, info) -> TrainState:
   return create_train_state(config, model, optimizer, info.input_shape)
-
-
-def restore_for_eval(config: ml_collections.ConfigDict, workdir: str):
-  """(model, variables) of the newest checkpoint in ``workdir``."""
-  info = data.dataset_info(config.dataset.name)
-  model = build_model(config)
-  optimizer = make_optimizer(config, steps_per_epoch=1)
-  template = _template(config, model, optimizer, info)
-  missing = FileNotFoundError(
-    f"no checkpoint in {checkpoint_dir(workdir)}: train first with "
-    f"python -m cure_jax.main --config=... --workdir={workdir}"
-  )
-  if not epath.Path(checkpoint_dir(workdir)).exists():
-    raise missing  # before orbax, which would create the directory
-  with Checkpointer(checkpoint_dir(workdir), async_save=False) as ckpt:
-    state = ckpt.restore_latest(template)
-  if state is None:
-    raise missing
-  return model, {"params": state.params, "batch_stats": state.batch_stats}
 
 
 def _pretrained(config, model, optimizer, info) -> TrainState:
   """The l∞ model CURE-Finetune starts from (``config.finetune_from``)."""
   source = config.finetune_from
-  pre_config = ml_collections.ConfigDict(config.to_dict())
-  pre_config.cure.gp_beta = 0.0
-  template = _template(pre_config, model, optimizer, info)
-  missing = FileNotFoundError(
-    f"finetune_from={source!r} holds no checkpoint under "
-    f"{checkpoint_dir(source)}; train the l∞ model there first (e.g. "
-    "method=sabr)."
+  template = _template(config, model, optimizer, info)
+  try:
+    variables = restore_variables(
+      checkpoint_dir(source),
+      {"params": template.params, "batch_stats": template.batch_stats},
+    )
+  except NoCheckpointError as error:
+    raise FileNotFoundError(
+      f"finetune_from={source!r} holds no checkpoint under "
+      f"{checkpoint_dir(source)}; train the l∞ model there first (e.g. "
+      "method=sabr)."
+    ) from error
+  return fresh_state(
+    config, variables["params"], variables["batch_stats"], optimizer
   )
-  if not epath.Path(checkpoint_dir(source)).exists():
-    raise missing  # before orbax, which would create the directory
-  with Checkpointer(checkpoint_dir(source), async_save=False) as ckpt:
-    restored = ckpt.restore_latest(template)
-  if restored is None:
-    raise missing
-  return fresh_state(config, restored.params, restored.batch_stats, optimizer)
 
 
 def _check_finite(metrics: dict[str, Any], step: int, ckpt: Checkpointer):

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from cure_jax.models import get_model, ibp_init
+from cure_jax.models import ibp_init
 from cure_jax.objectives.gradient_projection import (
   init_state,
 )
@@ -35,11 +35,6 @@ class TrainState(NamedTuple):
   batch_stats: Any
   opt_state: Any
   gp: Any
-
-
-def build_model(config: ml_collections.ConfigDict):
-  kwargs = {k: v for k, v in config.model.items() if k != "name"}
-  return get_model(config.model.name, **kwargs)
 
 
 def make_optimizer(

@@ -53,8 +53,8 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   # Imported here so that --help answers without initializing JAX.
   from cure_jax.certify.beyond_lp import threat_eval as evaluate  # pylint: disable=g-import-not-at-top
+  from cure_jax.checkpoint import CheckpointRestoreError  # pylint: disable=g-import-not-at-top
   from cure_jax.data import DataNotFoundError  # pylint: disable=g-import-not-at-top
-  from cure_jax.train.checkpoint import CheckpointRestoreError  # pylint: disable=g-import-not-at-top
 
   try:
     evaluate.certify_checkpoint_beyond_lp(

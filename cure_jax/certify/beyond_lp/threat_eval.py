@@ -187,10 +187,11 @@ def certify_checkpoint_beyond_lp(
   Raises:
     ValueError: a bad ``config.eval.beyond_lp`` setting (before anything
       is loaded).
-    FileNotFoundError: ``workdir`` has no checkpoint.
+    NoCheckpointError: ``workdir`` has no checkpoint.
+    CheckpointRestoreError: its checkpoint cannot be restored.
     DataNotFoundError: the test split is not available.
   """
-  from cure_jax.train import loop  # pylint: disable=g-import-not-at-top
+  from cure_jax.checkpoint import restore_for_eval  # pylint: disable=g-import-not-at-top
 
   settings = config.eval.beyond_lp
   info = data.dataset_info(config.dataset.name)
@@ -200,7 +201,7 @@ def certify_checkpoint_beyond_lp(
     else tuple(info.image_shape[:2])
   )
   threats = threats_from_config(settings, image_shape)
-  model, variables = loop.restore_for_eval(config, workdir)
+  model, variables = restore_for_eval(config, workdir)
   test = data.load_config_split(config, "test")
   if settings.examples:
     test = test.take(min(settings.examples, test.num_examples))
