@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from cure_jax import data, settings
+from cure_jax import config_schema, data
 from cure_jax.objectives.base import Batch
 from cure_jax.parallel import distributed
 from cure_jax.parallel import mesh as mesh_lib
@@ -195,7 +195,7 @@ def train_and_evaluate(
   """Trains ``config`` in ``workdir`` (resuming if possible) and evaluates.
 
   Args:
-    config: a config from ``configs/`` (see `cure_jax.settings`).
+    config: a config from ``configs/`` (see `cure_jax.config_schema`).
     workdir: checkpoints, TensorBoard summaries and ``results.json`` go here.
     stop_after_steps: stop (with a checkpoint) after this many steps of this
       call, as a preemption would; for tests and debugging.
@@ -210,7 +210,7 @@ def train_and_evaluate(
       or belongs to another model; the run never silently starts over.
     NonFiniteLossError: the loss diverged; the last good checkpoint is kept.
   """
-  settings.check_method(config.method)
+  config_schema.check_method(config.method)
   main = distributed.is_main_process()
   os.makedirs(workdir, exist_ok=True)
   info, train, test = load_datasets(config)

@@ -1,4 +1,4 @@
-"""Tests for cure_jax/objectives/registry.py: how the clean pass enters the loss."""
+"""Tests for cure_jax/objectives/objective.py: how the clean pass enters the loss."""
 
 import jax
 import jax.numpy as jnp
@@ -16,8 +16,8 @@ from cure_jax.objectives.base import (
   moment_subset,
   robust_cross_entropy,
 )
-from cure_jax.objectives.registry import make_objective
-from cure_jax.settings import load_config
+from cure_jax.objectives.objective import make_objective
+from cure_jax.config_schema import load_config
 
 MODEL = ConvNet(
   num_classes=10,
