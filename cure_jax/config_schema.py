@@ -45,13 +45,17 @@ class TrainingMethod(NamedTuple):
     finetune: a short schedule from a trained l∞ model
       (``config.finetune_from``).
     step_cost: seconds of a training step after the ε ramp over a natural
-      step's, for the models of `STEP_COST_MODELS`, batch 128, MNIST-shaped
-      input, 8 PGD steps; ``python -m cure_jax.benchmarks.train_step`` on a
-      2-core CPU (ibp, sabr, cure_max, cure_scratch: README, Performance; the
-      others: ``--models=small_cnn --methods=natural,crown_ibp,pgd_linf,
-      pgd_l2,l2,cure_joint,cure_random,cure_finetune,patch_ibp``, where the
-      small CNN's ratio stands for CNN7's too). Used only to estimate a run's
-      length.
+      step's, batch 128, MNIST-shaped input, for the models of
+      `STEP_COST_MODELS`: the small CNN with the CPU variants' 4 PGD steps,
+      CNN7 with the paper's 8. Timed by ``python -m
+      cure_jax.benchmarks.train_step`` on a 2-core CPU shared with other
+      jobs (ratios move by ±30% there): the small CNN by ``--models=small_cnn
+      --methods=natural,sabr/pgd_steps=4,...`` (every PGD method with
+      ``/pgd_steps=4``; ibp from README, Performance; crown_ibp and
+      patch_ibp, which take no PGD steps, by ``--methods=natural,crown_ibp,
+      patch_ibp``); CNN7 for ibp, sabr, cure_max and cure_scratch in README,
+      Performance, and for the others the small CNN's ratio at 8 PGD steps
+      stands in. Used only to estimate a run's length.
   """
 
   name: str
@@ -87,7 +91,7 @@ TRAINING_METHODS: dict[str, TrainingMethod] = {
       {},
       "sabr",
       True,
-      step_cost=(7.95, 5.90),
+      step_cost=(5.43, 5.9),
     ),
     TrainingMethod(
       "crown_ibp",
@@ -103,7 +107,7 @@ TRAINING_METHODS: dict[str, TrainingMethod] = {
       dict(warmup_reg=False),
       "pgd_linf",
       False,
-      step_cost=(6.84, 6.84),
+      step_cost=(4.33, 6.84),
     ),
     TrainingMethod(
       "pgd_l2",
@@ -111,7 +115,7 @@ TRAINING_METHODS: dict[str, TrainingMethod] = {
       dict(warmup_reg=False),
       "pgd_l2",
       False,
-      step_cost=(6.16, 6.16),
+      step_cost=(5.65, 6.16),
     ),
     TrainingMethod(
       "l2",
@@ -119,7 +123,7 @@ TRAINING_METHODS: dict[str, TrainingMethod] = {
       {},
       "l2",
       True,
-      step_cost=(7.29, 7.29),
+      step_cost=(7.74, 7.29),
     ),
     TrainingMethod(
       "cure_joint",
@@ -127,7 +131,7 @@ TRAINING_METHODS: dict[str, TrainingMethod] = {
       {"cure.combine": "joint"},
       "cure",
       True,
-      step_cost=(14.9, 14.9),
+      step_cost=(12.9, 14.9),
     ),
     TrainingMethod(
       "cure_max",
@@ -135,7 +139,7 @@ TRAINING_METHODS: dict[str, TrainingMethod] = {
       _MAX,
       "cure",
       True,
-      step_cost=(14.6, 12.0),
+      step_cost=(15.4, 12.0),
     ),
     TrainingMethod(
       "cure_random",
@@ -143,7 +147,7 @@ TRAINING_METHODS: dict[str, TrainingMethod] = {
       {"cure.combine": "random"},
       "cure",
       True,
-      step_cost=(6.34, 6.34),
+      step_cost=(6.37, 6.34),
     ),
     TrainingMethod(
       "cure_scratch",
@@ -152,7 +156,7 @@ TRAINING_METHODS: dict[str, TrainingMethod] = {
       "cure",
       True,
       setting_cure_weights=True,
-      step_cost=(13.6, 11.6),
+      step_cost=(12.7, 11.6),
     ),
     TrainingMethod(
       "cure_finetune",
@@ -161,7 +165,7 @@ TRAINING_METHODS: dict[str, TrainingMethod] = {
       "cure",
       True,
       finetune=True,
-      step_cost=(15.1, 15.1),
+      step_cost=(10.2, 15.1),
     ),
     TrainingMethod(
       "patch_ibp",

@@ -20,6 +20,7 @@ message that says what to do, not a traceback.
 """
 
 import datetime
+import os
 import sys
 
 from absl import app, flags, logging
@@ -67,6 +68,7 @@ def _start(config, cpu_variant: bool) -> str:
     workdir = run_plan.default_workdir(
       config.dataset.name, config.method, datetime.datetime.now()
     )
+  workdir = os.path.abspath(workdir)  # orbax writes to absolute paths only
   if jax.process_index() == 0:
     info = data.dataset_info(config.dataset.name)
     lines = run_plan.start_lines(

@@ -17,12 +17,12 @@ from cure_jax import config_schema
 RUNS_ROOT = "runs"
 
 # Seconds of one natural training step (clean CE, gradient, Adam) at batch
-# 128 on MNIST-shaped input, on a 2-core CPU shared with other jobs, measured
-# with
+# 128 on MNIST-shaped input, on a 2-core CPU, measured (median of 5 steps) by
 #   python -m cure_jax.benchmarks.train_step --models=cnn7 --methods=natural
 #   python -m cure_jax.benchmarks.train_step --models=small_cnn \
-#       --methods=natural,...
-# (each the median of 5 steps; this machine's speed drifts by up to 2×).
+#       --methods=natural,crown_ibp,patch_ibp
+# on a quiet moment of that machine (README, Performance: 0.028 and 1.38 s;
+# with other jobs on the cores the small CNN's took up to 0.048 s).
 NATURAL_STEP_SECONDS = {"small_cnn": 0.030, "cnn7": 1.16}
 _REFERENCE_BATCH = 128
 _REFERENCE_PIXELS = 28 * 28
@@ -82,8 +82,9 @@ def estimate_training_seconds(
   with t_nat the model's natural step at batch 128 on MNIST
   (`NATURAL_STEP_SECONDS`), κ_cost the method's `TrainingMethod.step_cost`
   and n the natural-epoch and remaining steps. Measured on a 2-core CPU
-  only; expect it off by up to 2× (the machine's speed drifts, the CPU
-  variants take 4 PGD steps where the cost ratios took 8).
+  only; expect it off by up to 2× (that machine's speed drifts; the ramp's
+  warm-up regularizers and the pixel scaling across datasets are not
+  measured).
 
   Args:
     config: the run's config.
