@@ -53,9 +53,10 @@ class TrainingMethod(NamedTuple):
       --methods=natural,sabr/pgd_steps=4,...`` (every PGD method with
       ``/pgd_steps=4``; ibp from README, Performance; crown_ibp and
       patch_ibp, which take no PGD steps, by ``--methods=natural,crown_ibp,
-      patch_ibp``); CNN7 for ibp, sabr, cure_max and cure_scratch in README,
-      Performance, and for the others the small CNN's ratio at 8 PGD steps
-      stands in. Used only to estimate a run's length.
+      pgd_linf,pgd_l2,l2,cure_joint,cure_random,cure_finetune,patch_ibp``);
+      CNN7 for ibp, sabr, cure_max and cure_scratch in README, Performance,
+      and for the others the small CNN's ratio at 8 PGD steps from that
+      second command stands in. Used only to estimate a run's length.
   """
 
   name: str

@@ -20,7 +20,8 @@ RUNS_ROOT = "runs"
 # 128 on MNIST-shaped input, on a 2-core CPU, measured (median of 5 steps) by
 #   python -m cure_jax.benchmarks.train_step --models=cnn7 --methods=natural
 #   python -m cure_jax.benchmarks.train_step --models=small_cnn \
-#       --methods=natural,crown_ibp,patch_ibp
+#       --methods=natural,crown_ibp,pgd_linf,pgd_l2,l2,cure_joint,\
+#       cure_random,cure_finetune,patch_ibp
 # on a quiet moment of that machine (README, Performance: 0.028 and 1.38 s;
 # with other jobs on the cores the small CNN's took up to 0.048 s).
 NATURAL_STEP_SECONDS = {"small_cnn": 0.030, "cnn7": 1.16}
