@@ -1,16 +1,21 @@
 r"""CIFAR-10: every setting × method of the CURE paper (docs/method.md §6), and CPU variants.
 
+With no accelerator (JAX's CPU backend) the default ``cpu=auto`` runs the
+CPU variant below instead, and says so; ``cpu=False`` forces the paper's
+setting, ``cpu=True`` the CPU variant. Without ``--workdir`` a run writes
+into a fresh folder runs/cifar10-<method>-<date-time>.
+
 Run (CNN7, the paper's setting "small", ε∞ = 2/255; one GPU, roughly 2 h for
 SABR and 5 h for CURE — estimates scaled from MNIST by examples seen; the
 "large" setting trains 180 epochs instead of 160):
 
-  python -m cure_jax.main --config=configs/cifar10.py:setting=small,method=sabr \
+  python -m cure_jax.main --config=configs/cifar10.py:setting=small,method=sabr,cpu=False \
       --workdir=/tmp/cifar10_sabr
 
 CURE-Finetune starts from an l∞ model trained first (e.g. the SABR run):
 
   python -m cure_jax.main \
-      --config=configs/cifar10.py:setting=small,method=cure_finetune \
+      --config=configs/cifar10.py:setting=small,method=cure_finetune,cpu=False \
       --config.finetune_from=/tmp/cifar10_sabr --workdir=/tmp/cifar10_ft
 
 CPU variant (the small CNN on a fixed random 2048-image training subset, a
@@ -20,16 +25,17 @@ short schedule; estimated at about 5 min on 2 cores, not measured):
       --workdir=/tmp/cifar10_cpu
 
 Arguments (after the colon): setting=small|large, method=<see
-cure_jax/objectives/registry.py>, cpu=True|False. Any key can be overridden
+cure_jax/config_schema.py>, cpu=auto|True|False. Any key can be overridden
 with --config.<key>=<value>, e.g. --config.num_epochs=5. Training uses the
 dataset's reference augmentation (random flip and 2-pixel crop,
 `cure_jax.data.dataset_info`).
 """
 
-from cure_jax import settings
-from cure_jax.models import INPUT_NORMALIZATION
+import ml_collections
 
-MEAN, STD = INPUT_NORMALIZATION[
+from cure_jax import config_schema
+
+MEAN, STD = config_schema.INPUT_NORMALIZATION[
   "cifar10"
 ]  # docs/method.md §5, inside the model
 
@@ -62,13 +68,16 @@ SETTINGS = {
 
 def get_config(arg=None):
   """Returns the locked config for ``arg`` (see module docstring)."""
-  arg = settings.parse_arg(arg, setting="small", method="sabr", cpu=False)
-  settings.check_method(arg.method)
-  row = settings.setting_row(SETTINGS, arg.setting)
-  c = settings.base_config()
+  arg = config_schema.parse_arg(
+    arg, setting="small", method="sabr", cpu=config_schema.AUTO
+  )
+  config_schema.check_method(arg.method)
+  row = config_schema.setting_row(SETTINGS, arg.setting)
+  c = config_schema.base_config()
   c.method = arg.method
+  c.auto_cpu = config_schema.check_cpu_argument(arg.cpu)
   c.dataset.name = "cifar10"
-  c.model = settings.ml_collections.ConfigDict(
+  c.model = ml_collections.ConfigDict(
     dict(name="cnn7", num_classes=10, mean=MEAN, std=STD)
   )
 
@@ -85,18 +94,18 @@ def get_config(arg=None):
   c.cure.ba_direction = (
     "linf_to_l2"  # the reverse direction (docs/method.md §3)
   )
-  settings.apply_method(
+  config_schema.apply_method(
     c, arg.method, row, finetune_schedule=(36, (28, 32), 16)
   )
 
-  if arg.cpu:
+  if arg.cpu is True:
     # The small CNN on a training subset and a short schedule that fit a
     # laptop CPU.
-    c.model = settings.ml_collections.ConfigDict(
+    c.model = ml_collections.ConfigDict(
       dict(name="small_cnn", num_classes=10, mean=MEAN, std=STD)
     )
     c.dataset.train_examples = 2048
-    settings.apply_cpu_schedule(c, arg.method)
+    config_schema.apply_cpu_schedule(c, arg.method)
     c.eval.batch_size = 100
     c.eval.final_examples = 1000
     c.eval.certify_examples = 200

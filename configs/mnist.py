@@ -1,9 +1,15 @@
 r"""MNIST: every setting × method of the CURE paper (docs/method.md §6), and CPU variants.
 
-Run (CNN7, the paper's setting "small", ε∞ = 0.1; on one GPU an estimated hour
-for SABR, not measured):
+Run (writes into a fresh folder runs/mnist-sabr-<date-time>):
 
-  python -m cure_jax.main --config=configs/mnist.py:setting=small,method=sabr \
+  python -m cure_jax.main --config=configs/mnist.py
+
+With an accelerator this is the paper's setting "small" (CNN7, ε∞ = 0.1; on
+one GPU an estimated hour for SABR, not measured); with none (JAX's CPU
+backend) it is the CPU variant below, and says so: ``cpu=auto``, the default.
+``cpu=False`` forces the paper's setting, ``cpu=True`` the CPU variant:
+
+  python -m cure_jax.main --config=configs/mnist.py:setting=small,method=sabr,cpu=False \
       --workdir=/tmp/mnist_sabr
 
 CPU variant (the small CNN, a short schedule; measured on 2 cores: SABR
@@ -18,11 +24,13 @@ midpoints; IBP steps 1.8-1.9x natural instead of 2.5-2.9x; SABR measured at
 the default): add --config.bn_moments=midpoint.
 
 Arguments (after the colon): setting=small|large, method=<see
-cure_jax/objectives/registry.py>, cpu=True|False. Any key can be overridden
+cure_jax/config_schema.py>, cpu=auto|True|False. Any key can be overridden
 with --config.<key>=<value>, e.g. --config.num_epochs=5.
 """
 
-from cure_jax import settings
+import ml_collections
+
+from cure_jax import config_schema
 
 SETTINGS = {
   # ε∞/λ∞, ε2 train (eval in `eval`), schedule, l1 reg, CURE weights.
@@ -49,13 +57,16 @@ SETTINGS = {
 
 def get_config(arg=None):
   """Returns the locked config for ``arg`` (see module docstring)."""
-  arg = settings.parse_arg(arg, setting="small", method="sabr", cpu=False)
-  settings.check_method(arg.method)
-  row = settings.setting_row(SETTINGS, arg.setting)
-  c = settings.base_config()
+  arg = config_schema.parse_arg(
+    arg, setting="small", method="sabr", cpu=config_schema.AUTO
+  )
+  config_schema.check_method(arg.method)
+  row = config_schema.setting_row(SETTINGS, arg.setting)
+  c = config_schema.base_config()
   c.method = arg.method
+  c.auto_cpu = config_schema.check_cpu_argument(arg.cpu)
   c.dataset.name = "mnist"
-  c.model = settings.ml_collections.ConfigDict(
+  c.model = ml_collections.ConfigDict(
     dict(name="cnn7", num_classes=10)
   )  # no input normalization on MNIST
 
@@ -70,13 +81,13 @@ def get_config(arg=None):
   c.num_epochs, c.lr_milestones = 70, (50, 60)
   c.eps_ramp_start, c.eps_ramp_end = 1, 22
   c.eval.eps_linf, c.eval.eps_l2, c.eval.eps_l1 = row["eval_eps"]
-  settings.apply_method(c, arg.method, row, finetune_schedule=(14, (10, 12), 4))
+  config_schema.apply_method(
+    c, arg.method, row, finetune_schedule=(14, (10, 12), 4)
+  )
 
-  if arg.cpu:
+  if arg.cpu is True:
     # The small CNN and a short schedule that fits a laptop CPU.
-    c.model = settings.ml_collections.ConfigDict(
-      dict(name="small_cnn", num_classes=10)
-    )
-    settings.apply_cpu_schedule(c, arg.method)
+    c.model = ml_collections.ConfigDict(dict(name="small_cnn", num_classes=10))
+    config_schema.apply_cpu_schedule(c, arg.method)
   c.lock()
   return c

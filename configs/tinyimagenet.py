@@ -1,15 +1,20 @@
 r"""TinyImageNet: the CURE paper's setting for every method (docs/method.md §6), and a CPU variant.
 
+With no accelerator (JAX's CPU backend) the default ``cpu=auto`` runs the
+CPU variant below instead, and says so; ``cpu=False`` forces the paper's
+setting, ``cpu=True`` the CPU variant. Without ``--workdir`` a run writes
+into a fresh folder runs/tinyimagenet-<method>-<date-time>.
+
 Run (CNN7 on random 56×56 crops, ε∞ = 1/255, ε2 = 36/255; one GPU, roughly
 13 h for SABR and 30 h for CURE — estimates scaled from MNIST by examples
 seen and the 3× larger input):
 
-  python -m cure_jax.main --config=configs/tinyimagenet.py:method=sabr \
+  python -m cure_jax.main --config=configs/tinyimagenet.py:method=sabr,cpu=False \
       --workdir=/tmp/tin_sabr
 
 CURE-Finetune starts from an l∞ model trained first (e.g. the SABR run):
 
-  python -m cure_jax.main --config=configs/tinyimagenet.py:method=cure_finetune \
+  python -m cure_jax.main --config=configs/tinyimagenet.py:method=cure_finetune,cpu=False \
       --config.finetune_from=/tmp/tin_sabr --workdir=/tmp/tin_ft
 
 CPU variant (the small CNN on a fixed random 4096-image training subset, a
@@ -19,16 +24,17 @@ short schedule; estimated at about 10 min on 2 cores, not measured):
       --workdir=/tmp/tin_cpu
 
 Arguments (after the colon): setting=default (the only one), method=<see
-cure_jax/objectives/registry.py>, cpu=True|False. Any key can be overridden
+cure_jax/config_schema.py>, cpu=auto|True|False. Any key can be overridden
 with --config.<key>=<value>, e.g. --config.num_epochs=5. The dataset's
 reference augmentation (random 56-crop and flip) and evaluation centre
 56-crop come with it (`cure_jax.data.dataset_info`).
 """
 
-from cure_jax import settings
-from cure_jax.models import INPUT_NORMALIZATION
+import ml_collections
 
-MEAN, STD = INPUT_NORMALIZATION[
+from cure_jax import config_schema
+
+MEAN, STD = config_schema.INPUT_NORMALIZATION[
   "tinyimagenet"
 ]  # docs/method.md §5, inside the model
 NUM_CLASSES = 200
@@ -51,13 +57,16 @@ SETTINGS = {
 
 def get_config(arg=None):
   """Returns the locked config for ``arg`` (see module docstring)."""
-  arg = settings.parse_arg(arg, setting="default", method="sabr", cpu=False)
-  settings.check_method(arg.method)
-  row = settings.setting_row(SETTINGS, arg.setting)
-  c = settings.base_config()
+  arg = config_schema.parse_arg(
+    arg, setting="default", method="sabr", cpu=config_schema.AUTO
+  )
+  config_schema.check_method(arg.method)
+  row = config_schema.setting_row(SETTINGS, arg.setting)
+  c = config_schema.base_config()
   c.method = arg.method
+  c.auto_cpu = config_schema.check_cpu_argument(arg.cpu)
   c.dataset.name = "tinyimagenet"
-  c.model = settings.ml_collections.ConfigDict(
+  c.model = ml_collections.ConfigDict(
     dict(name="cnn7", num_classes=NUM_CLASSES, mean=MEAN, std=STD)
   )
 
@@ -78,18 +87,18 @@ def get_config(arg=None):
   c.cure.ba_direction = (
     "linf_to_l2"  # the reverse direction (docs/method.md §3)
   )
-  settings.apply_method(
+  config_schema.apply_method(
     c, arg.method, row, finetune_schedule=(36, (28, 32), 16)
   )
 
-  if arg.cpu:
+  if arg.cpu is True:
     # The small CNN on a training subset and a short schedule that fit a
     # laptop CPU.
-    c.model = settings.ml_collections.ConfigDict(
+    c.model = ml_collections.ConfigDict(
       dict(name="small_cnn", num_classes=NUM_CLASSES, mean=MEAN, std=STD)
     )
     c.dataset.train_examples = 4096
-    settings.apply_cpu_schedule(c, arg.method)
+    config_schema.apply_cpu_schedule(c, arg.method)
     c.eval.batch_size = 50
     c.eval.final_examples = 500
     c.eval.certify_examples = 100

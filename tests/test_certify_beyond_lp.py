@@ -19,7 +19,7 @@ from test_train_loop import (  # pylint: disable=g-bad-import-order
   tiny_config,
 )
 
-from cure_jax import settings
+from cure_jax import config_schema
 from cure_jax.certify import beyond_lp, read_csv
 from cure_jax.train import loop
 
@@ -104,7 +104,7 @@ def test_bad_settings_fail_before_loading_anything(
   config, *_ = trained
   config = config.copy_and_resolve_references()
   config.unlock()
-  settings.apply_overrides(config, change)
+  config_schema.apply_overrides(config, change)
   with pytest.raises(ValueError, match=message):
     # An empty workdir: the settings are checked before the checkpoint.
     beyond_lp.certify_checkpoint_beyond_lp(config, str(tmp_path), log=None)

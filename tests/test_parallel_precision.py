@@ -144,16 +144,16 @@ def test_mixed_precision_train_step_computes_in_bfloat16_keeps_float32_state(
 ):
   import pathlib  # pylint: disable=g-import-not-at-top
 
-  from cure_jax import settings  # pylint: disable=g-import-not-at-top
+  from cure_jax import config_schema  # pylint: disable=g-import-not-at-top
   from cure_jax.models import build_model  # pylint: disable=g-import-not-at-top
   from cure_jax.objectives.base import Batch  # pylint: disable=g-import-not-at-top
   from cure_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
   from cure_jax.train import step as step_lib
 
   mnist = pathlib.Path(__file__).resolve().parents[1] / "configs" / "mnist.py"
-  config = settings.load_config(f"{mnist}:cpu=True,method={method}")
+  config = config_schema.load_config(f"{mnist}:cpu=True,method={method}")
   config.unlock()
-  settings.apply_overrides(
+  config_schema.apply_overrides(
     config,
     {
       "natural_epochs": 0,

@@ -39,9 +39,9 @@ GLOBAL_BATCH = 16
 
 
 def _config(method, files, tfds, **overrides):
-  from cure_jax import settings  # pylint: disable=g-import-not-at-top
+  from cure_jax import config_schema  # pylint: disable=g-import-not-at-top
 
-  config = settings.load_config(f"{MNIST_CONFIG}:cpu=True,method={method}")
+  config = config_schema.load_config(f"{MNIST_CONFIG}:cpu=True,method={method}")
   values = {
     "dataset.data_dir": str(files),
     "dataset.tfds_data_dir": str(tfds),
@@ -62,7 +62,7 @@ def _config(method, files, tfds, **overrides):
   }
   values.update(overrides)
   config.unlock()
-  settings.apply_overrides(config, values)
+  config_schema.apply_overrides(config, values)
   config.lock()
   return config
 
@@ -207,12 +207,12 @@ def test_sigkill_mid_epoch_then_restart_gives_the_uninterrupted_result(
   finally:
     uninterrupted.kill()
   sys.path.insert(0, str(REPO))
-  from cure_jax import settings  # pylint: disable=g-import-not-at-top
+  from cure_jax import config_schema  # pylint: disable=g-import-not-at-top
   from cure_jax.checkpoint import restore_for_eval  # pylint: disable=g-import-not-at-top
 
-  config = settings.load_config(f"{MNIST_CONFIG}:cpu=True,method=sabr")
+  config = config_schema.load_config(f"{MNIST_CONFIG}:cpu=True,method=sabr")
   config.unlock()
-  settings.apply_overrides(config, {"model.name": "mlp"})
+  config_schema.apply_overrides(config, {"model.name": "mlp"})
   _, a = restore_for_eval(config, str(straight))
   _, b = restore_for_eval(config, str(killed))
   import jax  # pylint: disable=g-import-not-at-top

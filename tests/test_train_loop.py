@@ -19,7 +19,7 @@ import jax
 import numpy as np
 import pytest
 
-from cure_jax import data, settings
+from cure_jax import config_schema, data
 from cure_jax.checkpoint import (
   Checkpointer,
   CheckpointRestoreError,
@@ -61,7 +61,7 @@ def tfds_dir(tmp_path_factory):
 
 def tiny_config(files, tfds, method="sabr", **overrides):
   """The MNIST CPU config of ``method``, shrunk to a few steps of an MLP."""
-  config = settings.load_config(f"{MNIST_CONFIG}:cpu=True,method={method}")
+  config = config_schema.load_config(f"{MNIST_CONFIG}:cpu=True,method={method}")
   values = {
     "dataset.data_dir": str(files),
     "dataset.tfds_data_dir": str(tfds),
@@ -81,7 +81,7 @@ def tiny_config(files, tfds, method="sabr", **overrides):
   }
   values.update(overrides)
   config.unlock()
-  settings.apply_overrides(config, values)
+  config_schema.apply_overrides(config, values)
   config.lock()
   return config
 
@@ -226,14 +226,14 @@ def test_missing_data_fails_fast_and_says_where_to_put_files(
 
 def test_unknown_method_and_key_list_the_valid_ones():
   with pytest.raises(ValueError, match="valid methods are .*cure_max"):
-    settings.load_config(f"{MNIST_CONFIG}:method=cure_maximum")
+    config_schema.load_config(f"{MNIST_CONFIG}:method=cure_maximum")
   with pytest.raises(ValueError, match="valid ones are .*setting"):
-    settings.load_config(f"{MNIST_CONFIG}:settings=small")
-  config = settings.load_config(f"{MNIST_CONFIG}:cpu=True")
+    config_schema.load_config(f"{MNIST_CONFIG}:settings=small")
+  config = config_schema.load_config(f"{MNIST_CONFIG}:cpu=True")
   with pytest.raises(KeyError, match="Did you mean 'gp_beta'"):
-    settings.apply_overrides(config, {"cure.gp_betta": 0.5})
+    config_schema.apply_overrides(config, {"cure.gp_betta": 0.5})
   with pytest.raises(KeyError, match="valid keys at the top level"):
-    settings.apply_overrides(config, {"learning_rat": 0.1})
+    config_schema.apply_overrides(config, {"learning_rat": 0.1})
 
 
 def test_corrupt_checkpoint_stops_with_a_clear_error(

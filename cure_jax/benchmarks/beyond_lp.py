@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cure_jax import settings
+from cure_jax import config_schema
 from cure_jax.benchmarks.measure import median_seconds
 from cure_jax.certify.beyond_lp import threats_from_config
 from cure_jax.certify.regions import _region_min_margin_jit
@@ -35,7 +35,9 @@ def run(model_name: str = "small_cnn", rows: int = 128, repeats: int = 3):
   labels = jnp.array([3, 7])
   variables = model.init(key_init, images, train=False)
   variables = dict(variables, params=ibp_init(variables["params"], key_ibp))
-  threats = threats_from_config(settings.base_config().eval.beyond_lp, (28, 28))
+  threats = threats_from_config(
+    config_schema.base_config().eval.beyond_lp, (28, 28)
+  )
   results = {
     "model": model_name,
     "rows": rows,

@@ -33,10 +33,10 @@ def _worker(
   import numpy as np  # pylint: disable=g-import-not-at-top
 
   from cure_jax.benchmarks.measure import median_seconds  # pylint: disable=g-import-not-at-top
+  from cure_jax.config_schema import load_config  # pylint: disable=g-import-not-at-top
   from cure_jax.models import build_model  # pylint: disable=g-import-not-at-top
   from cure_jax.objectives.base import Batch  # pylint: disable=g-import-not-at-top
   from cure_jax.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
-  from cure_jax.settings import load_config  # pylint: disable=g-import-not-at-top
   from cure_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
   from cure_jax.train import step as step_lib
 

@@ -21,9 +21,9 @@ import jax
 import jax.numpy as jnp
 
 from cure_jax.benchmarks.measure import median_seconds, paired_ratio
+from cure_jax.config_schema import load_config
 from cure_jax.models import build_model
 from cure_jax.objectives.base import Batch
-from cure_jax.settings import load_config
 from cure_jax.train.state import create_train_state, make_optimizer
 from cure_jax.train.step import make_schedules, make_train_step, phase_at
 

@@ -111,11 +111,17 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)
+  import jax  # pylint: disable=g-import-not-at-top
+
   from cure_jax.checkpoint import CheckpointRestoreError  # pylint: disable=g-import-not-at-top
   from cure_jax.data import DataNotFoundError  # pylint: disable=g-import-not-at-top
 
+  # cpu=auto resolves as in training: the CPU variant without an accelerator.
+  config, _ = cli.config_for_backend(
+    flags.FLAGS["config"], jax.default_backend()
+  )
   try:
-    certify_checkpoint(_CONFIG.value, _WORKDIR.value, _OUTPUT_NAME.value)
+    certify_checkpoint(config, _WORKDIR.value, _OUTPUT_NAME.value)
   except (
     FileNotFoundError,
     DataNotFoundError,
@@ -126,5 +132,10 @@ def main(argv):
   return 0
 
 
-if __name__ == "__main__":
+def run():
+  """The ``cure-certify`` script: `main` with the config's clear flag errors."""
   app.run(main, flags_parser=cli.parse_flags)
+
+
+if __name__ == "__main__":
+  run()

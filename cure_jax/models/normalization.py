@@ -3,7 +3,9 @@
 Perturbation radii are measured in [0, 1] pixel space (docs/method.md §5), so
 the models take raw pixels and normalize them themselves: ``(x − mean) / std``,
 a subtraction and a division by constants that every bound transform
-propagates exactly.
+propagates exactly. The datasets' (mean, std) live in
+`cure_jax.config_schema.INPUT_NORMALIZATION`, which config files read
+without importing JAX.
 """
 
 from collections.abc import Sequence
@@ -11,15 +13,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-# (mean, std) per channel of the reference code (SABR / CURE); MNIST is used
-# unnormalized there.
-INPUT_NORMALIZATION: dict[
-  str, tuple[tuple[float, ...], tuple[float, ...]] | None
-] = {
-  "mnist": None,
-  "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
-  "tinyimagenet": ((0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262)),
-}
+from cure_jax.config_schema import INPUT_NORMALIZATION  # noqa: F401 (re-exported)
 
 
 def normalize_input(

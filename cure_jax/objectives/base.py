@@ -11,7 +11,7 @@ yields the clean batch's moments — and bounds the network with those moments
 (docs/method.md §2), so each BatchNorm is a fixed affine map in the bounded pass; with
 ``config.bn_moments = 'midpoint'`` it skips the clean pass and bounds the
 network in train mode instead (`Network.midpoint_moments`). Objectives are
-built by `cure_jax.objectives.make_objective(config, model)`; each method
+built by `cure_jax.objectives.objective.make_objective(config, model)`; each method
 lives in its own module.
 """
 

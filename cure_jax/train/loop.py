@@ -15,7 +15,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from cure_jax import data, settings
+from cure_jax import config_schema, data
 from cure_jax.checkpoint import (
   Checkpointer,
   NoCheckpointError,
@@ -102,7 +102,7 @@ def train_and_evaluate(
   """Trains ``config`` in ``workdir`` (resuming if possible) and evaluates.
 
   Args:
-    config: a config from ``configs/`` (see `cure_jax.settings`).
+    config: a config from ``configs/`` (see `cure_jax.config_schema`).
     workdir: checkpoints, TensorBoard summaries and ``results.json`` go here.
     stop_after_steps: stop (with a checkpoint) after this many steps of this
       call, as a preemption would; for tests and debugging.
@@ -117,7 +117,7 @@ def train_and_evaluate(
       or belongs to another model; the run never silently starts over.
     NonFiniteLossError: the loss diverged; the last good checkpoint is kept.
   """
-  settings.check_method(config.method)
+  config_schema.check_method(config.method)
   main = distributed.is_main_process()
   os.makedirs(workdir, exist_ok=True)
   info, train, test = data.load_datasets(config)

@@ -26,7 +26,7 @@ from cure_jax.objectives.base import (
   clean_pass,
   cross_entropy,
 )
-from cure_jax.objectives.registry import make_objective
+from cure_jax.objectives.objective import make_objective
 from cure_jax.train import schedules
 from cure_jax.train.state import TrainState, gradient_projection_on
 

@@ -52,13 +52,19 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)
   # Imported here so that --help answers without initializing JAX.
+  import jax  # pylint: disable=g-import-not-at-top
+
   from cure_jax.certify.beyond_lp import threat_eval as evaluate  # pylint: disable=g-import-not-at-top
   from cure_jax.checkpoint import CheckpointRestoreError  # pylint: disable=g-import-not-at-top
   from cure_jax.data import DataNotFoundError  # pylint: disable=g-import-not-at-top
 
+  # cpu=auto resolves as in training: the CPU variant without an accelerator.
+  config, _ = cli.config_for_backend(
+    flags.FLAGS["config"], jax.default_backend()
+  )
   try:
     evaluate.certify_checkpoint_beyond_lp(
-      _CONFIG.value, _WORKDIR.value, _OUTPUT_NAME.value
+      config, _WORKDIR.value, _OUTPUT_NAME.value
     )
   except (
     FileNotFoundError,

@@ -1,31 +1,209 @@
-"""The paper's settings (docs/method.md §6) and the config every run starts from.
+"""The config schema: every key a run reads, the training methods, config files.
 
 Config files in ``configs/`` are plain Python (big_vision style):
 ``get_config(arg)`` parses ``arg`` ("setting=large,method=sabr,cpu=True"),
 starts from `base_config`, applies the dataset's setting row and the
 method's preset, and returns a locked `ml_collections.ConfigDict`, so a
 mistyped ``--config.key=value`` override fails and lists the valid keys.
+
+This module imports only ml_collections and the standard library: loading a
+config never starts JAX (``--help`` and config errors answer at once, and
+the program may choose its devices after reading the config).
 """
 
 import ast
 import difflib
-from typing import Any
+import importlib.util
+from typing import Any, NamedTuple
 
 import ml_collections
 
-from cure_jax.objectives.registry import METHODS
+# (mean, std) per channel of the reference code (SABR / CURE), applied inside
+# the model (docs/method.md §5); MNIST is used unnormalized there.
+INPUT_NORMALIZATION: dict[
+  str, tuple[tuple[float, ...], tuple[float, ...]] | None
+] = {
+  "mnist": None,
+  "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+  "tinyimagenet": ((0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262)),
+}
+
+
+class TrainingMethod(NamedTuple):
+  """One training method (``config.method``; docs/method.md §3 and §6).
+
+  Attributes:
+    name: the value of ``config.method``.
+    summary: what it trains against, in one line.
+    preset: config changes it makes, dotted keys (``{"cure.combine": "max"}``).
+    term: the kind of robust term the objective computes (a key of
+      `cure_jax.objectives.objective.ROBUST_TERMS`), None for none.
+    ibp_only: every bounded pass of the term is IBP, so
+      ``bn_moments='midpoint'`` applies.
+    setting_cure_weights: takes the bound-alignment and gradient-projection
+      weights of the setting's row (CURE-Scratch).
+    finetune: a short schedule from a trained l∞ model
+      (``config.finetune_from``).
+    step_cost: seconds of a training step after the ε ramp over a natural
+      step's, batch 128, MNIST-shaped input, for the models of
+      `STEP_COST_MODELS`: the small CNN with the CPU variants' 4 PGD steps,
+      CNN7 with the paper's 8. Timed by ``python -m
+      cure_jax.benchmarks.train_step`` on a 2-core CPU shared with other
+      jobs (ratios move by ±30% there): the small CNN by ``--models=small_cnn
+      --methods=natural,sabr/pgd_steps=4,...`` (every PGD method with
+      ``/pgd_steps=4``; ibp from README, Performance; crown_ibp and
+      patch_ibp, which take no PGD steps, by ``--methods=natural,crown_ibp,
+      pgd_linf,pgd_l2,l2,cure_joint,cure_random,cure_finetune,patch_ibp``);
+      CNN7 for ibp, sabr, cure_max and cure_scratch in README, Performance,
+      and for the others the small CNN's ratio at 8 PGD steps from that
+      second command stands in. Used only to estimate a run's length.
+  """
+
+  name: str
+  summary: str
+  preset: dict[str, Any]
+  term: str | None
+  ibp_only: bool
+  setting_cure_weights: bool = False
+  finetune: bool = False
+  step_cost: tuple[float, float] = (1.0, 1.0)
+
+
+# The models `TrainingMethod.step_cost` lists, in its order.
+STEP_COST_MODELS = ("small_cnn", "cnn7")
+_MAX = {"cure.combine": "max"}
+TRAINING_METHODS: dict[str, TrainingMethod] = {
+  m.name: m
+  for m in (
+    TrainingMethod(
+      "natural", "clean cross-entropy only", dict(warmup_reg=False), None, False
+    ),
+    TrainingMethod(
+      "ibp",
+      "IBP over B∞(x, ε∞) (Gowal et al., 2018)",
+      dict(lambda_linf=1.0),
+      "ibp",
+      True,
+      step_cost=(2.49, 2.72),
+    ),
+    TrainingMethod(
+      "sabr",
+      "SABR small boxes, l∞ (Müller et al., 2023)",
+      {},
+      "sabr",
+      True,
+      step_cost=(5.43, 5.9),
+    ),
+    TrainingMethod(
+      "crown_ibp",
+      "CROWN-IBP over B∞(x, ε∞) (Zhang et al., 2020)",
+      {},
+      "crown_ibp",
+      False,
+      step_cost=(17.7, 17.7),
+    ),
+    TrainingMethod(
+      "pgd_linf",
+      "PGD adversarial training, l∞ (Madry et al., 2018)",
+      dict(warmup_reg=False),
+      "pgd_linf",
+      False,
+      step_cost=(4.33, 6.84),
+    ),
+    TrainingMethod(
+      "pgd_l2",
+      "PGD adversarial training, l2",
+      dict(warmup_reg=False),
+      "pgd_l2",
+      False,
+      step_cost=(5.65, 6.16),
+    ),
+    TrainingMethod(
+      "l2",
+      "the l2 certified loss (config.l2_variant)",
+      {},
+      "l2",
+      True,
+      step_cost=(7.74, 7.29),
+    ),
+    TrainingMethod(
+      "cure_joint",
+      "CURE-Joint: (1 − α)·L∞ + α·L2",
+      {"cure.combine": "joint"},
+      "cure",
+      True,
+      step_cost=(12.9, 14.9),
+    ),
+    TrainingMethod(
+      "cure_max",
+      "CURE-Max: mean max(L∞, L2)",
+      _MAX,
+      "cure",
+      True,
+      step_cost=(15.4, 12.0),
+    ),
+    TrainingMethod(
+      "cure_random",
+      "CURE-Random: L∞ on one half of the batch, L2 on the other",
+      {"cure.combine": "random"},
+      "cure",
+      True,
+      step_cost=(6.37, 6.34),
+    ),
+    TrainingMethod(
+      "cure_scratch",
+      "CURE-Scratch: Max + bound alignment + gradient projection",
+      _MAX,
+      "cure",
+      True,
+      setting_cure_weights=True,
+      step_cost=(12.7, 11.6),
+    ),
+    TrainingMethod(
+      "cure_finetune",
+      "CURE-Finetune: Max + bound alignment from an l∞ model",
+      _MAX,
+      "cure",
+      True,
+      finetune=True,
+      step_cost=(10.2, 15.1),
+    ),
+    TrainingMethod(
+      "patch_ibp",
+      "IBP over sampled p×p patch positions (Chiang et al., 2020)",
+      dict(warmup_reg=False),  # the regularizers are l∞ ones
+      "patch",
+      False,
+      step_cost=(12.5, 12.5),
+    ),
+  )
+}
+
+
+def check_method(method: str) -> TrainingMethod:
+  """The record of ``method``.
+
+  Raises:
+    ValueError: an unknown method; the message lists the valid ones.
+  """
+  if method not in TRAINING_METHODS:
+    raise ValueError(
+      f"unknown method {method!r}; valid methods are {list(TRAINING_METHODS)}."
+    )
+  return TRAINING_METHODS[method]
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   """Parses "k1=v1,k2=v2" into a ConfigDict over ``defaults``.
 
   Values are Python literals where they parse as such (``cpu=True``,
-  ``epochs=3``), strings otherwise.
+  ``epochs=3``), strings otherwise; a value may change type (``cpu`` is
+  "auto" or a bool).
 
   Raises:
     ValueError: an unknown key; the message lists the known ones.
   """
-  result = ml_collections.ConfigDict(defaults)
+  result = dict(defaults)
   for item in filter(None, (arg or "").split(",")):
     key, _, value = item.partition("=")
     if key not in defaults:
@@ -37,7 +215,61 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
     except (ValueError, SyntaxError):
       pass
     result[key] = value
-  return result
+  return ml_collections.ConfigDict(result)
+
+
+# The ``cpu`` argument of a config file: its CPU variant (True), the paper's
+# setting (False), or the CPU variant exactly when JAX finds no accelerator.
+AUTO = "auto"
+
+
+def check_cpu_argument(cpu) -> bool:
+  """Whether the ``cpu`` argument leaves the choice to the program ("auto").
+
+  Raises:
+    ValueError: ``cpu`` is not True, False or "auto".
+  """
+  if not (cpu is True or cpu is False or cpu == AUTO):
+    raise ValueError(
+      f"unknown cpu argument {cpu!r}; valid ones are True (the CPU variant), "
+      f"False (the paper's setting) and {AUTO!r} (the CPU variant where no "
+      "accelerator is found)."
+    )
+  return cpu == AUTO
+
+
+def cpu_variant_spec(
+  path_and_arg: str, auto_cpu: bool, backend: str
+) -> str | None:
+  """The ``--config`` value to load instead of ``path_and_arg``, or None.
+
+  A config file loaded with ``cpu=auto`` (its default) gives the paper's
+  setting and ``auto_cpu=True``; once JAX is up, a run with no accelerator
+  (``backend == "cpu"``) takes the file's CPU variant instead: the same
+  argument with ``cpu=True``.
+
+  Args:
+    path_and_arg: the ``--config`` value, e.g. "configs/mnist.py:method=ibp".
+    auto_cpu: the loaded config's ``auto_cpu``.
+    backend: ``jax.default_backend()`` ("cpu", "gpu", "tpu").
+
+  Returns:
+    e.g. "configs/mnist.py:method=ibp,cpu=True", or None: keep the config.
+  """
+  if not auto_cpu or backend != "cpu":
+    return None
+  return with_cpu_argument(path_and_arg, True)
+
+
+def with_cpu_argument(path_and_arg: str, cpu: bool) -> str:
+  """``path_and_arg`` with ``cpu=<cpu>`` in place of any ``cpu`` argument.
+
+  E.g. ("configs/mnist.py:cpu=auto,method=ibp", False) ->
+  "configs/mnist.py:method=ibp,cpu=False".
+  """
+  path, _, arg = path_and_arg.partition(":")
+  items = [i for i in arg.split(",") if i and i.partition("=")[0] != "cpu"]
+  return f"{path}:{','.join([*items, f'cpu={cpu}'])}"
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -45,6 +277,10 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 12
   c.method = "sabr"
+  # The config file's ``cpu`` argument was "auto": the paper's setting, which
+  # the program swaps for the CPU variant when JAX finds no accelerator
+  # (`cpu_variant_spec`).
+  c.auto_cpu = False
 
   c.dataset = ml_collections.ConfigDict(
     dict(
@@ -203,44 +439,26 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-# method -> config changes (CURE presets, docs/method.md §3 and §6).
-METHOD_PRESETS: dict[str, dict[str, Any]] = {
-  "natural": dict(warmup_reg=False),
-  "ibp": dict(lambda_linf=1.0),
-  "sabr": {},
-  "crown_ibp": {},
-  "pgd_linf": dict(warmup_reg=False),
-  "pgd_l2": dict(warmup_reg=False),
-  "l2": {},
-  "cure_joint": {"cure.combine": "joint"},
-  "cure_max": {"cure.combine": "max"},
-  "cure_random": {"cure.combine": "random"},
-  "cure_scratch": {"cure.combine": "max"},
-  "cure_finetune": {"cure.combine": "max"},
-  "patch_ibp": dict(warmup_reg=False),  # the regularizers are l∞ ones
-}
-assert set(METHOD_PRESETS) == set(METHODS)
-
-
 def apply_method(
   c: ml_collections.ConfigDict,
   method: str,
   row: dict[str, Any],
   finetune_schedule,
 ) -> None:
-  """Applies ``METHOD_PRESETS[method]`` and the setting's CURE weights.
+  """Applies the method's preset and, where it takes them, the setting's CURE weights.
 
   Args:
     c: the config being built.
-    method: a method name.
+    method: a name in `TRAINING_METHODS`.
     row: the setting's row (``ba_weight``, ``gp_beta`` of CURE-Scratch).
     finetune_schedule: CURE-Finetune's (epochs, LR milestones, ramp end), a
       short schedule from a pre-trained l∞ model (docs/method.md §6).
   """
-  apply_overrides(c, METHOD_PRESETS[method])
-  if method == "cure_scratch":
+  record = check_method(method)
+  apply_overrides(c, record.preset)
+  if record.setting_cure_weights:
     c.cure.ba_weight, c.cure.gp_beta = row["ba_weight"], row["gp_beta"]
-  if method == "cure_finetune":
+  if record.finetune:
     c.cure.ba_weight = 0.5
     c.num_epochs, c.lr_milestones, c.eps_ramp_end = finetune_schedule
     c.natural_epochs, c.eps_ramp_start = 0, 0
@@ -253,7 +471,7 @@ def apply_cpu_schedule(c: ml_collections.ConfigDict, method: str) -> None:
   c.num_epochs, c.lr_milestones = 6, (4, 5)
   c.eps_ramp_start, c.eps_ramp_end = 1, 3
   c.pgd_steps = 4
-  if method == "cure_finetune":
+  if check_method(method).finetune:
     c.num_epochs, c.lr_milestones = 2, (1,)
     c.eps_ramp_start, c.eps_ramp_end = 0, 1
 
@@ -332,25 +550,28 @@ def setting_row(
   return rows[setting]
 
 
-def check_method(method: str) -> None:
-  """Raises ValueError, listing the valid methods, for an unknown ``method``."""
-  if method not in METHOD_PRESETS:
-    raise ValueError(
-      f"unknown method {method!r}; valid methods are {sorted(METHOD_PRESETS)}."
-    )
-
-
-def load_config(path_and_arg: str) -> ml_collections.ConfigDict:
+def load_config(
+  path_and_arg: str, overrides: dict[str, Any] | None = None
+) -> ml_collections.ConfigDict:
   """``get_config(arg)`` of a config file, e.g. "configs/mnist.py:cpu=True".
 
-  The programmatic twin of ``--config=...`` (for scripts, benchmarks, tests).
-  """
-  import importlib.util  # pylint: disable=g-import-not-at-top
+  The programmatic twin of ``--config=... --config.<key>=...`` (for scripts,
+  benchmarks, tests).
 
+  Args:
+    path_and_arg: a config file and, after a colon, its argument.
+    overrides: dotted keys to set afterwards (`apply_overrides`).
+
+  Raises:
+    FileNotFoundError: no file at the path.
+    KeyError: an override names a key the config lacks.
+  """
   path, _, arg = path_and_arg.partition(":")
   spec = importlib.util.spec_from_file_location("_cure_config", path)
   if spec is None:
     raise FileNotFoundError(f"no config file at {path!r}.")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config(arg or None)
+  config = module.get_config(arg or None)
+  apply_overrides(config, overrides or {})
+  return config

@@ -1,4 +1,4 @@
-"""Tests for cure_jax/objectives/registry.py: how the clean pass enters the loss."""
+"""Tests for cure_jax/objectives/objective.py: how the clean pass enters the loss."""
 
 import jax
 import jax.numpy as jnp
@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from cure_jax.bounds import LinfBall, ibp, margin_spec
+from cure_jax.config_schema import TRAINING_METHODS, load_config
 from cure_jax.models import ConvNet
 from cure_jax.objectives import regularizers, robust_losses
 from cure_jax.objectives.base import (
@@ -16,8 +17,11 @@ from cure_jax.objectives.base import (
   moment_subset,
   robust_cross_entropy,
 )
-from cure_jax.objectives.registry import make_objective
-from cure_jax.settings import load_config
+from cure_jax.objectives.objective import (
+  ROBUST_TERMS,
+  make_objective,
+  objective_options,
+)
 
 MODEL = ConvNet(
   num_classes=10,
@@ -297,3 +301,50 @@ def test_midpoint_moments_with_warmup_regularize_the_train_mode_bounds(setup):
 def test_bad_bn_moments_name_the_valid_choices(overrides, message):
   with pytest.raises(ValueError, match=message):
     make_objective(_config(**overrides), MODEL, kappa_is_zero=True)
+
+
+def test_every_term_kind_of_the_method_table_has_its_term():
+  kinds = {m.term for m in TRAINING_METHODS.values()} - {None}
+  assert kinds == set(ROBUST_TERMS)
+
+
+@pytest.mark.parametrize("method", list(TRAINING_METHODS))
+def test_every_method_builds_an_objective_with_a_finite_loss(setup, method):
+  params, stats, batch, ctx = setup
+  config = _config(method=method, pgd_steps=1, **{"patch.train_positions": 2})
+  objective = make_objective(config, MODEL, kappa_is_zero=True)
+  loss, (_, metrics) = jax.jit(objective)(params, stats, batch, ctx(0.0))
+  assert np.isfinite(float(loss))
+  robust = TRAINING_METHODS[method].term is not None
+  assert ("robust_loss" in metrics) == robust
+
+
+def test_options_are_read_once_from_the_schemas_keys():
+  options = objective_options(_config(**{"cure.alpha": 0.25, "l1_reg": 1e-4}))
+  assert options.method is TRAINING_METHODS["ibp"]
+  assert (options.alpha, options.l1_reg, options.num_classes) == (
+    0.25,
+    1e-4,
+    10,
+  )
+  assert (options.bn_moments, options.bn_moment_examples) == ("clean", 0)
+
+
+@pytest.mark.parametrize(
+  "overrides, message",
+  [
+    (dict(l2_variant="exact"), r"valid ones are \['certified', 'sabr_box'\]"),
+    ({"cure.combine": "min"}, r"valid ones are \['joint', 'max', 'random'\]"),
+    (
+      {
+        "method": "cure_random",
+        "cure.combine": "random",
+        "cure.ba_weight": 1.0,
+      },
+      "bound alignment needs both bounds",
+    ),
+  ],
+)
+def test_bad_options_fail_when_the_objective_is_built(overrides, message):
+  with pytest.raises(ValueError, match=message):
+    make_objective(_config(**overrides), MODEL)

@@ -9,30 +9,21 @@ losses of `robust_losses` and the CURE combinations of `multi_norm` and
 `bound_alignment`. Gradient projection acts on parameters, not on the loss,
 and lives in the training loop.
 
-Methods (``config.method``):
-
-  natural        clean cross-entropy only
-  ibp            IBP over B∞(x, ε∞) (Gowal et al., 2018)
-  sabr           SABR small boxes, l∞ (Müller et al., 2023)
-  crown_ibp      CROWN-IBP over B∞(x, ε∞) (Zhang et al., 2020)
-  pgd_linf       PGD adversarial training, l∞ (Madry et al., 2018)
-  pgd_l2         PGD adversarial training, l2
-  l2             the l2 certified loss (``config.l2_variant``)
-  cure_joint     (1 − α)·L∞ + α·L2
-  cure_max       mean max(L∞, L2)
-  cure_random    L∞ on one half of the batch, L2 on the other
-  cure_scratch   Max + bound alignment (+ gradient projection in the loop)
-  cure_finetune  Max (or Joint) + bound alignment from an l∞ checkpoint
-  patch_ibp      IBP over sampled p×p patch positions (Chiang et al., 2020)
+The methods (``config.method``) are the records of
+`cure_jax.config_schema.TRAINING_METHODS`; each names the kind of robust term
+it trains with, a key of `ROBUST_TERMS`. The config values an objective
+reads are taken once, into `ObjectiveOptions`.
 """
 
 import functools
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 
+from cure_jax import config_schema
 from cure_jax.bounds import LinfBall, crown_ibp, ibp
 from cure_jax.objectives import (
   adversarial,
@@ -55,21 +46,142 @@ from cure_jax.objectives.base import (
   moment_subset,
 )
 
-RobustTerm = Callable[[Network, Batch, StepContext], tuple[jax.Array, Metrics]]
-
 L2_VARIANTS = {
   "sabr_box": robust_losses.l2_sabr_box,
   "certified": robust_losses.l2_certified,
 }
 CURE_COMBINATIONS = ("joint", "max", "random")
+# BatchNorm moments of the bounded pass once κ = 0 (`config.bn_moments`).
+CLEAN, MIDPOINT = "clean", "midpoint"
+
+
+class ObjectiveOptions(NamedTuple):
+  """The config values an objective reads (`objective_options`).
+
+  Attributes:
+    method: the `TrainingMethod` record of ``config.method``.
+    eps_linf: the final l∞ training radius (the patch term's ramp progress).
+    lambda_linf: SABR's l∞ box fraction λ∞ (1: plain IBP).
+    lambda_l2: the l2 box fraction λ2.
+    l2_variant: a key of `L2_VARIANTS`.
+    pgd_steps: PGD steps (SABR's box centre, PGD training).
+    pgd_step_fraction: PGD training's step size over ε.
+    combine: how CURE combines its l∞ and l2 losses (`CURE_COMBINATIONS`).
+    alpha: CURE-Joint's weight of the l2 loss.
+    ba_weight: the bound-alignment weight λ_BA (0: off).
+    ba_direction: "l2_to_linf" or "linf_to_l2".
+    ba_stop_gradient: stop the gradient through bound alignment's target.
+    patch_size: p of the p×p patches (patch_ibp).
+    patch_positions: patch positions sampled per example (patch_ibp).
+    warmup_reg: add the warm-up regularizers during the ε ramp.
+    l1_reg: λ_l1.
+    num_classes: K.
+    bn_moments: `CLEAN` or `MIDPOINT`.
+    bn_moment_gradients: differentiate through the clean moments.
+    bn_moment_examples: clean examples whose moments stand for the batch's
+      (0: all).
+  """
+
+  method: config_schema.TrainingMethod
+  eps_linf: float
+  lambda_linf: float
+  lambda_l2: float
+  l2_variant: str
+  pgd_steps: int
+  pgd_step_fraction: float
+  combine: str
+  alpha: float
+  ba_weight: float
+  ba_direction: str
+  ba_stop_gradient: bool
+  patch_size: int
+  patch_positions: int
+  warmup_reg: bool
+  l1_reg: float
+  num_classes: int
+  bn_moments: str
+  bn_moment_gradients: bool
+  bn_moment_examples: int
+
+
+def objective_options(config: ml_collections.ConfigDict) -> ObjectiveOptions:
+  """Reads and checks the objective's values of ``config``.
+
+  Raises:
+    ValueError: an unknown method, ``l2_variant``, ``cure.combine`` or
+      ``bn_moments``; midpoint moments for a method whose bounded passes are
+      not all IBP; bound alignment with ``cure.combine='random'``. Each
+      message names the valid choices.
+  """
+  options = ObjectiveOptions(
+    method=config_schema.check_method(config.method),
+    eps_linf=config.eps_linf,
+    lambda_linf=config.lambda_linf,
+    lambda_l2=config.lambda_l2,
+    l2_variant=config.l2_variant,
+    pgd_steps=config.pgd_steps,
+    pgd_step_fraction=config.pgd_step_fraction,
+    combine=config.cure.combine,
+    alpha=config.cure.alpha,
+    ba_weight=config.cure.ba_weight,
+    ba_direction=config.cure.ba_direction,
+    ba_stop_gradient=bool(config.cure.ba_stop_gradient),
+    patch_size=config.patch.size,
+    patch_positions=config.patch.train_positions,
+    warmup_reg=bool(config.warmup_reg),
+    l1_reg=config.l1_reg,
+    num_classes=config.model.num_classes,
+    bn_moments=config.bn_moments,
+    bn_moment_gradients=bool(config.bn_moment_gradients),
+    bn_moment_examples=config.bn_moment_examples,
+  )
+  _check_options(options)
+  return options
+
+
+def _check_options(options: ObjectiveOptions) -> None:
+  if options.l2_variant not in L2_VARIANTS:
+    raise ValueError(
+      f"unknown l2_variant {options.l2_variant!r}; valid ones "
+      f"are {sorted(L2_VARIANTS)}."
+    )
+  if options.combine not in CURE_COMBINATIONS:
+    raise ValueError(
+      f"unknown cure.combine {options.combine!r}; valid ones are "
+      f"{list(CURE_COMBINATIONS)}."
+    )
+  if options.method.term == "cure" and options.combine == "random":
+    if options.ba_weight:
+      raise ValueError(
+        "bound alignment needs both bounds on every example; "
+        "it cannot be combined with cure.combine='random'."
+      )
+  _check_bn_moments(options)
+
+
+def _check_bn_moments(options: ObjectiveOptions) -> None:
+  if options.bn_moments not in (CLEAN, MIDPOINT):
+    raise ValueError(
+      f"unknown bn_moments {options.bn_moments!r}; valid ones are "
+      f"{[CLEAN, MIDPOINT]}."
+    )
+  if options.bn_moments == MIDPOINT and not options.method.ibp_only:
+    ibp_only = [
+      m.name for m in config_schema.TRAINING_METHODS.values() if m.ibp_only
+    ]
+    raise ValueError(
+      f"bn_moments='midpoint' needs a method whose bounded passes are all "
+      f"IBP, one of {ibp_only}; got {options.method.name!r}. Use "
+      "bn_moments='clean'."
+    )
 
 
 def _keys(ctx: StepContext):
   return jax.random.split(ctx.rng, 3)
 
 
-def _linf_loss(config, network, batch, ctx, key):
-  if config.lambda_linf >= 1.0:
+def _linf_loss(opts: ObjectiveOptions, network, batch, ctx, key):
+  if opts.lambda_linf >= 1.0:
     return robust_losses.ibp_linf(
       network, batch.images, batch.labels, ctx.eps_linf
     )
@@ -78,26 +190,21 @@ def _linf_loss(config, network, batch, ctx, key):
     batch.images,
     batch.labels,
     ctx.eps_linf,
-    lam=config.lambda_linf,
+    lam=opts.lambda_linf,
     key=key,
-    pgd_steps=config.pgd_steps,
+    pgd_steps=opts.pgd_steps,
   )
 
 
-def _l2_loss(config, network, batch, ctx, key):
-  if config.l2_variant not in L2_VARIANTS:
-    raise ValueError(
-      f"unknown l2_variant {config.l2_variant!r}; valid ones "
-      f"are {sorted(L2_VARIANTS)}."
-    )
-  return L2_VARIANTS[config.l2_variant](
+def _l2_loss(opts: ObjectiveOptions, network, batch, ctx, key):
+  return L2_VARIANTS[opts.l2_variant](
     network,
     batch.images,
     batch.labels,
     ctx.eps_l2,
-    lam=config.lambda_l2,
+    lam=opts.lambda_l2,
     key=key,
-    pgd_steps=config.pgd_steps,
+    pgd_steps=opts.pgd_steps,
   )
 
 
@@ -119,8 +226,8 @@ def _updated_stats(robust) -> Metrics:
   )
 
 
-def _ibp_term(config, network, batch, ctx):
-  del config
+def _ibp_term(opts, network, batch, ctx):
+  del opts
   robust = robust_losses.ibp_linf(
     network, batch.images, batch.labels, ctx.eps_linf
   )
@@ -130,24 +237,24 @@ def _ibp_term(config, network, batch, ctx):
   }
 
 
-def _sabr_term(config, network, batch, ctx):
-  robust = _linf_loss(config, network, batch, ctx, _keys(ctx)[0])
+def _sabr_term(opts, network, batch, ctx):
+  robust = _linf_loss(opts, network, batch, ctx, _keys(ctx)[0])
   return robust.loss.mean(), {
     **_certified_metrics("linf", robust),
     **_updated_stats(robust),
   }
 
 
-def _l2_term(config, network, batch, ctx):
-  robust = _l2_loss(config, network, batch, ctx, _keys(ctx)[1])
+def _l2_term(opts, network, batch, ctx):
+  robust = _l2_loss(opts, network, batch, ctx, _keys(ctx)[1])
   return robust.loss.mean(), {
     **_certified_metrics("l2", robust),
     **_updated_stats(robust),
   }
 
 
-def _crown_ibp_term(config, network, batch, ctx):
-  del config
+def _crown_ibp_term(opts, network, batch, ctx):
+  del opts
   margins = network.margin_bounds(
     LinfBall(batch.images, ctx.eps_linf, domain=DOMAIN),
     batch.labels,
@@ -161,31 +268,31 @@ def _crown_ibp_term(config, network, batch, ctx):
   return robust.loss.mean(), _certified_metrics("linf", robust)
 
 
-def _pgd_term(norm, config, network, batch, ctx):
+def _pgd_term(norm, opts, network, batch, ctx):
   eps = ctx.eps_linf if norm == "linf" else ctx.eps_l2
-  step_size = config.pgd_step_fraction * eps
+  step_size = opts.pgd_step_fraction * eps
   losses, _ = adversarial.pgd_training_loss(
     network,
     batch.images,
     batch.labels,
     norm=norm,
     eps=eps,
-    steps=config.pgd_steps,
+    steps=opts.pgd_steps,
     step_size=step_size,
     key=_keys(ctx)[0],
   )
   return losses.mean(), {f"pgd_{norm}_loss": losses.mean()}
 
 
-def _patch_term(config, network, batch, ctx):
+def _patch_term(opts, network, batch, ctx):
   """Random-patch IBP; the ε ramp's progress ε/ε_end widens the window's box."""
-  progress = ctx.eps_linf / config.eps_linf if config.eps_linf else 1.0
+  progress = ctx.eps_linf / opts.eps_linf if opts.eps_linf else 1.0
   robust = patch_training.random_patch_ibp(
     network,
     batch.images,
     batch.labels,
-    size=config.patch.size,
-    positions=config.patch.train_positions,
+    size=opts.patch_size,
+    positions=opts.patch_positions,
     key=_keys(ctx)[0],
     fraction=jnp.clip(progress, 0.0, 1.0),
   )
@@ -196,33 +303,22 @@ def _take(batch: Batch, idx) -> Batch:
   return Batch(batch.images[idx], batch.labels[idx])
 
 
-def _cure_term(config, network, batch, ctx):
+def _cure_term(opts, network, batch, ctx):
   """CURE: l∞ and l2 small-box losses combined, plus bound alignment."""
-  cure = config.cure
-  if cure.combine not in CURE_COMBINATIONS:
-    raise ValueError(
-      f"unknown cure.combine {cure.combine!r}; valid ones are "
-      f"{list(CURE_COMBINATIONS)}."
-    )
   k_inf, k_2, k_split = _keys(ctx)
-  if cure.combine == "random":
-    if cure.ba_weight:
-      raise ValueError(
-        "bound alignment needs both bounds on every example; "
-        "it cannot be combined with cure.combine='random'."
-      )
+  if opts.combine == "random":
     linf_idx, l2_idx = multi_norm.random_partition(
       k_split, batch.labels.shape[0]
     )
-    linf = _linf_loss(config, network, _take(batch, linf_idx), ctx, k_inf)
-    l2 = _l2_loss(config, network, _take(batch, l2_idx), ctx, k_2)
+    linf = _linf_loss(opts, network, _take(batch, linf_idx), ctx, k_inf)
+    l2 = _l2_loss(opts, network, _take(batch, l2_idx), ctx, k_2)
     loss = multi_norm.random_loss(linf.loss, l2.loss)
   else:
-    linf = _linf_loss(config, network, batch, ctx, k_inf)
-    l2 = _l2_loss(config, network, batch, ctx, k_2)
+    linf = _linf_loss(opts, network, batch, ctx, k_inf)
+    l2 = _l2_loss(opts, network, batch, ctx, k_2)
     loss = (
-      multi_norm.joint(linf.loss, l2.loss, cure.alpha)
-      if cure.combine == "joint"
+      multi_norm.joint(linf.loss, l2.loss, opts.alpha)
+      if opts.combine == "joint"
       else multi_norm.maximum(linf.loss, l2.loss)
     )
   metrics = {
@@ -230,73 +326,35 @@ def _cure_term(config, network, batch, ctx):
     **_certified_metrics("l2", l2),
     **_updated_stats(linf),
   }  # the l∞ pass's moments (all examples)
-  if cure.ba_weight:
+  if opts.ba_weight:
     ba = bound_alignment.bound_alignment(
       linf.logits,
       l2.logits,
       linf.certified,
       l2.certified,
-      direction=cure.ba_direction,
-      stop_gradient=cure.ba_stop_gradient,
+      direction=opts.ba_direction,
+      stop_gradient=opts.ba_stop_gradient,
     )
-    loss = loss + cure.ba_weight * ba
+    loss = loss + opts.ba_weight * ba
     metrics["bound_alignment"] = ba
   return loss, metrics
 
 
-ROBUST_TERMS: dict[str, Callable] = {
-  "natural": None,
+# Robust-term kind (`TrainingMethod.term`) -> the term, a function
+# (options, network, batch, ctx) -> (mean loss, metrics).
+RobustTerm = Callable[
+  [ObjectiveOptions, Network, Batch, StepContext], tuple[jax.Array, Metrics]
+]
+ROBUST_TERMS: dict[str, RobustTerm] = {
   "ibp": _ibp_term,
   "sabr": _sabr_term,
   "crown_ibp": _crown_ibp_term,
   "pgd_linf": functools.partial(_pgd_term, "linf"),
   "pgd_l2": functools.partial(_pgd_term, "l2"),
   "l2": _l2_term,
-  "cure_joint": _cure_term,
-  "cure_max": _cure_term,
-  "cure_random": _cure_term,
-  "cure_scratch": _cure_term,
-  "cure_finetune": _cure_term,
-  "patch_ibp": _patch_term,
+  "cure": _cure_term,
+  "patch": _patch_term,
 }
-METHODS = tuple(ROBUST_TERMS)
-
-
-# BatchNorm moments of the bounded pass once κ = 0 (`config.bn_moments`).
-CLEAN, MIDPOINT = "clean", "midpoint"
-# Methods whose every bounded pass is IBP, and so may use midpoint moments.
-MIDPOINT_METHODS = (
-  "ibp",
-  "sabr",
-  "l2",
-  "cure_joint",
-  "cure_max",
-  "cure_random",
-  "cure_scratch",
-  "cure_finetune",
-)
-
-
-def check_bn_moments(config: ml_collections.ConfigDict) -> None:
-  """Raises a ValueError for an unknown ``bn_moments`` or a method without it."""
-  bn_moments = config.get("bn_moments", CLEAN)
-  if bn_moments not in (CLEAN, MIDPOINT):
-    raise ValueError(
-      f"unknown bn_moments {bn_moments!r}; valid ones are {[CLEAN, MIDPOINT]}."
-    )
-  if bn_moments == MIDPOINT and config.method not in MIDPOINT_METHODS:
-    raise ValueError(
-      f"bn_moments='midpoint' needs a method whose bounded passes are all "
-      f"IBP, one of {list(MIDPOINT_METHODS)}; got {config.method!r}. Use "
-      "bn_moments='clean'."
-    )
-
-
-def check_method(method: str) -> None:
-  if method not in ROBUST_TERMS:
-    raise ValueError(
-      f"unknown method {method!r}; valid methods are {list(METHODS)}."
-    )
 
 
 def _warmup_term(network: Network, batch: Batch, ctx: StepContext):
@@ -349,23 +407,23 @@ def make_objective(
 
   Returns:
     ``objective(params, batch_stats, batch, ctx)``.
+
+  Raises:
+    ValueError: a bad method or option (`objective_options`).
   """
-  check_method(config.method)
-  robust_term = ROBUST_TERMS[config.method] if robust else None
-  with_warmup = (config.warmup_reg if warmup is None else warmup) and (
-    ROBUST_TERMS[config.method] is not None
+  opts = objective_options(config)
+  term = opts.method.term
+  robust_term = functools.partial(ROBUST_TERMS[term], opts) if term else None
+  with_warmup = (opts.warmup_reg if warmup is None else warmup) and (
+    term is not None
   )
-  num_classes = config.model.num_classes
+  num_classes = opts.num_classes
   clean_is_metric = kappa_is_zero and robust_term is not None
-  moment_gradients = config.get("bn_moment_gradients", True)
+  moment_gradients = opts.bn_moment_gradients
   # After the natural epochs the clean pass only yields the moments, so it
   # may run on a subset of the batch (`moment_subset`).
-  moment_examples = (
-    config.get("bn_moment_examples", 0) if clean_is_metric else 0
-  )
-
-  check_bn_moments(config)
-  midpoint = config.get("bn_moments", CLEAN) == MIDPOINT and clean_is_metric
+  moment_examples = opts.bn_moment_examples if clean_is_metric else 0
+  midpoint = opts.bn_moments == MIDPOINT and clean_is_metric
 
   def objective(params, batch_stats, batch: Batch, ctx: StepContext):
     if midpoint:
@@ -377,7 +435,7 @@ def make_objective(
         num_classes,
         midpoint_moments=True,
       )
-      loss, metrics = robust_term(config, network, batch, ctx)
+      loss, metrics = robust_term(network, batch, ctx)
       new_stats = metrics.pop(UPDATED_STATS)
       metrics["robust_loss"] = loss
     else:
@@ -388,9 +446,9 @@ def make_objective(
       reg = _warmup_term(network, batch, ctx)
       loss = loss + ctx.reg_scale * reg
       metrics["warmup_reg"] = reg
-    if config.l1_reg:
+    if opts.l1_reg:
       l1 = regularizers.l1_penalty(params)
-      loss = loss + config.l1_reg * l1
+      loss = loss + opts.l1_reg * l1
       metrics["l1"] = l1
     metrics["loss"] = loss
     return loss, (new_stats, metrics)
@@ -413,7 +471,7 @@ def make_objective(
       model.apply, {"params": params, "batch_stats": moments}, num_classes
     )
     if robust_term is not None:
-      robust_loss, robust_metrics = robust_term(config, network, batch, ctx)
+      robust_loss, robust_metrics = robust_term(network, batch, ctx)
       robust_metrics.pop(UPDATED_STATS, None)
       loss = (
         robust_loss
