@@ -141,9 +141,10 @@ def test_eight_devices_train_like_one(mnist, tmp_path):
   assert one.pop("devices") == 1 and eight.pop("devices") == 8
   assert one.keys() == eight.keys()
   for name in one:
-    # Same global batch, split 8 ways: only the summation order differs.
+    # Same global batch, split 8 ways: only the summation order differs,
+    # and a few training steps amplify it to ~3e-5 on some CPUs.
     np.testing.assert_allclose(
-      eight[name], one[name], rtol=1e-4, atol=1e-5, err_msg=name
+      eight[name], one[name], rtol=1e-4, atol=1e-4, err_msg=name
     )
   assert {k.split("/")[0] for k in one} == set(RUNS)
 
