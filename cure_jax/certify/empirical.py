@@ -23,6 +23,7 @@ import jax.numpy as jnp
 
 from cure_jax import attacks
 from cure_jax.certify import cascade
+from cure_jax.models.call_adapter import adapt_apply
 from cure_jax.types import PyTree
 
 ApplyFn = Callable[..., jax.Array]
@@ -83,7 +84,8 @@ def pgd_robust(
   """Whether each point resists the PGD attack (pure, jit-able).
 
   Args:
-    apply_fn: ``apply_fn(variables, x, train=False) -> logits [B, K]``,
+    apply_fn: ``apply_fn(variables, x, train=False) -> logits [B, K]``, or
+      a Flax module, ``train`` optional (`models.call_adapter`),
       acting on each example independently.
     variables: the model's variables.
     images: [B, ...] inputs in [0, 1].
@@ -96,6 +98,7 @@ def pgd_robust(
   Returns:
     [B] bool: correctly classified at x and at the attack's best point.
   """
+  apply_fn = adapt_apply(apply_fn)
 
   def logits_fn(x):
     return apply_fn(variables, x, train=False)
