@@ -34,9 +34,10 @@ import flax.linen as nn
 _FLAX_APPLY = nn.Module.apply
 
 
-class BatchStatisticsError(ValueError):
+class BatchStatisticsError(Exception):
   """A flax.linen.BatchNorm normalized with batch statistics in a certified
-  or bounded pass."""
+  or bounded pass (not a ValueError, which the bound transforms re-raise as a
+  shape mismatch)."""
 
 
 def _signature_target(fn: Any) -> Any:
