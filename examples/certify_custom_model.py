@@ -39,6 +39,7 @@ SIZES = {
     pgd=3,
     tolerance=1 / 8,
     gather=False,  # one compiled shape per stage
+    norms=("linf",),
   ),
   "default": dict(
     train=2048,
@@ -48,6 +49,7 @@ SIZES = {
     pgd=50,
     tolerance=1 / 64,
     gather=True,
+    norms=("linf", "l2"),
   ),
 }
 RADII = {"linf": 0.05, "l2": 0.3}
@@ -145,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     variables,
     test_x,
     test_y,
-    radii=RADII,
+    radii={n: RADII[n] for n in size["norms"]},
     num_classes=NUM_CLASSES,
     methods=size["methods"],
     pgd=certify.PGDSettings(steps=size["pgd"], restarts=1),

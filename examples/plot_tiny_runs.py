@@ -33,7 +33,7 @@ def certify_run(run_dir, method, variables, images, labels, size) -> str:
     variables,
     images,
     labels,
-    radii=RADII,
+    radii={n: RADII[n] for n in size["norms"]},
     num_classes=NUM_CLASSES,
     methods=size["methods"],
     pgd=certify.PGDSettings(steps=size["pgd"], restarts=1),

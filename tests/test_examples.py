@@ -31,7 +31,7 @@ def test_certify_custom_model(tmp_path):
   assert summary["num_examples"] == certify_custom_model.SIZES["tiny"]["test"]
   assert summary["bound_widths"]["crown"] <= summary["bound_widths"]["ibp"]
   records = report.read_csv(os.path.join(tmp_path, "certify.csv"))
-  for norm in certify_custom_model.RADII:
+  for norm in certify_custom_model.SIZES["tiny"]["norms"]:
     radius = records[f"radius_certified_{norm}"]
     np.testing.assert_array_equal(
       radius >= np.float32(certify_custom_model.RADII[norm]),
