@@ -52,7 +52,7 @@ SIZES = {
     norms=("linf", "l2"),
   ),
 }
-RADII = {"linf": 0.05, "l2": 0.3}
+RADII = {"linf": 0.1, "l2": 0.5}
 
 
 class CustomCNN(nn.Module):

@@ -1,8 +1,9 @@
 """Small synthetic image classification data for the examples.
 
-Class k of K is an image of noise with a bright square in the k-th of K
-positions along the diagonal, in [0, 1]: easy to learn, robust to small
-perturbations once learned, and generated in milliseconds.
+Class k of K is an image of uniform noise in [0, ``noise``] with a square
+brightened by ``contrast`` in the k-th of K positions along the diagonal,
+clipped to [0, 1]: learned in a few hundred steps, and with noise and
+contrast comparable, only robust to small perturbations if trained for it.
 """
 
 import jax
@@ -11,7 +12,12 @@ import numpy as np
 
 
 def make_images(
-  key: jax.Array, num: int, size: int = 8, num_classes: int = 3
+  key: jax.Array,
+  num: int,
+  size: int = 8,
+  num_classes: int = 3,
+  noise: float = 0.5,
+  contrast: float = 0.3,
 ) -> tuple[np.ndarray, np.ndarray]:
   """``num`` images [num, size, size, 1] in [0, 1] and their int32 labels.
 
@@ -20,6 +26,8 @@ def make_images(
     num: number of examples.
     size: image height and width (>= 2 · num_classes).
     num_classes: K.
+    noise: the noise's upper end.
+    contrast: brightness added inside the class's square.
 
   Returns:
     (images, labels) as numpy arrays.
@@ -39,6 +47,6 @@ def make_images(
   start = labels[:, None] * side
   inside = (grid[None, :] >= start) & (grid[None, :] < start + side)
   square = inside[:, :, None] & inside[:, None, :]
-  noise = 0.3 * jax.random.uniform(key_noise, (num, size, size))
-  images = jnp.clip(noise + 0.6 * square, 0.0, 1.0)[..., None]
+  background = noise * jax.random.uniform(key_noise, (num, size, size))
+  images = jnp.clip(background + contrast * square, 0.0, 1.0)[..., None]
   return np.asarray(images, np.float32), np.asarray(labels, np.int32)

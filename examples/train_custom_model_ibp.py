@@ -31,7 +31,7 @@ from cure_jax.objectives.robust_losses import ibp_linf
 from examples.certify_custom_model import NUM_CLASSES, CustomCNN, train_standard
 from examples.synthetic_images import make_images
 
-EPS = 0.05
+EPS = 0.1
 SIZES = {
   "tiny": dict(train=64, test=12, steps=6, batch=32),
   "default": dict(train=2048, test=200, steps=600, batch=128),
