@@ -156,8 +156,9 @@ def test_the_command_line_writes_the_figure(run_dir, tmp_path, capsys):
   assert main([run_dir, run_dir, "--out", out, "--points", "32"]) == 0
   assert os.path.getsize(out) > 10_000
   assert "wrote" in capsys.readouterr().out
-  assert main([run_dir]) == 0
+  assert main([run_dir, "--tensorboard"]) == 0
   assert os.path.exists(os.path.join(run_dir, "accuracy_curves.pdf"))
+  assert _events(os.path.join(run_dir, "tensorboard", "curves"))
   assert main([str(tmp_path / "nothing")]) == 1
   assert "certify the run first" in capsys.readouterr().err
 
