@@ -3,7 +3,7 @@
 With radius columns (``radius_certified_<n>``, ``radius_pgd_<n>``, written by
 ``evaluate(..., radius_search=...)``), a point is certified (PGD-robust) at ε
 when it is correctly classified and its radius is ≥ ε, so one run gives the
-whole curve on [0, eps_max] (beyond eps_max the search says nothing). Without
+whole curve on [0, eps_max) (the search says nothing beyond). Without
 them only the evaluation radius has a value, from the ``certified_<n>`` and
 ``pgd_<n>`` flags.
 """
@@ -21,7 +21,8 @@ class NormCurves(NamedTuple):
   """Accuracy against ε for one norm of one run (fractions in [0, 1]).
 
   Attributes:
-    eps: [G] radii, from 0 to the search's end; None without radius columns.
+    eps: [G] radii, from 0 to the search's reach; None without radius
+      columns.
     certified: [G] certified accuracy at ``eps``, or None.
     pgd: [G] PGD-robust accuracy at ``eps``, or None (no PGD radii).
     eval_radius: the evaluation radius, or None when unknown.
@@ -45,11 +46,14 @@ def accuracy_at(radii: np.ndarray, correct: np.ndarray, eps: np.ndarray):
   return holds.mean(axis=0)
 
 
-def _search_end(records, summary: Mapping[str, Any], norm: str) -> float:
-  """The search's eps_max for ``norm`` (else the largest radius found)."""
-  end = summary.get("radius_search", {}).get("eps_max", {}).get(norm)
+def _curve_end(records, summary: Mapping[str, Any], norm: str) -> float:
+  """Where the curve stops: eps_max · (1 − relative tolerance), the largest
+  radius the search can return (points that reach it are certified at least
+  that far); without the search's settings, the largest radius found."""
+  search = summary.get("radius_search", {})
+  end = search.get("eps_max", {}).get(norm)
   if end is not None:
-    return float(end)
+    return float(end) * (1 - float(search.get("relative_tolerance", 0.0)))
   columns = [
     records[p + norm]
     for p in (report.RADIUS_CERTIFIED, report.RADIUS_PGD)
@@ -64,7 +68,8 @@ def norm_curves(
   norm: str,
   points: int = 256,
 ) -> NormCurves:
-  """The curves of ``norm`` on ``points`` radii evenly spaced from 0.
+  """The curves of ``norm`` on ``points`` radii evenly spaced from 0 to the
+  search's reach (`_curve_end`).
 
   Args:
     records: the run's records (`report.read_csv`).
@@ -80,7 +85,7 @@ def norm_curves(
   flags = records.get(f"pgd_{norm}")
   eps = certified = pgd = None
   if report.RADIUS_CERTIFIED + norm in records:
-    end = _search_end(records, summary, norm)
+    end = _curve_end(records, summary, norm)
     eps = np.linspace(0.0, end, points)
     certified = accuracy_at(
       records[report.RADIUS_CERTIFIED + norm], correct, eps
