@@ -11,9 +11,10 @@ Bisection, vectorized over the batch: every point keeps its own bracket
 [lo, hi] with lo certified (or 0) and hi not certified (or the bracket's end,
 never tested), and each step certifies the whole batch at the per-point
 midpoints (a [B] radius) and halves every bracket. After
-n = ⌈log2(eps_max / tol)⌉ steps every bracket is at most tol wide, so for a
-cascade that is monotone in ε (IBP and CROWN are) the radius returned lies
-within tol below the cascade's own largest certified radius. Whatever the
+n = ⌈log2(eps_max / tol)⌉ steps every bracket is at most tol wide, so where
+the cascade's certificates are monotone in ε (IBP's are: its bounds only
+widen with the ball) the radius returned lies within tol below the
+cascade's own largest certified radius. Whatever the
 cascade, the returned radius is sound: it is an ε the cascade certified (or
 0). Radii of points the cascade certifies at eps_max come back as lower
 bounds just under eps_max.
