@@ -7,6 +7,10 @@
                               num_classes=10)
   write_report(workdir, records, summary)   # certify.csv, certify.json
 
+``evaluate(..., radius_search=RadiusSearch())`` also finds every point's
+largest certified and PGD radius (`radii`), the data of accuracy-against-ε
+curves (``python -m cure_jax.plot RUN_DIR``).
+
 A point counts as certified for a norm when it is correctly classified and
 every margin lower bound over the ball ∩ [0, 1] is positive; for the union
 (docs/method.md §1) when that holds for every norm evaluated.
@@ -31,6 +35,7 @@ from cure_jax.certify.empirical import (
   pgd_robust,
 )
 from cure_jax.certify.evaluate import evaluate
+from cure_jax.certify.radii import RadiusSearch, certified_radii, pgd_radii
 from cure_jax.certify.report import (
   STAGE_NONE,
   Records,
@@ -54,17 +59,20 @@ __all__ = (
   "NORMS",
   "NOT_CERTIFIED",
   "PGDSettings",
+  "RadiusSearch",
   "Records",
   "STAGE_NONE",
   "StageReport",
   "bound_margins",
   "build_records",
+  "certified_radii",
   "certify_batch",
   "check_pgd_settings",
   "evaluate",
   "format_radius",
   "format_table",
   "gather_size",
+  "pgd_radii",
   "pgd_robust",
   "predict",
   "read_csv",

@@ -12,7 +12,9 @@ with PGD (``config.eval.pgd_steps`` × ``pgd_restarts``, margin loss) for
 the empirical upper bound, and writes ``workdir/certify.csv`` (one row per
 point) and ``workdir/certify.json`` (the summary, with seconds per point per
 stage), printing the table. Always in float32, whatever the training
-precision.
+precision. ``--radius_search`` adds every point's largest certified and PGD
+radius (bisection up to twice the setting's radius, `certify.radii`) and its
+margin lower bound, the data of ``python -m cure_jax.plot WORKDIR``.
 """
 
 import os
@@ -40,13 +42,23 @@ _WORKDIR = flags.DEFINE_string(
 _OUTPUT_NAME = flags.DEFINE_string(
   "output_name", "certify", "File stem of the CSV and JSON reports."
 )
+_RADIUS_SEARCH = flags.DEFINE_bool(
+  "radius_search",
+  False,
+  "Also find each point's largest certified and PGD radius (columns "
+  "radius_certified_<norm>, radius_pgd_<norm>, margin_lower_<norm>).",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 NORM_RADIUS_KEYS = {"linf": "eps_linf", "l2": "eps_l2", "l1": "eps_l1"}
 
 
 def certify_checkpoint(
-  config, workdir: str, output_name: str = "certify", log=print
+  config,
+  workdir: str,
+  output_name: str = "certify",
+  log=print,
+  radius_search=None,
 ) -> dict[str, Any]:
   """Certifies the newest checkpoint of ``workdir``; returns the summary.
 
@@ -55,6 +67,8 @@ def certify_checkpoint(
     workdir: the run's directory.
     output_name: file stem of the reports written into ``workdir``.
     log: progress and table output (None: silent).
+    radius_search: a `certify.RadiusSearch` to add radius and margin columns,
+      or None.
 
   Returns:
     The summary (also in ``workdir/<output_name>.json``).
@@ -96,6 +110,8 @@ def certify_checkpoint(
     alpha_steps=config.eval.alpha_steps,
     pgd=pgd,
     log=log,
+    keep_margins=radius_search is not None,
+    radius_search=radius_search,
   )
   summary = dict(
     summary,
@@ -113,6 +129,7 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   import jax  # pylint: disable=g-import-not-at-top
 
+  from cure_jax.certify import radii  # pylint: disable=g-import-not-at-top
   from cure_jax.checkpoint import CheckpointRestoreError  # pylint: disable=g-import-not-at-top
   from cure_jax.data import DataNotFoundError  # pylint: disable=g-import-not-at-top
 
@@ -121,7 +138,12 @@ def main(argv):
     flags.FLAGS["config"], jax.default_backend()
   )
   try:
-    certify_checkpoint(config, _WORKDIR.value, _OUTPUT_NAME.value)
+    certify_checkpoint(
+      config,
+      _WORKDIR.value,
+      _OUTPUT_NAME.value,
+      radius_search=radii.RadiusSearch() if _RADIUS_SEARCH.value else None,
+    )
   except (
     FileNotFoundError,
     DataNotFoundError,

@@ -37,6 +37,7 @@ import numpy as np
 
 from cure_jax import bounds
 from cure_jax.certify import stage_timing
+from cure_jax.models.call_adapter import adapt_apply
 from cure_jax.parallel.precision import cast_floating, certification_precision
 from cure_jax.types import NORMS, PIXEL_DOMAIN, PyTree
 
@@ -136,7 +137,8 @@ def predict(
   """Clean predictions in float32, the ones the cascade certifies against.
 
   Args:
-    apply_fn: ``apply_fn(variables, x, train=False) -> logits [B, K]``.
+    apply_fn: ``apply_fn(variables, x, train=False) -> logits [B, K]``, or
+      a Flax module, ``train`` optional (`models.call_adapter`).
     variables: the model's variables (cast to float32).
     images: [B, ...] inputs in [0, 1].
     num_classes: if given, checked against the number of logits.
@@ -147,6 +149,7 @@ def predict(
   Raises:
     ValueError: if the model does not output [B, num_classes] logits.
   """
+  apply_fn = adapt_apply(apply_fn)
   variables = cast_floating(variables, jnp.float32)
   images = jnp.asarray(images, jnp.float32)
   with certification_precision():
@@ -180,7 +183,8 @@ def bound_margins(
   static).
 
   Args:
-    apply_fn: ``apply_fn(variables, x, train=False) -> logits [B, K]``.
+    apply_fn: ``apply_fn(variables, x, train=False) -> logits [B, K]``, or
+      a Flax module, ``train`` optional (`models.call_adapter`).
     variables: the model's variables.
     images: [B, ...] centres x in [0, 1].
     labels: [B] integer labels y.
@@ -194,7 +198,7 @@ def bound_margins(
     [B, K − 1] lower bounds, one per j ≠ y (in increasing order of j).
   """
   ball = BALLS[norm](images, eps, domain=PIXEL_DOMAIN)
-  bounded = _transform(method, alpha_steps)(apply_fn)
+  bounded = _transform(method, alpha_steps)(adapt_apply(apply_fn))
   spec = bounds.margin_spec(labels, num_classes)
   return bounded(variables, ball, train=False, spec=spec).lower
 
@@ -442,7 +446,8 @@ def certify_batch(
   object (e.g. ``model.apply``) on every call, not a fresh lambda.
 
   Args:
-    apply_fn: ``apply_fn(variables, x, train=False) -> logits [B, K]``,
+    apply_fn: ``apply_fn(variables, x, train=False) -> logits [B, K]``, or
+      a Flax module, ``train`` optional (`models.call_adapter`),
       acting on each example independently.
     variables: the model's variables (floating leaves are cast to float32).
     images: [B, ...] inputs in [0, 1].
@@ -471,6 +476,7 @@ def certify_batch(
     images, labels, eps, valid, norm, methods, alpha_steps, num_classes
   )
   methods = tuple(methods)
+  apply_fn = adapt_apply(apply_fn)
   variables = cast_floating(variables, jnp.float32)
   images = jnp.asarray(images, jnp.float32)
   labels = jnp.asarray(labels, jnp.int32)

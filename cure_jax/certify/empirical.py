@@ -23,6 +23,7 @@ import jax.numpy as jnp
 
 from cure_jax import attacks
 from cure_jax.certify import cascade
+from cure_jax.models.call_adapter import adapt_apply
 from cure_jax.types import PyTree
 
 ApplyFn = Callable[..., jax.Array]
@@ -76,8 +77,10 @@ def pgd_robust(
   settings: PGDSettings = PGDSettings(),
 ) -> jax.Array:
   """[B] bool: correctly classified at x and at the attack's best point
-  (pure, jit-able). ``apply_fn(variables, x, train=False)`` must act on each
-  example independently; ``eps`` is scalar or [B]."""
+  (pure, jit-able). ``apply_fn(variables, x, train=False)``, or a Flax module
+  with ``train`` optional (`models.call_adapter`), must act on each example
+  independently; ``eps`` is scalar or [B]."""
+  apply_fn = adapt_apply(apply_fn)
 
   def logits_fn(x):
     return apply_fn(variables, x, train=False)

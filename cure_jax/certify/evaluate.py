@@ -7,6 +7,12 @@ last batch is padded to the batch size and masked, so every stage compiles
 for a bounded set of shapes (the gathered sizes of `cascade.gather_size`),
 and each stage's run time, excluding compilation, is accumulated per norm so
 that the report can give the seconds per test point of every stage.
+
+Opt-in extras (columns of `report.extend_records`): ``keep_margins`` keeps each
+point's min margin lower bound at the evaluation radius, and a
+`radii.RadiusSearch` adds each point's largest certified and PGD radius
+(bisection), from which accuracy-against-ε curves follow
+(``python -m cure_jax.plot``).
 """
 
 import time
@@ -18,6 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from cure_jax.certify import cascade, empirical, report, stage_timing
+from cure_jax.certify import radii as radii_module
+from cure_jax.models.call_adapter import adapt_apply
 from cure_jax.parallel.global_batch import pad_batch
 from cure_jax.parallel.precision import cast_floating
 from cure_jax.types import PyTree
@@ -91,6 +99,27 @@ def _progress(
   return " | ".join(parts) + f" ({elapsed:.1f}s)"
 
 
+def _unmask(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
+  """[B] array with ``values`` at the valid rows and zeros (False) elsewhere."""
+  full = np.zeros(valid.shape, np.asarray(values).dtype)
+  full[valid] = values
+  return full
+
+
+def _float_columns(margins, certified_radii, pgd_radii) -> dict:
+  """The optional float columns of `report.extend_records`, by name."""
+  columns = {}
+  for prefix, values in (
+    (report.MARGIN_LOWER, margins),
+    (report.RADIUS_CERTIFIED, certified_radii),
+    (report.RADIUS_PGD, pgd_radii),
+  ):
+    for norm, parts in values.items():
+      if parts:
+        columns[prefix + norm] = np.concatenate(parts)
+  return columns
+
+
 def evaluate(
   apply_fn: Callable[..., jax.Array],
   variables: PyTree,
@@ -107,12 +136,17 @@ def evaluate(
   key: jax.Array | None = None,
   gather: bool = True,
   log: Callable[[str], Any] | None = print,
+  keep_margins: bool = False,
+  radius_search: radii_module.RadiusSearch | None = None,
 ) -> tuple[report.Records, dict[str, Any]]:
   """Certifies and attacks ``images`` for every radius; records and summary.
 
   Args:
-    apply_fn: ``apply_fn(variables, x, train=False) -> logits [B, K]``; pass
-      a stable object such as ``model.apply`` (jit caches key on it).
+    apply_fn: ``apply_fn(variables, x, train=False) -> logits [B, K]``, or a
+      Flax module; models without a ``train`` argument are called without
+      it, and a flax.linen.BatchNorm with batch statistics is refused
+      (`cure_jax.models.call_adapter`). Pass a stable object such as
+      ``model.apply`` or ``model`` (jit caches key on it).
     variables: the model's variables (cast to float32).
     images: [N, ...] test inputs in [0, 1] (numpy or jax).
     labels: [N] integer labels.
@@ -126,6 +160,12 @@ def evaluate(
     key: PRNG key of the attack's random starts (default PRNGKey(0)).
     gather: run later cascade stages on the gathered pending points only.
     log: called with progress lines and the final table (None: silent).
+    keep_margins: add ``margin_lower_<n>`` columns: the min margin lower
+      bound of the last stage that bounded the point (−inf where none did).
+    radius_search: add ``radius_certified_<n>`` (and, for attacked norms
+      with ``radius_search.pgd``, ``radius_pgd_<n>``) columns, the largest
+      certified (PGD-robust) radius by bisection (`radii`), and a
+      ``radius_search`` entry to the summary. None: no search.
 
   Returns:
     ``(records, summary)`` as `report.build_records` and `report.summarize`
@@ -133,11 +173,17 @@ def evaluate(
 
   Raises:
     ValueError: for malformed arguments.
+    BatchStatisticsError: the model normalizes with batch statistics.
   """
   pgd_norms = report.ordered_norms(
     (radii if pgd_norms is None else pgd_norms) if pgd is not None else ()
   )
   _check_arguments(images, labels, radii, batch_size, pgd, pgd_norms)
+  if radius_search is not None:
+    radii_module.check_search(radius_search)
+    for norm in radii:
+      radii_module.search_end(radius_search, norm, float(radii[norm]))
+  apply_fn = adapt_apply(apply_fn)
   norms = report.ordered_norms(radii)
   methods = tuple(methods)
   log = log or (lambda line: None)
@@ -149,6 +195,10 @@ def evaluate(
   certified = {n: [] for n in norms}
   stages = {n: [] for n in norms}
   robust = {n: [] for n in pgd_norms}
+  margins = {n: [] for n in norms}
+  certified_radii = {n: [] for n in norms}
+  pgd_radii = {n: [] for n in norms}
+  search_seconds = 0.0
   times = {
     "certify": {n: {m: _new_time() for m in methods} for n in norms},
     "pgd": {n: _new_time() for n in pgd_norms},
@@ -183,6 +233,8 @@ def evaluate(
         return_stage_reports=True,
       )
       certified[norm].append(np.asarray(result.certified)[valid])
+      if keep_margins:
+        margins[norm].append(np.asarray(result.margins_lower)[valid])
       stages[norm].append(
         _stage_names(np.asarray(result.method_index)[valid], methods)
       )
@@ -215,6 +267,33 @@ def evaluate(
         timed.compile_seconds,
         timed.run_seconds,
       )
+    if radius_search is not None:
+      search_start = time.perf_counter()
+      for norm_index, norm in enumerate(norms):
+        found = radii_module.search_batch(
+          apply_fn,
+          variables,
+          x,
+          y,
+          valid,
+          norm=norm,
+          eps=float(radii[norm]),
+          search=radius_search,
+          certified_at_eps=_unmask(certified[norm][-1], valid),
+          pgd_robust_at_eps=(
+            _unmask(robust[norm][-1], valid) if norm in robust else None
+          ),
+          pgd=pgd if norm in robust else None,
+          key=jax.random.fold_in(batch_key, len(pgd_norms) + norm_index),
+          num_classes=num_classes,
+          methods=methods,
+          alpha_steps=alpha_steps,
+          gather=gather,
+        )
+        certified_radii[norm].append(found[0][valid])
+        if found[1] is not None:
+          pgd_radii[norm].append(found[1][valid])
+      search_seconds += time.perf_counter() - search_start
     log(
       _progress(
         min(start + batch, num),
@@ -233,6 +312,9 @@ def evaluate(
     stages={n: np.concatenate(v) for n, v in stages.items()},
     pgd_robust={n: np.concatenate(v) for n, v in robust.items()},
   )
+  records = report.extend_records(
+    records, _float_columns(margins, certified_radii, pgd_radii)
+  )
   settings = dict(
     num_classes=num_classes,
     batch_size=batch,
@@ -245,5 +327,10 @@ def evaluate(
   summary = report.summarize(
     records, radii=radii, methods=methods, timing=times, settings=settings
   )
+  if radius_search is not None:
+    summary["radius_search"] = dict(
+      radii_module.summarize_radii(records, radius_search, radii),
+      wall_seconds=search_seconds,  # compilation included
+    )
   log(report.format_table(summary))
   return records, summary

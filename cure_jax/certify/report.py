@@ -8,7 +8,10 @@ order linf, l2, l1; PGD columns only for the attacked norms)::
   pgd_<n>..., union_certified, union_pgd
 
 ``stage_<n>`` names the bound method that certified the point (`STAGE_NONE`
-if none did). Union columns follow docs/method.md §1: a point counts for the union
+if none did). Runs that ask for them append float columns (`extend_records`):
+``radius_certified_<n>`` and ``radius_pgd_<n>``, the largest certified and
+PGD-robust radius found (`cure_jax.certify.radii`), and ``margin_lower_<n>``,
+the min margin lower bound at the evaluation radius. Union columns follow docs/method.md §1: a point counts for the union
 when it is correctly classified and certified (resp. PGD-robust) for every
 evaluated (resp. attacked) norm.
 
@@ -36,6 +39,11 @@ Records = dict[str, np.ndarray]
 NORM_SYMBOLS = {"linf": "l∞", "l2": "l2", "l1": "l1"}
 STAGE_NONE = "none"
 _INT_COLUMNS = ("index", "label", "prediction")
+# Prefixes (before the norm) of the optional float columns.
+RADIUS_CERTIFIED = "radius_certified_"
+RADIUS_PGD = "radius_pgd_"
+MARGIN_LOWER = "margin_lower_"
+FLOAT_PREFIXES = (RADIUS_CERTIFIED, RADIUS_PGD, MARGIN_LOWER)
 
 
 def ordered_norms(norms) -> tuple[str, ...]:
@@ -126,6 +134,40 @@ def build_records(
   if lengths:
     raise ValueError(f"every column needs shape ({num},); got {lengths}.")
   return columns
+
+
+def extend_records(records: Records, columns: Mapping[str, Any]) -> Records:
+  """``records`` with float ``columns`` appended (a new dict).
+
+  Args:
+    records: per-point records (`build_records`).
+    columns: name -> [N] values; each name is a prefix of `FLOAT_PREFIXES`
+      followed by a norm, e.g. ``radius_certified_linf``.
+
+  Returns:
+    The records, then the new columns in the order given.
+
+  Raises:
+    ValueError: for a name outside that scheme, one already present, or a
+      column of the wrong length.
+  """
+  num = len(records["index"])
+  extended = dict(records)
+  for name, values in columns.items():
+    prefix = next((p for p in FLOAT_PREFIXES if name.startswith(p)), None)
+    if prefix is None or name[len(prefix) :] not in NORM_ORDER:
+      raise ValueError(
+        f"column {name!r} must be one of {FLOAT_PREFIXES} followed by a norm "
+        f"of {NORM_ORDER}."
+      )
+    values = np.asarray(values, np.float64)
+    if name in extended or values.shape != (num,):
+      raise ValueError(
+        f"column {name!r} is already present or is not of shape ({num},); "
+        f"got shape {values.shape}."
+      )
+    extended[name] = values
+  return extended
 
 
 def _fraction(mask: np.ndarray) -> dict[str, Any]:
@@ -352,6 +394,8 @@ def _parse_column(name: str, cells: Sequence[str]) -> np.ndarray:
     return np.asarray([int(c) for c in cells], np.int64)
   if name.startswith("stage_"):
     return np.asarray(cells, dtype=str)
+  if name.startswith(FLOAT_PREFIXES):
+    return np.asarray([float(c) for c in cells], np.float64)
   if name == "correct" or name.startswith(
     ("certified_", "pgd_", "attack_", "union_")
   ):
