@@ -1,0 +1,165 @@
+"""Looks for a counterexample: an input of the box whose outputs satisfy
+every row of some unsafe disjunct.
+
+For a disjunct with rows ``r_k(y) = c_k·y + d_k`` the search maximizes
+``g(x) = min_k r_k(f(x))`` over the box B by projected sign-gradient ascent
+(PGD: ``x ← clip_B(x + α_t · sign ∇g · (u − l))``, α_t decaying
+geometrically), from the box's centre, its two extreme corners and random
+points, keeping the best point seen. ``g(x) ≥ 0`` (> 0 on strict rows) makes
+x a candidate; it counts as a counterexample only after a plain forward pass
+of the JAX function and, where onnxruntime is installed, of onnxruntime
+confirm every row. Points are taken in the box rounded inward to float32, so
+they lie in the box the property declares.
+"""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cure_jax.interchange.vnnlib import InputRegion, OutputSpec, float32_box
+
+
+class AttackSettings(NamedTuple):
+  """PGD budget per disjunct.
+
+  Attributes:
+    steps: ascent steps.
+    starts: starting points (centre, two corners, then random ones).
+    first_step: the first step as a fraction of the box's width.
+    last_step: the last step as a fraction of the box's width.
+    seed: seed of the random starts.
+  """
+
+  steps: int = 50
+  starts: int = 8
+  first_step: float = 0.25
+  last_step: float = 0.005
+  seed: int = 0
+
+
+class Counterexample(NamedTuple):
+  """A confirmed unsafe input and its outputs (onnxruntime's where present)."""
+
+  inputs: np.ndarray
+  outputs: np.ndarray
+  disjunct: int
+
+
+def _padded_rows(region: InputRegion):
+  """Rows of every disjunct padded (by repeating its first) to one count."""
+  width = max(len(d.offsets) for d in region.disjuncts)
+  coeffs, offsets = [], []
+  for d in region.disjuncts:
+    repeat = np.r_[
+      np.arange(len(d.offsets)), np.zeros(width - len(d.offsets), int)
+    ]
+    coeffs.append(d.coeffs[repeat])
+    offsets.append(d.offsets[repeat])
+  return np.float32(coeffs), np.float32(offsets)
+
+
+def _starts(lower, upper, count: int, key):
+  """[count, ...] centre, lower corner, upper corner, then uniform points."""
+  fixed = jnp.stack([(lower + upper) / 2, lower, upper])
+  random = jax.random.uniform(key, (max(count - 3, 0),) + lower.shape)
+  return jnp.concatenate([fixed, lower + random * (upper - lower)])[:count]
+
+
+def _search(apply_fn, settings, params, lower, upper, coeffs, offsets):
+  """Best points [D, N, ...] and their objectives [D, N] (see module doc)."""
+  width = upper - lower
+
+  def objective(x, c, o):
+    y = apply_fn(params, x[None]).reshape(-1)
+    return jnp.min(c @ y + o)
+
+  values = jax.vmap(jax.vmap(objective, (0, None, None)))
+  grads = jax.vmap(jax.vmap(jax.grad(objective), (0, None, None)))
+  keys = jax.random.split(jax.random.key(settings.seed), coeffs.shape[0])
+  x = jax.vmap(lambda k: _starts(lower, upper, settings.starts, k))(keys)
+  ratio = (settings.last_step / settings.first_step) ** (
+    1.0 / max(settings.steps - 1, 1)
+  )
+
+  def step(carry, t):
+    x, best_x, best = carry
+    size = settings.first_step * ratio**t
+    x = jnp.clip(
+      x + size * width * jnp.sign(grads(x, coeffs, offsets)), lower, upper
+    )
+    value = values(x, coeffs, offsets)
+    better = value > best
+    best_x = jnp.where(
+      better.reshape(better.shape + (1,) * lower.ndim), x, best_x
+    )
+    return (x, best_x, jnp.maximum(value, best)), None
+
+  start_values = values(x, coeffs, offsets)
+  (_, best_x, best), _ = jax.lax.scan(
+    step, (x, x, start_values), jnp.arange(settings.steps)
+  )
+  return best_x, best
+
+
+_search_jit = jax.jit(_search, static_argnums=(0, 1))
+
+
+def satisfies(spec: OutputSpec, outputs: np.ndarray) -> bool:
+  """Whether outputs y satisfy every row: c·y + d ≥ 0 (> 0 where strict)."""
+  values = spec.coeffs @ outputs + spec.offsets
+  return bool(np.all(np.where(spec.strict, values > 0, values >= 0)))
+
+
+def confirm(network, spec: OutputSpec, x: np.ndarray) -> np.ndarray | None:
+  """The outputs at x if the plain JAX pass and onnxruntime both satisfy
+  ``spec``; None otherwise. onnxruntime's outputs are returned where present."""
+  outputs = network.outputs(x)
+  if not satisfies(spec, outputs):
+    return None
+  reference = network.reference_outputs(x)
+  if reference is None:
+    return outputs
+  return reference if satisfies(spec, reference) else None
+
+
+def find_counterexample(
+  network,
+  region: InputRegion,
+  clock,
+  settings: AttackSettings = AttackSettings(),
+) -> Counterexample | None:
+  """A confirmed counterexample in the region, or None (see module doc)."""
+  if np.any(region.lower > region.upper) or not region.disjuncts:
+    return None
+  lower, upper = float32_box(region.lower, region.upper, outward=False)
+  for index, spec in enumerate(region.disjuncts):
+    if not len(spec.offsets):  # no output constraint: any point is unsafe
+      outputs = confirm(network, spec, (lower + upper) / 2)
+      if outputs is not None:
+        return Counterexample((lower + upper) / 2, outputs, index)
+  coeffs, offsets = _padded_rows(region)
+  shape = network.input_shape[1:]
+  best_x, best = network.run(
+    "falsify",
+    _search_jit,
+    (network.apply_fn, settings),
+    (
+      network.params,
+      lower.reshape(shape),
+      upper.reshape(shape),
+      coeffs,
+      offsets,
+    ),
+    clock,
+  )
+  best_x, best = np.asarray(best_x), np.asarray(best)
+  for index in np.argsort(-best.max(axis=1)):
+    if best[index].max() < 0:
+      break
+    x = best_x[index, np.argmax(best[index])].reshape(-1)
+    outputs = confirm(network, region.disjuncts[index], x)
+    if outputs is not None:
+      return Counterexample(x, outputs, int(index))
+  return None
