@@ -128,18 +128,27 @@ def _every_operator_model():
       strides=[2, 2],
       pads=[1, 1, 1, 1],
     ),
-    node("ConvTranspose", ["j", "Wt", "Bt"], ["k"], name="deconv", strides=[2, 2]),
+    node(
+      "ConvTranspose", ["j", "Wt", "Bt"], ["k"], name="deconv", strides=[2, 2]
+    ),
     node("Relu", ["k"], ["l"], name="relu"),
     node("Sigmoid", ["l"], ["m1"], name="sigmoid"),
     node("Tanh", ["k"], ["m2"], name="tanh"),
     node("Clip", ["m2", "clip_low"], ["m3"], name="clip"),
     node("Concat", ["m1", "m3"], ["cat"], name="concat", axis=1),
     node("Pad", ["cat", "pads", "pad_value"], ["p"], name="pad"),
-    node("Slice", ["p", "starts", "ends", "slice_axes", "steps"], ["q"], name="slice"),
+    node(
+      "Slice",
+      ["p", "starts", "ends", "slice_axes", "steps"],
+      ["q"],
+      name="slice",
+    ),
     node("Transpose", ["q"], ["r"], name="transpose", perm=[0, 1, 3, 2]),
     node("Dropout", ["r"], ["r2"], name="dropout"),
     node("Flatten", ["r2"], ["u"], name="flatten"),
-    node("Gemm", ["u", "Wgemm", "bgemm"], ["v"], name="gemm", transB=1, alpha=0.5),
+    node(
+      "Gemm", ["u", "Wgemm", "bgemm"], ["v"], name="gemm", transB=1, alpha=0.5
+    ),
     node("GlobalAveragePool", ["r"], ["s"], name="gap"),
     node("GlobalMaxPool", ["r"], ["s2"], name="gmp"),
     node("Sub", ["s", "s2"], ["s3"], name="sub_pools"),
@@ -150,8 +159,16 @@ def _every_operator_model():
     node("Add", ["v", "z2"], ["y1"], name="add_heads"),
     node("Shape", ["y1"], ["y1_shape"], name="shape"),
     node("Gather", ["y1_shape", "gather_index"], ["width"], name="gather"),
-    node("Concat", ["ones", "width"], ["flat_shape"], name="concat_shape", axis=0),
-    node("Cast", ["flat_shape"], ["flat_shape64"], name="cast", to=TensorProto.INT64),
+    node(
+      "Concat", ["ones", "width"], ["flat_shape"], name="concat_shape", axis=0
+    ),
+    node(
+      "Cast",
+      ["flat_shape"],
+      ["flat_shape64"],
+      name="cast",
+      to=TensorProto.INT64,
+    ),
     node("Unsqueeze", ["y1", "unsqueeze_axes"], ["y2"], name="unsqueeze"),
     node("Identity", ["y2"], ["y3"], name="identity"),
     node("Reshape", ["y3", "flat_shape64"], ["y"], name="reshape_out"),
@@ -374,9 +391,7 @@ def test_params_are_the_float_initializers_and_jit_matches_eager():
   model = _every_operator_model()
   apply_fn, params = load_onnx(model)
   floats = {
-    t.name
-    for t in model.graph.initializer
-    if t.data_type == TensorProto.FLOAT
+    t.name for t in model.graph.initializer if t.data_type == TensorProto.FLOAT
   }
   assert set(params) == floats
   x = RNG.uniform(size=(1, 2, 7, 7)).astype(np.float32)

@@ -186,7 +186,7 @@ def load_onnx(source) -> tuple[Callable[[Params, Any], Any], Params]:
     """The ONNX graph's output for ``x`` (see `load_onnx`)."""
     values: dict[str, Any] = dict(fixed)
     values.update(params)
-    values[sig.input_name] = x
+    values[sig.input_name] = jnp.asarray(x)  # never a load-time constant
     for node, index, attrs, operator in nodes:
       inputs = [values[name] if name else None for name in node.input]
       try:

@@ -79,7 +79,7 @@ class LoadedNetwork:
     ready) to ``clock.verify``.
     """
     shapes = jax.tree.map(
-      lambda a: (np.shape(a), np.result_type(a)), dynamic_args
+      lambda a: (np.shape(a), str(getattr(a, "dtype", type(a)))), dynamic_args
     )
     key = (name, static_args, str(shapes))
     if key not in self.compiled:
