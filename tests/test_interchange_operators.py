@@ -302,6 +302,13 @@ SINGLE_OPERATOR_CASES = {
     mode="edge",
     opset=18,
   ),
+  "pad_wrap": lambda: _single(
+    "Pad",
+    (1, 2, 4, 4),
+    [_tensor("pads", np.array([0, 0, 2, 1, 0, 0, 1, 3], np.int64))],
+    mode="wrap",
+    opset=19,
+  ),
   "pad_negative_crop": lambda: _single(
     "Pad",
     (1, 2, 5, 5),

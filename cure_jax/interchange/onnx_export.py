@@ -24,6 +24,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import numpy as np
 
+from cure_jax.interchange.onnx_import import require_onnx
 from cure_jax.models.batch_norm import BatchNorm
 from cure_jax.models.cnn import OUTPUT_LAYER, ConvNet
 from cure_jax.models.mlp import MLP
@@ -217,8 +218,7 @@ def to_onnx(
     ValueError: the model is of another class, or its padding or
       normalization has no exact ONNX counterpart here.
   """
-  import onnx  # pylint: disable=g-import-not-at-top
-
+  onnx = require_onnx()
   input_shape = tuple(int(s) for s in input_shape)
   graph = _Graph()
   if isinstance(model, ConvNet):

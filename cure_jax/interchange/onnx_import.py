@@ -50,9 +50,21 @@ class OnnxSignature(NamedTuple):
   output_shape: tuple[int | None, ...]
 
 
+def require_onnx():
+  """The ``onnx`` module, or an ImportError that says how to install it."""
+  try:
+    import onnx  # pylint: disable=g-import-not-at-top
+  except ImportError as error:
+    raise ImportError(
+      "cure_jax.interchange needs the onnx package: pip install "
+      "'cure_jax[onnx]' (onnx and onnxruntime)."
+    ) from error
+  return onnx
+
+
 def read_model(source) -> Any:
   """An ``onnx.ModelProto`` from a path (``.onnx`` or ``.onnx.gz``) or itself."""
-  import onnx  # pylint: disable=g-import-not-at-top
+  onnx = require_onnx()
 
   if isinstance(source, onnx.ModelProto):
     return source

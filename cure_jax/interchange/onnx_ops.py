@@ -308,6 +308,8 @@ def _batch_norm(inputs, attrs):
   """Inference batch normalization: (x − mean) · scale / √(var + ε) + B."""
   if attrs.get("training_mode", 0):
     raise OperatorError("BatchNormalization in training mode; export in eval.")
+  if attrs.get("spatial", 1) != 1:
+    raise OperatorError("BatchNormalization with spatial=0 is not supported.")
   x, scale, shift, mean, var = inputs
   shape = (1, -1) + (1,) * (x.ndim - 2)
   multiplier = scale / jnp.sqrt(var + float(attrs.get("epsilon", 1e-5)))
@@ -353,9 +355,7 @@ def _reduce_window(x, init, op, kernel, strides, dilations, padding):
 
 
 def _max_pool(inputs, attrs):
-  if attrs.get("storage_order", 0):
-    raise OperatorError("MaxPool's storage_order=1 (Indices) is not supported.")
-  (x,) = inputs
+  (x,) = inputs  # storage_order only orders the Indices output, never computed
   kernel, strides, dilations, pads, extra = _pool_geometry(x, attrs)
   padding = [(lo, hi + e) for (lo, hi), e in zip(pads, extra)]
   return [

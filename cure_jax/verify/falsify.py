@@ -130,7 +130,15 @@ def find_counterexample(
   clock,
   settings: AttackSettings = AttackSettings(),
 ) -> Counterexample | None:
-  """A confirmed counterexample in the region, or None (see module doc)."""
+  """A confirmed counterexample in the region, or None (see module doc).
+
+  Raises:
+    ValueError: ``settings`` asks for no starting point or negative steps.
+  """
+  if settings.starts < 1 or settings.steps < 0:
+    raise ValueError(
+      f"the search needs starts >= 1 and steps >= 0; got {settings}."
+    )
   if np.any(region.lower > region.upper) or not region.disjuncts:
     return None
   lower, upper = float32_box(region.lower, region.upper, outward=False)
