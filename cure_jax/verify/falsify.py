@@ -1,15 +1,21 @@
 """Looks for a counterexample: an input of the box whose outputs satisfy
 every row of some unsafe disjunct.
 
-For a disjunct with rows ``r_k(y) = c_k·y + d_k`` the search maximizes
-``g(x) = min_k r_k(f(x))`` over the box B by projected sign-gradient ascent
-(PGD: ``x ← clip_B(x + α_t · sign ∇g · (u − l))``, α_t decaying
-geometrically), from the box's centre, its two extreme corners and random
-points, keeping the best point seen. ``g(x) ≥ 0`` (> 0 on strict rows) makes
-x a candidate; it counts as a counterexample only after a plain forward pass
-of the JAX function and, where onnxruntime is installed, of onnxruntime
-confirm every row. Points are taken in the box rounded inward to float32, so
-they lie in the box the property declares.
+With rows ``r_{d,k}(y) = c_{d,k}·y + d_{d,k}`` of disjuncts d, the search
+maximizes
+
+  g(x) = max_d min_k r_{d,k}(f(x))
+
+(≥ 0 iff f(x) satisfies some disjunct; for the margin property it is the
+usual margin loss max_{j≠y} z_j − z_y) over the box B by projected
+sign-gradient ascent (PGD: ``x ← clip_B(x + α_t · sign ∇g · (u − l))``, α_t
+decaying geometrically), from the box's centre, its two extreme corners and
+random points, keeping the best point of each start. A point with
+``g(x) ≥ 0`` is a candidate; it counts as a counterexample only after a plain
+forward pass of the JAX function and, where onnxruntime is installed,
+onnxruntime satisfy every row of one disjunct (strict rows strictly). Points
+are taken in the box rounded inward to float32, so they lie in the box the
+property declares.
 """
 
 from typing import NamedTuple
@@ -22,7 +28,7 @@ from cure_jax.interchange.vnnlib import InputRegion, OutputSpec, float32_box
 
 
 class AttackSettings(NamedTuple):
-  """PGD budget per disjunct.
+  """The search's budget.
 
   Attributes:
     steps: ascent steps.
@@ -68,17 +74,15 @@ def _starts(lower, upper, count: int, key):
 
 
 def _search(apply_fn, settings, params, lower, upper, coeffs, offsets):
-  """Best points [D, N, ...] and their objectives [D, N] (see module doc)."""
+  """Best point of each start [N, ...] and its g (see the module doc)."""
   width = upper - lower
 
-  def objective(x, c, o):
+  def objective(x):
     y = apply_fn(params, x[None]).reshape(-1)
-    return jnp.min(c @ y + o)
+    return jnp.max(jnp.min(coeffs @ y + offsets, axis=-1))
 
-  values = jax.vmap(jax.vmap(objective, (0, None, None)))
-  grads = jax.vmap(jax.vmap(jax.grad(objective), (0, None, None)))
-  keys = jax.random.split(jax.random.key(settings.seed), coeffs.shape[0])
-  x = jax.vmap(lambda k: _starts(lower, upper, settings.starts, k))(keys)
+  values, grads = jax.vmap(objective), jax.vmap(jax.grad(objective))
+  x = _starts(lower, upper, settings.starts, jax.random.key(settings.seed))
   ratio = (settings.last_step / settings.first_step) ** (
     1.0 / max(settings.steps - 1, 1)
   )
@@ -86,19 +90,16 @@ def _search(apply_fn, settings, params, lower, upper, coeffs, offsets):
   def step(carry, t):
     x, best_x, best = carry
     size = settings.first_step * ratio**t
-    x = jnp.clip(
-      x + size * width * jnp.sign(grads(x, coeffs, offsets)), lower, upper
-    )
-    value = values(x, coeffs, offsets)
+    x = jnp.clip(x + size * width * jnp.sign(grads(x)), lower, upper)
+    value = values(x)
     better = value > best
     best_x = jnp.where(
       better.reshape(better.shape + (1,) * lower.ndim), x, best_x
     )
     return (x, best_x, jnp.maximum(value, best)), None
 
-  start_values = values(x, coeffs, offsets)
   (_, best_x, best), _ = jax.lax.scan(
-    step, (x, x, start_values), jnp.arange(settings.steps)
+    step, (x, x, values(x)), jnp.arange(settings.steps)
   )
   return best_x, best
 
@@ -163,11 +164,12 @@ def find_counterexample(
     clock,
   )
   best_x, best = np.asarray(best_x), np.asarray(best)
-  for index in np.argsort(-best.max(axis=1)):
-    if best[index].max() < 0:
+  for start in np.argsort(-best):
+    if best[start] < 0:
       break
-    x = best_x[index, np.argmax(best[index])].reshape(-1)
-    outputs = confirm(network, region.disjuncts[index], x)
-    if outputs is not None:
-      return Counterexample(x, outputs, int(index))
+    x = best_x[start].reshape(-1)
+    for index, spec in enumerate(region.disjuncts):
+      outputs = confirm(network, spec, x)
+      if outputs is not None:
+        return Counterexample(x, outputs, index)
   return None
