@@ -186,3 +186,37 @@ def test_exported_benchmark_end_to_end(tmp_path, capsys):
   np.testing.assert_allclose(y, flax_logits, atol=1e-5)
   assert np.max(np.delete(y, wrong)) >= y[wrong]
   assert "2 instances" in capsys.readouterr().out
+
+
+def test_benchmark_reports_unverifiable_instances_and_goes_on(
+  twin_relu, tmp_path
+):
+  onnx_path, _ = twin_relu
+  softmax = helper.make_model(
+    helper.make_graph(
+      [helper.make_node("Softmax", ["x"], ["y"], name="probabilities")],
+      "softmax",
+      [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+      [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
+    ),
+    opset_imports=[helper.make_opsetid("", 17)],
+  )
+  onnx.save(softmax, tmp_path / "softmax.onnx")
+  _property(tmp_path, "reach", "(assert (>= Y_1 0.5))")
+  (tmp_path / "twin.onnx").write_bytes(open(onnx_path, "rb").read())
+  (tmp_path / "instances.csv").write_text(
+    "softmax.onnx,reach.vnnlib,5\ntwin.onnx,missing.vnnlib,5\n"
+    "twin.onnx,reach.vnnlib,5\n"
+  )
+  results = verify.verify_benchmark(str(tmp_path / "instances.csv"))
+  assert [r.result for r in results] == ["error", "error", "sat"]
+  assert "'Softmax' at node 'probabilities'" in results[0].message
+  assert "missing.vnnlib" in results[1].message
+  rows = list(csv.DictReader((tmp_path / "results" / "summary.csv").open()))
+  assert [r["result"] for r in rows] == ["error", "error", "sat"]
+  written = sorted(p.name for p in (tmp_path / "results").glob("*.txt"))
+  assert written == [
+    "0000_softmax_reach.txt",
+    "0001_twin_missing.txt",
+    "0002_twin_reach.txt",
+  ]

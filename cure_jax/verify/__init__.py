@@ -5,8 +5,10 @@
 
 >>> result = verify_instance("model.onnx", "prop.vnnlib", timeout=60)
 >>> result.result            # 'sat', 'unsat', 'timeout' or 'unknown'
+>>> results = verify_benchmark("benchmark/instances.csv")
 """
 
+from cure_jax.verify.benchmark_runner import verify_benchmark
 from cure_jax.verify.falsify import AttackSettings, Counterexample
 from cure_jax.verify.instance_runner import (
   ERROR,
@@ -44,6 +46,7 @@ __all__ = [
   "ShapeMismatchError",
   "load_network",
   "result_text",
+  "verify_benchmark",
   "verify_instance",
   "write_result",
   "write_summary",

@@ -17,21 +17,12 @@ import argparse
 import os
 import sys
 
-from cure_jax.interchange.onnx_import import UnsupportedOnnxError
-from cure_jax.interchange.vnncomp_instances import read_instances
-from cure_jax.interchange.vnnlib import VnnlibError
 from cure_jax.verify import falsify, unsafe_bounds
-from cure_jax.verify.instance_runner import error_result, verify_instance
-from cure_jax.verify.loaded_network import ShapeMismatchError, load_network
+from cure_jax.verify.benchmark_runner import INSTANCE_ERRORS, verify_benchmark
+from cure_jax.verify.instance_runner import verify_instance
 from cure_jax.verify.result_files import write_result, write_summary
 
 DEFAULT_TIMEOUT = 60.0
-_EXPECTED_ERRORS = (
-  UnsupportedOnnxError,
-  VnnlibError,
-  ShapeMismatchError,
-  FileNotFoundError,
-)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -92,7 +83,7 @@ def _single(args, options) -> int:
   timeout = DEFAULT_TIMEOUT if args.timeout is None else args.timeout
   try:
     result = verify_instance(args.onnx, args.vnnlib, timeout, **options)
-  except _EXPECTED_ERRORS as error:
+  except INSTANCE_ERRORS as error:
     print(f"{type(error).__name__}: {error}", file=sys.stderr, flush=True)
     return 2
   _report(result)
@@ -103,53 +94,18 @@ def _single(args, options) -> int:
   return 0
 
 
-def _stem(path: str) -> str:
-  name = os.path.basename(path)
-  for suffix in (".gz", ".onnx", ".vnnlib"):
-    name = name.removesuffix(suffix)
-  return name
-
-
 def _benchmark(args, options) -> int:
   if not os.path.exists(args.instances):
     print(f"no instances file {args.instances}", file=sys.stderr)
     return 2
-  instances = read_instances(args.instances)
-  out_dir = args.out_dir or os.path.join(
-    os.path.dirname(os.path.abspath(args.instances)), "results"
+  results = verify_benchmark(
+    args.instances,
+    args.out_dir,
+    args.summary,
+    args.timeout,
+    log=_report,
+    **options,
   )
-  networks, results = {}, []
-  for index, instance in enumerate(instances):
-    timeout = instance.timeout if args.timeout is None else args.timeout
-    try:
-      network = networks.get(instance.onnx_path)
-      first_use = network is None
-      if first_use:
-        network = networks[instance.onnx_path] = load_network(
-          instance.onnx_path
-        )
-      result = verify_instance(
-        instance.onnx_path,
-        instance.vnnlib_path,
-        timeout,
-        network=network,
-        **options,
-      )
-      if first_use:
-        result = result._replace(
-          prepare_seconds=result.prepare_seconds + network.load_seconds
-        )
-    except _EXPECTED_ERRORS as error:
-      result = error_result(
-        instance.onnx_path, instance.vnnlib_path, timeout, error
-      )
-    _report(result)
-    name = (
-      f"{index:04d}_{_stem(instance.onnx_path)}_{_stem(instance.vnnlib_path)}"
-    )
-    write_result(os.path.join(out_dir, name + ".txt"), result)
-    results.append(result)
-  write_summary(args.summary or os.path.join(out_dir, "summary.csv"), results)
   counts = {
     r: sum(x.result == r for x in results)
     for r in sorted({x.result for x in results})
