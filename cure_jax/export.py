@@ -211,11 +211,29 @@ def write_benchmark(
 
 def _restore_for_eval(config, workdir: str):
   """(model, variables) of the newest checkpoint of ``workdir``."""
-  try:
+  try:  # cure_jax.checkpoint where the package has it, else the train loop's
     from cure_jax.checkpoint import restore_for_eval  # pylint: disable=g-import-not-at-top
   except ImportError:
     from cure_jax.train.loop import restore_for_eval  # pylint: disable=g-import-not-at-top
   return restore_for_eval(config, workdir)
+
+
+def _test_split(config):
+  """The test split of ``config.dataset`` (`load_config_split`)."""
+  from cure_jax import data  # pylint: disable=g-import-not-at-top
+
+  load = getattr(data, "load_config_split", None)
+  if load is None:
+    from cure_jax.train.loop import load_config_split as load  # pylint: disable=g-import-not-at-top
+  return load(config, "test")
+
+
+def _checkpoint_error() -> type[Exception]:
+  try:
+    from cure_jax.checkpoint import CheckpointRestoreError  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    from cure_jax.train.checkpoint import CheckpointRestoreError  # pylint: disable=g-import-not-at-top
+  return CheckpointRestoreError
 
 
 def export_checkpoint(
@@ -238,14 +256,13 @@ def export_checkpoint(
     ExportMismatchError, ValueError: see `write_benchmark`.
   """
   from cure_jax import data  # pylint: disable=g-import-not-at-top
-  from cure_jax.train import loop  # pylint: disable=g-import-not-at-top
 
   check_norms(norms)
   if examples < 1:
     raise ValueError(f"--examples must be at least 1, got {examples}.")
   model, variables = _restore_for_eval(config, workdir)
   info = data.dataset_info(config.dataset.name)
-  test = loop.load_config_split(config, "test")
+  test = _test_split(config)
   test = test.take(min(examples, test.num_examples))
   images = data.to_unit_float(test.images)
   if info.eval_crop:
@@ -269,7 +286,6 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)
   from cure_jax.data import DataNotFoundError  # pylint: disable=g-import-not-at-top
-  from cure_jax.train.checkpoint import CheckpointRestoreError  # pylint: disable=g-import-not-at-top
 
   try:
     export_checkpoint(
@@ -285,7 +301,7 @@ def main(argv):
   except (
     FileNotFoundError,
     DataNotFoundError,
-    CheckpointRestoreError,
+    _checkpoint_error(),
     ValueError,
   ) as error:
     print(f"{type(error).__name__}: {error}", file=sys.stderr, flush=True)

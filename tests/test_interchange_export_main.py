@@ -8,12 +8,18 @@ import numpy as np
 import pytest
 
 from cure_jax import export as export_module
-from cure_jax import settings
 from cure_jax.data import fake_sources
 from cure_jax.interchange import read_instances, read_vnnlib
-from cure_jax.train import loop
-from cure_jax.train.checkpoint import Checkpointer
-from cure_jax.train.state import build_model, create_train_state, make_optimizer
+from cure_jax.models import get_model
+from cure_jax.train.state import create_train_state, make_optimizer
+
+try:  # the config schema and checkpoints at the package's top level
+  from cure_jax import config_schema as config_loading
+  from cure_jax.checkpoint import Checkpointer, checkpoint_dir
+except ImportError:  # ... or as settings and inside cure_jax.train
+  from cure_jax import settings as config_loading
+  from cure_jax.train.checkpoint import Checkpointer
+  from cure_jax.train.loop import checkpoint_dir
 
 MNIST_CONFIG = str(
   pathlib.Path(__file__).resolve().parents[1] / "configs" / "mnist.py"
@@ -34,9 +40,9 @@ def run(tmp_path_factory):
   test = fake_sources.write_fake_mnist(files, num_train=8, num_test=6, seed=1)[
     "test"
   ]
-  config = settings.load_config(f"{MNIST_CONFIG}:cpu=True,method=ibp")
+  config = config_loading.load_config(f"{MNIST_CONFIG}:cpu=True,method=ibp")
   config.unlock()
-  settings.apply_overrides(
+  config_loading.apply_overrides(
     config,
     {
       "dataset.data_dir": str(files),
@@ -47,7 +53,9 @@ def run(tmp_path_factory):
   )
   config.lock()
   workdir = tmp_path_factory.mktemp("run")
-  model = build_model(config)
+  model = get_model(
+    config.model.name, **{k: v for k, v in config.model.items() if k != "name"}
+  )
   state = create_train_state(
     config, model, make_optimizer(config, 1), (28, 28, 1)
   )
@@ -55,9 +63,7 @@ def run(tmp_path_factory):
   stats = jax.tree.map(
     lambda s: np.float32(rng.uniform(0.5, 1.5, s.shape)), state.batch_stats
   )
-  with Checkpointer(
-    loop.checkpoint_dir(str(workdir)), async_save=False
-  ) as ckpt:
+  with Checkpointer(checkpoint_dir(str(workdir)), async_save=False) as ckpt:
     ckpt.save(0, state._replace(batch_stats=stats), force=True)
   return config, workdir, test
 
