@@ -16,22 +16,22 @@ from cure_jax.models import MLP, ConvNet, SmallCNN
 
 
 def _with_random_statistics(variables, seed):
-  """Variables whose BatchNorm running statistics are far from (0, 1)."""
-  stats = variables.get("batch_stats", {})
-  leaves, tree = jax.tree.flatten(stats)
+  """Perturbed parameters, and BatchNorm running statistics far from (0, 1)."""
   rng = np.random.default_rng(seed)
-  paths = jax.tree_util.tree_flatten_with_path(stats)[0]
-  new = []
-  for path, leaf in paths:
+
+  def statistic(path, leaf):
     if path[-1].key == "mean":
-      new.append(rng.normal(0.0, 0.3, leaf.shape).astype(np.float32))
-    else:
-      new.append(rng.uniform(0.3, 2.0, leaf.shape).astype(np.float32))
+      return rng.normal(0.0, 0.3, leaf.shape).astype(np.float32)
+    return rng.uniform(0.3, 2.0, leaf.shape).astype(np.float32)
+
   params = jax.tree.map(
     lambda p: p + 0.1 * rng.normal(size=p.shape).astype(np.float32),
     variables["params"],
   )
-  return {"params": params, "batch_stats": jax.tree.unflatten(tree, new)}
+  stats = jax.tree_util.tree_map_with_path(
+    statistic, variables.get("batch_stats", {})
+  )
+  return {"params": params, "batch_stats": stats}
 
 
 MODELS = {
