@@ -20,6 +20,7 @@ variables of a `ConvNet` (and its subclasses `SmallCNN`, `CNN7`) or an `MLP`:
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import numpy as np
@@ -201,7 +202,7 @@ def onnx_input_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
 
 def to_onnx(
   model: nn.Module, variables: PyTree, input_shape: Sequence[int]
-) -> "onnx.ModelProto":  # noqa: F821
+) -> Any:
   """The eval-mode model as an ONNX graph (see the module docstring).
 
   Args:
