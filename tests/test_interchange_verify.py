@@ -220,3 +220,16 @@ def test_benchmark_reports_unverifiable_instances_and_goes_on(
     "0001_twin_missing.txt",
     "0002_twin_reach.txt",
   ]
+
+
+def test_network_without_a_batch_axis_is_refused(tmp_path):
+  graph = helper.make_graph(
+    [helper.make_node("Relu", ["x"], ["y"], name="relu")],
+    "flat",
+    [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5])],
+    [helper.make_tensor_value_info("y", TensorProto.FLOAT, [5])],
+  )
+  model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+  onnx.save(model, tmp_path / "flat.onnx")
+  with pytest.raises(verify.UnsupportedOnnxError, match=r"\(5,\) has no batch"):
+    verify.load_network(str(tmp_path / "flat.onnx"))

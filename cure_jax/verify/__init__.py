@@ -8,6 +8,8 @@
 >>> results = verify_benchmark("benchmark/instances.csv")
 """
 
+from cure_jax.interchange.onnx_import import UnsupportedOnnxError
+from cure_jax.interchange.vnnlib import VnnlibError
 from cure_jax.verify.benchmark_runner import verify_benchmark
 from cure_jax.verify.falsify import AttackSettings, Counterexample
 from cure_jax.verify.instance_runner import (
@@ -44,6 +46,8 @@ __all__ = [
   "InstanceResult",
   "LoadedNetwork",
   "ShapeMismatchError",
+  "UnsupportedOnnxError",
+  "VnnlibError",
   "load_network",
   "result_text",
   "verify_benchmark",

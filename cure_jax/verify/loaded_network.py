@@ -109,23 +109,28 @@ def _session(path: str):
 def load_network(path: str) -> LoadedNetwork:
   """Imports ``path`` (see `onnx_import.load_onnx`) for verification.
 
-  The input's symbolic batch axis is set to 1; other dimensions must be
-  fixed.
+  The input's first dimension is the batch axis, 1 or symbolic (set to 1);
+  the others must be fixed.
 
   Raises:
-    UnsupportedOnnxError: see `load_onnx`; or an input with a symbolic
-      dimension besides the first.
+    UnsupportedOnnxError: see `load_onnx`; or an input without such a batch
+      axis, or with a symbolic dimension besides it.
   """
   start = time.perf_counter()
   model = onnx_import.read_model(path)
   apply_fn, params = onnx_import.load_onnx(model)
   shape = onnx_import.signature(model).input_shape
-  if not shape or any(d is None for d in shape[1:]):
+  if len(shape) < 2 or shape[0] not in (None, 1):
+    raise onnx_import.UnsupportedOnnxError(
+      f"{path}: input shape {shape} has no batch axis (a first dimension "
+      "of 1 or symbolic); export the network with one."
+    )
+  if any(d is None for d in shape[1:]):
     raise onnx_import.UnsupportedOnnxError(
       f"{path}: input shape {shape} has a symbolic dimension besides the "
       "batch; export the network with fixed input dimensions."
     )
-  input_shape = (1 if shape[0] is None else shape[0],) + tuple(shape[1:])
+  input_shape = (1,) + tuple(shape[1:])
   session = _session(path)
   return LoadedNetwork(
     path,
