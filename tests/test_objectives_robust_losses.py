@@ -399,8 +399,9 @@ def test_l1_certified_bounds_its_small_ball(make_network, monkeypatch):
   assert jnp.any(robust.certified) and not jnp.all(robust.certified)
 
 
+@pytest.mark.parametrize("eps", [0.0, 1.0])  # The ε ramp starts at 0.
 @pytest.mark.parametrize("loss", ["l1_certified", "l1_crown_ibp"])
-def test_l1_losses_jit_and_have_finite_gradients(loss):
+def test_l1_losses_jit_and_have_finite_gradients(loss, eps):
   model = MLP(num_classes=4, hidden_widths=(16, 16))
   variables = model.init(
     jax.random.key(11), jnp.zeros((1, 6, 6, 1)), train=False
@@ -416,9 +417,9 @@ def test_l1_losses_jit_and_have_finite_gradients(loss):
     ).loss.mean()
 
   params = variables["params"]
-  eager = mean_loss(params, 1.0)
-  np.testing.assert_allclose(jax.jit(mean_loss)(params, 1.0), eager, rtol=1e-5)
-  grads = jax.grad(mean_loss)(params, 1.0)
+  eager = mean_loss(params, eps)
+  np.testing.assert_allclose(jax.jit(mean_loss)(params, eps), eager, rtol=1e-5)
+  grads = jax.grad(mean_loss)(params, eps)
   leaves = jax.tree.leaves(grads)
   assert all(np.all(np.isfinite(g)) for g in leaves)
   assert any(np.abs(g).max() > 0 for g in leaves)

@@ -50,45 +50,48 @@ from cure_jax.attacks.projected_gradient import BestIterate, keep_better
 MOMENTUM = 0.75  # a: weight of the new step against the last move.
 SUCCESS_FRACTION = 0.75  # ρ: fraction of loss increases APGD asks for.
 SPARSITY_SHRINK = 1.5  # k = support of the best point / 1.5.
+# A coordinate counts as moved beyond float32 rounding of x + δ − x.
+SUPPORT_TOLERANCE = 1e-6
 # k⁰: the top 2% of coordinates. l1-APGD starts at 20% for 100+ steps; for
 # the 8–20 steps of a training attack 2% found higher losses on MNIST.
 INITIAL_FRACTION = 0.02
 _TINY = 1e-30
 
 
-def _capped_mass(magnitude, caps, theta):
-  """g(θ) = Σ_i clip(|δ_i| − θ, 0, u_i), for each θ in ``theta`` [T]."""
-
-  # clip(b − θ, 0, u) = max(b − θ, 0) − max(b − u − θ, 0) for u ≥ 0; with
-  # both sums as sorted suffix sums, g costs O(log d) per θ.
-  def hinge_sum(points):
-    ordered = jnp.sort(points)
-    suffix = jnp.cumsum(ordered[::-1])[::-1]
-    suffix = jnp.concatenate([suffix, jnp.zeros(1, suffix.dtype)])
-    first_above = jnp.searchsorted(ordered, theta, side="right")
-    count = (ordered.shape[0] - first_above).astype(theta.dtype)
-    return suffix[first_above] - count * theta
-
-  return hinge_sum(magnitude) - hinge_sum(magnitude - caps)
-
-
 def _threshold(magnitude, caps, radius):
-  """θ ≥ 0 with Σ clip(|δ_i| − θ, 0, u_i) = radius (0 if already inside)."""
-  breakpoints = jnp.sort(
-    jnp.concatenate(
-      [
-        jnp.zeros(1, magnitude.dtype),
-        jnp.maximum(magnitude - caps, 0.0),
-        magnitude,
-      ]
-    )
+  """θ ≥ 0 with m(θ) = Σ_i clip(|δ_i| − θ, 0, u_i) = radius (0 if m(0) ≤ it).
+
+  m is piecewise linear and non-increasing: coordinate i is active (slope
+  −1) for θ between |δ_i| − u_i and |δ_i|. One sort of all breakpoints,
+  descending, with +1 where a coordinate becomes active and −1 where it
+  saturates, gives the active count on each segment (a cumulative sum) and m
+  at every breakpoint (another); θ is interpolated on the crossing segment.
+  """
+  points = jnp.concatenate(
+    [magnitude, jnp.maximum(magnitude - caps, 0.0), jnp.zeros(1, caps.dtype)]
   )
-  mass = _capped_mass(magnitude, caps, breakpoints)  # Non-increasing in θ.
-  last = jnp.clip(jnp.sum(mass >= radius) - 1, 0, breakpoints.shape[0] - 2)
-  left, right = breakpoints[last], breakpoints[last + 1]
-  drop = jnp.maximum(mass[last] - mass[last + 1], _TINY)
-  theta = left + (right - left) * jnp.clip((mass[last] - radius) / drop, 0, 1)
-  return jnp.where(mass[0] <= radius, 0.0, theta)
+  events = jnp.concatenate(
+    [
+      jnp.ones_like(magnitude),
+      -jnp.ones_like(magnitude),
+      jnp.zeros(1, magnitude.dtype),
+    ]
+  )
+  negated, events = jax.lax.sort((-points, events), num_keys=1)
+  points = -negated  # Descending, ending at θ = 0.
+  active = jnp.cumsum(events)[:-1]  # On the segment below each point.
+  mass = jnp.concatenate(
+    [
+      jnp.zeros(1, points.dtype),
+      jnp.cumsum(active * (points[:-1] - points[1:])),
+    ]
+  )  # m at each point: non-decreasing along the list.
+  first = jnp.clip(jnp.sum(mass < radius), 1, points.shape[0] - 1)
+  upper, lower = points[first - 1], points[first]
+  gain = jnp.maximum(mass[first] - mass[first - 1], _TINY)
+  fraction = jnp.clip((radius - mass[first - 1]) / gain, 0.0, 1.0)
+  theta = upper - fraction * (upper - lower)
+  return jnp.where(mass[-1] <= radius, 0.0, theta)
 
 
 def _project_vector(delta, x, radius, domain):
@@ -102,7 +105,9 @@ def _project_vector(delta, x, radius, domain):
   projected = jnp.sign(delta) * jnp.clip(magnitude - theta, 0.0, caps)
   # Float rounding of θ: scale onto the ball (towards 0, so inside the box).
   mass = jnp.sum(jnp.abs(projected))
-  return projected * jnp.where(mass > radius, radius / mass, 1.0)
+  return projected * jnp.where(
+    mass > radius, radius / jnp.maximum(mass, _TINY), 1.0
+  )
 
 
 def project_l1_box(
@@ -115,8 +120,8 @@ def project_l1_box(
   has ‖·‖₁ ≤ ε and otherwise the θ > 0 that puts it on the sphere (Croce &
   Hein, ICML 2021, Lemma 3.1). The l1 mass is piecewise linear and
   non-increasing in θ with breakpoints |δ_i| and |δ_i| − u_i; it is
-  evaluated at all of them by sorting and θ interpolated on the segment
-  that crosses ε (O(d log d) per example). Unlike `projections.project_l1`
+  evaluated at all of them after one sort and θ interpolated on the
+  segment that crosses ε (O(d log d) per example). Unlike `projections.project_l1`
   (the l1 projection, then a clip) this is the nearest point of the
   intersection; both lie in it.
 
@@ -380,7 +385,8 @@ def _adapt(run: _Run, interval, x, min_coordinates, num_features) -> _Run:
   stalled = (run.raised < SUCCESS_FRACTION * interval) | (
     ~run.halved_at_check & (run.best.loss <= run.best_at_check)
   )
-  support = jnp.sum(norms.flatten_examples(run.best.x - x) != 0, axis=1)
+  moved = jnp.abs(norms.flatten_examples(run.best.x - x)) > SUPPORT_TOLERANCE
+  support = jnp.sum(moved, axis=1)
   sparsity = jnp.ceil(support / SPARSITY_SHRINK)
   return run._replace(
     x=_where(stalled, run.best.x, run.x),
