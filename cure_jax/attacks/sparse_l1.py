@@ -13,7 +13,7 @@ with g the gradient of the attack loss at x^t, the top k taken among the
 coordinates that can move in the direction of their gradient (not on the
 box face it points out of), a = 1 at the first step and 0.75 after
 (momentum), and Π the exact Euclidean projection onto B1(x, ε) ∩ box
-(`project_l1_box`; l1-APGD's Lemma: coordinate-wise a soft threshold θ
+(`project_l1_box`; as in l1-APGD: coordinate-wise a soft threshold θ
 capped by the box). At the APGD checkpoints (`checkpoints`) two things adapt
 per example:
 
@@ -118,7 +118,7 @@ def project_l1_box(
   For δ = x_adv − x and caps u_i = hi − x_i (δ_i ≥ 0) or x_i − lo (δ_i < 0),
   the projection is x + sign(δ)·clip(|δ| − θ, 0, u) with θ = 0 if that point
   has ‖·‖₁ ≤ ε and otherwise the θ > 0 that puts it on the sphere (Croce &
-  Hein, ICML 2021, Lemma 3.1). The l1 mass is piecewise linear and
+  Hein, ICML 2021). The l1 mass is piecewise linear and
   non-increasing in θ with breakpoints |δ_i| and |δ_i| − u_i; it is
   evaluated at all of them after one sort and θ interpolated on the
   segment that crosses ε (O(d log d) per example). Unlike `projections.project_l1`
