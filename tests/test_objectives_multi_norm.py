@@ -115,3 +115,143 @@ def test_bad_shapes_and_alpha_raise():
     multi_norm.random_loss(LINF[None], L2)
   with pytest.raises(ValueError, match="both halves are empty"):
     multi_norm.random_loss(jnp.zeros(0), jnp.zeros(0))
+
+
+# --- N norms ------------------------------------------------------------------
+
+L1 = jnp.array([2.0, 2.0, 0.5, 7.0])
+THREE = {"l1": L1, "linf": LINF, "l2": L2}  # Any key order: NORMS order used.
+
+
+def test_two_norm_forms_are_bit_identical():
+  rng = np.random.default_rng(0)
+  a, b = (jnp.asarray(rng.exponential(size=37), jnp.float32) for _ in "ab")
+  for alpha in (0.5, 0.25, 0.0, 1.0, 0.3):
+    np.testing.assert_array_equal(
+      multi_norm.joint_over(
+        {"linf": a, "l2": b}, {"linf": 1 - alpha, "l2": alpha}
+      ),
+      multi_norm.joint(a, b, alpha),
+    )
+  np.testing.assert_array_equal(
+    multi_norm.maximum_over({"l2": b, "linf": a}), multi_norm.maximum(a, b)
+  )
+  np.testing.assert_array_equal(
+    jax.grad(lambda u, v: multi_norm.maximum_over((u, v)), (0, 1))(LINF, L2),
+    jax.grad(multi_norm.maximum, (0, 1))(LINF, L2),
+  )  # Including the even split of the tie at example 2.
+  for batch_size in (1, 7, 8):
+    for got, want in zip(
+      multi_norm.random_partition_over(jax.random.key(4), batch_size, 2),
+      multi_norm.random_partition(jax.random.key(4), batch_size),
+    ):
+      np.testing.assert_array_equal(got, want)
+  np.testing.assert_array_equal(
+    multi_norm.random_loss_over((a[:19], b[19:])),
+    multi_norm.random_loss(a[:19], b[19:]),
+  )
+
+
+def test_joint_over_three_by_hand():
+  # Means: l∞ 7.5/4, l2 10.5/4, l1 11.5/4.
+  np.testing.assert_allclose(
+    multi_norm.joint_over(THREE), (7.5 + 10.5 + 11.5) / 12, rtol=1e-6
+  )
+  np.testing.assert_allclose(
+    multi_norm.joint_over(THREE, {"linf": 0.5, "l2": 0.3, "l1": 0.2}),
+    (0.5 * 7.5 + 0.3 * 10.5 + 0.2 * 11.5) / 4,
+    rtol=1e-6,
+  )
+  np.testing.assert_allclose(
+    multi_norm.joint_over((LINF, L2, L1), (0.0, 0.0, 1.0)), 11.5 / 4, rtol=1e-6
+  )
+
+
+def test_maximum_over_three_is_the_elementwise_maximum():
+  # max per example: 3, 4, 0.5, 7.
+  np.testing.assert_allclose(
+    multi_norm.maximum_over(THREE), 14.5 / 4, rtol=1e-6
+  )
+  np.testing.assert_array_equal(
+    multi_norm.maximum_over(THREE),
+    jnp.mean(jnp.maximum(jnp.maximum(LINF, L2), L1)),
+  )
+  grads = jax.grad(lambda t: multi_norm.maximum_over(t))(THREE)
+  # Example 0: l2 (3) wins; 1: l∞; 2: a three-way tie, split evenly; 3: l1.
+  np.testing.assert_allclose(grads["linf"], [0, 0.25, 0.25 / 3, 0])
+  np.testing.assert_allclose(grads["l2"], [0.25, 0, 0.25 / 3, 0])
+  np.testing.assert_allclose(grads["l1"], [0, 0, 0.25 / 3, 0.25])
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 3, 7, 8, 128])
+def test_random_partition_over_three_is_a_partition(batch_size):
+  parts = multi_norm.random_partition_over(jax.random.key(6), batch_size, 3)
+  assert len(parts) == 3
+  sizes = [len(part) for part in parts]
+  assert sizes == list(multi_norm.part_sizes(batch_size, 3))
+  assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
+  together = np.concatenate(parts)
+  np.testing.assert_array_equal(np.sort(together), np.arange(batch_size))
+
+
+def test_random_partition_over_three_is_random_and_jits():
+  firsts = {
+    frozenset(
+      np.asarray(multi_norm.random_partition_over(jax.random.key(s), 12, 3)[0])
+    )
+    for s in range(8)
+  }
+  assert len(firsts) > 1
+  partition = jax.jit(multi_norm.random_partition_over, static_argnums=(1, 2))
+  for got, want in zip(
+    partition(jax.random.key(2), 10, 3),
+    multi_norm.random_partition_over(jax.random.key(2), 10, 3),
+  ):
+    np.testing.assert_array_equal(got, want)
+
+
+def test_random_loss_over_three_weighs_every_example_by_one_over_batch():
+  losses = {
+    n: jnp.arange(7.0) + 10 * i for i, n in enumerate(("linf", "l2", "l1"))
+  }
+  parts = multi_norm.random_partition_over(jax.random.key(1), 7, 3)
+  on_parts = {n: losses[n][idx] for n, idx in zip(("linf", "l2", "l1"), parts)}
+  owner = np.zeros(7, int)
+  for i, idx in enumerate(parts):
+    owner[np.asarray(idx)] = i
+  want = np.asarray(
+    [losses[("linf", "l2", "l1")[o]][j] for j, o in enumerate(owner)]
+  )
+  np.testing.assert_allclose(
+    multi_norm.random_loss_over(on_parts), want.mean(), rtol=1e-6
+  )
+  grads = jax.grad(multi_norm.random_loss_over)(on_parts)
+  np.testing.assert_allclose(
+    np.concatenate([grads[n] for n in ("linf", "l2", "l1")]), np.full(7, 1 / 7)
+  )
+
+
+def test_over_functions_jit():
+  for fn in (multi_norm.joint_over, multi_norm.maximum_over):
+    np.testing.assert_allclose(jax.jit(fn)(THREE), fn(THREE), rtol=1e-6)
+
+
+def test_over_functions_reject_bad_input():
+  with pytest.raises(ValueError, match="unknown keys"):
+    multi_norm.maximum_over({"linf": LINF, "l0": L2})
+  with pytest.raises(ValueError, match="per-example losses"):
+    multi_norm.maximum_over((LINF, L2[:3], L1))
+  with pytest.raises(ValueError, match="empty"):
+    multi_norm.joint_over({})
+  with pytest.raises(ValueError, match="sum to 1"):
+    multi_norm.joint_over(THREE, {"linf": 0.5, "l2": 0.5, "l1": 0.5})
+  with pytest.raises(ValueError, match="keyed .* like the losses"):
+    multi_norm.joint_over(THREE, {"linf": 0.5, "l2": 0.5})
+  with pytest.raises(ValueError, match="one weight per loss"):
+    multi_norm.joint_over((LINF, L2, L1), (0.5, 0.5))
+  with pytest.raises(ValueError, match="num_parts"):
+    multi_norm.random_partition_over(jax.random.key(0), 8, 0)
+  with pytest.raises(ValueError, match="positive Python int"):
+    multi_norm.random_partition_over(jax.random.key(0), 0, 3)
+  with pytest.raises(ValueError, match="every part is empty"):
+    multi_norm.random_loss_over((jnp.zeros(0),) * 3)

@@ -7,9 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from cure_jax import attacks
 from cure_jax.bounds import Box, Interval
 from cure_jax.bounds.sets import LpBall
-from cure_jax.models import MLP
+from cure_jax.models import MLP, ConvNet
 from cure_jax.objectives import robust_losses
 from cure_jax.objectives.base import Network, cross_entropy
 
@@ -222,3 +223,211 @@ def test_l2_sabr_box_is_almost_cross_entropy_at_the_attack_point(monkeypatch):
   np.testing.assert_allclose(
     robust.loss, cross_entropy(network.logits(point), labels), atol=1e-3
   )
+
+
+# --- l1 -----------------------------------------------------------------------
+
+
+def _cnn_network(num_classes=4, seed=0):
+  model = ConvNet(
+    num_classes=num_classes,
+    conv_widths=(4, 4),
+    conv_strides=(1, 2),
+    dense_widths=(16,),
+    batch_norm=False,
+  )
+  variables = model.init(
+    jax.random.key(seed), jnp.zeros((1, 6, 6, 1)), train=False
+  )
+  return Network(model.apply, variables, num_classes)
+
+
+def _linear_network():
+  # z_k = w_k·x, w_0 = (1, 0), w_1 = (0, 1), w_2 = (−1, 1): the margins
+  # z_0 − z_1 and z_0 − z_2 have weights (1, −1) and (2, −1).
+  w = jnp.array([[1.0, 0.0, -1.0], [0.0, 1.0, 1.0]])
+  return Network(_linear_apply, {"params": {"w": w}}, 3)
+
+
+# At x = (½, ½), label 0, the margins are 0 and ½. Over B1(x, 0.1) the dual
+# norm lowers them by 0.1·‖(1, −1)‖∞ = 0.1 and 0.1·‖(2, −1)‖∞ = 0.2 (the
+# bounding box [0.4, 0.6]² would lower them by 0.2 and 0.3): lb = (−0.1,
+# 0.3), o = [0, 0.1, −0.3].
+HAND_L1_LOGITS = [[0.0, 0.1, -0.3]]
+
+
+def test_l1_crown_ibp_by_hand_on_a_linear_network():
+  robust = robust_losses.l1_crown_ibp(
+    _linear_network(), jnp.array([[0.5, 0.5]]), jnp.array([0]), 0.1
+  )
+  np.testing.assert_allclose(robust.logits, HAND_L1_LOGITS, atol=TOL)
+  expected = math.log(1 + math.exp(0.1) + math.exp(-0.3))
+  np.testing.assert_allclose(robust.loss, [expected], rtol=1e-6)
+  assert not robust.certified[0]
+  shifted = robust_losses.l1_crown_ibp(
+    _linear_network(), jnp.array([[0.7, 0.3]]), jnp.array([0]), 0.1
+  )
+  assert shifted.certified[0]  # lb = (0.4 − 0.1, 1.1 − 0.2)
+
+
+def test_l1_certified_by_hand_on_a_linear_network(monkeypatch):
+  # The attack stays at x: the small ball B1(x, λ·ε) = B1(x, 0.1).
+  x = jnp.array([[0.5, 0.5]])
+  monkeypatch.setattr(robust_losses, "strongest_l1", lambda *a, **k: x)
+  robust = robust_losses.l1_certified(
+    _linear_network(),
+    x,
+    jnp.array([0]),
+    0.2,
+    lam=0.5,
+    key=jax.random.key(0),
+    pgd_steps=1,
+  )
+  np.testing.assert_allclose(robust.logits, HAND_L1_LOGITS, atol=TOL)
+
+
+@pytest.mark.parametrize("lam", [0.05, 0.5, 1.0])
+def test_small_l1_ball_lies_in_the_big_ball(lam):
+  x = _images_with_borders(7)
+  eps = jnp.array([0.1, 0.5, 1.0, 2.0, 3.0])
+  adversarial = x + 2.0 * jax.random.normal(jax.random.key(5), x.shape)
+  ball = robust_losses.small_l1_ball(adversarial, x, eps, lam)
+  assert isinstance(ball, LpBall) and ball.p == 1 and ball.domain == (0, 1)
+  distance = jnp.sum(jnp.abs(ball.center - x), axis=(1, 2, 3))
+  assert jnp.all(distance + ball.eps <= eps * (1 + 1e-5))
+  np.testing.assert_allclose(ball.eps, lam * eps, rtol=1e-6)
+  assert jnp.all((ball.center >= 0) & (ball.center <= 1))
+
+
+def test_l1_certified_bounds_the_small_ball(monkeypatch):
+  x = jnp.full((2, 4), 0.5)
+  far = x + jnp.array([[3.0, 0, 0, 0], [0, 0, 0, -0.05]])  # out, in the ball
+  monkeypatch.setattr(robust_losses, "strongest_l1", lambda *a, **k: far)
+  network = _RecordingNetwork()
+  robust_losses.l1_certified(
+    network,
+    x,
+    jnp.array([0, 1]),
+    0.4,
+    lam=0.25,
+    key=jax.random.key(0),
+    pgd_steps=1,
+  )
+  ball = network.input_set
+  assert isinstance(ball, LpBall) and ball.p == 1
+  # Projected onto B1(x, 0.3) ∩ [0, 1]: the pixel moves by 0.3 (its box cap
+  # is 0.5), so the ball of radius 0.1 fits.
+  np.testing.assert_allclose(ball.center[0], [0.8, 0.5, 0.5, 0.5], atol=TOL)
+  np.testing.assert_allclose(ball.center[1], far[1], atol=TOL)
+  np.testing.assert_allclose(ball.eps, 0.1, rtol=1e-6)
+
+
+def _points_in_l1_ball(key, center, eps, count):
+  """Uniform samples and the sparse attack's points in B1(c, ε) ∩ [0, 1]."""
+  points = [
+    attacks.random_start(jax.random.fold_in(key, i), center, eps, norm="l1")
+    for i in range(count)
+  ]
+  # Vertices: all of ε on one random pixel, clipped into [0, 1].
+  flat = center.reshape(center.shape[0], -1)
+  for i in range(count):
+    pixel = jax.random.randint(
+      jax.random.fold_in(key, 1000 + i), (center.shape[0],), 0, flat.shape[1]
+    )
+    sign = jnp.where(i % 2, 1.0, -1.0)
+    step = (
+      sign * jax.nn.one_hot(pixel, flat.shape[1]) * jnp.reshape(eps, (-1, 1))
+    )
+    points.append(jnp.clip(flat + step, 0, 1).reshape(center.shape))
+  return points
+
+
+def _assert_bounds_every_point(network, robust, labels, points):
+  for point in points:
+    ce = cross_entropy(network.logits(point), labels)
+    assert jnp.all(ce <= robust.loss + 1e-4), (ce - robust.loss).max()
+    correct = jnp.argmax(network.logits(point), -1) == labels
+    assert jnp.all(correct | ~robust.certified)
+  # The flag is "every margin lower bound > 0", o = [0, −lb].
+  np.testing.assert_array_equal(
+    robust.certified, jnp.all(robust.logits[:, 1:] < 0, axis=-1)
+  )
+
+
+@pytest.mark.parametrize("make_network", [_mlp_network, _cnn_network])
+def test_l1_crown_ibp_bounds_sampled_and_attacked_points(make_network):
+  network = make_network(seed=3)
+  x = _images_with_borders(8)
+  labels = jnp.argmax(network.logits(x), -1)  # Some points can be certified.
+  eps = jnp.array([0.005, 0.02, 0.1, 0.5, 2.0])
+  robust = robust_losses.l1_crown_ibp(network, x, labels, eps)
+  attacked = attacks.strongest_l1(
+    network.logits, x, labels, eps=eps, key=jax.random.key(6), steps=8
+  )
+  points = _points_in_l1_ball(jax.random.key(7), x, eps, 6) + [attacked]
+  _assert_bounds_every_point(network, robust, labels, points)
+  assert jnp.any(robust.certified) and not jnp.all(robust.certified)
+
+
+@pytest.mark.parametrize("make_network", [_mlp_network, _cnn_network])
+def test_l1_certified_bounds_its_small_ball(make_network, monkeypatch):
+  network = make_network(seed=4)
+  x = _images_with_borders(9)
+  labels = jnp.argmax(network.logits(x), -1)
+  eps, lam = jnp.array([0.02, 0.1, 0.5, 2.0, 4.0]), 0.3
+  attack_points = []
+
+  def recording_attack(*args, **kwargs):
+    attack_points.append(attacks.strongest_l1(*args, **kwargs))
+    return attack_points[-1]
+
+  monkeypatch.setattr(robust_losses, "strongest_l1", recording_attack)
+  robust = robust_losses.l1_certified(
+    network, x, labels, eps, lam=lam, key=jax.random.key(8), pgd_steps=4
+  )
+  ball = robust_losses.small_l1_ball(attack_points[0], x, eps, lam)
+  attacked = attacks.strongest_l1(
+    network.logits,
+    ball.center,
+    labels,
+    eps=ball.eps,
+    key=jax.random.key(9),
+    steps=8,
+  )
+  points = _points_in_l1_ball(jax.random.key(10), ball.center, ball.eps, 6)
+  _assert_bounds_every_point(network, robust, labels, points + [attacked])
+  assert jnp.any(robust.certified) and not jnp.all(robust.certified)
+
+
+@pytest.mark.parametrize("eps", [0.0, 1.0])  # The ε ramp starts at 0.
+@pytest.mark.parametrize("loss", ["l1_certified", "l1_crown_ibp"])
+def test_l1_losses_jit_and_have_finite_gradients(loss, eps):
+  model = MLP(num_classes=4, hidden_widths=(16, 16))
+  variables = model.init(
+    jax.random.key(11), jnp.zeros((1, 6, 6, 1)), train=False
+  )
+  x, labels = _images_with_borders(12), jnp.array([0, 1, 2, 3, 0])
+
+  def mean_loss(params, eps):
+    network = Network(model.apply, {"params": params}, 4)
+    if loss == "l1_crown_ibp":
+      return robust_losses.l1_crown_ibp(network, x, labels, eps).loss.mean()
+    return robust_losses.l1_certified(
+      network, x, labels, eps, lam=0.2, key=jax.random.key(0), pgd_steps=2
+    ).loss.mean()
+
+  params = variables["params"]
+  eager = mean_loss(params, eps)
+  np.testing.assert_allclose(jax.jit(mean_loss)(params, eps), eager, rtol=1e-5)
+  grads = jax.grad(mean_loss)(params, eps)
+  leaves = jax.tree.leaves(grads)
+  assert all(np.all(np.isfinite(g)) for g in leaves)
+  assert any(np.abs(g).max() > 0 for g in leaves)
+
+
+def test_l1_crown_ibp_refuses_midpoint_moments():
+  network = _mlp_network()._replace(midpoint_moments=True)
+  with pytest.raises(ValueError, match="IBP only"):
+    robust_losses.l1_crown_ibp(
+      network, _images_with_borders(0), jnp.zeros(5, jnp.int32), 1.0
+    )

@@ -1,4 +1,4 @@
-"""Adversarial attacks: PGD in l∞, l2 and l1 balls, and SABR's attack.
+"""Adversarial attacks: PGD in l∞, l2 and l1 balls, SABR's, a sparse l1 attack.
 
 Pure functions in the style of optax: the model enters as a closure
 ``logits_fn(x) -> logits``, data as arrays, randomness as an explicit PRNG
@@ -10,6 +10,7 @@ key; everything is jit-able and vmap-safe::
   robust = ~is_adversarial(logits_fn, x_adv, y)
 
   center = sabr_attack(logits_fn, x, y, eps=8 / 255, key=key)  # docs/method.md §2
+  x_l1 = strongest_l1(logits_fn, x, y, eps=1.0, key=key)  # sparse + PGD, worst
 """
 
 from cure_jax.attacks.ball_sampling import (
@@ -38,6 +39,11 @@ from cure_jax.attacks.sabr import (
   sabr_step_decay,
   sabr_step_sizes,
 )
+from cure_jax.attacks.sparse_l1 import (
+  project_l1_box,
+  sparse_l1_attack,
+  strongest_l1,
+)
 from cure_jax.attacks.steepest_ascent import ascent_direction
 
 __all__ = (
@@ -55,6 +61,7 @@ __all__ = (
   "project_l1",
   "project_l2",
   "project_linf",
+  "project_l1_box",
   "project_onto_l1_ball",
   "random_start",
   "sabr_attack",
@@ -62,4 +69,6 @@ __all__ = (
   "sabr_step_decay",
   "sabr_step_sizes",
   "sample_ball_perturbation",
+  "sparse_l1_attack",
+  "strongest_l1",
 )

@@ -15,13 +15,31 @@ is pulled towards it.
 The reference uses no stop-gradient on either side; ``stop_gradient=True``
 stops it through the target. L is 0 when S is empty. CURE adds λ_BA·L to the
 robust loss.
+
+`bound_alignment_over` aligns N threat models to a reference one (l∞ by
+default), averaging over the other norms n:
+
+* ``'others_to_reference'`` (generalizes ``'l2_to_linf'``): S_n = certified
+  for n, L = (1/(N−1)) Σ_{n≠ref} (1/|S_n|) Σ_{i∈S_n} KL(p_n,i ‖ p_ref,i);
+* ``'reference_to_others'`` (generalizes ``'linf_to_l2'``): S = certified
+  for the reference, L = (1/(N−1)) Σ_{n≠ref} (1/|S|) Σ_{i∈S} KL(p_ref,i ‖ p_n,i);
+* ``'both'``: their sum.
+
+With the two norms l∞ (reference) and l2 it is `bound_alignment`, bit for bit.
 """
+
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from cure_jax.types import NORMS
+
 DIRECTIONS = ("l2_to_linf", "linf_to_l2", "both")
+DIRECTIONS_OVER = ("others_to_reference", "reference_to_others", "both")
+# The two-norm direction each N-norm direction generalizes (reference l∞).
+TWO_NORM_DIRECTION = dict(zip(DIRECTIONS_OVER, DIRECTIONS))
 
 
 def _check_inputs(o_linf, o_l2, certified_linf, certified_l2) -> None:
@@ -114,4 +132,88 @@ def bound_alignment(
     loss += aligned_kl(
       o_linf, o_l2, certified_linf, stop_gradient=stop_gradient
     )
+  return loss
+
+
+def _check_over(logits, certified, reference, direction) -> list[str]:
+  """Validates `bound_alignment_over`'s inputs; the other norms, in order."""
+  if direction not in DIRECTIONS_OVER:
+    raise ValueError(
+      f"Unknown bound alignment direction {direction!r}: use one of "
+      f"{DIRECTIONS_OVER}."
+    )
+  if not isinstance(logits, Mapping) or not isinstance(certified, Mapping):
+    raise ValueError(
+      "logits and certified must be mappings from norm names to arrays, "
+      "e.g. {'linf': o_linf, 'l2': o_l2, 'l1': o_l1}."
+    )
+  if set(logits) != set(certified) or not set(logits) <= set(NORMS):
+    raise ValueError(
+      f"logits and certified must have the same keys among {NORMS}; got "
+      f"{sorted(logits)} and {sorted(certified)}."
+    )
+  if reference not in logits or len(logits) < 2:
+    raise ValueError(
+      f"bound alignment needs the reference norm {reference!r} and at "
+      f"least one other; got {sorted(logits)}."
+    )
+  others = [name for name in NORMS if name in logits and name != reference]
+  for name in others:
+    _check_inputs(
+      logits[reference], logits[name], certified[reference], certified[name]
+    )
+  return others
+
+
+def bound_alignment_over(
+  logits: Mapping[str, jax.Array],
+  certified: Mapping[str, jax.Array],
+  *,
+  reference: str = "linf",
+  direction: str = "others_to_reference",
+  stop_gradient: bool = False,
+) -> jax.Array:
+  """The BA loss between a reference norm's and N − 1 other norms' logits.
+
+  Args:
+    logits: ``{norm: [B, K] worst-case logits [0, −lb]}``, same label order.
+    certified: ``{norm: [B] bool}``, the examples each norm certifies.
+    reference: the norm the others are aligned with (l∞ in CURE).
+    direction: ``'others_to_reference'`` (target: each other norm on its
+      certified set), ``'reference_to_others'`` (target: the reference on
+      its certified set) or ``'both'`` (their sum); see the module docstring.
+    stop_gradient: stop the gradient through every target distribution.
+
+  Returns:
+    The scalar loss: per direction, the mean over the other norms of
+    `aligned_kl` (0 for a norm whose selected set is empty).
+
+  Raises:
+    ValueError: for an unknown direction, mismatched keys, a missing
+      reference, fewer than two norms or malformed arrays.
+  """
+  others = _check_over(logits, certified, reference, direction)
+  loss = jnp.zeros((), jnp.result_type(*logits.values()))
+  if direction in ("others_to_reference", "both"):
+    terms = [
+      aligned_kl(
+        logits[name],
+        logits[reference],
+        certified[name],
+        stop_gradient=stop_gradient,
+      )
+      for name in others
+    ]
+    loss += sum(terms[1:], terms[0]) / len(others)
+  if direction in ("reference_to_others", "both"):
+    terms = [
+      aligned_kl(
+        logits[reference],
+        logits[name],
+        certified[reference],
+        stop_gradient=stop_gradient,
+      )
+      for name in others
+    ]
+    loss += sum(terms[1:], terms[0]) / len(others)
   return loss

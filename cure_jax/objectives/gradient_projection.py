@@ -24,15 +24,18 @@ caller keeps those of the certified model θc (docs/method.md §3, Decision; the
 reference mixes them too) and discards any statistics the natural steps
 produce. Unlike the reference, every natural step uses that step's gradient
 alone (the reference never zeroes them, so they accumulate).
+
+GP acts on parameters only, so it is the same for any number of threat
+models: θc comes from whichever certified objective (two or three norms).
 """
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-Params = Any
+from cure_jax.types import Params
 
 
 class GradientProjectionState(NamedTuple):
