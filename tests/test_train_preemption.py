@@ -11,7 +11,15 @@ import threading
 import numpy as np
 import pytest
 
-from cure_jax.train import preemption
+# Tiny MNIST files and config, and the autouse fixture that ignores the
+# caller's data environment.
+from test_train_loop import (  # pylint: disable=g-bad-import-order,unused-import
+  tiny_config,
+)
+
+from cure_jax import data
+from cure_jax.checkpoint import Checkpointer, checkpoint_dir
+from cure_jax.train import loop, preemption
 from cure_jax.train.preemption import PreemptionGuard
 
 
@@ -85,6 +93,35 @@ def test_sigint_is_optional_and_twice_still_interrupts():
     assert signal.getsignal(signal.SIGINT) is previous
   finally:
     signal.signal(signal.SIGINT, outer)
+
+
+def test_ctrl_c_during_training_checkpoints_and_returns(
+  mnist_files, tfds_dir, tmp_path, monkeypatch, caplog
+):
+  """SIGINT, like SIGTERM, stops training at the next step with a checkpoint."""
+  outer = signal.signal(signal.SIGINT, signal.default_int_handler)
+  train_batch = data.train_batch
+
+  def batch_then_ctrl_c(split, step, **kwargs):
+    if step == 3:  # the first step of the ε ramp
+      os.kill(os.getpid(), signal.SIGINT)
+    return train_batch(split, step, **kwargs)
+
+  monkeypatch.setattr(data, "train_batch", batch_then_ctrl_c)
+  caplog.set_level("INFO", logger="absl")
+  try:
+    config = tiny_config(mnist_files, tfds_dir, method="natural")
+    result = loop.train_and_evaluate(config, str(tmp_path))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+  finally:
+    signal.signal(signal.SIGINT, outer)
+  assert result == {"stopped_at_step": 4}
+  assert "Stopped on SIGINT at step 4" in caplog.text
+  with Checkpointer(checkpoint_dir(str(tmp_path))) as ckpt:
+    # Step 3 by the step interval (time-based saves: every 10 minutes, not
+    # due), step 4 for the stop.
+    assert ckpt.all_steps == (3, 4)
+  assert not (tmp_path / loop.RESULTS_FILE).exists()
 
 
 def test_guard_can_be_reused_and_not_nested(recorder):
