@@ -10,15 +10,11 @@ import threading
 
 import numpy as np
 import pytest
-
-# Tiny MNIST files and config, and the autouse fixture that ignores the
-# caller's data environment.
-from test_train_loop import (  # pylint: disable=g-bad-import-order,unused-import
-  tiny_config,
-)
+from test_train_loop import tiny_config  # pylint: disable=g-bad-import-order
 
 from cure_jax import data
 from cure_jax.checkpoint import Checkpointer, checkpoint_dir
+from cure_jax.data import fake_sources
 from cure_jax.train import loop, preemption
 from cure_jax.train.preemption import PreemptionGuard
 
@@ -96,9 +92,13 @@ def test_sigint_is_optional_and_twice_still_interrupts():
 
 
 def test_ctrl_c_during_training_checkpoints_and_returns(
-  mnist_files, tfds_dir, tmp_path, monkeypatch, caplog
+  tmp_path, monkeypatch, caplog
 ):
   """SIGINT, like SIGTERM, stops training at the next step with a checkpoint."""
+  for var in ("CURE_DATA_DIR", "CURE_MNIST_DIR", "TFDS_DATA_DIR"):
+    monkeypatch.delenv(var, raising=False)
+  files = tmp_path / "files"
+  fake_sources.write_fake_mnist(files, num_train=48, num_test=4, seed=3)
   outer = signal.signal(signal.SIGINT, signal.default_int_handler)
   train_batch = data.train_batch
 
@@ -110,18 +110,18 @@ def test_ctrl_c_during_training_checkpoints_and_returns(
   monkeypatch.setattr(data, "train_batch", batch_then_ctrl_c)
   caplog.set_level("INFO", logger="absl")
   try:
-    config = tiny_config(mnist_files, tfds_dir, method="natural")
-    result = loop.train_and_evaluate(config, str(tmp_path))
+    config = tiny_config(files, tmp_path / "tfds", method="natural")
+    result = loop.train_and_evaluate(config, str(tmp_path / "run"))
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
   finally:
     signal.signal(signal.SIGINT, outer)
   assert result == {"stopped_at_step": 4}
   assert "Stopped on SIGINT at step 4" in caplog.text
-  with Checkpointer(checkpoint_dir(str(tmp_path))) as ckpt:
+  with Checkpointer(checkpoint_dir(str(tmp_path / "run"))) as ckpt:
     # Step 3 by the step interval (time-based saves: every 10 minutes, not
     # due), step 4 for the stop.
     assert ckpt.all_steps == (3, 4)
-  assert not (tmp_path / loop.RESULTS_FILE).exists()
+  assert not (tmp_path / "run" / loop.RESULTS_FILE).exists()
 
 
 def test_guard_can_be_reused_and_not_nested(recorder):
