@@ -361,6 +361,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.bn_moment_examples = 0
 
   c.checkpoint_every_steps = 1000
+  # Also a checkpoint once this much wall time has passed since the last one
+  # (checked every log_every_steps steps; 0 = off).
+  c.checkpoint_every_minutes = 10.0
   c.keep_checkpoints = 3
   c.log_every_steps = 50
   c.mixed_precision = False  # bfloat16 compute on accelerators

@@ -1,15 +1,17 @@
 r"""Exports a trained model as a VNN-COMP benchmark: ONNX, VNNLIB, instances.csv.
 
-  python -m cure_jax.export --config=configs/mnist.py:cpu=True,method=sabr \
-      --workdir=/tmp/mnist_sabr [--examples=10] [--norms=linf] \
-      [--eps=0.1] [--timeout=60] [--out_dir=/tmp/mnist_sabr/vnncomp]
+  python -m cure_jax.export --workdir=/tmp/mnist_sabr [--examples=10] \
+      [--norms=linf] [--eps=0.1] [--timeout=60] \
+      [--out_dir=/tmp/mnist_sabr/vnncomp]
 
-Restores the newest checkpoint of ``workdir`` (trained with ``config``) and
-writes into ``out_dir`` (default ``workdir/vnncomp``)::
+Restores the newest checkpoint of ``workdir`` with the config the run
+recorded there (``--config=...`` names another) and writes into
+``out_dir`` (default ``workdir/vnncomp``)::
 
   onnx/model.onnx                 the eval-mode model (BatchNorm folded, NCHW)
   vnnlib/prop_<i>_linf_<eps>.vnnlib   one per test point i < examples
   instances.csv                   onnx,vnnlib,timeout rows
+  export.json                     the report, with the config and provenance
 
 The ONNX model is checked by onnxruntime (and by `load_onnx`) against the
 JAX logits on the exported test points; a maximum absolute difference above
@@ -27,14 +29,19 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from cure_jax import cli
+from cure_jax import cli, log_setup
+from cure_jax import workdir as workdir_lib
 from cure_jax.types import PIXEL_DOMAIN, PyTree
 
 _CONFIG = config_flags.DEFINE_config_file(
-  "config", None, "Training config of the checkpoint.", lock_config=True
+  "config",
+  None,
+  "Training config of the checkpoint (default: the one the run recorded in "
+  "--workdir).",
+  lock_config=True,
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run's directory.")
 _EXAMPLES = flags.DEFINE_integer(
@@ -55,7 +62,7 @@ _TOLERANCE = flags.DEFINE_float(
 _OUT_DIR = flags.DEFINE_string(
   "out_dir", None, "Benchmark folder (default: <workdir>/vnncomp)."
 )
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["workdir"])
 
 ONNX_FILE = os.path.join("onnx", "model.onnx")
 VNNLIB_DIR = "vnnlib"
@@ -131,6 +138,7 @@ def write_benchmark(
   tolerance: float = 1e-5,
   norms: Sequence[str] = ("linf",),
   log: Callable[[str], Any] | None = print,
+  config=None,
 ) -> dict[str, Any]:
   """Writes the ONNX model, one l∞ property per image and instances.csv.
 
@@ -145,10 +153,13 @@ def write_benchmark(
     tolerance: the largest allowed logit difference.
     norms: must be ``('linf',)`` (see `check_norms`).
     log: progress lines (None: silent).
+    config: the model's training config, recorded in the report (None: the
+      report records the provenance only).
 
   Returns:
     The report (also in ``out_dir/export.json``): paths, the logit
-    differences, the radius and the instance count.
+    differences, the radius, the instance count, and the config and its
+    provenance (`workdir.describe`).
 
   Raises:
     ExportMismatchError: a logit difference exceeds ``tolerance``.
@@ -198,8 +209,12 @@ def write_benchmark(
     "max_abs_logit_difference": differences,
     "tolerance": tolerance,
   }
+  if config is None:
+    report["provenance"] = workdir_lib.provenance()
+  else:
+    report.update(workdir_lib.describe(config))
   with open(os.path.join(out_dir, REPORT_FILE), "w") as f:
-    json.dump(report, f, indent=2)
+    json.dump(report, f, indent=2, default=str)
   if log:
     log(
       f"wrote {onnx_path} and {len(rows)} properties to {out_dir}; max "
@@ -278,19 +293,24 @@ def export_checkpoint(
     tolerance=tolerance,
     norms=norms,
     log=log,
+    config=config,
   )
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  logging.set_verbosity(logging.WARNING)
+  workdir = _WORKDIR.value
+  log_setup.setup(workdir if os.path.isdir(workdir) else None, "export")
+  import jax  # pylint: disable=g-import-not-at-top
+
   from cure_jax.data import DataNotFoundError  # pylint: disable=g-import-not-at-top
 
+  config = cli.run_config(flags.FLAGS["config"], workdir, jax.default_backend())
   try:
     export_checkpoint(
-      _CONFIG.value,
-      _WORKDIR.value,
+      config,
+      workdir,
       _OUT_DIR.value,
       examples=_EXAMPLES.value,
       norms=_NORMS.value,

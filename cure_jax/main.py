@@ -4,11 +4,17 @@ r"""Trains, evaluates and certifies a model described by a config.
   cure-train --config=configs/mnist.py             (the installed script)
 
 Without ``--workdir`` the run writes into a fresh folder
-``runs/<dataset>-<method>-<YYYYmmdd-HHMMSS>``. A config file's default
-``cpu=auto`` runs the paper's setting where JAX finds an accelerator and the
-file's CPU variant (minutes) where it does not; the program says which, and
-prints the backend, the devices, the run folder and an estimate of the
-training time before it starts.
+``runs/<dataset>-<method>-<YYYYmmdd-HHMMSS>``; with only ``--workdir`` of an
+existing run, it resumes that run with the config it recorded. A config
+file's default ``cpu=auto`` runs the paper's setting where JAX finds an
+accelerator and the file's CPU variant (minutes) where it does not; the
+program says which, and logs the backend, the devices, the run folder and an
+estimate of the training time before it starts.
+
+Watching it: a progress bar (phase, ETA) on stderr; the log (metrics every
+``log_every_steps`` steps) on stderr and in ``<workdir>/train.log``;
+TensorBoard summaries in ``<workdir>/tensorboard``. Ctrl-C (or SIGTERM)
+checkpoints and exits; the same command resumes.
 
 Multi-host: start the same command on every host (see ``launch/``);
 ``jax.distributed`` is initialized first, from the cluster (SLURM, TPU pods)
@@ -26,13 +32,14 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cure_jax import cli, run_plan
+from cure_jax import cli, log_setup, run_plan
 from cure_jax.parallel import distributed
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config",
   None,
-  "Path to a config file, e.g. configs/mnist.py:method=sabr.",
+  "Path to a config file, e.g. configs/mnist.py:method=sabr (default with "
+  "--workdir of a run: the config it recorded, to resume it).",
   lock_config=True,
 )
 _WORKDIR = flags.DEFINE_string(
@@ -54,7 +61,8 @@ flags.mark_flags_as_required(["config"])
 
 
 def _start(config, cpu_variant: bool) -> str:
-  """The run folder; prints what the run will do (process 0)."""
+  """The run folder; logs what the run will do (process 0), also to
+  ``<workdir>/train.log``."""
   import jax  # pylint: disable=g-import-not-at-top
 
   from cure_jax import data  # pylint: disable=g-import-not-at-top
@@ -70,6 +78,7 @@ def _start(config, cpu_variant: bool) -> str:
     )
   workdir = os.path.abspath(workdir)  # orbax writes to absolute paths only
   if jax.process_index() == 0:
+    log_setup.setup(workdir, "train")
     info = data.dataset_info(config.dataset.name)
     lines = run_plan.start_lines(
       config=config,
@@ -81,14 +90,15 @@ def _start(config, cpu_variant: bool) -> str:
       num_train=info.num_train,
       input_shape=info.input_shape,
     )
-    print("\n".join(lines), flush=True)
+    for line in lines:
+      logging.info("%s", line)
   return workdir
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+  log_setup.setup()  # INFO, library chatter kept to warnings
   distributed.initialize(
     _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value
   )
@@ -104,7 +114,7 @@ def main(argv):
   )
   workdir = _start(config, cpu_variant=cpu_spec is not None)
   try:
-    loop.train_and_evaluate(config, workdir)
+    results = loop.train_and_evaluate(config, workdir)
   except (
     DataNotFoundError,
     CheckpointRestoreError,
@@ -113,6 +123,8 @@ def main(argv):
     # The message says what to do; a traceback would only bury it.
     print(f"{type(error).__name__}: {error}", file=sys.stderr, flush=True)
     return 1
+  if "stopped_at_step" not in results and jax.process_index() == 0:
+    logging.info("results in %s", os.path.join(workdir, loop.RESULTS_FILE))
   return 0
 
 

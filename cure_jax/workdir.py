@@ -3,7 +3,13 @@
 At start a run writes ``config.json`` (the whole config) and ``run.json``
 (package versions, git revision, backend, devices, seed, command line), so
 ``certify``, ``plot`` and ``export`` need only ``--workdir``, and every
-results file can say what produced it.
+results file can say what produced it (`describe`). `load` gives back the
+trained model::
+
+  model, variables, config = cure_jax.load("runs/mnist-sabr-20260101-120000")
+  logits = model.apply(variables, images, train=False)
+
+JAX is imported only by the functions that need it (`provenance`, `load`).
 """
 
 import datetime
@@ -84,8 +90,21 @@ def provenance() -> dict[str, Any]:
   }
 
 
+def describe(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """``{"config": ..., "provenance": ...}`` for a results file, JSON-ready
+  (tuples as lists, as they read back)."""
+  return json.loads(
+    json.dumps(
+      {"config": config.to_dict(), "provenance": provenance()}, default=str
+    )
+  )
+
+
 def write_run_record(workdir: str, config: ml_collections.ConfigDict) -> None:
-  """Writes ``config.json`` and ``run.json`` into ``workdir`` (atomically)."""
+  """Writes ``config.json`` and ``run.json`` into ``workdir`` (atomically).
+
+  A resumed run writes both again: ``run.json`` describes its latest start.
+  """
   os.makedirs(workdir, exist_ok=True)
   record = {
     **provenance(),
@@ -142,3 +161,22 @@ def read_run_record(workdir: str) -> dict[str, Any]:
     return {}
   with open(path) as f:
     return json.load(f)
+
+
+def load(workdir: str):
+  """The trained model of the run in ``workdir``: (model, variables, config).
+
+  The model is built from the run's recorded config (`read_config`) and the
+  variables (``{"params", "batch_stats"}``) come from its newest checkpoint,
+  read without the optimizer state.
+
+  Raises:
+    WorkdirError: ``workdir`` holds no ``config.json``.
+    NoCheckpointError, CheckpointRestoreError: no checkpoint there, or one
+      that cannot be restored (`cure_jax.checkpoint.restore_variables`).
+  """
+  from cure_jax.checkpoint import restore_for_eval  # pylint: disable=g-import-not-at-top
+
+  config = read_config(workdir)
+  model, variables = restore_for_eval(config, os.path.abspath(workdir))
+  return model, variables, config

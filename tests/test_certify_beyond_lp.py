@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 from test_train_loop import (  # pylint: disable=g-bad-import-order
@@ -21,6 +22,7 @@ from test_train_loop import (  # pylint: disable=g-bad-import-order
 
 from cure_jax import config_schema
 from cure_jax.certify import beyond_lp, read_csv
+from cure_jax.certify.beyond_lp import threat_eval
 from cure_jax.train import loop
 
 EXAMPLES = 6
@@ -52,13 +54,28 @@ def trained(tmp_path_factory):
   return config, workdir, files, tfds
 
 
-def test_writes_per_point_csv_and_per_threat_summary(trained):
+def test_writes_per_point_csv_and_per_threat_summary(trained, monkeypatch):
   config, workdir, *_ = trained
+  keys = []
+  evaluate_threats = threat_eval.evaluate_threats
+
+  def recording(*args, **kwargs):
+    keys.append(kwargs["key"])
+    return evaluate_threats(*args, **kwargs)
+
+  monkeypatch.setattr(threat_eval, "evaluate_threats", recording)
   summary = beyond_lp.certify_checkpoint_beyond_lp(
     config, str(workdir), log=None
   )
+  # The patch attacks' random starts come from the config's seed.
+  np.testing.assert_array_equal(
+    jax.random.key_data(keys[0]),
+    jax.random.key_data(jax.random.key(config.seed)),
+  )
   on_disk = json.loads((workdir / "beyond_lp.json").read_text())
   assert on_disk == summary
+  assert on_disk["config"] == json.loads(json.dumps(config.to_dict()))
+  assert on_disk["provenance"]["versions"]["jax"] == jax.__version__
   assert list(summary["threats"]) == list(THREATS)
   assert summary["threats"]["patch_2"]["regions"] == 27 * 27
   assert summary["threats"]["patch_5"]["regions"] == 24 * 24
@@ -110,23 +127,15 @@ def test_bad_settings_fail_before_loading_anything(
     beyond_lp.certify_checkpoint_beyond_lp(config, str(tmp_path), log=None)
 
 
-def test_command_line_prints_the_table_and_reports_errors(trained, tmp_path):
+def test_command_line_needs_only_the_workdir_and_reports_errors(
+  trained, tmp_path
+):
   _, workdir, files, tfds = trained
-  args = [
-    f"--config={MNIST_CONFIG}:cpu=True,method=ibp",
-    f"--workdir={workdir}",
-    "--output_name=cli",
-    f"--config.dataset.data_dir={files}",
-    f"--config.dataset.tfds_data_dir={tfds}",
-    "--config.dataset.download=False",
-    "--config.model.name=mlp",
-  ]
-  args += [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
-  args = [a.replace(" ", "") for a in args]  # tuples as one argument
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
   command = [sys.executable, "-m", "cure_jax.certify.beyond_lp"]
   result = subprocess.run(
-    [*command, *args],
+    # The run's recorded config (with OVERRIDES) needs no --config.
+    [*command, f"--workdir={workdir}", "--output_name=cli"],
     cwd=REPO,
     capture_output=True,
     text=True,
@@ -136,8 +145,19 @@ def test_command_line_prints_the_table_and_reports_errors(trained, tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   assert (workdir / "cli.csv").exists() and (workdir / "cli.json").exists()
   assert "patch_2" in result.stdout and "rotation" in result.stdout
+  assert "beyond l_p: 100%" in result.stderr  # the progress bar
+  args = [
+    f"--config={MNIST_CONFIG}:cpu=True,method=ibp",
+    f"--workdir={tmp_path / 'nothing'}",
+    f"--config.dataset.data_dir={files}",
+    f"--config.dataset.tfds_data_dir={tfds}",
+    "--config.dataset.download=False",
+    "--config.model.name=mlp",
+  ]
+  args += [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
+  args = [a.replace(" ", "") for a in args]  # tuples as one argument
   missing = subprocess.run(
-    [*command, args[0], f"--workdir={tmp_path / 'nothing'}", *args[3:]],
+    [*command, *args],
     cwd=REPO,
     capture_output=True,
     text=True,

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -17,6 +18,7 @@ from test_train_loop import (  # pylint: disable=g-bad-import-order
   tiny_config,
 )
 
+from cure_jax import certify, config_schema
 from cure_jax.certify import __main__ as certify_main
 from cure_jax.certify import read_csv
 from cure_jax.train import loop
@@ -47,6 +49,9 @@ def test_writes_per_sample_csv_and_summary(trained):
   summary = certify_main.certify_checkpoint(config, str(workdir), log=None)
   on_disk = json.loads((workdir / "certify.json").read_text())
   assert on_disk["method"] == "ibp" and on_disk["dataset"] == "mnist"
+  assert on_disk["config"] == json.loads(json.dumps(config.to_dict()))
+  assert on_disk["provenance"]["versions"]["jax"] == jax.__version__
+  assert on_disk["provenance"]["backend"] == jax.default_backend()
   records = read_csv(str(workdir / "certify.csv"))
   assert len(records["label"]) == 12
   assert summary == on_disk
@@ -63,20 +68,8 @@ def test_writes_per_sample_csv_and_summary(trained):
   np.testing.assert_array_equal(union, each)
 
 
-def test_command_line_prints_the_table(trained, tmp_path):
-  config, workdir, files, tfds, overrides = trained
-  del config
-  args = [
-    f"--config={MNIST_CONFIG}:cpu=True,method=ibp",
-    f"--workdir={workdir}",
-    "--output_name=cli",
-    f"--config.dataset.data_dir={files}",
-    f"--config.dataset.tfds_data_dir={tfds}",
-    "--config.dataset.download=False",
-    "--config.model.name=mlp",
-  ]
-  args += [f"--config.{k}={v}" for k, v in overrides.items()]
-  result = subprocess.run(
+def _certify_command(*args):
+  return subprocess.run(
     [sys.executable, "-m", "cure_jax.certify", *args],
     cwd=REPO,
     capture_output=True,
@@ -84,24 +77,67 @@ def test_command_line_prints_the_table(trained, tmp_path):
     timeout=300,
     env={**os.environ, "JAX_PLATFORMS": "cpu"},
   )
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert (workdir / "cli.csv").exists() and (workdir / "cli.json").exists()
-  assert "union" in result.stdout.lower()
-  missing = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "cure_jax.certify",
-      *args[:1],
-      f"--workdir={tmp_path / 'nothing'}",
-      *args[3:],
-    ],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=300,
-    env={**os.environ, "JAX_PLATFORMS": "cpu"},
+
+
+def test_command_line_needs_only_the_workdir(trained, tmp_path):
+  _, workdir, files, tfds, overrides = trained
+  # The run's recorded config, with an override on top.
+  result = _certify_command(
+    f"--workdir={workdir}",
+    "--output_name=cli",
+    "--config.eval.certify_examples=5",
   )
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "union" in result.stdout.lower()
+  assert len(read_csv(str(workdir / "cli.csv"))["label"]) == 5
+  summary = json.loads((workdir / "cli.json").read_text())
+  assert summary["config"]["eval"]["certify_examples"] == 5
+  assert "certify: 100%" in result.stderr  # the progress bar
+  assert (workdir / "certify.log").exists()
+  # An explicit --config still works (here: on a folder with no checkpoint).
+  args = [
+    f"--config={MNIST_CONFIG}:cpu=True,method=ibp",
+    f"--workdir={tmp_path / 'nothing'}",
+    f"--config.dataset.data_dir={files}",
+    f"--config.dataset.tfds_data_dir={tfds}",
+    "--config.dataset.download=False",
+    "--config.model.name=mlp",
+  ]
+  args += [f"--config.{k}={v}" for k, v in overrides.items()]
+  missing = _certify_command(*args)
   assert missing.returncode == 1
   assert "no checkpoint" in missing.stderr and "Traceback" not in missing.stderr
   assert not (tmp_path / "nothing").exists()  # nothing created
+
+
+def test_attack_starts_come_from_the_configs_seed(trained, monkeypatch):
+  config, workdir, *_ = trained
+  keys = []
+  evaluate = certify.evaluate
+
+  def recording_evaluate(*args, **kwargs):
+    keys.append(np.asarray(kwargs["key"]))
+    return evaluate(*args, **kwargs)
+
+  monkeypatch.setattr(certify, "evaluate", recording_evaluate)
+  for run, seed in enumerate((1, 1, 2)):
+    small = config.copy_and_resolve_references()
+    small.unlock()
+    config_schema.apply_overrides(
+      small,
+      {
+        "seed": seed,
+        "eval.certify_examples": 4,
+        "eval.methods": ("ibp",),
+        "eval.norms": ("linf",),
+        "eval.pgd_steps": 2,
+      },
+    )
+    certify_main.certify_checkpoint(
+      small, str(workdir), output_name=f"seeded_{run}", log=None
+    )
+  np.testing.assert_array_equal(keys[0], jax.random.PRNGKey(1))
+  np.testing.assert_array_equal(keys[0], keys[1])
+  assert not np.array_equal(keys[1], keys[2])  # other random starts
+  same = [read_csv(str(workdir / f"seeded_{i}.csv")) for i in (0, 1)]
+  np.testing.assert_array_equal(same[0]["pgd_linf"], same[1]["pgd_linf"])

@@ -174,14 +174,22 @@ def test_check_method_returns_the_record_or_lists_the_methods():
 
 
 def test_loading_a_config_does_not_import_jax():
-  """In a fresh interpreter: the schema and every config file, no JAX."""
+  """In a fresh interpreter: the schema, every config file and a run's
+  recorded config (`cure_jax.load` in reach), no JAX."""
   paths = [str(CONFIGS / f"{d}.py") for d in SETTINGS]
   script = (
-    "import sys\n"
-    "from cure_jax import config_schema\n"
+    "import json, sys, tempfile\n"
+    "import cure_jax\n"
+    "from cure_jax import config_schema, recorded_config, workdir\n"
+    "assert callable(cure_jax.load)\n"
     f"for path in {paths!r}:\n"
     "  for cpu in ('auto', True, False):\n"
-    "    config_schema.load_config(f'{path}:cpu={cpu},method=cure_scratch')\n"
+    "    config = config_schema.load_config(\n"
+    "      f'{path}:cpu={cpu},method=cure_scratch')\n"
+    "run = tempfile.mkdtemp()\n"
+    "with open(f'{run}/{workdir.CONFIG_FILE}', 'w') as f:\n"
+    "  json.dump(config.to_dict(), f)\n"
+    "assert recorded_config.get_config(run).method == 'cure_scratch'\n"
     "jax = sorted(m for m in sys.modules if m == 'jax' or m.startswith('jax.'))\n"
     "print('jax modules:', jax)\n"
   )

@@ -1,13 +1,18 @@
 """`cure_jax.export` from a run's directory: checkpoint and test split in,
 VNN-COMP folder out."""
 
+import json
+import os
 import pathlib
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
 
 from cure_jax import export as export_module
+from cure_jax import workdir as workdir_lib
 from cure_jax.data import fake_sources
 from cure_jax.interchange import read_instances, read_vnnlib
 from cure_jax.models import get_model
@@ -21,9 +26,8 @@ except ImportError:  # ... or as settings and inside cure_jax.train
   from cure_jax.train.checkpoint import Checkpointer
   from cure_jax.train.loop import checkpoint_dir
 
-MNIST_CONFIG = str(
-  pathlib.Path(__file__).resolve().parents[1] / "configs" / "mnist.py"
-)
+REPO = pathlib.Path(__file__).resolve().parents[1]
+MNIST_CONFIG = str(REPO / "configs" / "mnist.py")
 
 
 @pytest.fixture(autouse=True)
@@ -65,6 +69,7 @@ def run(tmp_path_factory):
   )
   with Checkpointer(checkpoint_dir(str(workdir)), async_save=False) as ckpt:
     ckpt.save(0, state._replace(batch_stats=stats), force=True)
+  workdir_lib.write_run_record(str(workdir), config)  # as training does
   return config, workdir, test
 
 
@@ -74,6 +79,10 @@ def test_exports_the_checkpoint_and_first_test_points(run):
     config, str(workdir), examples=4, eps=0.02, timeout=9, log=None
   )
   assert report["instances"] == 4 and report["eps_linf"] == 0.02
+  on_disk = json.loads((workdir / "vnncomp" / "export.json").read_text())
+  assert on_disk == report
+  assert on_disk["config"] == json.loads(json.dumps(config.to_dict()))
+  assert on_disk["provenance"]["versions"]["jax"] == jax.__version__
   assert max(report["max_abs_logit_difference"].values()) <= 1e-5
   out_dir = workdir / "vnncomp"
   instances = read_instances(str(out_dir / "instances.csv"))
@@ -108,3 +117,27 @@ def test_missing_checkpoint_is_an_error(run, tmp_path):
   config, _, _ = run
   with pytest.raises(FileNotFoundError, match="no checkpoint"):
     export_module.export_checkpoint(config, str(tmp_path / "none"), log=None)
+
+
+def test_command_line_needs_only_the_workdir(run, tmp_path):
+  _, workdir, _ = run
+  result = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "cure_jax.export",
+      f"--workdir={workdir}",
+      f"--out_dir={tmp_path}",
+      "--examples=2",
+      "--config.eval.eps_linf=0.03",  # overrides the recorded config
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env={**os.environ, "JAX_PLATFORMS": "cpu"},
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads((tmp_path / "export.json").read_text())
+  assert report["instances"] == 2 and report["eps_linf"] == 0.03
+  assert report["config"]["model"]["name"] == "small_cnn"

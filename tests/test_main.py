@@ -8,6 +8,7 @@ here on tiny MNIST files and an MLP, so that it takes seconds.
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import tomllib
@@ -37,6 +38,15 @@ def _run(args, cwd, timeout=300):
   )
 
 
+def log_messages(stderr: str) -> list[str]:
+  """The messages of the absl log lines (``I1205 18:19:25.9 1 main.py:94] ...``)."""
+  return [
+    line.split("] ", 1)[1]
+    for line in stderr.splitlines()
+    if re.match(r"[IWEF]\d{4} ", line) and "] " in line
+  ]
+
+
 def test_the_design_card_command_runs_the_cpu_variant_into_runs(tmp_path):
   files = tmp_path / "mnist_files"
   fake_sources.write_fake_mnist(files, num_train=48, num_test=20, seed=3)
@@ -57,7 +67,7 @@ def test_the_design_card_command_runs_the_cpu_variant_into_runs(tmp_path):
     cwd=tmp_path,
   )
   assert result.returncode == 0, result.stderr[-3000:]
-  lines = result.stdout.splitlines()
+  lines = log_messages(result.stderr)
   assert lines[0].startswith("JAX backend cpu, devices: ")
   notice = [line for line in lines if line.startswith("No accelerator")]
   assert len(notice) == 1
@@ -72,6 +82,11 @@ def test_the_design_card_command_runs_the_cpu_variant_into_runs(tmp_path):
   # The CPU variant's schedule (ε ramp to epoch 3) with the overrides on top.
   assert results["method"] == "sabr" and results["steps"] == 6
   assert any(line.startswith("Estimated training time: ") for line in lines)
+  # The run folder describes itself and holds the log.
+  assert json.loads((workdir / "config.json").read_text())["method"] == "sabr"
+  assert json.loads((workdir / "run.json").read_text())["backend"] == "cpu"
+  log = (workdir / "train.log").read_text()
+  assert "Run folder: " in log and "[step 6] " in log
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,9 @@ import jax
 import numpy as np
 import pytest
 
+import cure_jax
 from cure_jax import config_schema, data
+from cure_jax import workdir as workdir_lib
 from cure_jax.checkpoint import (
   Checkpointer,
   CheckpointRestoreError,
@@ -28,7 +30,7 @@ from cure_jax.checkpoint import (
 )
 from cure_jax.data import DataNotFoundError, fake_sources
 from cure_jax.models import build_model
-from cure_jax.train import loop
+from cure_jax.train import checkpoint_timer, loop
 from cure_jax.train.state import make_optimizer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -99,9 +101,16 @@ def assert_trees_equal(a, b):
 
 
 def test_trains_evaluates_and_writes_results(
-  mnist_files, tfds_dir, tmp_path, capsys
+  mnist_files, tfds_dir, tmp_path, capsys, caplog, monkeypatch
 ):
-  config = tiny_config(mnist_files, tfds_dir)
+  # A clock that moves a minute and a bit on every look: with
+  # checkpoint_every_minutes=1 every logged step is due for a checkpoint.
+  clock = iter(range(0, 10**6, 61))
+  monkeypatch.setattr(checkpoint_timer, "_now", lambda: float(next(clock)))
+  caplog.set_level("INFO", logger="absl")
+  config = tiny_config(
+    mnist_files, tfds_dir, checkpoint_every_minutes=1, keep_checkpoints=20
+  )
   results = loop.train_and_evaluate(config, str(tmp_path))
   on_disk = json.loads((tmp_path / loop.RESULTS_FILE).read_text())
   assert on_disk == json.loads(json.dumps(results))
@@ -127,10 +136,34 @@ def test_trains_evaluates_and_writes_results(
       <= results[f"certified_accuracy_{norm}"]
     )
   with Checkpointer(checkpoint_dir(str(tmp_path))) as ckpt:
-    assert ckpt.latest_step == 9
+    # Every step by time; by steps alone only 3, 6 and 9.
+    assert ckpt.all_steps == tuple(range(1, 10))
   assert any((tmp_path / "tensorboard").iterdir())
-  out = capsys.readouterr().out
-  assert "sabr on mnist: 9 steps" in out and "final evaluation" in out
+  assert "sabr on mnist: 9 steps" in caplog.text
+  assert "[step 9] " in caplog.text and "final evaluation" in caplog.text
+  # The progress bar names each phase with its ETA.
+  err = capsys.readouterr().err
+  for phase in ("natural", "ramp", "robust"):
+    assert f"{phase}, ETA " in err
+  assert "final evaluation: 100%" in err
+  # The run folder describes itself, and so does results.json.
+  assert workdir_lib.read_config(str(tmp_path)).to_dict() == config.to_dict()
+  run = workdir_lib.read_run_record(str(tmp_path))
+  assert (
+    run["seed"] == config.seed and run["versions"]["jax"] == jax.__version__
+  )
+  assert on_disk["config"] == json.loads(json.dumps(config.to_dict()))
+  assert on_disk["provenance"]["backend"] == jax.default_backend()
+  assert on_disk["provenance"]["devices"] == [str(d) for d in jax.devices()]
+  # cure_jax.load: the model and variables back from the folder alone.
+  model, variables, loaded = cure_jax.load(str(tmp_path))
+  assert loaded.to_dict() == config.to_dict()
+  assert_trees_equal(variables, restored_params(config, tmp_path))
+  images = np.zeros((2, 28, 28, 1), np.float32)
+  np.testing.assert_array_equal(
+    model.apply(variables, images, train=False),
+    build_model(config).apply(variables, images, train=False),
+  )
 
 
 @pytest.mark.parametrize("method", ["natural", "ibp", "cure_max", "patch_ibp"])

@@ -10,8 +10,12 @@ import threading
 
 import numpy as np
 import pytest
+from test_train_loop import tiny_config  # pylint: disable=g-bad-import-order
 
-from cure_jax.train import preemption
+from cure_jax import data
+from cure_jax.checkpoint import Checkpointer, checkpoint_dir
+from cure_jax.data import fake_sources
+from cure_jax.train import loop, preemption
 from cure_jax.train.preemption import PreemptionGuard
 
 
@@ -85,6 +89,39 @@ def test_sigint_is_optional_and_twice_still_interrupts():
     assert signal.getsignal(signal.SIGINT) is previous
   finally:
     signal.signal(signal.SIGINT, outer)
+
+
+def test_ctrl_c_during_training_checkpoints_and_returns(
+  tmp_path, monkeypatch, caplog
+):
+  """SIGINT, like SIGTERM, stops training at the next step with a checkpoint."""
+  for var in ("CURE_DATA_DIR", "CURE_MNIST_DIR", "TFDS_DATA_DIR"):
+    monkeypatch.delenv(var, raising=False)
+  files = tmp_path / "files"
+  fake_sources.write_fake_mnist(files, num_train=48, num_test=4, seed=3)
+  outer = signal.signal(signal.SIGINT, signal.default_int_handler)
+  train_batch = data.train_batch
+
+  def batch_then_ctrl_c(split, step, **kwargs):
+    if step == 3:  # the first step of the ε ramp
+      os.kill(os.getpid(), signal.SIGINT)
+    return train_batch(split, step, **kwargs)
+
+  monkeypatch.setattr(data, "train_batch", batch_then_ctrl_c)
+  caplog.set_level("INFO", logger="absl")
+  try:
+    config = tiny_config(files, tmp_path / "tfds", method="natural")
+    result = loop.train_and_evaluate(config, str(tmp_path / "run"))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+  finally:
+    signal.signal(signal.SIGINT, outer)
+  assert result == {"stopped_at_step": 4}
+  assert "Stopped on SIGINT at step 4" in caplog.text
+  with Checkpointer(checkpoint_dir(str(tmp_path / "run"))) as ckpt:
+    # Step 3 by the step interval (time-based saves: every 10 minutes, not
+    # due), step 4 for the stop.
+    assert ckpt.all_steps == (3, 4)
+  assert not (tmp_path / "run" / loop.RESULTS_FILE).exists()
 
 
 def test_guard_can_be_reused_and_not_nested(recorder):

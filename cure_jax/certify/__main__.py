@@ -1,17 +1,20 @@
 r"""Certifies a trained checkpoint: per-sample l∞ / l2 / l1 flags and PGD.
 
-  python -m cure_jax.certify --config=configs/mnist.py:cpu=True,method=cure_max \
-      --workdir=/tmp/mnist_cure_max [--config.eval.certify_examples=1000]
+  python -m cure_jax.certify --workdir=/tmp/mnist_cure_max \
+      [--config.eval.certify_examples=1000]
 
-Restores the newest checkpoint in ``workdir`` (trained with the same
-config), takes the first ``config.eval.certify_examples`` test points (the
+Restores the newest checkpoint in ``workdir`` with the config the run
+recorded there (``config.json``; ``--config=...`` instead names one, for runs
+that recorded none), takes the first ``config.eval.certify_examples`` test points (the
 paper's 1000), certifies each at the setting's radii (``config.eval.eps_*``
 for ``config.eval.norms``) by the cascade ``config.eval.methods`` (IBP →
 CROWN → α-CROWN, stopping at the first stage that certifies), attacks each
 with PGD (``config.eval.pgd_steps`` × ``pgd_restarts``, margin loss) for
-the empirical upper bound, and writes ``workdir/certify.csv`` (one row per
-point) and ``workdir/certify.json`` (the summary, with seconds per point per
-stage), printing the table. Always in float32, whatever the training
+the empirical upper bound (random starts from ``config.seed``), and writes
+``workdir/certify.csv`` (one row per point) and ``workdir/certify.json`` (the
+summary, with seconds per point per stage, the config and what produced it:
+`workdir.provenance`), printing the table; progress goes to stderr (a bar)
+and ``workdir/certify.log``. Always in float32, whatever the training
 precision. ``--radius_search`` adds every point's largest certified and PGD
 radius (bisection up to twice the setting's radius, `certify.radii`) and its
 margin lower bound, the data of ``python -m cure_jax.plot WORKDIR``.
@@ -24,13 +27,14 @@ from typing import Any
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cure_jax import cli
+from cure_jax import cli, log_setup
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config",
   None,
   "Training config of the checkpoint, e.g. "
-  "configs/mnist.py:cpu=True,method=sabr.",
+  "configs/mnist.py:cpu=True,method=sabr (default: the one the run "
+  "recorded in --workdir).",
   lock_config=True,
 )
 _WORKDIR = flags.DEFINE_string(
@@ -48,7 +52,7 @@ _RADIUS_SEARCH = flags.DEFINE_bool(
   "Also find each point's largest certified and PGD radius (columns "
   "radius_certified_<norm>, radius_pgd_<norm>, margin_lower_<norm>).",
 )
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["workdir"])
 
 NORM_RADIUS_KEYS = {"linf": "eps_linf", "l2": "eps_l2", "l1": "eps_l1"}
 
@@ -59,6 +63,7 @@ def certify_checkpoint(
   output_name: str = "certify",
   log=print,
   radius_search=None,
+  progress_bar: bool = False,
 ) -> dict[str, Any]:
   """Certifies the newest checkpoint of ``workdir``; returns the summary.
 
@@ -69,6 +74,8 @@ def certify_checkpoint(
     log: progress and table output (None: silent).
     radius_search: a `certify.RadiusSearch` to add radius and margin columns,
       or None.
+    progress_bar: show a progress bar on stderr (in place of progress
+      lines).
 
   Returns:
     The summary (also in ``workdir/<output_name>.json``).
@@ -79,9 +86,11 @@ def certify_checkpoint(
     DataNotFoundError: the test split is not available.
   """
   # Imported here so that --help answers without initializing JAX.
+  import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
   from cure_jax import certify, data  # pylint: disable=g-import-not-at-top
+  from cure_jax import workdir as workdir_lib
   from cure_jax.checkpoint import restore_for_eval  # pylint: disable=g-import-not-at-top
 
   model, variables = restore_for_eval(config, workdir)
@@ -109,15 +118,18 @@ def certify_checkpoint(
     methods=tuple(config.eval.methods),
     alpha_steps=config.eval.alpha_steps,
     pgd=pgd,
+    key=jax.random.PRNGKey(config.seed),
     log=log,
     keep_margins=radius_search is not None,
     radius_search=radius_search,
+    progress_bar=progress_bar,
   )
   summary = dict(
     summary,
     method=config.method,
     dataset=info.name,
     workdir=os.path.abspath(workdir),
+    **workdir_lib.describe(config),
   )
   certify.write_report(workdir, records, summary, name=output_name)
   return summary
@@ -126,23 +138,32 @@ def certify_checkpoint(
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  logging.set_verbosity(logging.WARNING)
+  workdir = _WORKDIR.value
+  log_setup.setup(workdir if os.path.isdir(workdir) else None, "certify")
   import jax  # pylint: disable=g-import-not-at-top
 
   from cure_jax.certify import radii  # pylint: disable=g-import-not-at-top
   from cure_jax.checkpoint import CheckpointRestoreError  # pylint: disable=g-import-not-at-top
   from cure_jax.data import DataNotFoundError  # pylint: disable=g-import-not-at-top
 
-  # cpu=auto resolves as in training: the CPU variant without an accelerator.
-  config, _ = cli.config_for_backend(
-    flags.FLAGS["config"], jax.default_backend()
+  # The run's recorded config, or --config's (cpu=auto resolved as in
+  # training: the CPU variant without an accelerator).
+  config = cli.run_config(flags.FLAGS["config"], workdir, jax.default_backend())
+  main_process = jax.process_index() == 0
+  logging.info(
+    "certifying %s on %s: the newest checkpoint of %s",
+    config.method,
+    config.dataset.name,
+    workdir,
   )
   try:
     certify_checkpoint(
       config,
-      _WORKDIR.value,
+      workdir,
       _OUTPUT_NAME.value,
+      log=print if main_process else None,
       radius_search=radii.RadiusSearch() if _RADIUS_SEARCH.value else None,
+      progress_bar=main_process,
     )
   except (
     FileNotFoundError,

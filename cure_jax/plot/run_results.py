@@ -61,7 +61,7 @@ def read_run(run_dir: str, stem: str = "certify") -> RunResults:
   if not os.path.exists(csv_path):
     raise FileNotFoundError(
       f"{csv_path} does not exist: certify the run first (python -m "
-      f"cure_jax.certify --config=... --workdir={run_dir})."
+      f"cure_jax.certify --workdir={run_dir} --radius_search)."
     )
   summary = _read_json(os.path.join(run_dir, f"{stem}.json"))
   results = _read_json(os.path.join(run_dir, RESULTS_FILE))

@@ -10,6 +10,7 @@ process reports the global figures (certification seconds are summed too:
 compute-seconds per point).
 """
 
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import tqdm
 
 from cure_jax import data
 from cure_jax.certify.cascade import certify_batch
@@ -26,9 +28,19 @@ NORM_RADIUS_KEYS = {"linf": "eps_linf", "l2": "eps_l2", "l1": "eps_l1"}
 
 
 def evaluate_model(
-  config, model, variables, test, info, log: Callable[..., None] = print
+  config,
+  model,
+  variables,
+  test,
+  info,
+  log: Callable[..., None] = print,
+  progress_bar: bool = False,
 ) -> dict[str, Any]:
-  """Clean accuracy and certified accuracy per norm (and their union)."""
+  """Clean accuracy and certified accuracy per norm (and their union).
+
+  ``log`` gets the one-line result; ``progress_bar`` shows a bar with ETA
+  over this process's batches on stderr.
+  """
   if config.eval.final_examples:
     test = test.take(config.eval.final_examples)
   radii = {n: config.eval[NORM_RADIUS_KEYS[n]] for n in config.eval.norms}
@@ -56,12 +68,21 @@ def evaluate_model(
   certified = {norm: 0 for norm in radii}
   union = 0
   seconds = {norm: 0.0 for norm in radii}
-  for batch in data.eval_batches(
+  batches = data.eval_batches(
     test,
     global_batch_size=config.eval.batch_size,
     center_crop=info.eval_crop,
     process_index=jax.process_index(),
     process_count=jax.process_count(),
+  )
+  for batch in tqdm.tqdm(
+    batches,
+    total=data.num_eval_batches(test.num_examples, config.eval.batch_size),
+    desc="final evaluation",
+    unit="batch",
+    file=sys.stderr,
+    disable=not progress_bar,
+    dynamic_ncols=True,
   ):
     mask = batch.mask
     ok = np.asarray(predict(batch.images)) == batch.labels

@@ -3,19 +3,30 @@
 The loop is thin: batches are pure functions of (seed, step), the step is one
 jitted pure function over the device mesh, and everything that changes lives
 in the checkpointed `TrainState`. So a run resumes exactly where it stopped —
-after a crash, a SIGKILL or a preemption (SIGTERM: checkpoint, then exit) —
-and the same config runs on one CPU or a pod.
+after a crash, a SIGKILL or a preemption (SIGTERM, or Ctrl-C: checkpoint,
+then exit; a second Ctrl-C interrupts at once) — and the same config runs on
+one CPU or a pod.
+
+Watching a run: the workdir holds ``config.json`` and ``run.json`` (what
+runs, on what; `cure_jax.workdir`) from the start, a progress bar on stderr
+gives the phase and an ETA that prices each phase at its own cost, and the
+metrics go through absl logging (``--workdir``/train.log from
+``cure_jax.main``). Checkpoints are written every ``checkpoint_every_steps``
+steps and every ``checkpoint_every_minutes`` minutes of wall time.
 """
 
 import os
+import signal
 import time
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
+from absl import logging
 
 from cure_jax import config_schema, data
+from cure_jax import workdir as workdir_lib
 from cure_jax.checkpoint import (
   Checkpointer,
   NoCheckpointError,
@@ -28,8 +39,10 @@ from cure_jax.parallel import distributed
 from cure_jax.parallel import mesh as mesh_lib
 from cure_jax.parallel.precision import training_model
 from cure_jax.train import final_eval
+from cure_jax.train.checkpoint_timer import CheckpointTimer
 from cure_jax.train.preemption import PreemptionGuard
-from cure_jax.train.reporting import MetricWriter, Progress, write_json_atomic
+from cure_jax.train.progress import PhaseProgress, PhaseSpan, output_above_bars
+from cure_jax.train.reporting import MetricWriter, write_json_atomic
 from cure_jax.train.state import (
   TrainState,
   create_train_state,
@@ -46,6 +59,7 @@ from cure_jax.train.step import (
 )
 
 RESULTS_FILE = "results.json"
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -93,6 +107,34 @@ def _check_finite(metrics: dict[str, Any], step: int, ckpt: Checkpointer):
     )
 
 
+def phase_spans(sched, total_steps: int) -> list[PhaseSpan]:
+  """The natural, ε-ramp and robust stretches of ``total_steps`` steps.
+
+  Natural: κ = 1 (clean CE only); ramp: from there to the ramp's end;
+  robust: the rest (`step.phase_at`). Empty stretches are kept, empty.
+  """
+  natural = min(sched.natural_end, total_steps)
+  ramp = max(natural, min(sched.ramp_end, total_steps))
+  return [
+    PhaseSpan("natural", 0, natural),
+    PhaseSpan("ramp", natural, ramp),
+    PhaseSpan("robust", ramp, total_steps),
+  ]
+
+
+def phase_cost_hint(config) -> dict[str, float]:
+  """Seconds per step of each phase relative to a natural step.
+
+  From `config_schema.TrainingMethod.step_cost` for the model (the small
+  CNN's figure for models it does not list), so that the ETA is sensible
+  before a phase has run.
+  """
+  models = config_schema.STEP_COST_MODELS
+  index = models.index(config.model.name) if config.model.name in models else 0
+  cost = config_schema.check_method(config.method).step_cost[index]
+  return {"natural": 1.0, "ramp": cost, "robust": cost}
+
+
 def train_and_evaluate(
   config: ml_collections.ConfigDict,
   workdir: str,
@@ -103,13 +145,16 @@ def train_and_evaluate(
 
   Args:
     config: a config from ``configs/`` (see `cure_jax.config_schema`).
-    workdir: checkpoints, TensorBoard summaries and ``results.json`` go here.
+    workdir: ``config.json`` and ``run.json`` (process 0, at the start),
+      checkpoints, TensorBoard summaries and ``results.json`` go here.
     stop_after_steps: stop (with a checkpoint) after this many steps of this
       call, as a preemption would; for tests and debugging.
 
   Returns:
-    The final evaluation (also written to ``workdir/results.json``), or
-    ``{"stopped_at_step": step}`` when the run stopped early.
+    The final evaluation with the config and its provenance (also written to
+    ``workdir/results.json``), or ``{"stopped_at_step": step}`` when the run
+    stopped early (``stop_after_steps``, SIGTERM or SIGINT) after saving a
+    checkpoint.
 
   Raises:
     DataNotFoundError: the dataset is missing (see `load_datasets`).
@@ -121,6 +166,8 @@ def train_and_evaluate(
   main = distributed.is_main_process()
   os.makedirs(workdir, exist_ok=True)
   info, train, test = data.load_datasets(config)
+  if main:
+    workdir_lib.write_run_record(workdir, config)
   mesh = mesh_lib.make_mesh()
   steps_per_epoch = data.steps_per_epoch(train.num_examples, config.batch_size)
   total_steps = int(round(config.num_epochs * steps_per_epoch))
@@ -168,22 +215,36 @@ def train_and_evaluate(
       gp_boundary = jax.jit(make_gp_boundary(config), donate_argnums=0)
       gp_restart = jax.jit(make_gp_restart(), donate_argnums=0)
 
-      progress = Progress(total_steps, first_step, enabled=main)
       if main:
-        print(
-          f"{config.method} on {info.name}: {total_steps} steps "
-          f"({steps_per_epoch}/epoch) from step {first_step}, "
-          f"{len(jax.devices())} device(s), {jax.process_count()} "
+        logging.info(
+          "%s on %s: %d steps (%d/epoch) from step %d, %d device(s), %d "
           "process(es)",
-          flush=True,
+          config.method,
+          info.name,
+          total_steps,
+          steps_per_epoch,
+          first_step,
+          len(jax.devices()),
+          jax.process_count(),
         )
+      timer = CheckpointTimer(config.checkpoint_every_minutes)
       start_time = time.monotonic()
       stop_at = (
         total_steps
         if stop_after_steps is None
         else min(total_steps, first_step + stop_after_steps)
       )
-      with PreemptionGuard() as guard:
+      with (
+        PreemptionGuard(STOP_SIGNALS) as guard,
+        output_above_bars() as stderr,
+      ):
+        progress = PhaseProgress(
+          phase_spans(sched, total_steps),
+          first_step,
+          phase_cost_hint(config),
+          enabled=main,
+          stream=stderr,
+        )
         for step in range(first_step, stop_at):
           if config.cure.gp_beta > 0 and step == sched.ramp_end:
             state = gp_restart(state)
@@ -205,20 +266,31 @@ def train_and_evaluate(
             state, batch
           )
           done = step + 1
+          progress.update(done)
           log_now = done % config.log_every_steps == 0 or done == total_steps
-          save_now = done % config.checkpoint_every_steps == 0
+          by_time = log_now and timer.due()  # the same steps on every process
+          save_now = done % config.checkpoint_every_steps == 0 or by_time
           if log_now or save_now:
             metrics = jax.device_get(metrics)
             _check_finite(metrics, done, ckpt)
           if log_now:
             writer.write_scalars(done, metrics)
-            progress.update(done)
-          if save_now:
-            ckpt.save(done, state)
+          if save_now and ckpt.save(done, state, force=by_time):
+            timer.restart()
           if guard.should_stop(done) or done == stop_at < total_steps:
             _check_finite(jax.device_get(metrics), done, ckpt)
             ckpt.save(done, state, force=True)
+            progress.close()
+            if guard.signal_received is not None and main:
+              logging.warning(
+                "Stopped on %s at step %d with a checkpoint in %s; run the "
+                "same command again to resume.",
+                guard.signal_received.name,
+                done,
+                ckpt.directory,
+              )
             return {"stopped_at_step": done}
+        progress.close()
       train_seconds = time.monotonic() - start_time
       if int(state.step) == total_steps and ckpt.latest_step != total_steps:
         ckpt.save(total_steps, state, force=True)
@@ -230,7 +302,8 @@ def train_and_evaluate(
       variables,
       test,
       info,
-      log=print if main else (lambda *_: None),
+      log=logging.info if main else (lambda *_: None),
+      progress_bar=main,
     )
     # One compilation per phase, none after a phase's first step.
     compilations = sum(fn._cache_size() for fn in compiled_steps.values())  # pylint: disable=protected-access
@@ -242,6 +315,7 @@ def train_and_evaluate(
       resumed_from_step=first_step,
       train_phases_this_run=len(compiled_steps),
       train_step_compilations_this_run=compilations,
+      **workdir_lib.describe(config),
     )
     if main:
       writer.write_scalars(

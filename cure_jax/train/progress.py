@@ -7,13 +7,16 @@ the remaining steps of a phase at that phase's rate; a phase not yet seen is
 priced from the last rate seen and the phase's relative cost hint.
 """
 
+import contextlib
 import math
 import sys
 import time
-from collections.abc import Mapping, Sequence
-from typing import NamedTuple
+from collections.abc import Iterator, Mapping, Sequence
+from typing import NamedTuple, TextIO
 
 import tqdm
+import tqdm.contrib
+from absl import logging
 
 
 class PhaseSpan(NamedTuple):
@@ -96,7 +99,10 @@ class PhaseProgress:
     return {k: self._seconds[k] / self._steps[k] for k in self._steps}
 
   def update(self, step: int) -> str:
-    """Records the steps since the last call (all in the phase of step − 1)."""
+    """Records the steps since the last call (all in the phase of step − 1).
+
+    Cheap enough for every step: the bar redraws at most every 0.1 s.
+    """
     now = time.monotonic()
     done = step - self._last_step
     if done > 0:
@@ -105,14 +111,36 @@ class PhaseProgress:
         self._seconds.get(phase, 0.0) + now - self._last_time
       )
       self._steps[phase] = self._steps.get(phase, 0) + done
-      self._bar.update(done)
     self._last_step, self._last_time = step, now
     eta = remaining_seconds(
       self._spans, step, self.seconds_per_step(), self._cost_hint
     )
     text = f"{self.phase_of(step)}, ETA {_format_seconds(eta)}"
-    self._bar.set_postfix_str(text)
+    self._bar.set_postfix_str(text, refresh=False)
+    if done > 0:
+      self._bar.update(done)  # redraws, with the text, when it is time to
     return text
 
   def close(self) -> None:
     self._bar.close()
+
+
+@contextlib.contextmanager
+def output_above_bars() -> Iterator[TextIO]:
+  """Routes ``sys.stderr`` writes and absl log lines above the open tqdm bars.
+
+  Yields:
+    The real stderr, for the bars themselves to write to.
+  """
+  original = sys.stderr
+  sys.stderr = tqdm.contrib.DummyTqdmFile(original)
+  absl_handler = logging.get_absl_handler().python_handler
+  swapped = absl_handler.stream is original
+  if swapped:  # it holds the stream it was made with
+    absl_handler.setStream(sys.stderr)
+  try:
+    yield original
+  finally:
+    if swapped:
+      absl_handler.setStream(original)
+    sys.stderr = original

@@ -1,7 +1,9 @@
 r"""Certifies a checkpoint beyond l_p: adversarial patches and geometry.
 
-  python -m cure_jax.certify.beyond_lp --config=configs/mnist.py:cpu=True,method=cure_max \
-      --workdir=/tmp/mnist_cure_max [--config.eval.beyond_lp.examples=200]
+  python -m cure_jax.certify.beyond_lp --workdir=/tmp/mnist_cure_max \
+      [--config.eval.beyond_lp.examples=200]
+
+(the run's recorded config; ``--config=...`` names another) —
 
 For the first ``config.eval.beyond_lp.examples`` test points and every
 threat model of ``config.eval.beyond_lp`` —
@@ -15,24 +17,28 @@ threat model of ``config.eval.beyond_lp`` —
 a point is certified when every region (patch position, parameter sub-box)
 certifies by the cascade ``methods`` (IBP → CROWN-IBP); the points left
 uncertified are attacked for the empirical upper bound (patch PGD with
-``patch_attack_steps`` steps at every position; every transformation of a
-grid of ``grid_points[family]`` values per parameter). Writes
-``workdir/beyond_lp.csv`` (one row per point) and ``beyond_lp.json`` (the
-summary, with seconds per point), and prints the table. Always in float32.
+``patch_attack_steps`` steps at every position, random starts from
+``config.seed``; every transformation of a grid of ``grid_points[family]``
+values per parameter). Writes ``workdir/beyond_lp.csv`` (one row per point)
+and ``beyond_lp.json`` (the summary, with seconds per point, the config and
+its provenance), and prints the table; progress goes to stderr (a bar) and
+``workdir/beyond_lp.log``. Always in float32.
 """
 
+import os
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cure_jax import cli
+from cure_jax import cli, log_setup
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config",
   None,
   "Training config of the checkpoint, e.g. "
-  "configs/mnist.py:cpu=True,method=cure_max.",
+  "configs/mnist.py:cpu=True,method=cure_max (default: the one the run "
+  "recorded in --workdir).",
   lock_config=True,
 )
 _WORKDIR = flags.DEFINE_string(
@@ -44,13 +50,14 @@ _WORKDIR = flags.DEFINE_string(
 _OUTPUT_NAME = flags.DEFINE_string(
   "output_name", "beyond_lp", "File stem of the CSV and JSON reports."
 )
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["workdir"])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  logging.set_verbosity(logging.WARNING)
+  workdir = _WORKDIR.value
+  log_setup.setup(workdir if os.path.isdir(workdir) else None, "beyond_lp")
   # Imported here so that --help answers without initializing JAX.
   import jax  # pylint: disable=g-import-not-at-top
 
@@ -58,13 +65,19 @@ def main(argv):
   from cure_jax.checkpoint import CheckpointRestoreError  # pylint: disable=g-import-not-at-top
   from cure_jax.data import DataNotFoundError  # pylint: disable=g-import-not-at-top
 
-  # cpu=auto resolves as in training: the CPU variant without an accelerator.
-  config, _ = cli.config_for_backend(
-    flags.FLAGS["config"], jax.default_backend()
+  # The run's recorded config, or --config's (cpu=auto resolved as in
+  # training: the CPU variant without an accelerator).
+  config = cli.run_config(flags.FLAGS["config"], workdir, jax.default_backend())
+  main_process = jax.process_index() == 0
+  logging.info(
+    "certifying %s on %s beyond l_p: the newest checkpoint of %s",
+    config.method,
+    config.dataset.name,
+    workdir,
   )
   try:
-    evaluate.certify_checkpoint_beyond_lp(
-      config, _WORKDIR.value, _OUTPUT_NAME.value
+    summary = evaluate.certify_checkpoint_beyond_lp(
+      config, workdir, _OUTPUT_NAME.value, log=None, progress_bar=main_process
     )
   except (
     FileNotFoundError,
@@ -74,6 +87,8 @@ def main(argv):
   ) as error:
     print(f"{type(error).__name__}: {error}", file=sys.stderr, flush=True)
     return 1
+  if main_process:
+    print(evaluate.format_threat_table(summary), flush=True)
   return 0
 
 

@@ -13,13 +13,17 @@ the l_p reports (`certify.report`): columns ``certified_<threat>``,
 
 import json
 import os
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import jax
 import numpy as np
+import tqdm
 
 from cure_jax import data
+from cure_jax import workdir as workdir_lib
 from cure_jax.certify import cascade, regions, report
 from cure_jax.certify.beyond_lp.threats import Threat, threats_from_config
 
@@ -69,14 +73,18 @@ def evaluate_threats(
   methods: Sequence[str] = regions.REGION_METHODS,
   rows_per_batch: int = 512,
   log=print,
+  key: jax.Array | None = None,
+  progress_bar: bool = False,
 ) -> tuple[report.Records, dict[str, Any]]:
   """Certifies and attacks every point under every threat.
 
   ``apply_fn(variables, x, train=False) -> logits`` must be the same object on
   every call (a jit cache key); images [N, H, W, C] in [0, 1]; ``methods`` a
   cascade from `regions.REGION_METHODS`; ``rows_per_batch`` (point, region)
-  rows per bounded chunk; ``log`` None is silent. Returns (records, summary):
-  per-point columns and the JSON-ready summary.
+  rows per bounded chunk; ``log`` None is silent; ``key`` the attacks'
+  random starts (default ``jax.random.key(0)``; threat i gets
+  ``fold_in(key, i)``); ``progress_bar`` a bar over the threats on stderr.
+  Returns (records, summary): per-point columns and the JSON-ready summary.
   """
   labels = np.asarray(labels, np.int64)
   predictions = np.asarray(
@@ -91,7 +99,17 @@ def evaluate_threats(
   }
   per_threat = {}
   stage_names = np.asarray(tuple(methods) + (report.STAGE_NONE,))
-  for threat in threats:
+  key = jax.random.key(0) if key is None else key
+  bar = tqdm.tqdm(
+    total=len(threats),
+    desc="beyond l_p",
+    unit="threat",
+    file=sys.stderr,
+    disable=not progress_bar,
+    dynamic_ncols=True,
+  )
+  for threat_index, threat in enumerate(threats):
+    bar.set_postfix_str(threat.name)
     result, reports = regions.certify_regions(
       apply_fn,
       variables,
@@ -107,7 +125,13 @@ def evaluate_threats(
     empirical = (
       np.asarray(
         threat.attack(
-          apply_fn, variables, images, labels, pending, result.failing_region
+          apply_fn,
+          variables,
+          images,
+          labels,
+          pending,
+          result.failing_region,
+          jax.random.fold_in(key, threat_index),
         )
       )
       | result.certified
@@ -126,12 +150,14 @@ def evaluate_threats(
       len(labels),
     )
     per_threat[threat.name] = entry
+    bar.update()
     if log:
       log(
         f"{threat.name}: certified {entry['certified']['accuracy']:.1%}, "
         f"empirical {entry['empirical']['accuracy']:.1%}, "
         f"{entry['seconds_per_point']:.3f} s/point"
       )
+  bar.close()
   records["union_certified"] = correct & np.all(
     [records[f"certified_{t.name}"] for t in threats], axis=0
   )
@@ -178,11 +204,17 @@ def format_threat_table(summary: Mapping[str, Any]) -> str:
 
 
 def certify_checkpoint_beyond_lp(
-  config, workdir: str, output_name: str = "beyond_lp", log=print
+  config,
+  workdir: str,
+  output_name: str = "beyond_lp",
+  log=print,
+  progress_bar: bool = False,
 ) -> dict[str, Any]:
   """Certifies the newest checkpoint of ``workdir`` beyond l_p under the
   threats of ``config.eval.beyond_lp``; returns the summary, also written to
-  ``workdir/<output_name>.json`` (and per-point ``.csv``).
+  ``workdir/<output_name>.json`` (and per-point ``.csv``), with the config
+  and its provenance (`workdir.describe`). The attacks' random starts come
+  from ``config.seed``.
 
   Raises:
     ValueError: a bad ``config.eval.beyond_lp`` setting (before anything
@@ -218,6 +250,8 @@ def certify_checkpoint_beyond_lp(
     methods=tuple(settings.methods),
     rows_per_batch=settings.rows_per_batch,
     log=log,
+    key=jax.random.key(config.seed),
+    progress_bar=progress_bar,
   )
   summary = dict(
     summary,
@@ -225,6 +259,7 @@ def certify_checkpoint_beyond_lp(
     dataset=info.name,
     workdir=os.path.abspath(workdir),
     settings=json.loads(json.dumps(settings.to_dict())),
+    **workdir_lib.describe(config),
   )
   report.write_report(workdir, records, summary, name=output_name)
   if log:

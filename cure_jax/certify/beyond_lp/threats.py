@@ -36,9 +36,10 @@ FAMILY_DESCRIPTIONS = {
 class Threat(NamedTuple):
   """A threat model with its certification regions and empirical attack.
 
-  ``attack(apply_fn, variables, images, labels, points, hints) -> [B]`` bool:
-  correctly classified and not broken (points outside ``points`` count as
-  classified); ``hints`` is the [B] `RegionResult.failing_region`.
+  ``attack(apply_fn, variables, images, labels, points, hints, key) -> [B]``
+  bool: correctly classified and not broken (points outside ``points`` count
+  as classified); ``hints`` is the [B] `RegionResult.failing_region`, ``key``
+  the PRNG key of any random starts.
   """
 
   region: regions.RegionThreat
@@ -70,7 +71,17 @@ def patch_threat(size: int, image_shape, *, attack_steps: int = 10) -> Threat:
 
 
 def _patch_attack(
-  apply_fn, variables, images, labels, points, hints, *, size, positions, steps
+  apply_fn,
+  variables,
+  images,
+  labels,
+  points,
+  hints,
+  key,
+  *,
+  size,
+  positions,
+  steps,
 ):
   # The failing position first; then small chunks, so that a broken point
   # stops after the chunk that broke it.
@@ -82,14 +93,17 @@ def _patch_attack(
     size=size,
     positions=positions,
     steps=steps,
+    key=key,
     points=points,
     rows_per_batch=ATTACK_ROWS,
     first_positions=hints,
   )
 
 
-def _grid_attack(apply_fn, variables, images, labels, points, hints, *, grid):
-  del hints  # failing sub-boxes do not index the grid
+def _grid_attack(
+  apply_fn, variables, images, labels, points, hints, key, *, grid
+):
+  del hints, key  # failing sub-boxes do not index the grid; no randomness
   return region_attacks.grid_attack(
     apply_fn,
     variables,
