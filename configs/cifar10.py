@@ -88,6 +88,7 @@ def get_config(arg=None):
   c.num_epochs, c.lr_milestones = row["num_epochs"], row["lr_milestones"]
   c.eps_ramp_start, c.eps_ramp_end = 1, 82
   c.eval.eps_linf, c.eval.eps_l2, c.eval.eps_l1 = row["eval_eps"]
+  c.eps_l1_train = c.eval.eps_l1  # three-norm CURE trains at the l1 radius
   # CNN7's hidden layers (up to 64k neurons) make CROWN's intermediate
   # bounds cost memory quadratic in their width: bound them by IBP.
   c.eval.methods = ("ibp", "crown_ibp", "alpha_crown_ibp")

@@ -81,6 +81,7 @@ def get_config(arg=None):
   c.num_epochs, c.lr_milestones = 70, (50, 60)
   c.eps_ramp_start, c.eps_ramp_end = 1, 22
   c.eval.eps_linf, c.eval.eps_l2, c.eval.eps_l1 = row["eval_eps"]
+  c.eps_l1_train = c.eval.eps_l1  # three-norm CURE trains at the l1 radius
   config_schema.apply_method(
     c, arg.method, row, finetune_schedule=(14, (10, 12), 4)
   )

@@ -127,6 +127,14 @@ TRAINING_METHODS: dict[str, TrainingMethod] = {
       step_cost=(7.74, 7.29),
     ),
     TrainingMethod(
+      "l1",
+      "the certified l1 loss (config.l1_variant)",
+      {},
+      "l1",
+      False,
+      step_cost=(17.7, 17.7),
+    ),
+    TrainingMethod(
       "cure_joint",
       "CURE-Joint: (1 − α)·L∞ + α·L2",
       {"cure.combine": "joint"},
@@ -302,13 +310,21 @@ def base_config() -> ml_collections.ConfigDict:
   c.eps_l2_train = 0.75
   c.lambda_l2 = 1e-5
   c.l2_variant = "sabr_box"  # sabr_box (reference) | certified (ours)
+  # l1 (beyond the paper, docs/method.md §9): the training radius, the
+  # certified variant's ball fraction, and which certified l1 loss.
+  c.eps_l1_train = 1.0
+  c.lambda_l1 = 0.1
+  c.l1_variant = "crown_ibp"  # crown_ibp (whole ball) | certified (small ball)
+  # The norms CURE's terms combine: the paper's two, or ("linf", "l2", "l1").
+  c.train_norms = ("linf", "l2")
   c.pgd_steps = 8
   c.pgd_step_fraction = 0.25  # PGD training baselines: step = fraction·ε
 
   c.cure = ml_collections.ConfigDict(
     dict(
       combine="max",  # joint | max | random
-      alpha=0.5,  # Joint weight of the l2 loss
+      alpha=0.5,  # Joint weight of the l2 loss (two norms)
+      weights=(),  # Joint weights per train norm over N norms (() = uniform)
       ba_weight=0.0,  # bound alignment λ_BA (0 = off)
       ba_direction="l2_to_linf",  # l2_to_linf (MNIST) | linf_to_l2
       ba_stop_gradient=False,

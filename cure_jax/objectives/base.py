@@ -37,6 +37,7 @@ class StepContext(NamedTuple):
     rng: this step's PRNG key (derived from the seed and the step).
     eps_linf: the ramped l∞ training radius.
     eps_l2: the ramped l2 training radius.
+    eps_l1: the ramped l1 training radius (three-norm CURE, method l1).
     kappa: weight of the clean cross-entropy (1 during natural epochs).
     reg_scale: weight of the warm-up regularizers, 0.5·(1 − ε/ε_end) during
       the ramp and 0 afterwards (Shi et al., 2021).
@@ -47,6 +48,7 @@ class StepContext(NamedTuple):
   eps_l2: jax.Array
   kappa: jax.Array
   reg_scale: jax.Array
+  eps_l1: jax.Array = 0.0
 
 
 Objective = Callable[

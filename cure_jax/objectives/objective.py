@@ -45,12 +45,15 @@ from cure_jax.objectives.base import (
   cross_entropy,
   moment_subset,
 )
+from cure_jax.types import NORMS
 
 L2_VARIANTS = {
   "sabr_box": robust_losses.l2_sabr_box,
   "certified": robust_losses.l2_certified,
 }
+L1_VARIANTS = ("crown_ibp", "certified")
 CURE_COMBINATIONS = ("joint", "max", "random")
+PAPER_NORMS = ("linf", "l2")  # CURE as published; other sets go beyond it
 # BatchNorm moments of the bounded pass once κ = 0 (`config.bn_moments`).
 CLEAN, MIDPOINT = "clean", "midpoint"
 
@@ -64,10 +67,15 @@ class ObjectiveOptions(NamedTuple):
     lambda_linf: SABR's l∞ box fraction λ∞ (1: plain IBP).
     lambda_l2: the l2 box fraction λ2.
     l2_variant: a key of `L2_VARIANTS`.
+    lambda_l1: the certified l1 variant's ball fraction λ1.
+    l1_variant: one of `L1_VARIANTS`.
+    train_norms: the norms CURE combines (`PAPER_NORMS`, or a subset of
+      `NORMS` with at least two).
     pgd_steps: PGD steps (SABR's box centre, PGD training).
     pgd_step_fraction: PGD training's step size over ε.
     combine: how CURE combines its l∞ and l2 losses (`CURE_COMBINATIONS`).
-    alpha: CURE-Joint's weight of the l2 loss.
+    alpha: CURE-Joint's weight of the l2 loss (the paper's two norms).
+    weights: CURE-Joint's weight per train norm (empty: uniform).
     ba_weight: the bound-alignment weight λ_BA (0: off).
     ba_direction: "l2_to_linf" or "linf_to_l2".
     ba_stop_gradient: stop the gradient through bound alignment's target.
@@ -87,10 +95,14 @@ class ObjectiveOptions(NamedTuple):
   lambda_linf: float
   lambda_l2: float
   l2_variant: str
+  lambda_l1: float
+  l1_variant: str
+  train_norms: tuple[str, ...]
   pgd_steps: int
   pgd_step_fraction: float
   combine: str
   alpha: float
+  weights: tuple[float, ...]
   ba_weight: float
   ba_direction: str
   ba_stop_gradient: bool
@@ -119,10 +131,14 @@ def objective_options(config: ml_collections.ConfigDict) -> ObjectiveOptions:
     lambda_linf=config.lambda_linf,
     lambda_l2=config.lambda_l2,
     l2_variant=config.l2_variant,
+    lambda_l1=config.lambda_l1,
+    l1_variant=config.l1_variant,
+    train_norms=tuple(config.train_norms),
     pgd_steps=config.pgd_steps,
     pgd_step_fraction=config.pgd_step_fraction,
     combine=config.cure.combine,
     alpha=config.cure.alpha,
+    weights=tuple(config.cure.weights),
     ba_weight=config.cure.ba_weight,
     ba_direction=config.cure.ba_direction,
     ba_stop_gradient=bool(config.cure.ba_stop_gradient),
@@ -150,6 +166,22 @@ def _check_options(options: ObjectiveOptions) -> None:
       f"unknown cure.combine {options.combine!r}; valid ones are "
       f"{list(CURE_COMBINATIONS)}."
     )
+  if options.l1_variant not in L1_VARIANTS:
+    raise ValueError(
+      f"unknown l1_variant {options.l1_variant!r}; valid ones are "
+      f"{list(L1_VARIANTS)}."
+    )
+  norms = options.train_norms
+  if len(set(norms)) != len(norms) or len(norms) < 2 or set(norms) - set(NORMS):
+    raise ValueError(
+      f"train_norms must be two or three distinct norms of {NORMS}; got "
+      f"{norms!r}."
+    )
+  if options.weights and len(options.weights) != len(norms):
+    raise ValueError(
+      f"cure.weights needs one weight per train norm {norms}; got "
+      f"{options.weights!r} (or () for uniform weights)."
+    )
   if options.method.term == "cure" and options.combine == "random":
     if options.ba_weight:
       raise ValueError(
@@ -165,7 +197,13 @@ def _check_bn_moments(options: ObjectiveOptions) -> None:
       f"unknown bn_moments {options.bn_moments!r}; valid ones are "
       f"{[CLEAN, MIDPOINT]}."
     )
-  if options.bn_moments == MIDPOINT and not options.method.ibp_only:
+  l1_by_crown = options.l1_variant == "crown_ibp" and (
+    options.method.term == "l1"
+    or (options.method.term == "cure" and "l1" in options.train_norms)
+  )
+  if options.bn_moments == MIDPOINT and (
+    not options.method.ibp_only or l1_by_crown
+  ):
     ibp_only = [
       m.name for m in config_schema.TRAINING_METHODS.values() if m.ibp_only
     ]
@@ -206,6 +244,32 @@ def _l2_loss(opts: ObjectiveOptions, network, batch, ctx, key):
     key=key,
     pgd_steps=opts.pgd_steps,
   )
+
+
+def _l1_loss(opts: ObjectiveOptions, network, batch, ctx, key):
+  if opts.l1_variant == "certified":
+    return robust_losses.l1_certified(
+      network,
+      batch.images,
+      batch.labels,
+      ctx.eps_l1,
+      lam=opts.lambda_l1,
+      key=key,
+      pgd_steps=opts.pgd_steps,
+    )
+  return robust_losses.l1_crown_ibp(
+    network, batch.images, batch.labels, ctx.eps_l1
+  )
+
+
+def _l1_key(ctx: StepContext) -> jax.Array:
+  return jax.random.fold_in(
+    ctx.rng, 3
+  )  # beside `_keys`, which stay as they were
+
+
+# Per-norm certified loss (opts, network, batch, ctx, key) -> RobustLoss.
+_NORM_LOSSES = {"linf": _linf_loss, "l2": _l2_loss, "l1": _l1_loss}
 
 
 def _certified_metrics(prefix, robust):
@@ -249,6 +313,14 @@ def _l2_term(opts, network, batch, ctx):
   robust = _l2_loss(opts, network, batch, ctx, _keys(ctx)[1])
   return robust.loss.mean(), {
     **_certified_metrics("l2", robust),
+    **_updated_stats(robust),
+  }
+
+
+def _l1_term(opts, network, batch, ctx):
+  robust = _l1_loss(opts, network, batch, ctx, _l1_key(ctx))
+  return robust.loss.mean(), {
+    **_certified_metrics("l1", robust),
     **_updated_stats(robust),
   }
 
@@ -305,6 +377,8 @@ def _take(batch: Batch, idx) -> Batch:
 
 def _cure_term(opts, network, batch, ctx):
   """CURE: l∞ and l2 small-box losses combined, plus bound alignment."""
+  if opts.train_norms != PAPER_NORMS:
+    return _cure_over_norms(opts, network, batch, ctx)
   k_inf, k_2, k_split = _keys(ctx)
   if opts.combine == "random":
     linf_idx, l2_idx = multi_norm.random_partition(
@@ -340,6 +414,57 @@ def _cure_term(opts, network, batch, ctx):
   return loss, metrics
 
 
+def _cure_over_norms(opts, network, batch, ctx):
+  """CURE over ``opts.train_norms`` (docs/method.md §9): each norm's
+  certified loss, combined by Joint, Max or Random over N norms, plus bound
+  alignment of every other norm with l∞."""
+  norms = [n for n in NORMS if n in opts.train_norms]
+  k_inf, k_2, k_split = _keys(ctx)
+  keys = {"linf": k_inf, "l2": k_2, "l1": _l1_key(ctx)}
+  if opts.combine == "random":
+    parts = multi_norm.random_partition_over(
+      k_split, batch.labels.shape[0], len(norms)
+    )
+    robust = {
+      n: _NORM_LOSSES[n](opts, network, _take(batch, idx), ctx, keys[n])
+      for n, idx in zip(norms, parts)
+    }
+    loss = multi_norm.random_loss_over({n: r.loss for n, r in robust.items()})
+  else:
+    robust = {
+      n: _NORM_LOSSES[n](opts, network, batch, ctx, keys[n]) for n in norms
+    }
+    losses = {n: r.loss for n, r in robust.items()}
+    loss = (
+      multi_norm.joint_over(
+        losses, dict(zip(opts.train_norms, opts.weights)) or None
+      )
+      if opts.combine == "joint"
+      else multi_norm.maximum_over(losses)
+    )
+  metrics = {}
+  for n, r in robust.items():
+    metrics.update(_certified_metrics(n, r))
+  metrics.update(_updated_stats(robust[norms[0]]))
+  if opts.ba_weight:
+    ba = bound_alignment.bound_alignment_over(
+      {n: r.logits for n, r in robust.items()},
+      {n: r.certified for n, r in robust.items()},
+      reference=norms[0],
+      direction=_DIRECTION_OVER[opts.ba_direction],
+      stop_gradient=opts.ba_stop_gradient,
+    )
+    loss = loss + opts.ba_weight * ba
+    metrics["bound_alignment"] = ba
+  return loss, metrics
+
+
+# The two-norm bound-alignment directions, as directions over N norms.
+_DIRECTION_OVER = {
+  two: over for over, two in bound_alignment.TWO_NORM_DIRECTION.items()
+}
+
+
 # Robust-term kind (`TrainingMethod.term`) -> the term, a function
 # (options, network, batch, ctx) -> (mean loss, metrics).
 RobustTerm = Callable[
@@ -352,6 +477,7 @@ ROBUST_TERMS: dict[str, RobustTerm] = {
   "pgd_linf": functools.partial(_pgd_term, "linf"),
   "pgd_l2": functools.partial(_pgd_term, "l2"),
   "l2": _l2_term,
+  "l1": _l1_term,
   "cure": _cure_term,
   "patch": _patch_term,
 }

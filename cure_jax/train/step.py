@@ -36,6 +36,7 @@ class Schedules(NamedTuple):
 
   eps_linf: Callable
   eps_l2: Callable
+  eps_l1: Callable
   kappa: Callable
   ramp_start: int  # step
   ramp_end: int  # step
@@ -51,6 +52,7 @@ def make_schedules(
   return Schedules(
     eps_linf=schedules.smoothed_eps_schedule(config.eps_linf, start, end),
     eps_l2=schedules.smoothed_eps_schedule(config.eps_l2_train, start, end),
+    eps_l1=schedules.smoothed_eps_schedule(config.eps_l1_train, start, end),
     kappa=schedules.kappa_schedule(natural_end),
     ramp_start=start,
     ramp_end=end,
@@ -98,6 +100,7 @@ def step_context(config, sched: Schedules, step: jax.Array) -> StepContext:
     rng=jax.random.fold_in(jax.random.key(config.seed), step),
     eps_linf=eps_linf,
     eps_l2=sched.eps_l2(step),
+    eps_l1=sched.eps_l1(step),
     kappa=sched.kappa(step),
     reg_scale=reg_scale,
   )
@@ -153,6 +156,7 @@ def make_train_step(
       metrics,
       eps_linf=ctx.eps_linf,
       eps_l2=ctx.eps_l2,
+      **({"eps_l1": ctx.eps_l1} if "l1" in config.train_norms else {}),
       kappa=ctx.kappa,
       grad_norm=optax.tree_utils.tree_norm(grads),
     )
