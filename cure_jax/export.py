@@ -36,33 +36,35 @@ from cure_jax import cli, log_setup
 from cure_jax import workdir as workdir_lib
 from cure_jax.types import PIXEL_DOMAIN, PyTree
 
-_CONFIG = config_flags.DEFINE_config_file(
-  "config",
-  None,
-  "Training config of the checkpoint (default: the one the run recorded in "
-  "--workdir).",
-  lock_config=True,
-)
-_WORKDIR = flags.DEFINE_string("workdir", None, "The run's directory.")
-_EXAMPLES = flags.DEFINE_integer(
-  "examples", 10, "Properties for the first N test points."
-)
-_NORMS = flags.DEFINE_list(
-  "norms", ["linf"], "Threat models to export; VNNLIB expresses linf only."
-)
-_EPS = flags.DEFINE_float(
-  "eps", None, "l∞ radius (default: config.eval.eps_linf)."
-)
-_TIMEOUT = flags.DEFINE_float(
-  "timeout", 60.0, "Seconds per instance in instances.csv."
-)
-_TOLERANCE = flags.DEFINE_float(
-  "tolerance", 1e-5, "Largest allowed |ONNX − JAX| logit difference."
-)
-_OUT_DIR = flags.DEFINE_string(
-  "out_dir", None, "Benchmark folder (default: <workdir>/vnncomp)."
-)
-flags.mark_flags_as_required(["workdir"])
+
+def define_flags() -> None:
+  """The command line's flags; defined only when the module runs as a
+  program, so that importing the library defines none (another program's
+  ``--config`` or ``--workdir`` would clash)."""
+  config_flags.DEFINE_config_file(
+    "config",
+    None,
+    "Training config of the checkpoint (default: the one the run recorded in "
+    "--workdir).",
+    lock_config=True,
+  )
+  flags.DEFINE_string("workdir", None, "The run's directory.")
+  flags.DEFINE_integer(
+    "examples", 10, "Properties for the first N test points."
+  )
+  flags.DEFINE_list(
+    "norms", ["linf"], "Threat models to export; VNNLIB expresses linf only."
+  )
+  flags.DEFINE_float("eps", None, "l∞ radius (default: config.eval.eps_linf).")
+  flags.DEFINE_float("timeout", 60.0, "Seconds per instance in instances.csv.")
+  flags.DEFINE_float(
+    "tolerance", 1e-5, "Largest allowed |ONNX − JAX| logit difference."
+  )
+  flags.DEFINE_string(
+    "out_dir", None, "Benchmark folder (default: <workdir>/vnncomp)."
+  )
+  flags.mark_flags_as_required(["workdir"])
+
 
 ONNX_FILE = os.path.join("onnx", "model.onnx")
 VNNLIB_DIR = "vnnlib"
@@ -300,7 +302,8 @@ def export_checkpoint(
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  workdir = _WORKDIR.value
+  args = flags.FLAGS
+  workdir = args.workdir
   log_setup.setup(workdir if os.path.isdir(workdir) else None, "export")
   import jax  # pylint: disable=g-import-not-at-top
 
@@ -311,12 +314,12 @@ def main(argv):
     export_checkpoint(
       config,
       workdir,
-      _OUT_DIR.value,
-      examples=_EXAMPLES.value,
-      norms=_NORMS.value,
-      eps=_EPS.value,
-      timeout=_TIMEOUT.value,
-      tolerance=_TOLERANCE.value,
+      args.out_dir,
+      examples=args.examples,
+      norms=args.norms,
+      eps=args.eps,
+      timeout=args.timeout,
+      tolerance=args.tolerance,
     )
   except (
     FileNotFoundError,
@@ -330,4 +333,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main, flags_parser=cli.parse_flags)

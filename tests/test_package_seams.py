@@ -23,7 +23,12 @@ ALLOWED = {
     "perturbations",
   },
 }
-SHARED = {"types", "checkpoint", "config_schema"}  # modules any package may use
+SHARED = {
+  "types",
+  "checkpoint",
+  "config_schema",
+  "workdir",
+}  # any package may use
 
 
 def _imported_packages(path: pathlib.Path) -> set[str]:
