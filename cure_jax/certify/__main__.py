@@ -7,7 +7,9 @@ Restores the newest checkpoint in ``workdir`` (trained with the same
 config), takes the first ``config.eval.certify_examples`` test points (the
 paper's 1000), certifies each at the setting's radii (``config.eval.eps_*``
 for ``config.eval.norms``) by the cascade ``config.eval.methods`` (IBP →
-CROWN → α-CROWN, stopping at the first stage that certifies), attacks each
+CROWN → α-CROWN, stopping at the first stage that certifies; each stage in
+chunks that fit ``config.eval.memory_budget_gb``; then, when
+``config.eval.bab_seconds`` > 0, branch and bound on the rest), attacks each
 with PGD (``config.eval.pgd_steps`` × ``pgd_restarts``, margin loss) for
 the empirical upper bound, and writes ``workdir/certify.csv`` (one row per
 point) and ``workdir/certify.json`` (the summary, with seconds per point per
@@ -94,6 +96,8 @@ def certify_checkpoint(
     methods=tuple(config.eval.methods),
     alpha_steps=config.eval.alpha_steps,
     pgd=pgd,
+    memory_budget_gb=config.eval.get("memory_budget_gb", 0.0),
+    bab_seconds=config.eval.get("bab_seconds", 0.0),
     log=log,
   )
   summary = dict(
