@@ -22,8 +22,8 @@ constraints on some ReLU inputs — whose union covers X:
 A point ends *verified* (no domain left: every margin's lower bound is
 positive on every part of X), *falsified* (a point of X the model gets wrong,
 confirmed by a plain forward pass of ``apply_fn`` and a membership test in
-float64) or *unknown* (its time ran out, or a fully split domain could not be
-decided). The network must be a chain of affine operations and ReLUs
+float64) or *unknown* (its time ran out, the pool of open domains outgrew a
+quarter of the memory budget, or a fully split domain could not be decided). The network must be a chain of affine operations and ReLUs
 (`bounds.splits.relu_chain`); others raise `UnsupportedPrimitiveError`.
 """
 
@@ -307,7 +307,7 @@ class _Verifier:
             f"{budget / memory_budget.GIB:.3g} GiB; raise "
             f"--config.eval.memory_budget_gb or leave eval.bab_seconds at 0."
           )
-        half = max(1, padded // 8)  # the next smaller executable size
+        half = max(1, padded // 4)  # the next smaller executable size
         self.max_domains = min(self.max_domains, half)
         return _concat(
           [
@@ -331,11 +331,11 @@ class _Verifier:
 
 
 def _padded_size(size: int) -> int:
-  """1, or the least of 2, 16, 128, … (×8) at least ``size``: few
+  """1, or the least of 2, 8, 32, 128, … (×4) at least ``size``: few
   executables to compile (each costs seconds), little padding to run."""
   padded = 1 if size <= 1 else 2
   while padded < size:
-    padded *= 8
+    padded *= 4
   return padded
 
 
@@ -375,7 +375,13 @@ def _fingerprint(variables: PyTree) -> str:
 def verifier_for(apply_fn, variables, norm, settings, image_shape) -> _Verifier:
   """The verifier of a model's weights for one norm, cached by the weights'
   digest (its executables are reused across points and batches)."""
-  key = (apply_fn, _fingerprint(variables), norm, settings, tuple(image_shape))
+  key = (
+    apply_fn,
+    _fingerprint(variables),
+    norm,
+    settings._replace(seconds=0.0),  # the time limit compiles nothing
+    tuple(image_shape),
+  )
   if key not in _VERIFIERS:
     chain = splits.relu_chain(
       lambda x: apply_fn(variables, x, train=False),
@@ -506,7 +512,9 @@ def verify_point(
     return clock.result(FALSIFIED, float(np.min(out.best)), adversarial, 1)
   pool = _pool_from(root, out)
   count = 1
-  while len(pool.best) and not clock.expired():
+  pool_budget = budget // 4  # the open domains live in host memory
+  while len(pool.best) and not clock.expired() and _nbytes(pool) <= pool_budget:
+    step_start = time.perf_counter() - verifier.compile_seconds
     open_lower = np.where(done, np.inf, pool.best).min(axis=1)
     order = np.argsort(open_lower, kind="stable")
     take = min(len(order), max(1, verifier.max_domains // 2))
@@ -522,10 +530,17 @@ def verify_point(
     children = _pool_from(children, out)
     keep = ~np.all(done | (children.best > 0), axis=1)
     pool = _concat([rest, _take(children, keep)])
+    clock.last_step = (
+      time.perf_counter() - verifier.compile_seconds - step_start
+    )
   if not len(pool.best):
     return clock.result(VERIFIED, math.inf, None, count)
   lower = float(np.where(done, np.inf, pool.best).min())
   return clock.result(UNKNOWN, lower, None, count)
+
+
+def _nbytes(pool: _Pool) -> int:
+  return sum(leaf.nbytes for leaf in jax.tree.leaves(pool))
 
 
 def _pool_from(pool: _Pool, out: _Step) -> _Pool:
@@ -548,13 +563,15 @@ class _Clock:
     self.seconds = seconds
     self.verifier = verifier
     self.compile_at_start = verifier.compile_seconds
+    self.last_step = 0.0  # seconds of the latest step, compilation excluded
 
   def elapsed(self) -> float:
     compiling = self.verifier.compile_seconds - self.compile_at_start
     return time.perf_counter() - self.start - compiling
 
   def expired(self) -> bool:
-    return self.elapsed() > self.seconds
+    """Whether another step, as long as the last one, would overrun."""
+    return self.elapsed() + self.last_step > self.seconds
 
   def result(self, status, lower, counterexample, domains) -> PointResult:
     return PointResult(status, lower, counterexample, domains, self.elapsed())
