@@ -80,11 +80,19 @@ def test_fit_batch_shrinks_until_it_fits():
     sizes.append(size)
     return _FakeCompiled(size)
 
-  chunk, compiled = memory_budget.fit_batch(compile_at, 100, 2500, "stage x")
+  chunk, compiled = memory_budget.fit_batch(
+    compile_at, 100, 2500, "stage x", overhead=1.0
+  )
   assert chunk == 24 and compiled.size == 24  # 10 + 2400 <= 2500
   assert sizes == [100, 24]
   chunk, _ = memory_budget.fit_batch(_FakeCompiled, 20, 10**6, "stage x")
   assert chunk == 20  # fits: no second compilation
+  # The runtime's overhead counts: 1.5 · (10 + 100·16) > 2000 >= 1610, and
+  # the chunk at least halves.
+  chunk, _ = memory_budget.fit_batch(
+    _FakeCompiled, 16, 2000, "stage x", overhead=1.5
+  )
+  assert chunk == 8
 
 
 def test_fit_batch_uses_the_estimate_without_analysis():

@@ -299,6 +299,8 @@ class _Verifier:
         )
       self.compile_seconds += time.perf_counter() - begin
       need = memory_budget.compiled_bytes(compiled)
+      if need is not None:
+        need = memory_budget.RUNTIME_OVERHEAD * need
       if need is not None and need > budget:
         if padded == 1:
           raise memory_budget.MemoryBudgetError(
