@@ -397,6 +397,8 @@ def base_config() -> ml_collections.ConfigDict:
       # backward pass per hidden unit: affordable on small CNNs, not CNN7.
       methods=("ibp", "crown_ibp", "alpha_crown_ibp"),
       alpha_steps=20,
+      memory_budget_gb=0.0,  # GiB per bound stage (0 = half the free memory)
+      bab_seconds=0.0,  # β-CROWN branch and bound per open point (0 = off)
       eps_linf=0.1,
       eps_l2=0.5,
       eps_l1=1.0,

@@ -2,13 +2,15 @@
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cure_jax import attacks
-from cure_jax.certify import cascade
+from cure_jax import attacks, bounds
+from cure_jax.certify import cascade, evaluate
+from cure_jax.certify import report as report_lib
 from cure_jax.models import MLP, ConvNet
 
 NUM_CLASSES = 3
@@ -357,3 +359,145 @@ def test_gathering_under_jit_is_refused():
         methods=("ibp",),
       )
     )(x)
+
+
+@pytest.fixture(scope="module")
+def mlp_bab(mlp):
+  variables, x, labels, _, _ = mlp
+  return cascade.certify_batch(
+    MLP_MODEL.apply,
+    variables,
+    x,
+    labels,
+    norm="linf",
+    eps=LINF_EPS,
+    num_classes=NUM_CLASSES,
+    alpha_steps=ALPHA_STEPS,
+    return_stage_reports=True,
+    bab_seconds=3.0,
+  )
+
+
+def test_branch_and_bound_extends_the_cascade_soundly(mlp, mlp_bab):
+  variables, x, labels, before, _ = mlp
+  result, reports = mlp_bab
+  certified, falsified = (
+    np.asarray(result.certified),
+    np.asarray(result.falsified),
+  )
+  assert np.all(certified >= np.asarray(before.certified))
+  assert not np.any(certified & falsified)
+  assert not np.any(falsified[MISCLASSIFIED])  # only correct points
+  by_bab = certified & ~np.asarray(before.certified)
+  bab_index = len(cascade.DEFAULT_BOUND_METHODS)
+  np.testing.assert_array_equal(
+    np.asarray(result.method_index) == bab_index, by_bab
+  )
+  assert [r.method for r in reports] == [
+    *cascade.DEFAULT_BOUND_METHODS,
+    cascade.BAB_STAGE,
+  ]
+  pending = np.asarray(before.certified).size - len(MISCLASSIFIED)
+  pending -= int(np.sum(before.certified))
+  assert reports[-1].points == pending
+  assert reports[-1].certified == int(by_bab.sum())
+  assert reports[-1].falsified == int(falsified.sum())
+  # BaB decides some of the points α-CROWN left open.
+  assert by_bab.sum() + falsified.sum() > 0
+  _assert_sound(
+    MLP_MODEL,
+    variables,
+    x,
+    labels,
+    result,
+    "linf",
+    LINF_EPS,
+    jax.random.PRNGKey(8),
+  )
+
+
+def test_branch_and_bound_is_refused_under_jit(mlp):
+  variables, x, labels, _, _ = mlp
+  with pytest.raises(ValueError, match="bab_seconds=0"):
+    jax.jit(
+      lambda images: (
+        cascade.certify_batch(
+          MLP_MODEL.apply,
+          variables,
+          images,
+          labels,
+          norm="linf",
+          eps=0.01,
+          num_classes=NUM_CLASSES,
+          gather=False,
+          bab_seconds=1.0,
+        ).certified
+      )
+    )(x)
+  with pytest.raises(ValueError, match="bab_seconds"):
+    cascade.certify_batch(
+      MLP_MODEL.apply,
+      variables,
+      x,
+      labels,
+      norm="linf",
+      eps=0.01,
+      num_classes=NUM_CLASSES,
+      bab_seconds=-1.0,
+    )
+
+
+class _TanhNet(nn.Module):
+  @nn.compact
+  def __call__(self, x, train):
+    x = jnp.tanh(nn.Dense(8)(x.reshape(x.shape[0], -1)))
+    return nn.Dense(NUM_CLASSES)(x)
+
+
+def test_branch_and_bound_names_an_unsupported_network():
+  model = _TanhNet()
+  x = jax.random.uniform(jax.random.PRNGKey(0), (4, 2))
+  variables = model.init(jax.random.PRNGKey(1), x, train=False)
+  labels = np.asarray(jnp.argmax(model.apply(variables, x, train=False), -1))
+  with pytest.raises(bounds.UnsupportedPrimitiveError, match="'tanh'"):
+    cascade.certify_batch(
+      model.apply,
+      variables,
+      x,
+      labels,
+      norm="linf",
+      eps=0.5,
+      num_classes=NUM_CLASSES,
+      methods=("ibp",),
+      bab_seconds=1.0,
+    )
+
+
+def test_evaluate_reports_falsified_points(mlp, tmp_path):
+  variables, x, labels, _, _ = mlp
+  records, summary = evaluate(
+    MLP_MODEL.apply,
+    variables,
+    np.asarray(x),
+    labels,
+    radii={"linf": 0.04},
+    num_classes=NUM_CLASSES,
+    batch_size=BATCH,
+    alpha_steps=ALPHA_STEPS,
+    pgd=None,
+    log=None,
+    bab_seconds=2.0,
+  )
+  assert tuple(records) == report_lib.record_columns(["linf"], (), ["linf"])
+  falsified = records["falsified_linf"]
+  assert not np.any(falsified & records["certified_linf"])
+  assert not np.any(falsified & ~records["correct"])
+  assert summary["falsified"]["linf"]["count"] == int(falsified.sum())
+  assert summary["methods"][-1] == cascade.BAB_STAGE
+  by_stage = summary["certified"]["linf"]["by_stage"]
+  assert sum(by_stage.values()) == summary["certified"]["linf"]["count"]
+  assert "falsified" in report_lib.format_table(summary).splitlines()[1]
+  csv_path, _ = report_lib.write_report(str(tmp_path), records, summary)
+  np.testing.assert_array_equal(
+    report_lib.read_csv(csv_path)["falsified_linf"], falsified
+  )

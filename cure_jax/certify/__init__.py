@@ -16,7 +16,9 @@ every margin lower bound over the ball ∩ [0, 1] is positive; for the union
 (docs/method.md §1) when that holds for every norm evaluated.
 """
 
+from cure_jax.certify.branch_and_bound import BaBSettings, verify_point
 from cure_jax.certify.cascade import (
+  BAB_STAGE,
   BALLS,
   BOUND_METHODS,
   DEFAULT_BOUND_METHODS,
@@ -35,6 +37,7 @@ from cure_jax.certify.empirical import (
   pgd_robust,
 )
 from cure_jax.certify.evaluate import evaluate
+from cure_jax.certify.memory_budget import MemoryBudgetError
 from cure_jax.certify.radii import RadiusSearch, certified_radii, pgd_radii
 from cure_jax.certify.report import (
   STAGE_NONE,
@@ -52,7 +55,10 @@ from cure_jax.certify.report import (
 )
 
 __all__ = (
+  "BAB_STAGE",
   "BALLS",
+  "BaBSettings",
+  "MemoryBudgetError",
   "CascadeResult",
   "DEFAULT_BOUND_METHODS",
   "BOUND_METHODS",
@@ -79,6 +85,7 @@ __all__ = (
   "read_json",
   "record_columns",
   "summarize",
+  "verify_point",
   "write_csv",
   "write_json",
   "write_report",

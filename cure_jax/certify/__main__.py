@@ -8,7 +8,9 @@ recorded there (``config.json``; ``--config=...`` instead names one, for runs
 that recorded none), takes the first ``config.eval.certify_examples`` test points (the
 paper's 1000), certifies each at the setting's radii (``config.eval.eps_*``
 for ``config.eval.norms``) by the cascade ``config.eval.methods`` (IBP →
-CROWN → α-CROWN, stopping at the first stage that certifies), attacks each
+CROWN → α-CROWN, stopping at the first stage that certifies; each stage in
+chunks that fit ``config.eval.memory_budget_gb``; then, when
+``config.eval.bab_seconds`` > 0, branch and bound on the rest), attacks each
 with PGD (``config.eval.pgd_steps`` × ``pgd_restarts``, margin loss) for
 the empirical upper bound (random starts from ``config.seed``), and writes
 ``workdir/certify.csv`` (one row per point) and ``workdir/certify.json`` (the
@@ -119,6 +121,8 @@ def certify_checkpoint(
     alpha_steps=config.eval.alpha_steps,
     pgd=pgd,
     key=jax.random.PRNGKey(config.seed),
+    memory_budget_gb=config.eval.memory_budget_gb,
+    bab_seconds=config.eval.bab_seconds,
     log=log,
     keep_margins=radius_search is not None,
     radius_search=radius_search,

@@ -23,11 +23,24 @@ impossible, so ``gather=False`` runs every stage on the full batch (skipped
 by `jax.lax.cond` when nothing is pending) and merges the results with masks;
 both modes give the same certificates.
 
+Memory. Before a gathered stage runs, XLA's buffer assignment of its
+executable tells how much memory it needs (`memory_budget`); a stage over
+the budget (``memory_budget_gb``, by default half the memory available)
+runs in chunks that fit, and one that does not fit even for a single point
+raises `memory_budget.MemoryBudgetError` naming the stage, the model and the
+budget — never an out-of-memory abort.
+
+Branch and bound. With ``bab_seconds > 0`` the points the bound stages left
+open go to β-CROWN branch and bound (`branch_and_bound`), up to that many
+seconds each: it certifies some ("bab" stage) and finds checked
+counterexamples for others (``falsified``); the rest stay undecided.
+
 Certification runs in float32 (parameters and inputs are cast) under
 `certification_precision()`.
 """
 
 import functools
+import time
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -36,7 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cure_jax import bounds
-from cure_jax.certify import stage_timing
+from cure_jax.certify import branch_and_bound, memory_budget, stage_timing
 from cure_jax.models.call_adapter import adapt_apply
 from cure_jax.parallel.precision import cast_floating, certification_precision
 from cure_jax.types import NORMS, PIXEL_DOMAIN, PyTree
@@ -44,6 +57,8 @@ from cure_jax.types import NORMS, PIXEL_DOMAIN, PyTree
 ApplyFn = Callable[..., jax.Array]
 
 NOT_CERTIFIED = -1
+# The stage name of branch and bound (its method_index is len(methods)).
+BAB_STAGE = "bab"
 DEFAULT_BOUND_METHODS = ("ibp", "crown", "alpha_crown")
 BALLS = {"linf": bounds.LinfBall, "l2": bounds.L2Ball, "l1": bounds.L1Ball}
 # A gathered stage batch has one of the sizes ceil(B / 2^k), k = 0, ..., 4.
@@ -89,14 +104,18 @@ class CascadeResult(NamedTuple):
     method_index: [B] int32, the index in ``methods`` of the stage that
       certified the point, `NOT_CERTIFIED` (-1) if none did.
     margins_lower: [B] float32, min_j of the lower bounds on z_y − z_j from
-      the last stage that bounded the point (the certifying one if
-      certified); −∞, the trivial bound, where no stage ran (misclassified
-      or padding points).
+      the last bound stage that bounded the point (the certifying one if
+      certified by a bound stage); −∞, the trivial bound, where no stage ran
+      (misclassified or padding points).
+    falsified: [B] bool, branch and bound found a point of the input set
+      where the model is wrong (checked by a forward pass); never with
+      ``certified``.
   """
 
   certified: jax.Array
   method_index: jax.Array
   margins_lower: jax.Array
+  falsified: jax.Array
 
 
 class StageReport(NamedTuple):
@@ -109,6 +128,7 @@ class StageReport(NamedTuple):
     certified: points it certified that no earlier stage had.
     compile_seconds: lowering and compiling (≈ 0 once cached).
     run_seconds: bounding, excluding compilation.
+    falsified: points it falsified (branch and bound only).
   """
 
   method: str
@@ -117,6 +137,7 @@ class StageReport(NamedTuple):
   certified: int
   compile_seconds: float
   run_seconds: float
+  falsified: int = 0
 
 
 def _logits(
@@ -241,6 +262,7 @@ def _merge_stage(
     certified=result.certified | newly,
     method_index=jnp.where(newly, jnp.int32(stage), result.method_index),
     margins_lower=jnp.where(active, stage_margin, result.margins_lower),
+    falsified=result.falsified,
   )
 
 
@@ -249,6 +271,7 @@ def _initial_result(batch: int) -> CascadeResult:
     jnp.zeros((batch,), bool),
     jnp.full((batch,), NOT_CERTIFIED, jnp.int32),
     jnp.full((batch,), -jnp.inf, jnp.float32),
+    jnp.zeros((batch,), bool),
   )
 
 
@@ -273,6 +296,117 @@ def _gather_indices(pending: np.ndarray) -> np.ndarray:
   return np.concatenate([rows, np.full(size - len(rows), rows[0])])
 
 
+def _run_stage_within_budget(
+  static: tuple, arrays: tuple, rows: np.ndarray, budget: int
+) -> stage_timing.Timed:
+  """`_min_margin_jit` on ``rows`` of the batch, in chunks that fit
+  ``budget`` bytes (`memory_budget.fit_batch`).
+
+  Args:
+    static: (apply_fn, norm, method, num_classes, alpha_steps).
+    arrays: (variables, images, labels, eps) of the whole batch.
+    rows: the batch rows to bound.
+    budget: bytes.
+
+  Returns:
+    `Timed` with the [len(rows)] min margins.
+
+  Raises:
+    MemoryBudgetError: if one point does not fit.
+  """
+  variables, images, labels, eps = arrays
+
+  def args_at(part):
+    part_eps = jnp.take(eps, part) if jnp.ndim(eps) else eps
+    return (
+      variables,
+      jnp.take(images, part, axis=0),
+      jnp.take(labels, part),
+      part_eps,
+    )
+
+  def compile_at(size):
+    return _min_margin_jit.lower(*static, *args_at(rows[:size])).compile()
+
+  def estimate_at(size):
+    stage = functools.partial(_min_margin, *static)
+    return memory_budget.analytic_bytes(stage, *args_at(rows[:size]))
+
+  apply_fn, norm, method = static[:3]
+  what = (
+    f"bound stage {method!r} ({norm}) of model "
+    f"{memory_budget.describe_model(apply_fn)}"
+  )
+  with certification_precision():
+    start = time.perf_counter()
+    chunk, compiled = memory_budget.fit_batch(
+      compile_at, len(rows), budget, what, estimate_at
+    )
+    compiled_at = time.perf_counter()
+    margins = [
+      np.asarray(jax.block_until_ready(compiled(*args_at(part))))[:used]
+      for part, used in memory_budget.chunk_rows(rows, chunk)
+    ]
+  return stage_timing.Timed(
+    np.concatenate(margins),
+    compiled_at - start,
+    time.perf_counter() - compiled_at,
+  )
+
+
+def _branch_and_bound_stage(
+  apply_fn,
+  variables,
+  images,
+  labels,
+  eps,
+  pending: np.ndarray,
+  *,
+  norm: str,
+  num_classes: int,
+  settings: branch_and_bound.BaBSettings,
+) -> tuple[np.ndarray, np.ndarray, StageReport]:
+  """β-CROWN branch and bound on the pending points, one at a time.
+
+  Returns:
+    ([B] verified, [B] falsified, the stage's report).
+  """
+  batch = len(pending)
+  verified = np.zeros((batch,), bool)
+  falsified = np.zeros((batch,), bool)
+  run_seconds, compile_seconds = 0.0, 0.0
+  eps = np.broadcast_to(np.asarray(eps, np.float32), (batch,))
+  images, labels = np.asarray(images), np.asarray(labels)
+  for i in np.flatnonzero(pending):
+    start = time.perf_counter()
+    outcome = branch_and_bound.verify_point(
+      apply_fn,
+      variables,
+      images[i],
+      int(labels[i]),
+      norm=norm,
+      eps=float(eps[i]),
+      num_classes=num_classes,
+      settings=settings,
+      key=jax.random.PRNGKey(int(i)),
+    )
+    verified[i] = outcome.status == branch_and_bound.VERIFIED
+    falsified[i] = outcome.status == branch_and_bound.FALSIFIED
+    run_seconds += outcome.seconds
+    compile_seconds += time.perf_counter() - start - outcome.seconds
+  points = int(pending.sum())
+  report = StageReport(
+    BAB_STAGE,
+    points,
+    points,
+    int(verified.sum()),
+    compile_seconds,
+    run_seconds,
+    int(falsified.sum()),
+  )
+  return verified, falsified, report
+
+
 def _certify_on_host(
   apply_fn,
   variables,
@@ -286,8 +420,11 @@ def _certify_on_host(
   alpha_steps,
   num_classes,
   gather,
+  budget,
+  bab_settings,
 ):
-  """The cascade driven from Python: gathered (or full) jitted stages."""
+  """The cascade driven from Python: gathered (or full) jitted stages, each
+  within the memory budget, then branch and bound if asked for."""
   batch = images.shape[0]
   result = _initial_result(batch)
   reports = []
@@ -300,16 +437,11 @@ def _certify_on_host(
     # Gathered: the first num_points rows are the pending points, then padding.
     rows = _gather_indices(pending) if gather else np.arange(batch)
     used = num_points if gather else batch
-    stage_eps = jnp.take(eps, rows) if jnp.ndim(eps) else eps
-    timed = stage_timing.compile_and_run(
-      _min_margin_jit,
+    timed = _run_stage_within_budget(
       (apply_fn, norm, method, num_classes, alpha_steps),
-      (
-        variables,
-        jnp.take(images, rows, axis=0),
-        jnp.take(labels, rows),
-        stage_eps,
-      ),
+      (variables, images, labels, eps),
+      rows,
+      budget,
     )
     stage_margin = np.full((batch,), -np.inf, np.float32)
     stage_margin[rows[:used]] = np.asarray(timed.value)[:used]
@@ -327,6 +459,27 @@ def _certify_on_host(
         timed.run_seconds,
       )
     )
+  if bab_settings is not None:
+    pending = np.asarray(candidates & ~result.certified)
+    verified, falsified, stage_report = _branch_and_bound_stage(
+      apply_fn,
+      variables,
+      images,
+      labels,
+      eps,
+      pending,
+      norm=norm,
+      num_classes=num_classes,
+      settings=bab_settings,
+    )
+    result = result._replace(
+      certified=result.certified | jnp.asarray(verified),
+      method_index=jnp.where(
+        jnp.asarray(verified), jnp.int32(len(methods)), result.method_index
+      ),
+      falsified=jnp.asarray(falsified),
+    )
+    reports.append(stage_report)
   return result, tuple(reports)
 
 
@@ -436,6 +589,9 @@ def certify_batch(
   valid: jax.Array | None = None,
   gather: bool = True,
   return_stage_reports: bool = False,
+  memory_budget_gb: float | None = None,
+  bab_seconds: float = 0.0,
+  bab_settings: branch_and_bound.BaBSettings | None = None,
 ) -> CascadeResult | tuple[CascadeResult, tuple[StageReport, ...]]:
   """Certifies a batch against B_p(x, ε) ∩ [0, 1]^d with a bound cascade.
 
@@ -463,18 +619,32 @@ def certify_batch(
       host (see the module docstring); False runs every stage on the whole
       batch, which also works under `jax.jit`.
     return_stage_reports: also return a `StageReport` per stage (concrete
-      inputs only).
+      inputs only; branch and bound's is last, named `BAB_STAGE`).
+    memory_budget_gb: the memory a stage may use, in GiB (None or 0: half
+      the memory available, `memory_budget.budget_bytes`); stages over it
+      run in chunks (concrete inputs only).
+    bab_seconds: if > 0, β-CROWN branch and bound on every point the bound
+      stages left open, up to this many seconds per point; its method index
+      is ``len(methods)``.
+    bab_settings: optional `branch_and_bound.BaBSettings` (its ``seconds``
+      and ``memory_budget_gb`` are replaced by the arguments above).
 
   Returns:
     A `CascadeResult`, and the stage reports if asked for.
 
   Raises:
-    ValueError: for malformed arguments, or if ``gather`` or
-      ``return_stage_reports`` is asked for inside a jax transformation.
+    ValueError: for malformed arguments, or if ``gather``,
+      ``return_stage_reports`` or branch and bound is asked for inside a jax
+      transformation.
+    MemoryBudgetError: a stage does not fit the budget even for one point.
+    UnsupportedPrimitiveError: branch and bound on a network that is not a
+      chain of affine operations and ReLUs.
   """
   _check_arguments(
     images, labels, eps, valid, norm, methods, alpha_steps, num_classes
   )
+  if not float(bab_seconds) >= 0:
+    raise ValueError(f"bab_seconds must be >= 0, got {bab_seconds!r}.")
   methods = tuple(methods)
   apply_fn = adapt_apply(apply_fn)
   variables = cast_floating(variables, jnp.float32)
@@ -488,17 +658,23 @@ def certify_batch(
     norm=norm, methods=methods, alpha_steps=alpha_steps, num_classes=num_classes
   )
   if stage_timing.is_traced(variables, images, labels, eps, candidates):
-    if gather or return_stage_reports:
+    if gather or return_stage_reports or bab_seconds > 0:
       raise ValueError(
-        "certify_batch is being traced (inside jit/vmap): gather=True and "
-        "return_stage_reports=True need concrete arrays, since they "
-        "synchronize with the host between stages. Pass gather=False and "
-        "return_stage_reports=False."
+        "certify_batch is being traced (inside jit/vmap): gather=True, "
+        "return_stage_reports=True and bab_seconds > 0 need concrete "
+        "arrays, since they synchronize with the host between stages. Pass "
+        "gather=False, return_stage_reports=False and bab_seconds=0."
       )
     with certification_precision():
       return _certify_traced(
         apply_fn, variables, images, labels, eps, candidates, **options
       )
+  if bab_seconds > 0:
+    bab_settings = (bab_settings or branch_and_bound.BaBSettings())._replace(
+      seconds=float(bab_seconds), memory_budget_gb=memory_budget_gb
+    )
+  else:
+    bab_settings = None
   result, reports = _certify_on_host(
     apply_fn,
     variables,
@@ -507,6 +683,8 @@ def certify_batch(
     eps,
     candidates,
     gather=gather,
+    budget=memory_budget.budget_bytes(memory_budget_gb),
+    bab_settings=bab_settings,
     **options,
   )
   return (result, reports) if return_stage_reports else result

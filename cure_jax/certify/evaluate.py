@@ -141,6 +141,8 @@ def evaluate(
   keep_margins: bool = False,
   radius_search: radii_module.RadiusSearch | None = None,
   progress_bar: bool = False,
+  memory_budget_gb: float | None = None,
+  bab_seconds: float = 0.0,
 ) -> tuple[report.Records, dict[str, Any]]:
   """Certifies and attacks ``images`` for every radius; records and summary.
 
@@ -172,6 +174,11 @@ def evaluate(
       ``radius_search`` entry to the summary. None: no search.
     progress_bar: a progress bar with ETA on stderr, showing the running
       accuracies that ``log`` would otherwise get once per batch.
+    memory_budget_gb: memory per bound stage in GiB (None or 0: half the
+      memory available); stages over it run in chunks.
+    bab_seconds: if > 0, branch and bound (stage "bab") on the points the
+      bound stages leave open, up to this many seconds per point and norm;
+      the records then gain ``falsified_<n>`` columns.
 
   Returns:
     ``(records, summary)`` as `report.build_records` and `report.summarize`
@@ -192,6 +199,7 @@ def evaluate(
   apply_fn = adapt_apply(apply_fn)
   norms = report.ordered_norms(radii)
   methods = tuple(methods)
+  stage_methods = methods + ((cascade.BAB_STAGE,) if bab_seconds > 0 else ())
   log = log or (lambda line: None)
   key = jax.random.PRNGKey(0) if key is None else key
   variables = cast_floating(variables, jnp.float32)
@@ -200,13 +208,14 @@ def evaluate(
   predictions, correct = [], []
   certified = {n: [] for n in norms}
   stages = {n: [] for n in norms}
+  falsified = {n: [] for n in norms}
   robust = {n: [] for n in pgd_norms}
   margins = {n: [] for n in norms}
   certified_radii = {n: [] for n in norms}
   pgd_radii = {n: [] for n in norms}
   search_seconds = 0.0
   times = {
-    "certify": {n: {m: _new_time() for m in methods} for n in norms},
+    "certify": {n: {m: _new_time() for m in stage_methods} for n in norms},
     "pgd": {n: _new_time() for n in pgd_norms},
   }
   start_time = time.perf_counter()
@@ -245,12 +254,15 @@ def evaluate(
         valid=valid,
         gather=gather,
         return_stage_reports=True,
+        memory_budget_gb=memory_budget_gb,
+        bab_seconds=bab_seconds,
       )
       certified[norm].append(np.asarray(result.certified)[valid])
       if keep_margins:
         margins[norm].append(np.asarray(result.margins_lower)[valid])
+      falsified[norm].append(np.asarray(result.falsified)[valid])
       stages[norm].append(
-        _stage_names(np.asarray(result.method_index)[valid], methods)
+        _stage_names(np.asarray(result.method_index)[valid], stage_methods)
       )
       for stage in stage_reports:
         _add_time(
@@ -329,6 +341,11 @@ def evaluate(
     certified={n: np.concatenate(v) for n, v in certified.items()},
     stages={n: np.concatenate(v) for n, v in stages.items()},
     pgd_robust={n: np.concatenate(v) for n, v in robust.items()},
+    falsified=(
+      {n: np.concatenate(v) for n, v in falsified.items()}
+      if bab_seconds > 0
+      else None
+    ),
   )
   records = report.extend_records(
     records, _float_columns(margins, certified_radii, pgd_radii)
@@ -338,12 +355,18 @@ def evaluate(
     batch_size=batch,
     alpha_steps=alpha_steps,
     gather=gather,
+    memory_budget_gb=memory_budget_gb,
+    bab_seconds=bab_seconds,
     pgd=None if pgd is None else pgd._asdict(),
     pgd_norms=list(pgd_norms),
     wall_seconds=time.perf_counter() - start_time,
   )
   summary = report.summarize(
-    records, radii=radii, methods=methods, timing=times, settings=settings
+    records,
+    radii=radii,
+    methods=stage_methods,
+    timing=times,
+    settings=settings,
   )
   if radius_search is not None:
     summary["radius_search"] = dict(

@@ -5,13 +5,16 @@ per test point, in this order (``<n>`` runs over the evaluated norms in the
 order linf, l2, l1; PGD columns only for the attacked norms)::
 
   index, label, prediction, correct, certified_<n>..., stage_<n>...,
-  pgd_<n>..., union_certified, union_pgd
+  [falsified_<n>...,] pgd_<n>..., union_certified, union_pgd
 
 ``stage_<n>`` names the bound method that certified the point (`STAGE_NONE`
-if none did). Runs that ask for them append float columns (`extend_records`):
-``radius_certified_<n>`` and ``radius_pgd_<n>``, the largest certified and
-PGD-robust radius found (`cure_jax.certify.radii`), and ``margin_lower_<n>``,
-the min margin lower bound at the evaluation radius. Union columns follow docs/method.md §1: a point counts for the union
+if none did). ``falsified_<n>`` (only when branch and bound ran) marks the
+correctly classified points for which a counterexample in the input set was
+found and checked: neither certified nor undecided. Runs that ask for them
+append float columns (`extend_records`): ``radius_certified_<n>`` and
+``radius_pgd_<n>``, the largest certified and PGD-robust radius found
+(`cure_jax.certify.radii`), and ``margin_lower_<n>``, the min margin lower
+bound at the evaluation radius. Union columns follow docs/method.md §1: a point counts for the union
 when it is correctly classified and certified (resp. PGD-robust) for every
 evaluated (resp. attacked) norm.
 
@@ -55,14 +58,19 @@ def ordered_norms(norms) -> tuple[str, ...]:
 
 
 def record_columns(
-  norms: Sequence[str], pgd_norms: Sequence[str] = ()
+  norms: Sequence[str],
+  pgd_norms: Sequence[str] = (),
+  falsified_norms: Sequence[str] = (),
 ) -> tuple[str, ...]:
-  """The CSV columns for certified ``norms`` and attacked ``pgd_norms``."""
+  """The CSV columns for certified ``norms``, attacked ``pgd_norms`` and
+  ``falsified_norms`` decided by branch and bound."""
   norms, pgd_norms = ordered_norms(norms), ordered_norms(pgd_norms)
+  falsified_norms = ordered_norms(falsified_norms)
   return (
     ("index", "label", "prediction", "correct")
     + tuple(f"certified_{n}" for n in norms)
     + tuple(f"stage_{n}" for n in norms)
+    + tuple(f"falsified_{n}" for n in falsified_norms)
     + tuple(f"pgd_{n}" for n in pgd_norms)
     + ("union_certified",)
     + (("union_pgd",) if pgd_norms else ())
@@ -83,6 +91,7 @@ def build_records(
   stages: Mapping[str, Any],
   pgd_robust: Mapping[str, Any] | None = None,
   index=None,
+  falsified: Mapping[str, Any] | None = None,
 ) -> Records:
   """Assembles per-point records from per-norm results.
 
@@ -94,6 +103,8 @@ def build_records(
       none); same norms as ``certified``.
     pgd_robust: optional norm -> [N] bool, robust to the PGD attack.
     index: [N] test-set indices (default 0, ..., N − 1).
+    falsified: optional norm -> [N] bool, a checked counterexample was found
+      (branch and bound); its norms must be among ``certified``'s.
 
   Returns:
     `Records`, columns as in `record_columns`.
@@ -117,10 +128,18 @@ def build_records(
     "correct": correct,
   }
   norms, pgd_norms = ordered_norms(certified), ordered_norms(pgd_robust)
+  falsified = dict(falsified or {})
+  if set(falsified) - set(norms):
+    raise ValueError(
+      f"falsified has norms {sorted(set(falsified) - set(norms))} that are "
+      f"not certified ({sorted(norms)})."
+    )
   for n in norms:
     columns[f"certified_{n}"] = np.asarray(certified[n], bool)
   for n in norms:
     columns[f"stage_{n}"] = np.asarray(stages[n], dtype=object).astype(str)
+  for n in ordered_norms(falsified):
+    columns[f"falsified_{n}"] = correct & np.asarray(falsified[n], bool)
   for n in pgd_norms:
     columns[f"pgd_{n}"] = np.asarray(pgd_robust[n], bool)
   columns["union_certified"] = correct & np.all(
@@ -228,8 +247,10 @@ def summarize(
   Returns:
     A dict with ``num_examples``, ``radii``, ``methods``, ``settings``,
     ``clean``, ``certified`` (per norm, with ``by_stage`` counts),
-    ``union_certified``, ``pgd_robust`` and ``union_pgd`` (when attacked), and
-    ``timing`` with seconds per bounded point and per test point.
+    ``union_certified``, ``pgd_robust`` and ``union_pgd`` (when attacked),
+    ``falsified`` per norm (when branch and bound ran: points with a
+    checked counterexample), and ``timing`` with seconds per bounded point
+    and per test point.
 
   Raises:
     ValueError: if ``radii`` and the records' norms differ, or there are no
@@ -262,6 +283,11 @@ def summarize(
       _fraction(records[f"certified_{n}"]),
       by_stage={m: int(np.sum(stages == m)) for m in methods},
     )
+  falsified_norms = _column_norms(records, "falsified_")
+  if falsified_norms:
+    summary["falsified"] = {
+      n: _fraction(records[f"falsified_{n}"]) for n in falsified_norms
+    }
   if pgd_norms:
     summary["pgd_robust"] = {
       n: _fraction(records[f"pgd_{n}"]) for n in pgd_norms
@@ -306,8 +332,9 @@ def format_table(summary: Mapping[str, Any]) -> str:
   """An aligned text table of a summary: one row per norm, then the union.
 
   Columns: threat model, radius, certified accuracy (count), points
-  certified by each stage, PGD-robust accuracy, and seconds per test point of
-  the whole cascade and of the attack.
+  certified by each stage, points falsified (when branch and bound ran),
+  PGD-robust accuracy, and seconds per test point of the whole cascade and
+  of the attack.
 
   Args:
     summary: a dict from `summarize`.
@@ -317,10 +344,12 @@ def format_table(summary: Mapping[str, Any]) -> str:
   """
   methods = summary["methods"]
   pgd = summary.get("pgd_robust", {})
+  falsified = summary.get("falsified")
   timing = summary["timing"]
   header = (
     ["threat", "radius", "certified"]
     + list(methods)
+    + (["falsified"] if falsified else [])
     + ["PGD robust", "cert s/pt", "PGD s/pt"]
   )
   rows = [header]
@@ -331,6 +360,7 @@ def format_table(summary: Mapping[str, Any]) -> str:
     rows.append(
       [NORM_SYMBOLS[norm], format_radius(eps), _percent(cert)]
       + [str(cert["by_stage"][m]) for m in methods]
+      + ([str(falsified[norm]["count"])] if falsified else [])
       + [
         _percent(pgd.get(norm)),
         _seconds(cert_time.get("seconds_per_test_point")),
@@ -339,7 +369,7 @@ def format_table(summary: Mapping[str, Any]) -> str:
     )
   rows.append(
     ["union", "", _percent(summary["union_certified"])]
-    + [""] * len(methods)
+    + [""] * (len(methods) + bool(falsified))
     + [_percent(summary.get("union_pgd")), "", ""]
   )
   clean = summary["clean"]
@@ -397,7 +427,7 @@ def _parse_column(name: str, cells: Sequence[str]) -> np.ndarray:
   if name.startswith(FLOAT_PREFIXES):
     return np.asarray([float(c) for c in cells], np.float64)
   if name == "correct" or name.startswith(
-    ("certified_", "pgd_", "attack_", "union_")
+    ("certified_", "falsified_", "pgd_", "attack_", "union_")
   ):
     if set(cells) - {"0", "1"}:
       raise ValueError(
