@@ -348,3 +348,16 @@ def test_options_are_read_once_from_the_schemas_keys():
 def test_bad_options_fail_when_the_objective_is_built(overrides, message):
   with pytest.raises(ValueError, match=message):
     make_objective(_config(**overrides), MODEL)
+
+
+def test_natural_epochs_compute_no_robust_term(setup):
+  params, stats, batch, ctx = setup
+  config = _config(warmup_reg=False, l1_reg=0.0)
+  loss, (_, metrics) = _objective(config, robust=False)(
+    params, stats, batch, ctx(1.0)
+  )
+  np.testing.assert_allclose(loss, metrics["clean_loss"], rtol=1e-6)
+  assert not any(key.startswith("linf") for key in metrics)
+  objective = make_objective(config, MODEL, robust=False)
+  jaxpr = jax.make_jaxpr(lambda p: objective(p, stats, batch, ctx(1.0)))(params)
+  assert _count_convolutions(jaxpr.jaxpr) == 2  # the clean forward pass only

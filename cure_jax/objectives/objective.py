@@ -539,7 +539,9 @@ def make_objective(
   """
   opts = objective_options(config)
   term = opts.method.term
-  robust_term = functools.partial(ROBUST_TERMS[term], opts) if term else None
+  robust_term = (
+    functools.partial(ROBUST_TERMS[term], opts) if term and robust else None
+  )
   with_warmup = (opts.warmup_reg if warmup is None else warmup) and (
     term is not None
   )
