@@ -310,7 +310,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eps_l2_train = 0.75
   c.lambda_l2 = 1e-5
   c.l2_variant = "sabr_box"  # sabr_box (reference) | certified (ours)
-  # l1 (beyond the paper, docs/method.md §9): the training radius, the
+  # l1 (beyond the paper, docs/method.md §10): the training radius, the
   # certified variant's ball fraction, and which certified l1 loss.
   c.eps_l1_train = 1.0
   c.lambda_l1 = 0.1

@@ -415,7 +415,7 @@ def _cure_term(opts, network, batch, ctx):
 
 
 def _cure_over_norms(opts, network, batch, ctx):
-  """CURE over ``opts.train_norms`` (docs/method.md §9): each norm's
+  """CURE over ``opts.train_norms`` (docs/method.md §10): each norm's
   certified loss, combined by Joint, Max or Random over N norms, plus bound
   alignment of every other norm with l∞."""
   norms = [n for n in NORMS if n in opts.train_norms]
