@@ -68,7 +68,7 @@ def keep_better(
   return jax.tree.map(pick, candidate, best)
 
 
-def _evaluate(
+def evaluate(
   logits_fn: LogitsFn, loss_fn: losses.AttackLoss, x: jax.Array, y: jax.Array
 ) -> BestIterate:
   """The point ``x`` with its loss and correctness (forward pass only)."""
@@ -76,10 +76,10 @@ def _evaluate(
   return BestIterate(x, loss_fn(logits, y), losses.misclassified(logits, y))
 
 
-def _evaluate_with_grad(
+def evaluate_with_grad(
   logits_fn: LogitsFn, loss_fn: losses.AttackLoss, x: jax.Array, y: jax.Array
 ):
-  """`_evaluate` plus ∇_x of the summed loss (= per-example gradients)."""
+  """`evaluate` plus ∇_x of the summed loss (= per-example gradients)."""
 
   def total_loss(x):
     logits = logits_fn(x)
@@ -88,6 +88,29 @@ def _evaluate_with_grad(
 
   (_, (loss, logits)), grad = jax.value_and_grad(total_loss, has_aux=True)(x)
   return BestIterate(x, loss, losses.misclassified(logits, y)), grad
+
+
+def check_labels(x, y):
+  """Raises a ValueError unless ``y`` holds one integer label per example of ``x``."""
+  if jnp.shape(y) != jnp.shape(x)[:1] or not jnp.issubdtype(
+    jnp.result_type(y), jnp.integer
+  ):
+    raise ValueError(
+      f"y must hold one integer label per example, shape {jnp.shape(x)[:1]};"
+      f" got shape {jnp.shape(y)} and dtype {jnp.result_type(y)}."
+    )
+
+
+def check_restarts(restarts, random_start, key):
+  """Raises a ValueError for a restart count that cannot vary or has no key."""
+  norms.check_count("restarts", restarts, minimum=1)
+  if random_start and key is None:
+    raise ValueError("random_start=True needs a PRNG key: pass key=...")
+  if restarts > 1 and not random_start:
+    raise ValueError(
+      "restarts > 1 repeats the same deterministic attack; "
+      "set random_start=True or restarts=1."
+    )
 
 
 def _check_arguments(x, y, steps, restarts, random_start, key, l1_sparsity):
@@ -99,22 +122,9 @@ def _check_arguments(x, y, steps, restarts, random_start, key, l1_sparsity):
       f"x must be floating point (e.g. images scaled to "
       f"[0, 1]), got dtype {jnp.result_type(x)}."
     )
-  if jnp.shape(y) != jnp.shape(x)[:1] or not jnp.issubdtype(
-    jnp.result_type(y), jnp.integer
-  ):
-    raise ValueError(
-      f"y must hold one integer label per example, shape {jnp.shape(x)[:1]};"
-      f" got shape {jnp.shape(y)} and dtype {jnp.result_type(y)}."
-    )
+  check_labels(x, y)
   norms.check_count("steps", steps, minimum=0)
-  norms.check_count("restarts", restarts, minimum=1)
-  if random_start and key is None:
-    raise ValueError("random_start=True needs a PRNG key: pass key=...")
-  if restarts > 1 and not random_start:
-    raise ValueError(
-      "restarts > 1 repeats the same deterministic attack; "
-      "set random_start=True or restarts=1."
-    )
+  check_restarts(restarts, random_start, key)
   if not 0.0 <= l1_sparsity < 1.0:
     raise ValueError(f"l1_sparsity must lie in [0, 1), got {l1_sparsity}.")
 
@@ -128,6 +138,34 @@ def _step_size_schedule(
   norms.check_nonnegative("step_decay", decay)
   decay = jnp.asarray(decay, dtype=x.dtype).reshape((steps,) + (1,) * x.ndim)
   return decay * step_size
+
+
+def start_point(key, restart, x, eps, norm, domain, random_start) -> jax.Array:
+  """Restart ``restart``'s first point: uniform in B_p(x, ε) ∩ domain, or x."""
+  if not random_start:
+    return x
+  return ball_sampling.random_start(
+    jax.random.fold_in(key, restart), x, eps, norm=norm, domain=domain
+  )
+
+
+def resolve_unroll(unroll: bool | None, steps: int, restarts: int):
+  """``unroll``, or by default whether steps × restarts ≤ `MAX_UNROLLED_STEPS`."""
+  return steps * restarts <= MAX_UNROLLED_STEPS if unroll is None else unroll
+
+
+def best_over_restarts(one_restart, best: BestIterate, restarts: int, unroll):
+  """Folds ``one_restart(best, r) -> (best, None)`` over r = 0, …, restarts − 1.
+
+  A Python loop when ``unroll``, else a `jax.lax.scan`; returns the best
+  point [B, ...], a constant for autodiff.
+  """
+  if unroll:
+    for restart in range(restarts):
+      best, _ = one_restart(best, restart)
+  else:
+    best, _ = jax.lax.scan(one_restart, best, jnp.arange(restarts))
+  return jax.lax.stop_gradient(best.x)
 
 
 def pgd(
@@ -185,7 +223,7 @@ def pgd(
 
   def gradient_step(carry, alpha):
     x_t, best = carry
-    current, grad = _evaluate_with_grad(logits_fn, loss_fn, x_t, y)
+    current, grad = evaluate_with_grad(logits_fn, loss_fn, x_t, y)
     best = keep_better(best, current, loss == "margin")
     direction = steepest_ascent.ascent_direction(
       grad, x_t, norm=norm, domain=domain, l1_sparsity=l1_sparsity
@@ -196,24 +234,13 @@ def pgd(
     return (x_next, best), None
 
   def one_restart(best, restart):
-    if random_start:
-      x_0 = ball_sampling.random_start(
-        jax.random.fold_in(key, restart), x, eps, norm=norm, domain=domain
-      )
-    else:
-      x_0 = x
+    x_0 = start_point(key, restart, x, eps, norm, domain, random_start)
     (x_last, best), _ = jax.lax.scan(
       gradient_step, (x_0, best), step_sizes, unroll=True if unroll else 1
     )
-    final = _evaluate(logits_fn, loss_fn, x_last, y)
+    final = evaluate(logits_fn, loss_fn, x_last, y)
     return keep_better(best, final, loss == "margin"), None
 
-  if unroll is None:
-    unroll = steps * restarts <= MAX_UNROLLED_STEPS
-  best = _evaluate(logits_fn, loss_fn, x, y)
-  if unroll:
-    for restart in range(restarts):
-      best, _ = one_restart(best, restart)
-  else:
-    best, _ = jax.lax.scan(one_restart, best, jnp.arange(restarts))
-  return jax.lax.stop_gradient(best.x)
+  unroll = resolve_unroll(unroll, steps, restarts)
+  best = evaluate(logits_fn, loss_fn, x, y)
+  return best_over_restarts(one_restart, best, restarts, unroll)

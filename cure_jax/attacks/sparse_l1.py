@@ -39,13 +39,17 @@ import jax
 import jax.numpy as jnp
 
 from cure_jax.attacks import (
-  ball_sampling,
   losses,
   norms,
   projected_gradient,
   projections,
 )
-from cure_jax.attacks.projected_gradient import BestIterate, keep_better
+from cure_jax.attacks.projected_gradient import (
+  BestIterate,
+  evaluate,
+  evaluate_with_grad,
+  keep_better,
+)
 
 MOMENTUM = 0.75  # a: weight of the new step against the last move.
 SUCCESS_FRACTION = 0.75  # ρ: fraction of loss increases APGD asks for.
@@ -220,16 +224,6 @@ class _Run(NamedTuple):
   halved_at_check: jax.Array  # whether the last checkpoint halved η [B]
 
 
-def _loss_and_grad(logits_fn, loss_fn, x, y):
-  def total(x):
-    logits = logits_fn(x)
-    per_example = loss_fn(logits, y)
-    return jnp.sum(per_example), (per_example, logits)
-
-  (_, (loss, logits)), grad = jax.value_and_grad(total, has_aux=True)(x)
-  return BestIterate(x, loss, losses.misclassified(logits, y)), grad
-
-
 def _where(mask, a, b):
   return jnp.where(norms.expand_per_example(mask, a), a, b)
 
@@ -240,22 +234,9 @@ def _check_arguments(x, y, steps, restarts, random_start, key):
       f"x must be a floating-point batch [B, ...]; got shape {jnp.shape(x)} "
       f"and dtype {jnp.result_type(x)}."
     )
-  if jnp.shape(y) != jnp.shape(x)[:1] or not jnp.issubdtype(
-    jnp.result_type(y), jnp.integer
-  ):
-    raise ValueError(
-      f"y must hold one integer label per example, shape {jnp.shape(x)[:1]};"
-      f" got shape {jnp.shape(y)} and dtype {jnp.result_type(y)}."
-    )
+  projected_gradient.check_labels(x, y)
   norms.check_count("steps", steps, minimum=1)
-  norms.check_count("restarts", restarts, minimum=1)
-  if random_start and key is None:
-    raise ValueError("random_start=True needs a PRNG key: pass key=...")
-  if restarts > 1 and not random_start:
-    raise ValueError(
-      "restarts > 1 repeats the same deterministic attack; "
-      "set random_start=True or restarts=1."
-    )
+  projected_gradient.check_restarts(restarts, random_start, key)
 
 
 def sparse_l1_attack(
@@ -320,7 +301,7 @@ def sparse_l1_attack(
     direction = top_k_direction(run.grad, run.x, run.num_coordinates, domain)
     z = project(run.x + norms.expand_per_example(run.step, x) * direction)
     x_next = project(run.x + a * (z - run.x) + (1 - a) * (run.x - run.previous))
-    current, grad = _loss_and_grad(logits_fn, loss_fn, x_next, y)
+    current, grad = evaluate_with_grad(logits_fn, loss_fn, x_next, y)
     best = keep_better(run.best, current, margin_first)
     replaced = (best.loss != run.best.loss) | (
       best.misclassified != run.best.misclassified
@@ -340,13 +321,10 @@ def sparse_l1_attack(
     ), None
 
   def one_restart(overall: BestIterate, restart) -> tuple[BestIterate, None]:
-    if random_start:
-      start = ball_sampling.random_start(
-        jax.random.fold_in(key, restart), x, eps_b, norm="l1", domain=domain
-      )
-    else:
-      start = x
-    first, grad = _loss_and_grad(logits_fn, loss_fn, start, y)
+    start = projected_gradient.start_point(
+      key, restart, x, eps_b, "l1", domain, random_start
+    )
+    first, grad = evaluate_with_grad(logits_fn, loss_fn, start, y)
     initial_k = max(min_coordinates, math.ceil(INITIAL_FRACTION * num_features))
     run = _Run(
       x=start,
@@ -369,15 +347,11 @@ def sparse_l1_attack(
     )
     return keep_better(overall, run.best, margin_first), None
 
-  if unroll is None:
-    unroll = steps * restarts <= projected_gradient.MAX_UNROLLED_STEPS
-  best, _ = _loss_and_grad(logits_fn, loss_fn, x, y)
-  if unroll:
-    for restart in range(restarts):
-      best, _ = one_restart(best, restart)
-  else:
-    best, _ = jax.lax.scan(one_restart, best, jnp.arange(restarts))
-  return jax.lax.stop_gradient(best.x)
+  unroll = projected_gradient.resolve_unroll(unroll, steps, restarts)
+  best, _ = evaluate_with_grad(logits_fn, loss_fn, x, y)
+  return projected_gradient.best_over_restarts(
+    one_restart, best, restarts, unroll
+  )
 
 
 def _adapt(run: _Run, interval, x, min_coordinates, num_features) -> _Run:
@@ -420,11 +394,6 @@ def _schedule(steps: int, dtype):
 def _differences(points: list[int]) -> list[int]:
   """Interval lengths w_j − w_{j−1} (w₀ = 0)."""
   return [b - a for a, b in zip([0] + points[:-1], points)]
-
-
-def _evaluate(logits_fn, loss_fn, x, y) -> BestIterate:
-  logits = logits_fn(x)
-  return BestIterate(x, loss_fn(logits, y), losses.misclassified(logits, y))
 
 
 def strongest_l1(
@@ -482,8 +451,8 @@ def strongest_l1(
   sparse = sparse_l1_attack(logits_fn, x, y, key=sparse_key, **common)
   loss_fn = losses.get_attack_loss(loss)
   best = keep_better(
-    _evaluate(logits_fn, loss_fn, dense, y),
-    _evaluate(logits_fn, loss_fn, sparse, y),
+    evaluate(logits_fn, loss_fn, dense, y),
+    evaluate(logits_fn, loss_fn, sparse, y),
     loss == "margin",
   )
   return jax.lax.stop_gradient(best.x)

@@ -78,6 +78,25 @@ def _per_example(value, x):
   )
 
 
+def _pgd_point(network: Network, images, labels, eps, key, pgd_steps, norm):
+  """SABR's PGD attack point in the ``norm`` ball B_p(x, ε) ∩ [0, 1]."""
+  return sabr_attack(
+    network.logits,
+    images,
+    labels,
+    eps=eps,
+    key=key,
+    steps=pgd_steps,
+    norm=norm,
+    domain=DOMAIN,
+  )
+
+
+def _bounded_fixed(network: Network, region, labels) -> RobustLoss:
+  """`_bounded` over ``region`` held constant (no gradient through the attack)."""
+  return _bounded(network, jax.lax.stop_gradient(region), labels)
+
+
 def ibp_linf(network: Network, images, labels, eps) -> RobustLoss:
   """IBP robust CE over B∞(x, ε) ∩ [0, 1]."""
   return _bounded(network, LinfBall(images, eps, domain=DOMAIN), labels)
@@ -157,18 +176,10 @@ def sabr_linf(
   Returns:
     The per-example `RobustLoss` over `small_box`.
   """
-  adversarial = sabr_attack(
-    network.logits,
-    images,
-    labels,
-    eps=eps,
-    key=key,
-    steps=pgd_steps,
-    norm="linf",
-    domain=DOMAIN,
+  adversarial = _pgd_point(network, images, labels, eps, key, pgd_steps, "linf")
+  return _bounded_fixed(
+    network, small_box(adversarial, images, eps, lam * eps), labels
   )
-  region = jax.lax.stop_gradient(small_box(adversarial, images, eps, lam * eps))
-  return _bounded(network, region, labels)
 
 
 def l2_sabr_box(
@@ -182,16 +193,7 @@ def l2_sabr_box(
   pgd_steps: int,
 ) -> RobustLoss:
   """The reference l2 loss: IBP over an l∞ box of radius λ2·ε2 at an l2-PGD point."""
-  adversarial = sabr_attack(
-    network.logits,
-    images,
-    labels,
-    eps=eps,
-    key=key,
-    steps=pgd_steps,
-    norm="l2",
-    domain=DOMAIN,
-  )
+  adversarial = _pgd_point(network, images, labels, eps, key, pgd_steps, "l2")
   tau = lam * eps
   lo = jnp.zeros_like(images) + _per_example(tau, images)
   center = jax.lax.stop_gradient(jnp.clip(adversarial, lo, 1.0 - lo))
@@ -230,18 +232,10 @@ def l2_certified(
   pgd_steps: int,
 ) -> RobustLoss:
   """Certified l2 loss: IBP over `small_l2_ball`, dual norm at layer one."""
-  adversarial = sabr_attack(
-    network.logits,
-    images,
-    labels,
-    eps=eps,
-    key=key,
-    steps=pgd_steps,
-    norm="l2",
-    domain=DOMAIN,
+  adversarial = _pgd_point(network, images, labels, eps, key, pgd_steps, "l2")
+  return _bounded_fixed(
+    network, small_l2_ball(adversarial, images, eps, lam), labels
   )
-  region = jax.lax.stop_gradient(small_l2_ball(adversarial, images, eps, lam))
-  return _bounded(network, region, labels)
 
 
 def small_l1_ball(adversarial, images, eps, lam) -> LpBall:
@@ -301,8 +295,9 @@ def l1_certified(
     steps=pgd_steps,
     domain=DOMAIN,
   )
-  region = jax.lax.stop_gradient(small_l1_ball(adversarial, images, eps, lam))
-  return _bounded(network, region, labels)
+  return _bounded_fixed(
+    network, small_l1_ball(adversarial, images, eps, lam), labels
+  )
 
 
 def l1_crown_ibp(network: Network, images, labels, eps) -> RobustLoss:
