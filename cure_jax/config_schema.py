@@ -188,17 +188,20 @@ TRAINING_METHODS: dict[str, TrainingMethod] = {
 }
 
 
+def _row(table: dict, name: str, kind: str, valid: list):
+  """``table[name]``; an unknown name raises a ValueError listing ``valid``."""
+  if name not in table:
+    raise ValueError(f"unknown {kind} {name!r}; valid {kind}s are {valid}.")
+  return table[name]
+
+
 def check_method(method: str) -> TrainingMethod:
   """The record of ``method``.
 
   Raises:
     ValueError: an unknown method; the message lists the valid ones.
   """
-  if method not in TRAINING_METHODS:
-    raise ValueError(
-      f"unknown method {method!r}; valid methods are {list(TRAINING_METHODS)}."
-    )
-  return TRAINING_METHODS[method]
+  return _row(TRAINING_METHODS, method, "method", list(TRAINING_METHODS))
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -564,11 +567,7 @@ def setting_row(
   Raises:
     ValueError: an unknown setting; the message lists the valid ones.
   """
-  if setting not in rows:
-    raise ValueError(
-      f"unknown setting {setting!r}; valid settings are {sorted(rows)}."
-    )
-  return rows[setting]
+  return _row(rows, setting, "setting", sorted(rows))
 
 
 def load_config(

@@ -52,24 +52,23 @@ def package_versions() -> dict[str, str | None]:
   return versions
 
 
+def _git(checkout: str, *args: str) -> str:
+  """The stripped output of ``git -C checkout args...`` (raises on failure)."""
+  return subprocess.run(
+    ["git", "-C", checkout, *args],
+    capture_output=True,
+    text=True,
+    timeout=5,
+    check=True,
+  ).stdout.strip()
+
+
 def git_revision() -> str | None:
   """The checkout's commit (with "+dirty" for local changes), or None."""
   here = os.path.dirname(os.path.abspath(__file__))
   try:
-    rev = subprocess.run(
-      ["git", "-C", here, "rev-parse", "--short=12", "HEAD"],
-      capture_output=True,
-      text=True,
-      timeout=5,
-      check=True,
-    ).stdout.strip()
-    dirty = subprocess.run(
-      ["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
-      capture_output=True,
-      text=True,
-      timeout=5,
-      check=True,
-    ).stdout.strip()
+    rev = _git(here, "rev-parse", "--short=12", "HEAD")
+    dirty = _git(here, "status", "--porcelain", "--untracked-files=no")
   except (OSError, subprocess.SubprocessError):
     return None
   return rev + ("+dirty" if dirty else "") if rev else None

@@ -172,21 +172,29 @@ class _RecordingNetwork:
     return self.margin_bounds(input_set, labels, transform), None
 
 
-def test_l2_certified_bounds_the_small_ball(monkeypatch):
-  x = jnp.full((2, 4), 0.5)
-  far = x + jnp.array([[3.0, 0, 0, 0], [0, 0, 0, 0.05]])  # out, in the ball
-  monkeypatch.setattr(robust_losses, "sabr_attack", lambda *a, **k: far)
+def _bounded_region(monkeypatch, attack, loss_fn, x, adversarial, eps):
+  """The input set ``loss_fn`` (λ = 0.25, labels [0, 1]) bounds at ``x``
+  when its ``attack`` returns ``adversarial``."""
+  monkeypatch.setattr(robust_losses, attack, lambda *a, **k: adversarial)
   network = _RecordingNetwork()
-  robust_losses.l2_certified(
+  loss_fn(
     network,
     x,
     jnp.array([0, 1]),
-    0.2,
+    eps,
     lam=0.25,
     key=jax.random.key(0),
     pgd_steps=1,
   )
-  ball = network.input_set
+  return network.input_set
+
+
+def test_l2_certified_bounds_the_small_ball(monkeypatch):
+  x = jnp.full((2, 4), 0.5)
+  far = x + jnp.array([[3.0, 0, 0, 0], [0, 0, 0, 0.05]])  # out, in the ball
+  ball = _bounded_region(
+    monkeypatch, "sabr_attack", robust_losses.l2_certified, x, far, 0.2
+  )
   assert isinstance(ball, LpBall) and ball.p == 2
   # Projected onto B2(x, 0.15), so the ball of radius 0.05 fits.
   np.testing.assert_allclose(ball.center[0], [0.65, 0.5, 0.5, 0.5], atol=TOL)
@@ -302,18 +310,9 @@ def test_small_l1_ball_lies_in_the_big_ball(lam):
 def test_l1_certified_bounds_the_small_ball(monkeypatch):
   x = jnp.full((2, 4), 0.5)
   far = x + jnp.array([[3.0, 0, 0, 0], [0, 0, 0, -0.05]])  # out, in the ball
-  monkeypatch.setattr(robust_losses, "strongest_l1", lambda *a, **k: far)
-  network = _RecordingNetwork()
-  robust_losses.l1_certified(
-    network,
-    x,
-    jnp.array([0, 1]),
-    0.4,
-    lam=0.25,
-    key=jax.random.key(0),
-    pgd_steps=1,
+  ball = _bounded_region(
+    monkeypatch, "strongest_l1", robust_losses.l1_certified, x, far, 0.4
   )
-  ball = network.input_set
   assert isinstance(ball, LpBall) and ball.p == 1
   # Projected onto B1(x, 0.3) ∩ [0, 1]: the pixel moves by 0.3 (its box cap
   # is 0.5), so the ball of radius 0.1 fits.

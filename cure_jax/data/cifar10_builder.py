@@ -170,21 +170,11 @@ class CureCifar10(sources.OriginalFilesBuilder):
   REMOTE_FILES = REMOTE_FILES
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-      builder=self,
+    return sources.image_label_info(
+      self,
       description="CIFAR-10: 60,000 32x32 colour images in 10 classes.",
-      features=tfds.features.FeaturesDict(
-        {
-          "image": tfds.features.Tensor(
-            shape=IMAGE_SHAPE,
-            dtype=np.uint8,
-            encoding=tfds.features.Encoding.BYTES,
-          ),
-          "label": tfds.features.ClassLabel(names=CLASS_NAMES),
-        }
-      ),
-      supervised_keys=("image", "label"),
-      disable_shuffling=True,  # Keep the original order (test subsets).
+      image_shape=IMAGE_SHAPE,
+      label=tfds.features.ClassLabel(names=CLASS_NAMES),
       homepage="https://www.cs.toronto.edu/~kriz/cifar.html",
     )
 

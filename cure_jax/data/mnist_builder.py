@@ -140,21 +140,11 @@ class CureMnist(sources.OriginalFilesBuilder):
   REMOTE_FILES = REMOTE_FILES
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-      builder=self,
+    return sources.image_label_info(
+      self,
       description="The MNIST database of handwritten digits.",
-      features=tfds.features.FeaturesDict(
-        {
-          "image": tfds.features.Tensor(
-            shape=IMAGE_SHAPE,
-            dtype=np.uint8,
-            encoding=tfds.features.Encoding.BYTES,
-          ),
-          "label": tfds.features.ClassLabel(num_classes=NUM_CLASSES),
-        }
-      ),
-      supervised_keys=("image", "label"),
-      disable_shuffling=True,  # Keep the original order (test subsets).
+      image_shape=IMAGE_SHAPE,
+      label=tfds.features.ClassLabel(num_classes=NUM_CLASSES),
       homepage="http://yann.lecun.com/exdb/mnist/",
     )
 

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar, NamedTuple
 from urllib import parse
 
+import numpy as np
 import requests
 import tensorflow_datasets as tfds
 from etils import epath
@@ -112,6 +113,47 @@ def unreachable_hosts(urls: Iterable[str], timeout_s: float = 5.0) -> list[str]:
     for host, url in first_url_of_host.items()
     if not _server_answers(url, timeout_s)
   ]
+
+
+def image_label_info(
+  builder: tfds.core.DatasetBuilder,
+  *,
+  description: str,
+  image_shape: tuple[int, ...],
+  label: tfds.features.ClassLabel,
+  homepage: str,
+) -> tfds.core.DatasetInfo:
+  """The info of a dataset of raw uint8 images, one label each, in file order.
+
+  Args:
+    builder: the builder the info describes.
+    description: one paragraph on the dataset.
+    image_shape: (H, W, C) of every image.
+    label: the label feature.
+    homepage: the dataset's home page.
+
+  Returns:
+    Features {"image": uint8 [H, W, C] stored as bytes, "label"}, supervised
+    keys (image, label) and no shuffling, so the original order (and the
+    test subsets taken from it) is kept.
+  """
+  return tfds.core.DatasetInfo(
+    builder=builder,
+    description=description,
+    features=tfds.features.FeaturesDict(
+      {
+        "image": tfds.features.Tensor(
+          shape=image_shape,
+          dtype=np.uint8,
+          encoding=tfds.features.Encoding.BYTES,
+        ),
+        "label": label,
+      }
+    ),
+    supervised_keys=("image", "label"),
+    disable_shuffling=True,
+    homepage=homepage,
+  )
 
 
 class OriginalFilesBuilder(

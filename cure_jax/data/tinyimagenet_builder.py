@@ -192,25 +192,15 @@ class CureTinyImagenet(sources.OriginalFilesBuilder):
   REMOTE_FILES = REMOTE_FILES
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-      builder=self,
+    return sources.image_label_info(
+      self,
       description=(
         "TinyImageNet: 200 ImageNet classes at 64x64, 500 training and 50"
         " validation images per class. The test split is the labelled"
         " validation set."
       ),
-      features=tfds.features.FeaturesDict(
-        {
-          "image": tfds.features.Tensor(
-            shape=IMAGE_SHAPE,
-            dtype=np.uint8,
-            encoding=tfds.features.Encoding.BYTES,
-          ),
-          "label": tfds.features.ClassLabel(num_classes=NUM_CLASSES),
-        }
-      ),
-      supervised_keys=("image", "label"),
-      disable_shuffling=True,  # Keep the original order (test subsets).
+      image_shape=IMAGE_SHAPE,
+      label=tfds.features.ClassLabel(num_classes=NUM_CLASSES),
       homepage="http://cs231n.stanford.edu/",
     )
 

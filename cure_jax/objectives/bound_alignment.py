@@ -194,26 +194,22 @@ def bound_alignment_over(
   """
   others = _check_over(logits, certified, reference, direction)
   loss = jnp.zeros((), jnp.result_type(*logits.values()))
+
+  def mean_kl(pairs):
+    """The mean over (source, target) pairs of `aligned_kl` source → target."""
+    terms = [
+      aligned_kl(
+        logits[source],
+        logits[target],
+        certified[source],
+        stop_gradient=stop_gradient,
+      )
+      for source, target in pairs
+    ]
+    return sum(terms[1:], terms[0]) / len(terms)
+
   if direction in ("others_to_reference", "both"):
-    terms = [
-      aligned_kl(
-        logits[name],
-        logits[reference],
-        certified[name],
-        stop_gradient=stop_gradient,
-      )
-      for name in others
-    ]
-    loss += sum(terms[1:], terms[0]) / len(others)
+    loss += mean_kl([(name, reference) for name in others])
   if direction in ("reference_to_others", "both"):
-    terms = [
-      aligned_kl(
-        logits[reference],
-        logits[name],
-        certified[reference],
-        stop_gradient=stop_gradient,
-      )
-      for name in others
-    ]
-    loss += sum(terms[1:], terms[0]) / len(others)
+    loss += mean_kl([(reference, name) for name in others])
   return loss

@@ -155,22 +155,16 @@ def objective_options(config: ml_collections.ConfigDict) -> ObjectiveOptions:
   return options
 
 
+def _check_choice(name: str, value, valid: list) -> None:
+  """Raises a ValueError naming the valid choices unless ``value`` is one."""
+  if value not in valid:
+    raise ValueError(f"unknown {name} {value!r}; valid ones are {valid}.")
+
+
 def _check_options(options: ObjectiveOptions) -> None:
-  if options.l2_variant not in L2_VARIANTS:
-    raise ValueError(
-      f"unknown l2_variant {options.l2_variant!r}; valid ones "
-      f"are {sorted(L2_VARIANTS)}."
-    )
-  if options.combine not in CURE_COMBINATIONS:
-    raise ValueError(
-      f"unknown cure.combine {options.combine!r}; valid ones are "
-      f"{list(CURE_COMBINATIONS)}."
-    )
-  if options.l1_variant not in L1_VARIANTS:
-    raise ValueError(
-      f"unknown l1_variant {options.l1_variant!r}; valid ones are "
-      f"{list(L1_VARIANTS)}."
-    )
+  _check_choice("l2_variant", options.l2_variant, sorted(L2_VARIANTS))
+  _check_choice("cure.combine", options.combine, list(CURE_COMBINATIONS))
+  _check_choice("l1_variant", options.l1_variant, list(L1_VARIANTS))
   norms = options.train_norms
   if len(set(norms)) != len(norms) or len(norms) < 2 or set(norms) - set(NORMS):
     raise ValueError(
@@ -192,11 +186,7 @@ def _check_options(options: ObjectiveOptions) -> None:
 
 
 def _check_bn_moments(options: ObjectiveOptions) -> None:
-  if options.bn_moments not in (CLEAN, MIDPOINT):
-    raise ValueError(
-      f"unknown bn_moments {options.bn_moments!r}; valid ones are "
-      f"{[CLEAN, MIDPOINT]}."
-    )
+  _check_choice("bn_moments", options.bn_moments, [CLEAN, MIDPOINT])
   l1_by_crown = options.l1_variant == "crown_ibp" and (
     options.method.term == "l1"
     or (options.method.term == "cure" and "l1" in options.train_norms)
@@ -290,39 +280,34 @@ def _updated_stats(robust) -> Metrics:
   )
 
 
-def _ibp_term(opts, network, batch, ctx):
-  del opts
-  robust = robust_losses.ibp_linf(
-    network, batch.images, batch.labels, ctx.eps_linf
-  )
+def _norm_term(norm: str, robust) -> tuple[jax.Array, Metrics]:
+  """The mean of one norm's certified loss, its metrics and updated moments."""
   return robust.loss.mean(), {
-    **_certified_metrics("linf", robust),
+    **_certified_metrics(norm, robust),
     **_updated_stats(robust),
   }
+
+
+def _ibp_term(opts, network, batch, ctx):
+  del opts
+  return _norm_term(
+    "linf",
+    robust_losses.ibp_linf(network, batch.images, batch.labels, ctx.eps_linf),
+  )
 
 
 def _sabr_term(opts, network, batch, ctx):
-  robust = _linf_loss(opts, network, batch, ctx, _keys(ctx)[0])
-  return robust.loss.mean(), {
-    **_certified_metrics("linf", robust),
-    **_updated_stats(robust),
-  }
+  return _norm_term(
+    "linf", _linf_loss(opts, network, batch, ctx, _keys(ctx)[0])
+  )
 
 
 def _l2_term(opts, network, batch, ctx):
-  robust = _l2_loss(opts, network, batch, ctx, _keys(ctx)[1])
-  return robust.loss.mean(), {
-    **_certified_metrics("l2", robust),
-    **_updated_stats(robust),
-  }
+  return _norm_term("l2", _l2_loss(opts, network, batch, ctx, _keys(ctx)[1]))
 
 
 def _l1_term(opts, network, batch, ctx):
-  robust = _l1_loss(opts, network, batch, ctx, _l1_key(ctx))
-  return robust.loss.mean(), {
-    **_certified_metrics("l1", robust),
-    **_updated_stats(robust),
-  }
+  return _norm_term("l1", _l1_loss(opts, network, batch, ctx, _l1_key(ctx)))
 
 
 def _crown_ibp_term(opts, network, batch, ctx):
