@@ -49,19 +49,17 @@ def _clean_margin(model, variables, x, labels):
   return -attacks.margin(logits, jnp.asarray(labels))
 
 
+def _certify_mlp(variables, x, labels, **options):
+  """`cascade.certify_batch` of the MLP, by default over B∞(x, `LINF_EPS`)."""
+  options = dict(norm="linf", eps=LINF_EPS, num_classes=NUM_CLASSES) | options
+  return cascade.certify_batch(MLP_MODEL.apply, variables, x, labels, **options)
+
+
 @pytest.fixture(scope="module")
 def mlp():
   variables, x, labels = _problem(MLP_MODEL)
-  result, reports = cascade.certify_batch(
-    MLP_MODEL.apply,
-    variables,
-    x,
-    labels,
-    norm="linf",
-    eps=LINF_EPS,
-    num_classes=NUM_CLASSES,
-    alpha_steps=ALPHA_STEPS,
-    return_stage_reports=True,
+  result, reports = _certify_mlp(
+    variables, x, labels, alpha_steps=ALPHA_STEPS, return_stage_reports=True
   )
   return variables, x, labels, result, reports
 
@@ -205,16 +203,8 @@ def test_adding_stages_never_uncertifies(mlp):
   previous = None
   for length in (1, 2):
     methods = cascade.DEFAULT_BOUND_METHODS[:length]
-    prefix = cascade.certify_batch(
-      MLP_MODEL.apply,
-      variables,
-      x,
-      labels,
-      norm="linf",
-      eps=LINF_EPS,
-      num_classes=NUM_CLASSES,
-      methods=methods,
-      alpha_steps=ALPHA_STEPS,
+    prefix = _certify_mlp(
+      variables, x, labels, methods=methods, alpha_steps=ALPHA_STEPS
     )
     certified = np.asarray(prefix.certified)
     if previous is not None:
@@ -275,14 +265,10 @@ def test_stage_reports_account_for_every_point(mlp):
 def test_invalid_rows_are_skipped(mlp):
   variables, x, labels, full, _ = mlp
   valid = np.arange(BATCH) < 10
-  result, reports = cascade.certify_batch(
-    MLP_MODEL.apply,
+  result, reports = _certify_mlp(
     variables,
     x,
     labels,
-    norm="linf",
-    eps=LINF_EPS,
-    num_classes=NUM_CLASSES,
     methods=("ibp",),
     valid=valid,
     return_stage_reports=True,
@@ -348,15 +334,8 @@ def test_gathering_under_jit_is_refused():
   variables, x, labels = _problem(MLP_MODEL)
   with pytest.raises(ValueError, match="gather=False"):
     jax.jit(
-      lambda images: cascade.certify_batch(
-        MLP_MODEL.apply,
-        variables,
-        images,
-        labels,
-        norm="linf",
-        eps=0.01,
-        num_classes=NUM_CLASSES,
-        methods=("ibp",),
+      lambda images: _certify_mlp(
+        variables, images, labels, eps=0.01, methods=("ibp",)
       )
     )(x)
 
@@ -364,14 +343,10 @@ def test_gathering_under_jit_is_refused():
 @pytest.fixture(scope="module")
 def mlp_bab(mlp):
   variables, x, labels, _, _ = mlp
-  return cascade.certify_batch(
-    MLP_MODEL.apply,
+  return _certify_mlp(
     variables,
     x,
     labels,
-    norm="linf",
-    eps=LINF_EPS,
-    num_classes=NUM_CLASSES,
     alpha_steps=ALPHA_STEPS,
     return_stage_reports=True,
     bab_seconds=3.0,
@@ -421,30 +396,13 @@ def test_branch_and_bound_is_refused_under_jit(mlp):
   with pytest.raises(ValueError, match="bab_seconds=0"):
     jax.jit(
       lambda images: (
-        cascade.certify_batch(
-          MLP_MODEL.apply,
-          variables,
-          images,
-          labels,
-          norm="linf",
-          eps=0.01,
-          num_classes=NUM_CLASSES,
-          gather=False,
-          bab_seconds=1.0,
+        _certify_mlp(
+          variables, images, labels, eps=0.01, gather=False, bab_seconds=1.0
         ).certified
       )
     )(x)
   with pytest.raises(ValueError, match="bab_seconds"):
-    cascade.certify_batch(
-      MLP_MODEL.apply,
-      variables,
-      x,
-      labels,
-      norm="linf",
-      eps=0.01,
-      num_classes=NUM_CLASSES,
-      bab_seconds=-1.0,
-    )
+    _certify_mlp(variables, x, labels, eps=0.01, bab_seconds=-1.0)
 
 
 class _TanhNet(nn.Module):

@@ -85,14 +85,9 @@ def test_bisect_finds_each_threshold_from_below():
     assert value == 0 or any(value == t[i] for t in tested)
 
 
-@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
-def test_certified_radius_is_certified_and_tight_for_a_linear_model(
-  linear_problem, norm
-):
-  variables, x, labels, exact = linear_problem
-  inside = exact[norm] < EPS_MAX - 2 * TOLERANCE
-  assert inside.sum() >= 8
-  found = radii.certified_radii(
+def _ibp_radii(variables, x, labels, norm, **options):
+  """`radii.certified_radii` of the linear model by IBP up to `EPS_MAX`."""
+  return radii.certified_radii(
     linear,
     variables,
     x,
@@ -102,7 +97,18 @@ def test_certified_radius_is_certified_and_tight_for_a_linear_model(
     tolerance=TOLERANCE,
     num_classes=NUM_CLASSES,
     methods=("ibp",),
+    **options,
   )
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
+def test_certified_radius_is_certified_and_tight_for_a_linear_model(
+  linear_problem, norm
+):
+  variables, x, labels, exact = linear_problem
+  inside = exact[norm] < EPS_MAX - 2 * TOLERANCE
+  assert inside.sum() >= 8
+  found = _ibp_radii(variables, x, labels, norm)
   # Sound: never above the exact radius; tight: within the tolerance.
   assert np.all(found[inside] <= exact[norm][inside] + 1e-5)
   assert np.all(found[inside] >= exact[norm][inside] - TOLERANCE - 1e-5)
@@ -131,18 +137,7 @@ def test_misclassified_and_invalid_points_get_radius_zero(linear_problem):
   labels[0] = (labels[0] + 1) % NUM_CLASSES
   valid = np.ones(len(labels), bool)
   valid[1] = False
-  found = radii.certified_radii(
-    linear,
-    variables,
-    x,
-    labels,
-    norm="l2",
-    eps_max=EPS_MAX,
-    tolerance=TOLERANCE,
-    num_classes=NUM_CLASSES,
-    methods=("ibp",),
-    valid=valid,
-  )
+  found = _ibp_radii(variables, x, labels, "l2", valid=valid)
   assert found[0] == 0 and found[1] == 0
   assert np.all(found[2:] > 0)
 
