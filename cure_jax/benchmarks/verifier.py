@@ -307,8 +307,9 @@ def run(
               npz,
               LIRPA_METHODS[method],
               str(alpha_steps),
+              str(int(share)),
             ],
-            timeout,
+            limit,
           )
         )
         results[model_name][method] = row

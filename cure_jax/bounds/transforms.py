@@ -15,12 +15,13 @@ Methods (all pure; compose with `jit`, `vmap` and `grad`):
 
 * `ibp`        interval bound propagation (exact l_p first layer);
 * `crown_ibp`  IBP for intermediate bounds, one CROWN pass from the output;
-* `crown`      CROWN for every intermediate bound (one backward pass per
-               hidden layer with an identity specification: memory grows
-               with the square of the layer width);
-* `alpha_crown` CROWN with lower ReLU slopes (also of max and min with a
-               constant) optimized by gradient ascent (optax), one set of
-               slopes per output specification.
+* `crown`      CROWN for every intermediate bound (a backward pass per
+               hidden layer from its unstable neurons, in memory-bounded
+               chunks: `intermediate`, `layer_bounds`);
+* `alpha_crown` CROWN with lower slopes of ReLU-like units (and the planes
+               of products) optimized by gradient ascent (optax) for every
+               backward pass — the output's and each hidden layer's — or
+               for the output's only (`slope_optimization`).
 """
 
 import functools
