@@ -15,12 +15,13 @@ Methods (all pure; compose with `jit`, `vmap` and `grad`):
 
 * `ibp`        interval bound propagation (exact l_p first layer);
 * `crown_ibp`  IBP for intermediate bounds, one CROWN pass from the output;
-* `crown`      CROWN for every intermediate bound (one backward pass per
-               hidden layer with an identity specification: memory grows
-               with the square of the layer width);
-* `alpha_crown` CROWN with lower ReLU slopes (also of max and min with a
-               constant) optimized by gradient ascent (optax), one set of
-               slopes per output specification.
+* `crown`      CROWN for every intermediate bound (a backward pass per
+               hidden layer from its unstable neurons, in memory-bounded
+               chunks: `intermediate`, `layer_bounds`);
+* `alpha_crown` CROWN with lower slopes of ReLU-like units (and the planes
+               of products) optimized by gradient ascent (optax) for every
+               backward pass — the output's and each hidden layer's — or
+               for the output's only (`slope_optimization`).
 """
 
 import functools
@@ -31,7 +32,15 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from cure_jax.bounds import backward, ibp_rules, leaky_relu, linear_rules
+from cure_jax.bounds import (
+  backward,
+  ibp_rules,
+  layer_bounds,
+  leaky_relu,
+  linear_rules,
+  slope_optimization,
+)
+from cure_jax.bounds import intermediate as intermediate_bounds
 from cure_jax.bounds.forward import (
   Env,
   as_interval,
@@ -41,7 +50,6 @@ from cure_jax.bounds.forward import (
 )
 from cure_jax.bounds.graph import Const, Eqn, Graph, trace
 from cure_jax.bounds.interval import Interval
-from cure_jax.bounds.relaxations import crown_lower_slope
 from cure_jax.bounds.sets import is_input_set
 
 
@@ -323,67 +331,29 @@ def crown_ibp(
 crown_ibp.__doc__ = crown_ibp.__doc__.format(rows_per_pass=_ROWS_PER_PASS_DOC)
 
 
-def _after_nonlinearity(graph: Graph, set_ids) -> set:
-  """Ids of values computed downstream of a nonlinear equation (a product
-  counts when both factors depend on the input sets)."""
-  depends, downstream = set(set_ids), set()
-  is_dependent = lambda a: not isinstance(a, Const) and a in depends
-  for eqn in graph.eqns:
-    if linear_rules.is_nonlinear(eqn, is_dependent) or any(
-      a in downstream for a in eqn.inputs if not isinstance(a, Const)
-    ):
-      downstream.update(eqn.outputs)
-    if any(is_dependent(a) for a in eqn.inputs):
-      depends.update(eqn.outputs)
-  return downstream
-
-
-def _crown_environment(graph: Graph, leaves) -> Env:
-  """Forward pass whose nonlinear inputs are tightened by CROWN.
-
-  Each bounded operand of a nonlinear equation that lies downstream of
-  another nonlinearity is re-bounded by a backward pass with an identity
-  specification over its neurons, intersected with its IBP interval.
-  (Values reached from the inputs through affine operations only are already
-  exact under the forward rules.)
-  """
-  sets = _sets_by_id(graph, leaves)
-  downstream = _after_nonlinearity(graph, sets)
-
-  def refine(eqn, args, env):
-    if not linear_rules.is_nonlinear(eqn, _bounded_in(env)):
-      return args
-    refined = list(args)
-    for i, atom in enumerate(eqn.inputs):
-      if isinstance(atom, Const) or atom not in downstream:
-        continue
-      current = as_interval(env[atom])
-      start = backward.identity_coefficients(current.shape, current.lower.dtype)
-      lower = backward.lower_bound(
-        graph, env, sets, {atom: start}, linear_rules.RULES
-      )
-      tighter = current.intersect(
-        backward.interval_from_identity(lower, current.shape)
-      )
-      env[atom] = tighter
-      refined[i] = tighter
-    return refined
-
-  return propagate(graph, leaves, ibp_rules.RULES, "CROWN", refine=refine)
-
-
-def _crown_lower(graph, leaves, spec, both, rows_per_pass=AUTO):
+def _crown_lower(
+  graph,
+  leaves,
+  spec,
+  both,
+  rows_per_pass=AUTO,
+  only_unstable=True,
+  pass_bytes=layer_bounds.DEFAULT_PASS_BYTES,
+):
   """CROWN lower bounds, never looser than CROWN-IBP (and so than IBP).
 
   Returns:
-    (lower rows, finish, the CROWN environment).
+    (lower rows, finish, the CROWN environment, its `Refinement`).
   """
-  env = _crown_environment(graph, leaves)
+  sets = _sets_by_id(graph, leaves)
+  env, refinement = intermediate_bounds.refined_environment(
+    graph, leaves, sets, only_unstable=only_unstable, pass_bytes=pass_bytes
+  )
   out, start, finish = _start(graph, env, spec, "crown", both)
   lower = backward.lower_bound(
     graph,
     env,
-    _sets_by_id(graph, leaves),
+    sets,
     {out: start},
     linear_rules.RULES,
     groups=_row_groups(start, rows_per_pass),
@@ -392,10 +362,26 @@ def _crown_lower(graph, leaves, spec, both, rows_per_pass=AUTO):
   reference, _ = _crown_ibp_lower(
     graph, ibp_env, leaves, spec, both, rows_per_pass
   )
-  return jnp.maximum(lower, reference), finish, env
+  return jnp.maximum(lower, reference), finish, env, refinement
 
 
-def crown(fn: Callable, bound: str = "both", rows_per_pass=AUTO) -> Callable:
+_INTERMEDIATE_DOC = """only_unstable: run each hidden layer's backward pass for the neurons
+      whose interval straddles a ReLU-like unit's threshold only (the others'
+      relaxations are exact); the bounds of the output are the same. Rows
+      are gathered per example when the intervals are concrete (outside
+      ``jit``); under ``jit`` every neuron is a row.
+    pass_bytes: approximate memory budget of one hidden layer's backward
+      pass: its rows are taken in chunks of that many bytes of
+      coefficients (same bounds); None for one pass."""
+
+
+def crown(
+  fn: Callable,
+  bound: str = "both",
+  rows_per_pass=AUTO,
+  only_unstable: bool = True,
+  pass_bytes: int | None = layer_bounds.DEFAULT_PASS_BYTES,
+) -> Callable:
   """CROWN (Zhang et al., NeurIPS 2018): linear bounds for every layer.
 
   Args:
@@ -403,23 +389,37 @@ def crown(fn: Callable, bound: str = "both", rows_per_pass=AUTO) -> Callable:
     bound: "both", or "lower" (upper bounds of the output returned as +inf;
       intermediate bounds are always two-sided).
     {rows_per_pass}
+    {intermediate}
 
   Returns:
     ``bounded(*args, spec=None, **kwargs)``.
   """
   both = _check_bound(bound)
   rows_per_pass = _check_rows_per_pass(rows_per_pass)
+  pass_bytes = _check_pass_bytes(pass_bytes)
 
   @functools.wraps(fn)
   def bounded(*args, spec=None, **kwargs):
     graph, leaves = _trace_checked(fn, args, kwargs)
-    lower, finish, _ = _crown_lower(graph, leaves, spec, both, rows_per_pass)
+    lower, finish, _, _ = _crown_lower(
+      graph, leaves, spec, both, rows_per_pass, only_unstable, pass_bytes
+    )
     return finish(lower)
 
   return bounded
 
 
-crown.__doc__ = crown.__doc__.format(rows_per_pass=_ROWS_PER_PASS_DOC)
+crown.__doc__ = crown.__doc__.format(
+  rows_per_pass=_ROWS_PER_PASS_DOC, intermediate=_INTERMEDIATE_DOC
+)
+
+
+def _check_pass_bytes(pass_bytes):
+  if pass_bytes is None or (isinstance(pass_bytes, int) and pass_bytes > 0):
+    return pass_bytes
+  raise ValueError(
+    f"pass_bytes must be None or a positive int, got {pass_bytes!r}."
+  )
 
 
 def _unstable_relus(graph: Graph, env: Env) -> dict[int, Interval]:
@@ -458,56 +458,109 @@ def _products(graph: Graph, env: Env) -> dict[int, tuple]:
   }
 
 
+OPTIMIZE = ("all_layers", "output")
+
+
+def _check_alpha_options(steps, intermediate_method, optimize):
+  """The effective ``optimize`` ("all_layers" needs CROWN intermediates)."""
+  if intermediate_method not in ("crown", "ibp"):
+    raise ValueError(
+      f"intermediate must be 'crown' or 'ibp', got {intermediate_method!r}."
+    )
+  if steps < 0:
+    raise ValueError(f"steps must be >= 0, got {steps}.")
+  if optimize is None:
+    return "all_layers" if intermediate_method == "crown" else "output"
+  if optimize not in OPTIMIZE:
+    raise ValueError(
+      f"optimize must be one of {OPTIMIZE} (or None), got {optimize!r}."
+    )
+  if optimize == "all_layers" and intermediate_method == "ibp":
+    raise ValueError(
+      "optimize='all_layers' optimizes the slopes of CROWN's intermediate "
+      "bounds: use intermediate='crown', or optimize='output' with IBP "
+      "intermediate bounds."
+    )
+  return optimize
+
+
+def _verified(spec, rows: int):
+  """best -> whether every specification's lower bound is positive (the
+  lower rows only: with bound="both" the rest are negated upper bounds)."""
+  if spec is None:
+    return None
+  return lambda best: jnp.all(best[:rows] > 0)
+
+
 def alpha_crown(
   fn: Callable,
-  steps: int = 20,
+  steps: int = slope_optimization.DEFAULT_STEPS,
   optimizer: optax.GradientTransformation | None = None,
   intermediate: str = "crown",
   bound: str = "both",
-  unroll: int | bool = True,
+  unroll: int | bool = 1,
   rows_per_pass=AUTO,
+  optimize: str | None = None,
+  share_slopes: bool = False,
+  early_stop: bool = True,
+  only_unstable: bool = True,
+  pass_bytes: int | None = layer_bounds.DEFAULT_PASS_BYTES,
 ) -> Callable:
   """α-CROWN (Xu et al., ICLR 2021): CROWN with optimized lower slopes.
 
-  The lower slope α ∈ [0, 1] of every unstable ReLU, separately for every
-  output specification and example, is optimized by ``steps`` steps of
-  ``optimizer`` (default Adam, learning rate 0.1) on the sum of the bounds,
-  starting from CROWN's slopes. The best bound seen for each specification
-  is returned, so the result is never looser than CROWN, and every bound
-  seen is sound whatever α ∈ [0, 1] is. The mix of McCormick's planes of
-  every product of two bounded values (`linear_rules.product`) is optimized
-  alike, from CROWN's planes.
+  The lower slope α ∈ [0, 1] of every unstable ReLU-like unit (max or min
+  with a constant, leaky ReLU) and the mix of McCormick's planes of every
+  product of two bounded values (`linear_rules.product`) are optimized by
+  ``steps`` steps of ``optimizer`` on the sum of the output's lower bounds,
+  starting from CROWN's (`slope_optimization`). With
+  ``optimize="all_layers"`` (the default with CROWN intermediates) every
+  backward pass has its own slopes — the output's, separately per
+  specification row and example, and each hidden layer's, per neuron row
+  (or shared by a layer's rows) — so the intermediate bounds tighten too;
+  with ``optimize="output"`` only the output's pass is optimized, over fixed
+  CROWN (or IBP) intermediate bounds. The best bound seen for each
+  specification is returned, so the result is never looser than CROWN, and
+  every bound seen is sound whatever the slopes in [0, 1] are.
 
   Args:
     fn: the function to bound.
-    steps: optimization steps.
-    optimizer: an optax gradient transformation (minimizes -bound).
+    steps: optimization steps (default 100, α,β-CROWN's).
+    optimizer: an optax gradient transformation (minimizes -bound); default
+      Adam with learning rate 0.1 · 0.98^step.
     intermediate: "crown" (default) or "ibp" for the intermediate bounds.
     bound: "both", or "lower" (upper bounds returned as +inf; half the cost).
-    unroll: the optimization loop's ``lax.scan`` unrolling: True (default,
-      fastest on CPU), or an int / 1 for a rolled loop that compiles
-      faster for many steps.
+    unroll: the optimization loop's ``lax.scan`` unrolling (without early
+      stopping): 1 (default) compiles one step; True runs a few steps
+      faster on a CPU for a compilation that grows with ``steps``.
     {rows_per_pass} Every optimization step takes the same groups.
+    optimize: "all_layers" or "output"; None: "all_layers" with CROWN
+      intermediate bounds, "output" with IBP ones.
+    share_slopes: one set of slopes per hidden layer's pass, shared by all
+      its rows (memory: the per-row slopes of a pass are rows × the units
+      before it); the output's pass keeps per-row slopes.
+    early_stop: with a ``spec``, stop once every specification's lower
+      bound is positive (a ``while_loop``; ``unroll`` is then unused).
+    {intermediate}
 
   Returns:
     ``bounded(*args, spec=None, **kwargs)``.
   """
-  if intermediate not in ("crown", "ibp"):
-    raise ValueError(
-      f"intermediate must be 'crown' or 'ibp', got {intermediate!r}."
-    )
-  if steps < 0:
-    raise ValueError(f"steps must be >= 0, got {steps}.")
-  optimizer = optimizer if optimizer is not None else optax.adam(0.1)
+  optimize = _check_alpha_options(steps, intermediate, optimize)
+  optimizer = (
+    optimizer
+    if optimizer is not None
+    else slope_optimization.default_optimizer()
+  )
   both = _check_bound(bound)
   rows_per_pass = _check_rows_per_pass(rows_per_pass)
+  pass_bytes = _check_pass_bytes(pass_bytes)
 
   @functools.wraps(fn)
   def bounded(*args, spec=None, **kwargs):
     graph, leaves = _trace_checked(fn, args, kwargs)
     if intermediate == "crown":
-      reference, finish, env = _crown_lower(
-        graph, leaves, spec, both, rows_per_pass
+      reference, finish, env, refinement = _crown_lower(
+        graph, leaves, spec, both, rows_per_pass, only_unstable, pass_bytes
       )
     else:
       env = propagate(graph, leaves, ibp_rules.RULES, "α-CROWN")
@@ -516,68 +569,59 @@ def alpha_crown(
       )
     out, start, _ = _start(graph, env, spec, "alpha_crown", both)
     sets = _sets_by_id(graph, leaves)
-    pre = _unstable_relus(graph, env)
-    rows = start.shape[0]
+    units, products = _unstable_relus(graph, env), _products(graph, env)
     groups = _row_groups(start, rows_per_pass)
+    slopes = {
+      "output": slope_optimization.initial_slopes(
+        units, products, (start.shape[0],)
+      )
+    }
+    if optimize == "all_layers":
+      plans = intermediate_bounds.replan(
+        graph, env, refinement, only_unstable, pass_bytes
+      )
+      slopes["layers"] = slope_optimization.layer_slopes(
+        graph, plans, units, products, share_slopes
+      )
 
-    def bound(alphas):
+    def bound(slopes):
+      pass_env = env
+      if "layers" in slopes:
+        pass_env, _ = intermediate_bounds.refined_environment(
+          graph,
+          leaves,
+          sets,
+          plans=plans,
+          alphas=None if share_slopes else slopes["layers"],
+          shared=slopes["layers"] if share_slopes else None,
+          references=refinement.bounds,
+          pass_bytes=pass_bytes,
+        )
       return backward.lower_bound(
         graph,
-        env,
+        pass_env,
         sets,
         {out: start},
         linear_rules.RULES,
-        alphas,
+        slopes["output"],
         groups=groups,
       )
 
-    alphas = {
-      v: jnp.broadcast_to(
-        crown_lower_slope(box.lower, box.upper), (rows,) + box.shape
-      )
-      for v, box in pre.items()
-    }
-    alphas.update(
-      {
-        v: jnp.ones((rows,) + shape, start.dtype)  # CROWN's planes
-        for v, shape in _products(graph, env).items()
-      }
+    done = _verified(spec, start.shape[0] // 2 if both else start.shape[0])
+    best = slope_optimization.maximize(
+      bound,
+      slopes,
+      reference,
+      steps,
+      optimizer,
+      unroll=unroll,
+      done=done if early_stop else None,
     )
-    alphas = jax.lax.stop_gradient(alphas)
-
-    def negated_sum(a):
-      lower = bound(a)
-      return -lower.sum(), lower
-
-    def step(carry, _):
-      # One bound evaluation per step: its value updates the best bound seen
-      # (at the current slopes), its gradient the slopes.
-      alphas, opt_state, best = carry
-      (_, lower), grads = jax.value_and_grad(negated_sum, has_aux=True)(alphas)
-      best = jnp.maximum(best, lower)
-      updates, opt_state = optimizer.update(grads, opt_state, alphas)
-      alphas = jax.tree.map(
-        lambda a: jnp.clip(a, 0.0, 1.0), optax.apply_updates(alphas, updates)
-      )
-      return (alphas, opt_state, best), None
-
-    best = reference
-    if alphas and steps:
-      # Unrolled by default: XLA:CPU runs convolutions inside a while loop
-      # several times slower than outside one (compilation grows instead).
-      (alphas, _, best), _ = jax.lax.scan(
-        step,
-        (alphas, optimizer.init(alphas), best),
-        None,
-        length=steps,
-        unroll=unroll,
-      )
-      best = jnp.maximum(best, bound(alphas))
     return finish(best)
 
   return bounded
 
 
 alpha_crown.__doc__ = alpha_crown.__doc__.format(
-  rows_per_pass=_ROWS_PER_PASS_DOC
+  rows_per_pass=_ROWS_PER_PASS_DOC, intermediate=_INTERMEDIATE_DOC
 )

@@ -1,0 +1,396 @@
+r"""cure_jax's bound methods against auto_LiRPA's, same weights, same CPU.
+
+  python -m cure_jax.benchmarks.verifier [--models=small_cnn,cnn7] \
+      [--batch=8] [--eps=0.1] [--alpha-steps=20] \
+      [--lirpa-python=/tmp/lirpa/bin/python] [--out=results.json]
+
+For each model (MNIST shape, random IBP-initialized weights without
+BatchNorm, random inputs in [0, 1], random labels) and each method — CROWN,
+α-CROWN over every layer, CROWN-IBP, lower bounds of the 9 margins over the
+l∞ ball of radius ``eps`` ∩ [0, 1] — one subprocess bounds the batch twice
+and reports the seconds of the first call (cure_jax: tracing and
+compilation included) and of the second, the peak resident memory of the
+process (``ru_maxrss``) and the mean margin bound. auto_LiRPA (PyTorch, a
+throwaway virtualenv: /work/shared/peers/README.md) runs the same weights,
+exported to .npz, under ``--lirpa-python``; its columns are skipped, saying
+so, when that interpreter or the package is missing. α-CROWN runs the same
+steps on both sides (Adam, lr 0.1 decayed by 0.98 per step, intermediate
+bounds re-optimized, no early stop; slopes shared by each layer's rows on
+CNN7). cure_jax's calls are jitted, so every neuron of a hidden layer is a
+row of its backward pass (as in auto_LiRPA on these nets, where IBP leaves
+nearly every neuron unstable).
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+
+import numpy as np
+
+METHODS = ("crown", "alpha_crown", "crown_ibp")
+LIRPA_METHODS = {
+  "crown": "CROWN",
+  "alpha_crown": "alpha-CROWN",
+  "crown_ibp": "CROWN-IBP",
+}
+NUM_CLASSES = 10
+# A first call slower than this is not repeated (its time stands alone).
+SKIP_SECOND_CALL_AFTER_S = 600.0
+IMAGE_SHAPE = (28, 28, 1)
+
+
+def _peak_mb() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def build(model_name: str, batch: int, seed: int = 0):
+  """(model, variables, x [B, 28, 28, 1], labels [B]), deterministic."""
+  import jax  # noqa: PLC0415 (workers import JAX only when they need it)
+
+  from cure_jax.models import get_model, ibp_init  # noqa: PLC0415
+
+  model = get_model(model_name, num_classes=NUM_CLASSES, batch_norm=False)
+  k_x, k_y, k_init, k_ibp = jax.random.split(jax.random.key(seed), 4)
+  x = jax.random.uniform(k_x, (batch,) + IMAGE_SHAPE)
+  labels = jax.random.randint(k_y, (batch,), 0, NUM_CLASSES)
+  variables = model.init(k_init, x[:2], train=False)
+  variables = dict(variables, params=ibp_init(variables["params"], k_ibp))
+  return model, variables, x, labels
+
+
+def _torch_layers(model, params) -> list[dict]:
+  """The model as a list of layers in PyTorch layouts (NCHW)."""
+  layers, height = [], IMAGE_SHAPE[0]
+  padding = model.padding
+  pad = 0 if padding == "VALID" else int(padding[0][0])
+  channels = IMAGE_SHAPE[-1]
+  for i, stride in enumerate(model.conv_strides):
+    kernel = np.asarray(params[f"conv_{i}"]["kernel"])  # [kh, kw, in, out]
+    layers.append(
+      dict(
+        kind="conv",
+        weight=kernel.transpose(3, 2, 0, 1),
+        bias=np.asarray(params[f"conv_{i}"]["bias"]),
+        stride=int(stride),
+        padding=pad,
+      )
+    )
+    height = (height + 2 * pad - kernel.shape[0]) // stride + 1
+    channels = kernel.shape[-1]
+  names = [f"dense_{i}" for i in range(len(model.dense_widths))] + ["logits"]
+  for j, name in enumerate(names):
+    kernel = np.asarray(params[name]["kernel"])  # [in, out]
+    if j == 0:  # NHWC flattening -> NCHW flattening
+      kernel = (
+        kernel.reshape(height, height, channels, -1)
+        .transpose(2, 0, 1, 3)
+        .reshape(kernel.shape)
+      )
+    layers.append(
+      dict(
+        kind="dense",
+        weight=kernel.T,
+        bias=np.asarray(params[name]["bias"]),
+        flatten=j == 0,
+      )
+    )
+  return layers
+
+
+def export(path: str, model_name: str, batch: int, eps: float) -> None:
+  """Writes the weights, inputs (NCHW) and margin specification to .npz."""
+  from cure_jax.bounds import margin_spec  # noqa: PLC0415
+
+  model, variables, x, labels = build(model_name, batch)
+  arrays = {
+    "x": np.asarray(x).transpose(0, 3, 1, 2),
+    "spec": np.asarray(margin_spec(labels, NUM_CLASSES)),
+    "eps": np.float32(eps),
+    "logits": np.asarray(model.apply(variables, x, train=False)),
+  }
+  layers = _torch_layers(model, variables["params"])
+  for i, layer in enumerate(layers):
+    arrays[f"w{i}"], arrays[f"b{i}"] = layer["weight"], layer["bias"]
+    arrays[f"meta{i}"] = np.array(
+      [
+        layer["kind"] == "conv",
+        layer.get("stride", 0),
+        layer.get("padding", 0),
+        layer.get("flatten", False),
+      ]
+    )
+  arrays["layers"] = np.int64(len(layers))
+  np.savez(path, **arrays)
+
+
+def _jax_bounds(model_name, method, batch, eps, alpha_steps, share=False):
+  """The jitted bounding call of a cure_jax method (every neuron a row)."""
+  import functools  # noqa: PLC0415
+
+  import jax  # noqa: PLC0415
+
+  from cure_jax import bounds  # noqa: PLC0415
+
+  model, variables, x, labels = build(model_name, batch)
+  spec = bounds.margin_spec(labels, NUM_CLASSES)
+  transform = {
+    "crown": functools.partial(bounds.crown, bound="lower"),
+    "crown_ibp": functools.partial(bounds.crown_ibp, bound="lower"),
+    "alpha_crown": functools.partial(
+      bounds.alpha_crown,
+      steps=alpha_steps,
+      bound="lower",
+      early_stop=False,
+      optimize="all_layers",
+      share_slopes=share,
+    ),
+  }[method](model.apply)
+
+  @jax.jit
+  def lower(variables, x, spec):
+    ball = bounds.LinfBall(x, eps, domain=(0.0, 1.0))
+    return transform(variables, ball, spec=spec, train=False).lower
+
+  return lambda: lower(variables, x, spec)
+
+
+def _timed(call) -> dict:
+  start = time.perf_counter()
+  lower = np.asarray(call())
+  first = time.perf_counter() - start
+  if first > SKIP_SECOND_CALL_AFTER_S:
+    return dict(
+      first_s=first, peak_mb=_peak_mb(), mean_margin=float(lower.mean())
+    )
+  start = time.perf_counter()
+  lower = np.asarray(call())
+  second = time.perf_counter() - start
+  return dict(
+    first_s=first,
+    second_s=second,
+    peak_mb=_peak_mb(),
+    mean_margin=float(lower.mean()),
+  )
+
+
+def jax_worker(model_name, method, batch, eps, alpha_steps, share) -> dict:
+  return _timed(_jax_bounds(model_name, method, batch, eps, alpha_steps, share))
+
+
+LIRPA_SCRIPT = textwrap.dedent(
+  """
+  import json, resource, sys, time
+  import numpy as np, torch
+  from auto_LiRPA import BoundedModule, BoundedTensor, PerturbationLpNorm
+
+  path, method, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
+  share = sys.argv[4] == "1"
+  d = np.load(path)
+  layers = []
+  for i in range(int(d["layers"])):
+    w, b = torch.tensor(d[f"w{i}"]), torch.tensor(d[f"b{i}"])
+    is_conv, stride, padding, flatten = (int(v) for v in d[f"meta{i}"])
+    if flatten:
+      layers.append(torch.nn.Flatten())
+    if is_conv:
+      layer = torch.nn.Conv2d(w.shape[1], w.shape[0], tuple(w.shape[2:]),
+                              stride, padding)
+    else:
+      layer = torch.nn.Linear(w.shape[1], w.shape[0])
+    with torch.no_grad():
+      layer.weight.copy_(w); layer.bias.copy_(b)
+    layers += [layer, torch.nn.ReLU()]
+  model = torch.nn.Sequential(*layers[:-1]).eval()
+  x, spec, eps = torch.tensor(d["x"]), torch.tensor(d["spec"]), float(d["eps"])
+  with torch.no_grad():  # the same function as the JAX model
+    np.testing.assert_allclose(model(x).numpy(), d["logits"], atol=1e-3,
+                               rtol=1e-3)
+  bounded = BoundedModule(model, torch.zeros_like(x), device="cpu")
+  if method == "alpha-CROWN":
+    bounded.set_bound_opts({"optimize_bound_args": {
+      "iteration": steps, "lr_alpha": 0.1, "lr_decay": 0.98,
+      "fix_interm_bounds": False, "early_stop_patience": steps + 1,
+      "use_shared_alpha": share}})
+  ptb = PerturbationLpNorm(norm=float("inf"), eps=eps,
+                           x_L=(x - eps).clamp(0, 1), x_U=(x + eps).clamp(0, 1))
+  bx = BoundedTensor(x, ptb)
+  def call():
+    lower, _ = bounded.compute_bounds(x=(bx,), C=spec, method=method,
+                                      bound_upper=False)
+    return lower.detach().numpy()
+  times = []
+  for _ in range(2):
+    start = time.perf_counter(); lower = call()
+    times.append(time.perf_counter() - start)
+  print(json.dumps(dict(first_s=times[0], second_s=times[1],
+    peak_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+    mean_margin=float(lower.mean()))))
+  """
+)
+
+
+def _run(command, timeout) -> dict:
+  """The JSON a worker prints last, or the reason there is none."""
+  try:
+    done = subprocess.run(
+      command, capture_output=True, text=True, timeout=timeout, check=False
+    )
+  except subprocess.TimeoutExpired:
+    return dict(error=f"timed out after {timeout} s")
+  lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+  if done.returncode != 0 or not lines:
+    tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+    return dict(error=f"exit {done.returncode}: " + " | ".join(tail))
+  return json.loads(lines[-1])
+
+
+def lirpa_available(python: str) -> str | None:
+  """None when ``python`` imports auto_LiRPA, else why not."""
+  if not os.path.exists(python):
+    return f"{python} not found"
+  check = subprocess.run(
+    [python, "-c", "import auto_LiRPA"], capture_output=True, check=False
+  )
+  return None if check.returncode == 0 else "auto_LiRPA not installed there"
+
+
+def run(
+  models=("small_cnn", "cnn7"),
+  batch: int = 8,
+  eps: float = 0.1,
+  alpha_steps: int = 20,
+  lirpa_python: str = "/tmp/lirpa/bin/python",
+  timeout: float = 1800.0,
+  model_timeouts: dict | None = None,
+  shared_slopes=("cnn7",),
+) -> dict:
+  """{model: {method: {"cure_jax": row, "auto_LiRPA": row}}}.
+
+  ``model_timeouts`` overrides ``timeout`` (seconds per subprocess) by model;
+  α-CROWN shares each layer's slopes across its rows on ``shared_slopes``
+  (both libraries), whose per-row slopes would not fit in memory.
+  """
+  lirpa_missing = lirpa_available(lirpa_python)
+  results = {}
+  with tempfile.TemporaryDirectory() as tmp:
+    script = os.path.join(tmp, "lirpa_worker.py")
+    with open(script, "w") as f:
+      f.write(LIRPA_SCRIPT)
+    for model_name in models:
+      limit = (model_timeouts or {}).get(model_name, timeout)
+      share = model_name in shared_slopes
+      npz = os.path.join(tmp, f"{model_name}.npz")
+      export(npz, model_name, batch, eps)
+      results[model_name] = {}
+      for method in METHODS:
+        worker = [
+          sys.executable,
+          "-m",
+          "cure_jax.benchmarks.verifier",
+          "--worker",
+          json.dumps([model_name, method, batch, eps, alpha_steps, share]),
+        ]
+        row = {"cure_jax": _run(worker, limit)}
+        row["auto_LiRPA"] = (
+          dict(error=f"skipped: {lirpa_missing}")
+          if lirpa_missing
+          else _run(
+            [
+              lirpa_python,
+              script,
+              npz,
+              LIRPA_METHODS[method],
+              str(alpha_steps),
+              str(int(share)),
+            ],
+            limit,
+          )
+        )
+        results[model_name][method] = row
+        print(model_name, method, json.dumps(row), flush=True)
+  return results
+
+
+def table(results: dict, batch: int) -> str:
+  """A Markdown table: seconds per point (second call) and peak memory."""
+  lines = [
+    "| model | method | cure_jax s/point (1st call) | auto_LiRPA s/point "
+    "(1st call) | speed-up | cure_jax peak MB | auto_LiRPA peak MB | "
+    "mean margin bound (cure_jax / auto_LiRPA) |",
+    "|---|---|---|---|---|---|---|---|",
+  ]
+
+  def cell(row, key, scale=1.0, fmt="{:.3f}"):
+    if key in row:
+      return fmt.format(row[key] / scale)
+    return row.get("error", "—")
+
+  def steady(row):
+    return row.get("second_s", row.get("first_s"))
+
+  for model_name, by_method in results.items():
+    for method, row in by_method.items():
+      ours, theirs = row["cure_jax"], row["auto_LiRPA"]
+      speed = (
+        f"{steady(theirs) / steady(ours):.2f}×"
+        if steady(ours) and steady(theirs)
+        else "—"
+      )
+      lines.append(
+        f"| {model_name} | {method} | {cell(ours, 'second_s', batch)} "
+        f"({cell(ours, 'first_s', batch)}) | "
+        f"{cell(theirs, 'second_s', batch)} ({cell(theirs, 'first_s', batch)})"
+        f" | {speed} | {cell(ours, 'peak_mb', fmt='{:.0f}')} | "
+        f"{cell(theirs, 'peak_mb', fmt='{:.0f}')} | "
+        f"{cell(ours, 'mean_margin')} / {cell(theirs, 'mean_margin')} |"
+      )
+  return "\n".join(lines)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--models", default="small_cnn,cnn7")
+  parser.add_argument("--batch", type=int, default=8)
+  parser.add_argument("--eps", type=float, default=0.1)
+  parser.add_argument("--alpha-steps", type=int, default=20)
+  parser.add_argument("--lirpa-python", default="/tmp/lirpa/bin/python")
+  parser.add_argument("--timeout", type=float, default=1800.0)
+  parser.add_argument(
+    "--model-timeouts",
+    default="",
+    help="per-model seconds, e.g. cnn7=180,small_cnn=1200",
+  )
+  parser.add_argument("--out", default=None)
+  parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+  args = parser.parse_args(argv)
+  if args.worker is not None:
+    print(json.dumps(jax_worker(*json.loads(args.worker))))
+    return
+  results = run(
+    tuple(args.models.split(",")),
+    args.batch,
+    args.eps,
+    args.alpha_steps,
+    args.lirpa_python,
+    args.timeout,
+    {
+      name: float(seconds)
+      for name, seconds in (
+        item.split("=") for item in args.model_timeouts.split(",") if item
+      )
+    },
+  )
+  print(table(results, args.batch))
+  if args.out:
+    with open(args.out, "w") as f:
+      json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+  main()
