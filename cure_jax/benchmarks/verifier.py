@@ -286,7 +286,20 @@ def run(
       limit = (model_timeouts or {}).get(model_name, timeout)
       share = model_name in shared_slopes
       npz = os.path.join(tmp, f"{model_name}.npz")
-      export(npz, model_name, batch, eps)
+      # Exported by a subprocess: Linux keeps ru_maxrss across execve, so
+      # workers report at least this runner's size, kept free of JAX.
+      exported = _run(
+        [
+          sys.executable,
+          "-m",
+          "cure_jax.benchmarks.verifier",
+          "--export",
+          json.dumps([npz, model_name, batch, eps]),
+        ],
+        limit,
+      )
+      if "error" in exported:
+        raise RuntimeError(f"exporting {model_name}: {exported['error']}")
       results[model_name] = {}
       for method in METHODS:
         worker = [
@@ -368,7 +381,12 @@ def main(argv=None):
   )
   parser.add_argument("--out", default=None)
   parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+  parser.add_argument("--export", default=None, help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
+  if args.export is not None:
+    export(*json.loads(args.export))
+    print(json.dumps(dict(peak_mb=_peak_mb())))
+    return
   if args.worker is not None:
     print(json.dumps(jax_worker(*json.loads(args.worker))))
     return

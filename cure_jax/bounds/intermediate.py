@@ -172,7 +172,10 @@ def leading_contraction(producers, env: Env, atom):
   def run_chain(value):
     values = {z: value}
     for eqn in chain:
-      args = [values[a] if a in values else read(env, a) for a in eqn.inputs]
+      args = [
+        read(env, a) if isinstance(a, Const) or a not in values else values[a]
+        for a in eqn.inputs
+      ]
       values[eqn.outputs[0]] = evaluate_concrete(eqn, args)[0]
     return values[atom].reshape(z_shape[0], -1)
 

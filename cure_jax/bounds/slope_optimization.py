@@ -134,7 +134,10 @@ def maximize(
     # (at the current slopes), its gradient the slopes.
     slopes, opt_state, best = carry
     (_, lower), grads = jax.value_and_grad(negated_sum, has_aux=True)(slopes)
-    best = jnp.maximum(best, lower)
+    # A relaxation at the edge of its domain (sqrt or log at 0) has an
+    # infinite derivative: such a gradient entry moves nothing.
+    grads = jax.tree.map(lambda g: jnp.where(jnp.isfinite(g), g, 0.0), grads)
+    best = jnp.fmax(best, lower)  # a NaN bound is no bound
     updates, opt_state = optimizer.update(grads, opt_state, slopes)
     slopes = jax.tree.map(
       lambda a: jnp.clip(a, 0.0, 1.0), optax.apply_updates(slopes, updates)
@@ -149,7 +152,7 @@ def maximize(
       lambda c, _: (step(c), None), carry, None, length=steps, unroll=unroll
     )
     slopes, _, best = carry
-    return jnp.maximum(best, bound(slopes))
+    return jnp.fmax(best, bound(slopes))
   # Stops before evaluating the slopes of the last update once done.
   _, (_, _, best) = jax.lax.while_loop(
     lambda ic: (ic[0] < steps) & ~done(ic[1][2]),
