@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from cure_jax import attacks
 from cure_jax.certify import empirical
 
 SETTINGS = empirical.PGDSettings(steps=20, restarts=2)
@@ -85,3 +86,64 @@ def test_zero_radius_keeps_exactly_the_correct_points(loss):
 def test_bad_settings_explain_the_fix(settings, message):
   with pytest.raises(ValueError, match=message):
     empirical.check_pgd_settings(settings)
+
+
+EPS = 4.0  # an l1 radius at which some, not all, of the points are robust
+
+
+def test_l1_robustness_is_the_and_of_dense_pgd_and_the_sparse_attack():
+  key = jax.random.PRNGKey(3)
+  k_w, k_x = jax.random.split(key)
+  variables = {
+    "w": 0.5 * jax.random.normal(k_w, (64, 2)),
+    "b": jnp.zeros(2),
+  }
+  x = jax.random.uniform(k_x, (16, 8, 8, 1))
+  logits = linear_apply(variables, x, False)
+  labels = jnp.argmax(logits, -1)
+  settings = empirical.PGDSettings(steps=10)
+  got = empirical.pgd_robust(
+    linear_apply,
+    variables,
+    x,
+    labels,
+    norm="l1",
+    eps=EPS,
+    key=key,
+    settings=settings,
+  )
+
+  def logits_fn(z):
+    return linear_apply(variables, z, False)
+
+  dense = attacks.pgd(
+    logits_fn,
+    x,
+    labels,
+    norm="l1",
+    eps=EPS,
+    steps=10,
+    step_size=settings.relative_step_size * EPS / 10,
+    key=key,
+    restarts=settings.restarts,
+    random_start=True,
+    loss=settings.loss,
+    domain=(0.0, 1.0),
+    l1_sparsity=settings.l1_sparsity,
+  )
+  sparse = attacks.sparse_l1_attack(
+    logits_fn,
+    x,
+    labels,
+    eps=EPS,
+    steps=10,
+    key=jax.random.fold_in(key, 1),
+    restarts=settings.restarts,
+    loss=settings.loss,
+    domain=(0.0, 1.0),
+  )
+  expected = ~attacks.is_adversarial(logits_fn, dense, labels) & (
+    ~attacks.is_adversarial(logits_fn, sparse, labels)
+  )
+  np.testing.assert_array_equal(got, expected)
+  assert 0 < int(jnp.sum(got)) < len(labels)  # the radius separates points

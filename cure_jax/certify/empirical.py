@@ -103,7 +103,21 @@ def pgd_robust(
   # The clean point competes in pgd, but with loss='ce' a correctly
   # classified iterate of higher loss could replace a misclassified x.
   clean_correct = ~attacks.is_adversarial(logits_fn, images, labels)
-  return clean_correct & ~attacks.is_adversarial(logits_fn, x_adv, labels)
+  robust = clean_correct & ~attacks.is_adversarial(logits_fn, x_adv, labels)
+  if norm == "l1":  # and the sparse attack (docs/method.md §10): the stronger
+    x_sparse = attacks.sparse_l1_attack(
+      logits_fn,
+      images,
+      labels,
+      eps=eps,
+      steps=settings.steps,
+      key=jax.random.fold_in(key, 1),
+      restarts=settings.restarts,
+      loss=settings.loss,
+      domain=cascade.PIXEL_DOMAIN,
+    )
+    robust &= ~attacks.is_adversarial(logits_fn, x_sparse, labels)
+  return robust
 
 
 def _pgd_robust(apply_fn, norm, settings, variables, images, labels, eps, key):
