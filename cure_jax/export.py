@@ -9,7 +9,7 @@ recorded there (``--config=...`` names another) and writes into
 ``out_dir`` (default ``workdir/vnncomp``)::
 
   onnx/model.onnx                 the eval-mode model (BatchNorm folded, NCHW)
-  vnnlib/prop_<i>_linf_<eps>.vnnlib   one per test point i < examples
+  specs/prop_<i>_linf_<eps>.vnnlib    one per test point i < examples
   instances.csv                   onnx,vnnlib,timeout rows
   export.json                     the report, with the config and provenance
 
@@ -67,7 +67,7 @@ def define_flags() -> None:
 
 
 ONNX_FILE = os.path.join("onnx", "model.onnx")
-VNNLIB_DIR = "vnnlib"
+SPECS_DIR = "specs"
 REPORT_FILE = "export.json"
 
 
@@ -174,7 +174,7 @@ def write_benchmark(
   check_norms(norms)
   images = np.asarray(images, np.float32)
   os.makedirs(os.path.join(out_dir, "onnx"), exist_ok=True)
-  os.makedirs(os.path.join(out_dir, VNNLIB_DIR), exist_ok=True)
+  os.makedirs(os.path.join(out_dir, SPECS_DIR), exist_ok=True)
   onnx_path = os.path.join(out_dir, ONNX_FILE)
   onnx.save(to_onnx(model, variables, images.shape[1:]), onnx_path)
   differences = max_logit_differences(onnx_path, model, variables, images)
@@ -199,7 +199,7 @@ def write_benchmark(
         "the largest everywhere in the box."
       ),
     )
-    name = os.path.join(VNNLIB_DIR, f"prop_{i}_linf_{eps:g}.vnnlib")
+    name = os.path.join(SPECS_DIR, f"prop_{i}_linf_{eps:g}.vnnlib")
     with open(os.path.join(out_dir, name), "w") as f:
       f.write(text)
     rows.append((ONNX_FILE, name, timeout))

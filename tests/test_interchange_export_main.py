@@ -89,7 +89,7 @@ def test_exports_the_checkpoint_and_first_test_points(run):
   assert len(instances) == 4
   assert instances[0].onnx_path == str(out_dir / "onnx" / "model.onnx")
   assert instances[2].vnnlib_path == str(
-    out_dir / "vnnlib" / "prop_2_linf_0.02.vnnlib"
+    out_dir / "specs" / "prop_2_linf_0.02.vnnlib"
   )
   for i, instance in enumerate(instances):
     (region,) = read_vnnlib(instance.vnnlib_path).regions

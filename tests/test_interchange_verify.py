@@ -161,7 +161,7 @@ def test_exported_benchmark_end_to_end(tmp_path, capsys):
   csv_path = tmp_path / "instances.csv"
   csv_path.write_text(
     csv_path.read_text()
-    + "onnx/model.onnx,big/vnnlib/prop_0_linf_0.05.vnnlib,30\n"
+    + "onnx/model.onnx,big/specs/prop_0_linf_0.05.vnnlib,30\n"
   )
   assert verify_main.main(["--instances", str(csv_path)]) == 0
   rows = list(csv.DictReader((tmp_path / "results" / "summary.csv").open()))

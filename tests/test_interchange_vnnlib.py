@@ -205,11 +205,11 @@ def test_writer_round_trips_through_the_parser():
 
 def test_instances_csv_round_trip_relative_to_its_folder(tmp_path):
   path = tmp_path / "instances.csv"
-  write_instances(str(path), [("onnx/a.onnx", "vnnlib/p.vnnlib", 30)])
-  assert path.read_text() == "onnx/a.onnx,vnnlib/p.vnnlib,30.0\n"
+  write_instances(str(path), [("onnx/a.onnx", "specs/p.vnnlib", 30)])
+  assert path.read_text() == "onnx/a.onnx,specs/p.vnnlib,30.0\n"
   (instance,) = read_instances(str(path))
   assert instance.onnx_path == str(tmp_path / "onnx" / "a.onnx")
-  assert instance.vnnlib_path == str(tmp_path / "vnnlib" / "p.vnnlib")
+  assert instance.vnnlib_path == str(tmp_path / "specs" / "p.vnnlib")
   assert instance.timeout == 30.0
   path.write_text("a.onnx,p.vnnlib\n")
   with pytest.raises(ValueError, match="line 1: expected onnx,vnnlib,timeout"):

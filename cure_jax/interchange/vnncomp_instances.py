@@ -1,6 +1,6 @@
 """VNN-COMP's ``instances.csv``: one ``onnx,vnnlib,timeout`` row per instance.
 
-A benchmark folder holds ``onnx/``, ``vnnlib/`` and ``instances.csv``, whose
+A benchmark folder holds ``onnx/``, ``specs/`` and ``instances.csv``, whose
 paths are relative to the csv's folder and whose timeouts are in seconds;
 the file has no header.
 """
