@@ -29,8 +29,11 @@ sign constraints on some ReLU inputs — whose union covers X:
    parent; a child's bound is never below its parent's (a sub-domain);
 3. a child whose disjuncts are all refuted is dropped; the minimizer of each
    child's relaxed bound is a counterexample candidate (unsafe where
-   min_D max_{k∈D} a_k·f(x) + b_k ≤ 0), returned only once ``confirm``
-   (the caller's plain forward pass and membership test) accepts it.
+   min_D max_{k∈D} a_k·f(x) + b_k ≤ 0) — with ``candidate_steps``, also the
+   point a few sign-gradient steps on the unsafe value plus the domain's
+   split violation Σ max(−s z(x), 0) lead it to — returned only once
+   ``confirm`` (the caller's plain forward pass and membership test)
+   accepts it.
 
 It ends *verified* (no domain left), *falsified* (a confirmed point) or
 *unknown* (the time ran out, the pool of open domains outgrew a quarter of
@@ -76,6 +79,9 @@ class BaBSettings(NamedTuple):
     memory_budget_gb: the bounding step's memory budget (None: default,
       see `memory_budget.budget_bytes`); halves ``batch_domains`` until the
       step fits.
+    candidate_steps: sign-gradient steps that pull each domain's
+      counterexample candidates into the domain (0: the relaxed bound's
+      minimizers only).
   """
 
   seconds: float = 10.0
@@ -87,6 +93,7 @@ class BaBSettings(NamedTuple):
   attack_steps: int = 50
   attack_restarts: int = 5
   memory_budget_gb: float | None = None
+  candidate_steps: int = 0
 
 
 class DisjunctiveSpec(NamedTuple):
@@ -272,12 +279,49 @@ class Verifier:
       inside = jnp.clip(inside, problem.lower, problem.upper)
     return problem.center + (inside - problem.center) * (1.0 - _SHRINK)
 
-  def _candidates(self, problem, points):
-    """The candidate with the least spec value, and that value."""
+  def _unsafe_value(self, problem, x):
+    """min_D max_{k∈D} a_k·f(x) + b_k: ≤ 0 where f(x) is unsafe."""
+    values = problem.rows @ splits.chain_logits(self.chain, x) + problem.offsets
+    return jnp.min(_disjunct_values(values, problem.mask))
+
+  def _split_violation(self, x, split):
+    """Σ_k,i max(−s_k,i z_k,i(x), 0): how far x is from the domain."""
+    value, total = x, 0.0
+    for segment, s in zip(self.chain.segments[:-1], split):
+      z = segment(value)
+      total = total + jnp.sum(jnp.maximum(-s * z, 0.0))
+      value = jax.nn.relu(z)
+    return total
+
+  def _guided(self, problem, split, points):
+    """Points after ``candidate_steps`` of sign-gradient descent on
+    unsafe value + split violation, projected into the set: the relaxed
+    bound's minimizers seldom satisfy the domain's splits; the descent pulls
+    them into the domain (where the bound says the unsafe value is lowest)
+    and down the unsafe value."""
+    count = self.settings.candidate_steps
+    width = problem.upper - problem.lower
+    objective = lambda x: (
+      self._unsafe_value(problem, x) + self._split_violation(x, split)
+    )
+    gradient = jax.vmap(jax.grad(objective))
+
+    def descend(x, t):
+      size = 0.25 * (0.02 ** (t / max(count - 1, 1)))  # 1/4 to 1/200 width
+      return self._inside(
+        problem, x - size * width * jnp.sign(gradient(x))
+      ), None
+
+    return jax.lax.scan(descend, points, jnp.arange(count))[0]
+
+  def _candidates(self, problem, split, points):
+    """The candidate with the least unsafe value, and that value: the
+    relaxed bound's minimizers and, with ``candidate_steps``, the points
+    `_guided` reaches from them."""
     inside = self._inside(problem, points)
-    outputs = jax.vmap(lambda x: splits.chain_logits(self.chain, x))(inside)
-    values = outputs @ problem.rows.T + problem.offsets  # [P, S]
-    unsafe = jnp.min(_disjunct_values(values, problem.mask), -1)
+    if self.settings.candidate_steps:
+      inside = jnp.concatenate([inside, self._guided(problem, split, inside)])
+    unsafe = jax.vmap(lambda x: self._unsafe_value(problem, x))(inside)
     worst = jnp.argmin(unsafe)
     return unsafe[worst], inside[worst]
 
@@ -316,7 +360,7 @@ class Verifier:
       open_disjuncts = ~problem.done & ~refuted
       open_rows = jnp.any(problem.mask & open_disjuncts[:, None], axis=0)
       branch, can_split = self._branch(bound, intervals, split, open_rows)
-      value, point = self._candidates(problem, bound.minimizer)
+      value, point = self._candidates(problem, split, bound.minimizer)
       return _Step(*params, best, branch, can_split, value, point)
 
     return jax.vmap(one_domain)(pool.splits, pool.alphas, pool.betas, pool.best)
@@ -433,6 +477,7 @@ class SearchResult(NamedTuple):
     counterexample: for `FALSIFIED`, the confirmed flat point; else None.
     domains: domains bounded.
     seconds: time spent (compilation excluded).
+    out_of_time: `UNKNOWN` because the time limit was reached.
   """
 
   status: str
@@ -440,6 +485,7 @@ class SearchResult(NamedTuple):
   counterexample: np.ndarray | None
   domains: int
   seconds: float
+  out_of_time: bool = False
 
 
 def search(
@@ -544,7 +590,9 @@ def search(
     )
   if not len(pool.best):
     return clock.result(VERIFIED, math.inf, None, count)
-  return clock.result(UNKNOWN, float(open_lower(pool.best).min()), None, count)
+  return clock.result(
+    UNKNOWN, float(open_lower(pool.best).min()), None, count
+  )._replace(out_of_time=clock.expired())
 
 
 def _nbytes(pool: _Pool) -> int:

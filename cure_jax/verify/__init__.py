@@ -13,8 +13,10 @@ from cure_jax.interchange.vnnlib import VnnlibError
 from cure_jax.verify.benchmark_runner import verify_benchmark
 from cure_jax.verify.falsify import AttackSettings, Counterexample
 from cure_jax.verify.instance_runner import (
+  DEFAULT_STAGES,
   ERROR,
   SAT,
+  STAGES,
   TIMEOUT,
   UNKNOWN,
   UNSAT,
@@ -31,7 +33,6 @@ from cure_jax.verify.result_files import (
   write_result,
   write_summary,
 )
-from cure_jax.verify.unsafe_bounds import DEFAULT_STAGES, STAGES
 
 __all__ = [
   "DEFAULT_STAGES",

@@ -5,7 +5,10 @@ r"""Command line: verify one instance or a VNN-COMP benchmark.
   python -m cure_jax.verify --instances BENCHMARK/instances.csv \
       [--out_dir BENCHMARK/results] [--summary BENCHMARK/results/summary.csv]
 
-Each instance gets VNN-COMP's result file (``unsat``, ``sat`` and the
+The stages run in order: a PGD counterexample search, the bound stages
+(IBP → CROWN-IBP → CROWN → α-CROWN), then β-CROWN branch and bound ("bab",
+ReLU chains only; ``--nobab`` leaves it out) for the time left. Each
+instance gets VNN-COMP's result file (``unsat``, ``sat`` and the
 counterexample, ``timeout`` or ``unknown``) and a row of the CSV summary with
 its preparation seconds (load, parse, compile) apart from its verification
 seconds. Paths in instances.csv are relative to its folder; its timeouts
@@ -17,9 +20,14 @@ import argparse
 import os
 import sys
 
-from cure_jax.verify import falsify, unsafe_bounds
+from cure_jax.certify.bab_search import BaBSettings
+from cure_jax.verify import falsify
 from cure_jax.verify.benchmark_runner import INSTANCE_ERRORS, verify_benchmark
-from cure_jax.verify.instance_runner import verify_instance
+from cure_jax.verify.instance_runner import (
+  DEFAULT_STAGES,
+  STAGES,
+  verify_instance,
+)
 from cure_jax.verify.result_files import write_result, write_summary
 
 DEFAULT_TIMEOUT = 60.0
@@ -48,8 +56,19 @@ def _parser() -> argparse.ArgumentParser:
   )
   parser.add_argument(
     "--stages",
-    default=",".join(unsafe_bounds.DEFAULT_STAGES),
-    help=f"bound stages in order, from {sorted(unsafe_bounds.STAGES)}",
+    default=",".join(DEFAULT_STAGES),
+    help=f"stages in order, from {list(STAGES)}",
+  )
+  parser.add_argument(
+    "--nobab",
+    action="store_true",
+    help="leave out branch and bound (the 'bab' stage)",
+  )
+  parser.add_argument(
+    "--bab_batch",
+    type=int,
+    default=BaBSettings().batch_domains,
+    help="branch and bound: domains split per step",
   )
   parser.add_argument("--alpha_steps", type=int, default=20)
   parser.add_argument("--pgd_steps", type=int, default=50)
@@ -59,13 +78,18 @@ def _parser() -> argparse.ArgumentParser:
 
 def _options(args) -> dict:
   stages = tuple(s for s in args.stages.split(",") if s)
-  unknown = [s for s in stages if s not in unsafe_bounds.STAGES]
+  unknown = [s for s in stages if s not in STAGES]
   if unknown:
-    raise SystemExit(
-      f"unknown stage(s) {unknown}; choose from {sorted(unsafe_bounds.STAGES)}."
-    )
+    raise SystemExit(f"unknown stage(s) {unknown}; choose from {list(STAGES)}.")
+  if args.nobab:
+    stages = tuple(s for s in stages if s != "bab")
+  if args.bab_batch < 1:
+    raise SystemExit(f"--bab_batch must be >= 1; got {args.bab_batch}.")
   attack = falsify.AttackSettings(steps=args.pgd_steps, starts=args.pgd_starts)
-  return dict(stages=stages, alpha_steps=args.alpha_steps, attack=attack)
+  bab = BaBSettings(batch_domains=args.bab_batch, candidate_steps=10)
+  return dict(
+    stages=stages, alpha_steps=args.alpha_steps, attack=attack, bab=bab
+  )
 
 
 def _report(result) -> None:

@@ -62,7 +62,7 @@ def verify_benchmark(
     summary: the CSV summary's path (default: ``<out_dir>/summary.csv``).
     timeout: seconds per instance, overriding the csv's when given.
     log: called with each result as it is known (None: silent).
-    **options: passed to `verify_instance` (stages, alpha_steps, attack).
+    **options: passed to `verify_instance` (stages, alpha_steps, attack, bab).
 
   Returns:
     One `InstanceResult` per row.
