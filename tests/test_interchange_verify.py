@@ -186,6 +186,20 @@ def test_exported_benchmark_end_to_end(tmp_path, capsys):
   np.testing.assert_allclose(y, flax_logits, atol=1e-5)
   assert np.max(np.delete(y, wrong)) >= y[wrong]
   assert "2 instances" in capsys.readouterr().out
+  # The exported layout: properties under specs/.
+  assert [p.name for p in (tmp_path / "specs").iterdir()] == [
+    "prop_0_linf_1e-05.vnnlib"
+  ]
+  assert not (tmp_path / "vnnlib").exists()
+  # The exported CNN is a ReLU chain: branch and bound alone decides it.
+  bab_dir = tmp_path / "bab_results"
+  args = ["--instances", str(csv_path), "--out_dir", str(bab_dir)]
+  assert verify_main.main(args + ["--stages", "bab", "--bab_batch", "4"]) == 0
+  rows = list(csv.DictReader((bab_dir / "summary.csv").open()))
+  assert [(r["result"], r["decided_by"]) for r in rows] == [
+    ("unsat", "bab"),
+    ("sat", "pgd"),
+  ]
 
 
 def test_benchmark_reports_unverifiable_instances_and_goes_on(
