@@ -223,7 +223,10 @@ class Verifier:
   def __init__(self, chain: splits.ReluChain, norm: str, settings: BaBSettings):
     self.chain = chain
     self.norm = norm
-    self.p = math.inf if norm in (BOX, "linf") else {"l2": 2.0, "l1": 1.0}[norm]
+    powers = {BOX: math.inf, "linf": math.inf, "l2": 2.0, "l1": 1.0}
+    if norm not in powers:
+      raise ValueError(f"unknown norm {norm!r}: use one of {tuple(powers)}.")
+    self.p = powers[norm]
     self.settings = settings
     self.widths = chain.widths[1:-1]
     self.compiled: dict[tuple, Any] = {}

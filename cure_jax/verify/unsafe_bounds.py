@@ -12,7 +12,7 @@ The stages run in `STAGES` order (cheap and loose first), each on every row
 of the region (one compiled program per stage and row count), until every
 disjunct is proven or the time is up. A stage is any jittable
 ``upper_bounds(apply_fn, alpha_steps, params, lower, upper, coeffs) -> [S]``
-registered in `STAGES`; a branch-and-bound stage plugs in the same way.
+registered in `STAGES`. Branch and bound runs after them (`bab_stage`).
 """
 
 from collections.abc import Callable, Sequence
