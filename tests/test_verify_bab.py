@@ -100,7 +100,7 @@ def _check_counterexample(result, layers, lower, upper, vnnlib):
 def _breakpoints(layers, lo, hi):
   """Sorted points of [lo, hi] between which every pre-activation (hence
   the output) is affine: layer by layer, the zero crossings of each
-  pre-activation on each piece of the previous layers' partition."""
+  pre-activation on each piece of the partition by the layers below."""
   points = np.array([lo, hi], np.float64)
   for k in range(len(layers) - 1):
     z = _forward(layers[: k + 1], points[:, None])  # last layer without ReLU
