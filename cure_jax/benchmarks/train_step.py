@@ -38,6 +38,19 @@ def _method_and_overrides(spec: str):
   return method, overrides
 
 
+def split_methods(text: str) -> list[str]:
+  """Splits ``--methods`` on the commas outside brackets, so that a value
+  such as ``train_norms=('linf','l2','l1')`` stays in one method."""
+  methods, depth, start = [], 0, 0
+  for i, char in enumerate(text):
+    depth += char in "([{"
+    depth -= char in ")]}"
+    if char == "," and depth == 0:
+      methods.append(text[start:i])
+      start = i + 1
+  return methods + [text[start:]]
+
+
 def compiled_step(
   model_name: str, spec: str, batch: int, config_path: str = "configs/mnist.py"
 ):
@@ -101,7 +114,12 @@ def main():
   parser.add_argument("--batch", type=int, default=128)
   parser.add_argument("--repeats", type=int, default=5)
   args = parser.parse_args()
-  run(args.models.split(","), args.methods.split(","), args.batch, args.repeats)
+  run(
+    args.models.split(","),
+    split_methods(args.methods),
+    args.batch,
+    args.repeats,
+  )
 
 
 if __name__ == "__main__":
