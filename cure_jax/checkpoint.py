@@ -99,6 +99,49 @@ def _abstract(tree: PyTree) -> PyTree:
   )
 
 
+def _registry() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
+  """The one item of a step, ``state``: a pytree."""
+  registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+  registry.add(_STATE, ocp.args.PyTreeSave)
+  registry.add(_STATE, ocp.args.PyTreeRestore)
+  return registry
+
+
+def _restore_args(abstract: PyTree) -> ocp.args.PyTreeRestore:
+  """Orbax's arguments to read ``abstract``'s leaves (placeholders skipped)."""
+  restore_args = ocp.checkpoint_utils.construct_restore_args(abstract)
+  return ocp.args.PyTreeRestore(abstract, restore_args=restore_args)
+
+
+def _restore_state(step_dir, target, partial, saved_tree, read) -> PyTree:
+  """``target``'s items of one step's state; every failure a
+  `CheckpointRestoreError` naming ``step_dir``.
+
+  Args:
+    step_dir: the step's directory (for the error).
+    target: as for `Checkpointer.restore`.
+    partial: as for `Checkpointer.restore`.
+    saved_tree: () -> the saved state's tree metadata (read when partial).
+    read: abstract state (leaves `jax.ShapeDtypeStruct` or
+      ``ocp.PLACEHOLDER``) -> the restored state.
+  """
+  abstract = _abstract(target)
+  try:
+    if partial:  # everything else is an orbax placeholder: not read
+      saved = saved_tree()
+      if not set(target) <= set(saved):
+        raise KeyError(f"it holds {sorted(saved)}, not all of {list(target)}")
+      abstract = {
+        **jax.tree.map(lambda _: ocp.PLACEHOLDER, saved),
+        **abstract,
+      }
+    restored = read(abstract)
+  except Exception as error:  # pylint: disable=broad-exception-caught
+    reason = f"{type(error).__name__}: {error}"[:_MAX_REASON]
+    raise CheckpointRestoreError(step_dir, reason) from error
+  return {k: restored[k] for k in target} if partial else restored
+
+
 class Checkpointer:
   """Periodic, atomic checkpoints of a pytree state in ``directory/<step>``.
 
@@ -137,11 +180,8 @@ class Checkpointer:
       enable_async_checkpointing=async_save,
       read_only=read_only,
     )
-    registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
-    registry.add(_STATE, ocp.args.PyTreeSave)
-    registry.add(_STATE, ocp.args.PyTreeRestore)
     self._manager = ocp.CheckpointManager(
-      directory, options=options, handler_registry=registry
+      directory, options=options, handler_registry=_registry()
     )
     self.directory = self._manager.directory
 
@@ -196,27 +236,18 @@ class Checkpointer:
         structure or shapes differ from ``target``'s.
     """
     self._manager.wait_until_finished()
-    abstract = _abstract(target)
-    try:
-      if partial:  # everything else is an orbax placeholder: not read
-        saved = self._manager.item_metadata(step)[_STATE].tree
-        if not set(target) <= set(saved):
-          raise KeyError(f"it holds {sorted(saved)}, not all of {list(target)}")
-        abstract = {
-          **jax.tree.map(lambda _: ocp.PLACEHOLDER, saved),
-          **abstract,
-        }
-      restore_args = ocp.checkpoint_utils.construct_restore_args(abstract)
-      args = ocp.args.PyTreeRestore(abstract, restore_args=restore_args)
-      restored = self._manager.restore(
-        step, args=ocp.args.Composite(**{_STATE: args})
-      )[_STATE]
-    except Exception as error:  # pylint: disable=broad-exception-caught
-      reason = f"{type(error).__name__}: {error}"[:_MAX_REASON]
-      raise CheckpointRestoreError(
-        self.directory / str(step), reason
-      ) from error
-    return {k: restored[k] for k in target} if partial else restored
+
+    def read(abstract):
+      args = ocp.args.Composite(**{_STATE: _restore_args(abstract)})
+      return self._manager.restore(step, args=args)[_STATE]
+
+    return _restore_state(
+      self.directory / str(step),
+      target,
+      partial,
+      lambda: self._manager.item_metadata(step)[_STATE].tree,
+      read,
+    )
 
   def restore_latest(self, target: PyTree, *, partial: bool = False):
     """`restore` of the newest checkpoint; None if there is none (fresh run).
@@ -254,13 +285,27 @@ def restore_variables(directory: str, template_variables: PyTree) -> PyTree:
     CheckpointRestoreError: the checkpoint is unreadable or does not match
       the template.
   """
-  if not epath.Path(directory).exists():
+  directory = epath.Path(directory)
+  steps = ocp.path.step.checkpoint_steps(directory)  # complete ones only
+  if not steps:
     raise NoCheckpointError(directory)
-  with Checkpointer(directory, async_save=False, read_only=True) as ckpt:
-    variables = ckpt.restore_latest(template_variables, partial=True)
-  if variables is None:
-    raise NoCheckpointError(directory)
-  return variables
+  step_dir = directory / str(max(steps))
+  # A bare orbax Checkpointer reads the step: unlike a CheckpointManager it
+  # owns no directory, so nothing is written, deleted or cleaned up beside a
+  # live run (and orbax has no read-only warning to give).
+  with ocp.Checkpointer(
+    ocp.CompositeCheckpointHandler(handler_registry=_registry())
+  ) as reader:
+    return _restore_state(
+      step_dir,
+      template_variables,
+      True,
+      lambda: reader.metadata(step_dir).item_metadata[_STATE].tree,
+      lambda abstract: reader.restore(
+        step_dir,
+        args=ocp.args.Composite(**{_STATE: _restore_args(abstract)}),
+      )[_STATE],
+    )
 
 
 def restore_for_eval(

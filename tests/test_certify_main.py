@@ -18,7 +18,7 @@ from test_train_loop import (  # pylint: disable=g-bad-import-order
   tiny_config,
 )
 
-from cure_jax import certify, config_schema
+from cure_jax import certify, config_schema, plot
 from cure_jax.certify import __main__ as certify_main
 from cure_jax.certify import read_csv
 from cure_jax.train import loop
@@ -94,6 +94,37 @@ def test_command_line_needs_only_the_workdir(trained, tmp_path):
   assert summary["config"]["eval"]["certify_examples"] == 5
   assert "certify: 100%" in result.stderr  # the progress bar
   assert (workdir / "certify.log").exists()
+  assert "read only" not in result.stderr  # a quiet read-only restore
+  # The default search: the radii of the first points, drawn as curves.
+  records = read_csv(str(workdir / "cli.csv"))
+  assert summary["radius_search"]["examples"] == 5  # every point
+  assert summary["radius_search"]["methods"] == ["ibp", "crown_ibp"]
+  for norm in ("linf", "l2", "l1"):
+    assert np.all(np.isfinite(records[f"radius_certified_{norm}"]))
+    assert np.all(np.isfinite(records[f"radius_pgd_{norm}"]))
+  figure = plot.draw_figure([plot.read_run(str(workdir), "cli")], points=16)
+  for axes in figure.axes:
+    styles = {
+      line.get_linestyle()
+      for line in axes.get_lines()
+      if len(line.get_xdata()) == 16  # a curve, not a marker or a rule
+    }
+    assert styles == {"-", "--"}  # certified solid, PGD dashed
+  # --noradius_search: the evaluation radii only, no curves.
+  plain = _certify_command(
+    f"--workdir={workdir}",
+    "--output_name=plain",
+    "--noradius_search",
+    "--config.eval.certify_examples=3",
+    "--config.eval.methods=('ibp',)",
+    "--config.eval.norms=('l2',)",
+  )
+  assert plain.returncode == 0, plain.stderr[-3000:]
+  plain_run = plot.read_run(str(workdir), "plain")
+  assert "radius_certified_linf" not in plain_run.records
+  assert (
+    plot.norm_curves(plain_run.records, plain_run.summary, "l2").eps is None
+  )
   # An explicit --config still works (here: on a folder with no checkpoint).
   args = [
     f"--config={MNIST_CONFIG}:cpu=True,method=ibp",

@@ -176,6 +176,22 @@ def test_search_checks_its_settings():
     radii.search_end(radii.RadiusSearch(), "linf", 0.0)
   assert radii.search_end(radii.RadiusSearch(), "l2", 0.25) == 0.5
   assert radii.search_end(radii.RadiusSearch(eps_max={"l2": 3.0}), "l2", 1) == 3
+  with pytest.raises(ValueError, match="examples must be an int >= 1"):
+    radii.check_search(radii.RadiusSearch(examples=0))
+  for methods in ("ibp", (), ("ibp", "deepz")):
+    with pytest.raises(ValueError, match="methods must be a non-empty"):
+      radii.check_search(radii.RadiusSearch(methods=methods))
+
+
+def test_searched_rows_are_the_first_examples():
+  valid = np.array([True, True, True, False])
+  every = radii.RadiusSearch()
+  np.testing.assert_array_equal(radii.searched_rows(every, 8, valid), valid)
+  first = radii.RadiusSearch(examples=6)
+  np.testing.assert_array_equal(
+    radii.searched_rows(first, 4, valid), [True, True, False, False]
+  )
+  assert not radii.searched_rows(first, 8, valid).any()
 
 
 # evaluate with the radius search, on the setting of test_certify_evaluate.
@@ -256,3 +272,40 @@ def test_extend_records_rejects_unknown_and_short_columns(searched):
     report.extend_records(records, {"radius_certified_linf": np.zeros(6)})
   with pytest.raises(ValueError, match="shape"):
     report.extend_records(records, {"radius_certified_l1": np.zeros(5)})
+
+
+def test_a_search_of_the_first_points_with_cheap_stages(searched):
+  """The first 5 of 6 points, searched by IBP alone with a cascade of IBP
+  then CROWN at the evaluation radius: the same radii as a full IBP search on
+  those points, NaN on the last one, and a summary over the searched ones."""
+  records, _ = searched
+  x = np.asarray(jax.random.uniform(jax.random.PRNGKey(1), (6, 8, 8, 1)))
+  variables = MODEL.init(jax.random.PRNGKey(0), x, train=False)
+  partial, summary = evaluate(
+    MODEL.apply,
+    variables,
+    x,
+    records["label"],
+    radii=RADII,
+    num_classes=NUM_CLASSES,
+    batch_size=4,
+    methods=("ibp", "crown"),
+    pgd=empirical.PGDSettings(steps=5, restarts=1),
+    gather=False,
+    log=None,
+    radius_search=SEARCH._replace(examples=5, methods=("ibp",)),
+  )
+  for norm, eps in RADII.items():
+    for prefix in (report.RADIUS_CERTIFIED, report.RADIUS_PGD):
+      column = partial[prefix + norm]
+      assert np.all(np.isfinite(column[:5])) and np.isnan(column[5])
+    radius = partial[report.RADIUS_CERTIFIED + norm][:5]
+    # At ε the flags are the whole cascade's, whatever the search's stages.
+    np.testing.assert_array_equal(
+      radius >= np.float32(eps), partial[f"certified_{norm}"][:5]
+    )
+    ibp_only = records[report.RADIUS_CERTIFIED + norm][:5]
+    extra = partial[f"certified_{norm}"][:5] & ~records[f"certified_{norm}"][:5]
+    np.testing.assert_array_equal(radius[~extra], ibp_only[~extra])
+  assert summary["radius_search"]["examples"] == 5
+  assert summary["radius_search"]["methods"] == ["ibp"]

@@ -1,5 +1,6 @@
 """Tests for cure_jax.checkpoint: exact resume, no NaN on disk, clear errors."""
 
+import logging
 import os
 import pathlib
 import shutil
@@ -240,14 +241,19 @@ def _variables(state):
   return {"params": state.params, "batch_stats": state.batch_stats}
 
 
-def test_restore_variables_reads_params_and_batch_stats_only(ckpt_dir):
+def test_restore_variables_reads_params_and_batch_stats_only(ckpt_dir, caplog):
   with Checkpointer(ckpt_dir, save_interval_steps=1) as ckpt:
     ckpt.save(1, make_state(1))
     ckpt.save(2, make_state(2))
+  # A save of step 3 still being written by a live run is not read.
+  shutil.copytree(ckpt_dir / "2", ckpt_dir / "3.orbax-checkpoint-tmp-17000")
   template = jax.eval_shape(lambda: _variables(make_state(0)))
+  caplog.set_level(logging.WARNING)
   variables = restore_variables(str(ckpt_dir), template)
   assert_bitwise_equal(variables, _variables(make_state(2)))
-  assert step_dirs(ckpt_dir) == ["1", "2"]  # read only: nothing written
+  # Read only, and quietly: nothing written, cleaned up or warned about.
+  assert step_dirs(ckpt_dir) == ["1", "2", "3.orbax-checkpoint-tmp-17000"]
+  assert not [r.getMessage() for r in caplog.records if r.levelno >= 30]
   bigger = {**template, "batch_stats": {"mean": jnp.zeros(33)}}
   with pytest.raises(CheckpointRestoreError, match="differs"):
     restore_variables(str(ckpt_dir), bigger)

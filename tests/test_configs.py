@@ -306,6 +306,19 @@ def test_training_steps_count_as_the_loop_does():
   assert run_plan.training_steps(cifar, 50_000) == (6 * 16, 16)
 
 
+def test_steps_and_estimate_count_the_examples_trained_on():
+  config = load("mnist", "cpu=True,method=sabr")
+  full = run_plan.estimate_training_seconds(config, 60_000, (28, 28, 1), "cpu")
+  config.dataset.train_examples = 2000  # 2000 // 128 = 15 steps per epoch
+  assert run_plan.training_steps(config, 60_000) == (6 * 15, 15)
+  subset = run_plan.estimate_training_seconds(
+    config, 60_000, (28, 28, 1), "cpu"
+  )
+  assert subset == pytest.approx(full * 15 / 468)
+  lines = _start_lines(config)
+  assert any("(90 steps;" in line for line in lines)
+
+
 def test_estimate_scales_the_natural_step_by_the_methods_cost():
   config = load("mnist", "cpu=True,method=sabr")
   seconds = run_plan.estimate_training_seconds(

@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 
+from cure_jax import plot
 from cure_jax.certify import report
 from examples import (
   certify_custom_model,
@@ -58,3 +59,14 @@ def test_plot_tiny_runs(tmp_path):
   with open(png, "rb") as f:
     assert f.read(8) == PNG_MAGIC
   assert os.path.getsize(png) > 10_000 and os.path.getsize(pdf) > 5_000
+  # The figure carries curves: per panel, each run's certified accuracy
+  # (solid) and PGD accuracy (dashed) on every radius of the grid.
+  figure = plot.draw_figure([plot.read_run(r) for r in result["runs"]], 16)
+  assert figure.axes  # one panel per norm of the size
+  for axes in figure.axes:
+    curves = [line for line in axes.get_lines() if len(line.get_xdata()) == 16]
+    styles = sorted(line.get_linestyle() for line in curves)
+    assert styles == ["-", "-", "--", "--"]
+    for line in curves:
+      accuracy = np.asarray(line.get_ydata())
+      assert np.all(np.diff(accuracy) <= 0)  # falls with ε

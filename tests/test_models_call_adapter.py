@@ -1,14 +1,22 @@
 """Tests for cure_jax/models/call_adapter.py: custom models in certification."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cure_jax import certify
+from cure_jax import bounds, certify
 from cure_jax.bounds import LinfBall, ibp
-from cure_jax.certify import cascade, empirical
+from cure_jax.certify import (
+  beyond_lp,
+  cascade,
+  empirical,
+  region_attacks,
+  regions,
+)
 from cure_jax.models import (
   AdaptedApply,
   BatchStatisticsError,
@@ -221,3 +229,102 @@ def test_flax_batch_norm_with_batch_statistics_is_refused():
     ibp(adapted)(variables, LinfBall(x, 0.01), train=True)
   # In evaluation mode the same model goes through.
   assert adapted(variables, x).shape == (len(x), NUM_CLASSES)
+
+
+@pytest.mark.parametrize(
+  "transform",
+  [
+    bounds.ibp,
+    bounds.crown_ibp,
+    bounds.crown,
+    functools.partial(bounds.alpha_crown, steps=1),
+  ],
+)
+def test_bound_transforms_refuse_flax_batch_statistics_by_name(transform):
+  x = _data()
+  variables = _flax_bn_variables(x)
+  apply = FlaxBatchNorm().apply
+  ball = LinfBall(x, 0.01)
+  # Train mode, without and with the running statistics' update: never the
+  # missing rule for rsqrt of the batch variance, nor the running statistics.
+  for kwargs, has_aux in (
+    (dict(train=True), False),
+    (dict(train=True, mutable=["batch_stats"]), True),
+  ):
+    if has_aux and transform is not bounds.ibp:
+      continue  # only IBP has has_aux
+    bounded = transform(apply, has_aux=True) if has_aux else transform(apply)
+    with pytest.raises(BatchStatisticsError) as error:
+      bounded(variables, ball, **kwargs)
+    message = str(error.value)
+    for part in (
+      "flax.linen.BatchNorm",
+      "use_running_average=False",
+      "batch statistics",
+      "cure_jax.models.BatchNorm",
+      "train=False",
+      "use_running_average=True",
+    ):
+      assert part in message
+  # Evaluation mode is bounded, and soundly.
+  result = transform(apply)(variables, ball, train=False)
+  logits = apply(variables, x, train=False)
+  assert np.all(result.lower <= logits + 1e-5)
+  assert np.all(logits <= result.upper + 1e-5)
+
+
+def test_a_model_without_train_certifies_beyond_lp_like_one_with_it():
+  x = np.asarray(jax.random.uniform(jax.random.PRNGKey(4), (6, 6, 6, 1)))
+  variables = Plain().init(jax.random.PRNGKey(0), x)
+  labels = np.array(jnp.argmax(Plain().apply(variables, x), -1))
+  labels[0] = (labels[0] + 1) % NUM_CLASSES
+  patch = beyond_lp.patch_threat(2, (6, 6), attack_steps=1)
+  geometry = beyond_lp.geometric_threat(
+    "brightness_contrast",
+    {"brightness": 0.02, "contrast": 0.02},
+    subintervals=1,
+    grid_points=2,
+  )
+  results = []
+  for model in (Plain(), WithTrain().apply):
+    region_result, _ = regions.certify_regions(
+      model,
+      variables,
+      x,
+      labels,
+      patch.region,
+      num_classes=NUM_CLASSES,
+      methods=("ibp",),
+      rows_per_batch=32,
+    )
+    records, _ = beyond_lp.evaluate_threats(
+      model,
+      variables,
+      x,
+      labels,
+      [geometry],
+      num_classes=NUM_CLASSES,
+      methods=("ibp",),
+      log=None,
+    )
+    results.append((region_result, records))
+  (plain_regions, plain_records), (train_regions, train_records) = results
+  for plain, with_train in zip(plain_regions, train_regions):
+    np.testing.assert_array_equal(plain, with_train)
+  assert set(plain_records) == set(train_records)
+  for name, column in plain_records.items():
+    np.testing.assert_array_equal(column, train_records[name])
+  assert plain_records["correct"].sum() == len(x) - 1
+  certified = plain_records["certified_brightness_contrast"]
+  assert 0 < certified.sum() < len(x) - 1
+  # The patch attack, called directly, adapts the model too.
+  robust = region_attacks.patch_attack(
+    Plain(),
+    variables,
+    x,
+    labels,
+    size=2,
+    positions=patch.region.regions,
+    steps=1,
+  )
+  assert np.all(robust[plain_regions.certified]) and not robust[0]

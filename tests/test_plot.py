@@ -210,3 +210,35 @@ def test_tensorboard_gets_curves_figure_and_hparams(run_dir, tmp_path):
 def test_machine_and_version_are_labelled():
   assert code_version().startswith("cure_jax ")
   assert "(" in machine()
+
+
+def test_curves_of_a_search_of_the_first_points(tmp_path):
+  """Radii of the first 30 of 40 points (NaN after): the curves are over
+  those 30, the markers at ε over all 40, and the legend says so."""
+  records = _write_run(tmp_path)
+  partial = dict(records)
+  for name in records:
+    if name.startswith(("radius_certified_", "radius_pgd_")):
+      partial[name] = np.where(np.arange(40) < 30, records[name], np.nan)
+  report.write_csv(str(tmp_path / "certify.csv"), partial)
+  run = read_run(str(tmp_path))
+  correct = run.records["correct"]
+  for norm in RADII:
+    curves = norm_curves(run.records, run.summary, norm, points=11)
+    assert curves.curve_points == 30 and curves.points == 40
+    radii = records[f"radius_certified_{norm}"][:30]
+    np.testing.assert_allclose(
+      curves.certified, accuracy_at(radii, correct[:30], curves.eps)
+    )
+    assert curves.eval_certified == pytest.approx(
+      np.mean(run.records[f"certified_{norm}"])
+    )
+  assert metrics(run)["mean_radius_certified_linf"] == pytest.approx(
+    np.mean(records["radius_certified_linf"][:30][correct[:30]])
+  )
+  figure = draw_figure([run], points=11)
+  legend = [t.get_text() for t in figure.axes[0].get_legend().get_texts()]
+  assert legend[0] == "cure_max (curves: first 30 of 40 points)"
+  for axes in figure.axes:
+    curves = [line for line in axes.get_lines() if len(line.get_xdata()) == 11]
+    assert sorted(line.get_linestyle() for line in curves) == ["-", "--"]

@@ -4,6 +4,7 @@
 >>> bounds = ibp(model.apply)(variables, LinfBall(x, 0.1, domain=(0., 1.)))
 """
 
+from cure_jax.bounds.batch_statistics import BatchStatisticsError
 from cure_jax.bounds.graph import UnsupportedPrimitiveError
 from cure_jax.bounds.interval import Interval
 from cure_jax.bounds.sets import (
@@ -19,6 +20,7 @@ from cure_jax.bounds.spec import margin_spec, pad_margins
 from cure_jax.bounds.transforms import alpha_crown, crown, crown_ibp, ibp
 
 __all__ = [
+  "BatchStatisticsError",
   "Box",
   "Interval",
   "L1Ball",

@@ -11,6 +11,10 @@ With ``spec=C`` (per example, [B, S, K]; see `margin_spec`) the transformed
 function bounds C·f(x) ([B, S]) and folds C into the last affine operations
 instead of bounding f and multiplying afterwards (docs/method.md §2), which is tighter.
 
+A `flax.linen.BatchNorm` with batch statistics (``use_running_average``
+False) is refused with a `BatchStatisticsError` (`batch_statistics`): its
+output for one example depends on the rest of the batch.
+
 Methods (all pure; compose with `jit`, `vmap` and `grad`):
 
 * `ibp`        interval bound propagation (exact l_p first layer);
@@ -41,6 +45,7 @@ from cure_jax.bounds import (
   slope_optimization,
 )
 from cure_jax.bounds import intermediate as intermediate_bounds
+from cure_jax.bounds.batch_statistics import refuse_batch_statistics
 from cure_jax.bounds.forward import (
   Env,
   as_interval,
@@ -54,6 +59,14 @@ from cure_jax.bounds.sets import is_input_set
 
 
 def _trace_checked(fn, args, kwargs):
+  """``fn``'s graph and argument leaves, at least one an input set.
+
+  Raises:
+    ValueError: no input set, or tracing failed (a shape mismatch, most
+      likely).
+    BatchStatisticsError: ``fn`` calls a flax.linen.BatchNorm with batch
+      statistics (`batch_statistics`).
+  """
   leaves = jax.tree_util.tree_leaves(args, is_leaf=is_input_set)
   sets = [leaf for leaf in leaves if is_input_set(leaf)]
   if not sets:
@@ -62,7 +75,8 @@ def _trace_checked(fn, args, kwargs):
       "LinfBall(x, eps) in place of the array x."
     )
   try:
-    graph, leaves = trace(fn, args, kwargs)
+    with refuse_batch_statistics():  # a clear error, not "no rule for rsqrt"
+      graph, leaves = trace(fn, args, kwargs)
   except (TypeError, ValueError) as error:
     shapes = ", ".join(f"{type(s).__name__}{tuple(s.shape)}" for s in sets)
     raise ValueError(

@@ -17,19 +17,36 @@ the empirical upper bound (random starts from ``config.seed``), and writes
 summary, with seconds per point per stage, the config and what produced it:
 `workdir.provenance`), printing the table; progress goes to stderr (a bar)
 and ``workdir/certify.log``. Always in float32, whatever the training
-precision. ``--radius_search`` adds every point's largest certified and PGD
-radius (bisection up to twice the setting's radius, `certify.radii`) and its
-margin lower bound, the data of ``python -m cure_jax.plot WORKDIR``.
+precision.
+
+By default it also searches every point's largest certified and PGD radius
+(`certify.radii`: bisection up to twice the setting's radius,
+``--radius_search_steps`` halvings, the cheap stages
+``--radius_search_methods`` of the cascade) and keeps its margin lower bound:
+the accuracy-against-ε curves of ``python -m cure_jax.plot WORKDIR``. That
+about doubles the time; ``--radius_search_examples=N`` searches the first N
+points only, ``--radius_search_methods=`` (empty) with the whole cascade
+(slower: ~6× the certification with 6 steps), and ``--noradius_search``
+certifies at the setting's radii only.
 """
 
 import os
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from cure_jax import cli, log_setup
+
+# The radius search's defaults: every point, 4 bisection steps, the cheap
+# stages. About as long again as the certification itself, where the whole
+# cascade with 6 steps takes ~6× as long (docs/performance.md, "Radius
+# search").
+SEARCH_EXAMPLES = 0  # every point
+SEARCH_STEPS = 4
+SEARCH_METHODS = ("ibp", "crown_ibp")
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config",
@@ -50,13 +67,53 @@ _OUTPUT_NAME = flags.DEFINE_string(
 )
 _RADIUS_SEARCH = flags.DEFINE_bool(
   "radius_search",
-  False,
+  True,
   "Also find each point's largest certified and PGD radius (columns "
-  "radius_certified_<norm>, radius_pgd_<norm>, margin_lower_<norm>).",
+  "radius_certified_<norm>, radius_pgd_<norm>, margin_lower_<norm>): the "
+  "curves of python -m cure_jax.plot. --noradius_search: the setting's "
+  "radii only.",
+)
+_SEARCH_EXAMPLES = flags.DEFINE_integer(
+  "radius_search_examples",
+  SEARCH_EXAMPLES,
+  "Search the radii of the first this many test points (0: every one "
+  "certified); the others' radius columns hold NaN.",
+  lower_bound=0,
+)
+_SEARCH_STEPS = flags.DEFINE_integer(
+  "radius_search_steps",
+  SEARCH_STEPS,
+  "Bisection steps per radius: the result lies within 2·ε/2^steps below "
+  "the cascade's largest certified radius (ε the setting's radius).",
+  lower_bound=1,
+)
+_SEARCH_METHODS = flags.DEFINE_list(
+  "radius_search_methods",
+  list(SEARCH_METHODS),
+  "The cascade of the radius search, cheapest first (empty: "
+  "config.eval.methods). At the setting's radius the certificates are the "
+  "full cascade's whatever this is.",
 )
 flags.mark_flags_as_required(["workdir"])
 
 NORM_RADIUS_KEYS = {"linf": "eps_linf", "l2": "eps_l2", "l1": "eps_l1"}
+
+
+def radius_search_settings(examples: int, steps: int, methods: Sequence[str]):
+  """The `certify.RadiusSearch` of the command line's flags.
+
+  Args:
+    examples: the points searched first (0: all).
+    steps: bisection steps; the relative tolerance is 2^-steps.
+    methods: the search's cascade (empty: the evaluation's).
+  """
+  from cure_jax.certify import radii  # pylint: disable=g-import-not-at-top
+
+  return radii.RadiusSearch(
+    relative_tolerance=2.0**-steps,
+    examples=examples or None,
+    methods=tuple(methods) or None,
+  )
 
 
 def certify_checkpoint(
@@ -146,7 +203,6 @@ def main(argv):
   log_setup.setup(workdir if os.path.isdir(workdir) else None, "certify")
   import jax  # pylint: disable=g-import-not-at-top
 
-  from cure_jax.certify import radii  # pylint: disable=g-import-not-at-top
   from cure_jax.checkpoint import CheckpointRestoreError  # pylint: disable=g-import-not-at-top
   from cure_jax.data import DataNotFoundError  # pylint: disable=g-import-not-at-top
 
@@ -166,7 +222,13 @@ def main(argv):
       workdir,
       _OUTPUT_NAME.value,
       log=print if main_process else None,
-      radius_search=radii.RadiusSearch() if _RADIUS_SEARCH.value else None,
+      radius_search=(
+        radius_search_settings(
+          _SEARCH_EXAMPLES.value, _SEARCH_STEPS.value, _SEARCH_METHODS.value
+        )
+        if _RADIUS_SEARCH.value
+        else None
+      ),
       progress_bar=main_process,
     )
   except (

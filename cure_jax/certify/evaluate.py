@@ -108,6 +108,11 @@ def _unmask(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
   return full
 
 
+def _searched(found: np.ndarray, searched: np.ndarray, valid: np.ndarray):
+  """The valid rows of a [B] radius column, NaN where not searched."""
+  return np.where(searched, found, np.nan)[valid]
+
+
 def _float_columns(margins, certified_radii, pgd_radii) -> dict:
   """The optional float columns of `report.extend_records`, by name."""
   columns = {}
@@ -170,8 +175,9 @@ def evaluate(
       bound of the last stage that bounded the point (−inf where none did).
     radius_search: add ``radius_certified_<n>`` (and, for attacked norms
       with ``radius_search.pgd``, ``radius_pgd_<n>``) columns, the largest
-      certified (PGD-robust) radius by bisection (`radii`), and a
-      ``radius_search`` entry to the summary. None: no search.
+      certified (PGD-robust) radius by bisection (`radii`; NaN for points
+      past ``radius_search.examples``), and a ``radius_search`` entry to the
+      summary. None: no search.
     progress_bar: a progress bar with ETA on stderr, showing the running
       accuracies that ``log`` would otherwise get once per batch.
     memory_budget_gb: memory per bound stage in GiB (None or 0: half the
@@ -194,6 +200,7 @@ def evaluate(
   _check_arguments(images, labels, radii, batch_size, pgd, pgd_norms)
   if radius_search is not None:
     radii_module.check_search(radius_search)
+    search_methods = tuple(radius_search.methods or methods)
     for norm in radii:
       radii_module.search_end(radius_search, norm, float(radii[norm]))
   apply_fn = adapt_apply(apply_fn)
@@ -295,30 +302,35 @@ def evaluate(
       )
     if radius_search is not None:
       search_start = time.perf_counter()
+      searched = radii_module.searched_rows(radius_search, start, valid)
       for norm_index, norm in enumerate(norms):
-        found = radii_module.search_batch(
-          apply_fn,
-          variables,
-          x,
-          y,
-          valid,
-          norm=norm,
-          eps=float(radii[norm]),
-          search=radius_search,
-          certified_at_eps=_unmask(certified[norm][-1], valid),
-          pgd_robust_at_eps=(
-            _unmask(robust[norm][-1], valid) if norm in robust else None
-          ),
-          pgd=pgd if norm in robust else None,
-          key=jax.random.fold_in(batch_key, len(pgd_norms) + norm_index),
-          num_classes=num_classes,
-          methods=methods,
-          alpha_steps=alpha_steps,
-          gather=gather,
-        )
-        certified_radii[norm].append(found[0][valid])
+        attacked = norm in robust and radius_search.pgd
+        if not searched.any():  # past the searched points: NaN columns
+          found = (np.zeros(batch), np.zeros(batch) if attacked else None)
+        else:
+          found = radii_module.search_batch(
+            apply_fn,
+            variables,
+            x,
+            y,
+            searched,
+            norm=norm,
+            eps=float(radii[norm]),
+            search=radius_search,
+            certified_at_eps=_unmask(certified[norm][-1], valid),
+            pgd_robust_at_eps=(
+              _unmask(robust[norm][-1], valid) if norm in robust else None
+            ),
+            pgd=pgd if norm in robust else None,
+            key=jax.random.fold_in(batch_key, len(pgd_norms) + norm_index),
+            num_classes=num_classes,
+            methods=search_methods,
+            alpha_steps=alpha_steps,
+            gather=gather,
+          )
+        certified_radii[norm].append(_searched(found[0], searched, valid))
         if found[1] is not None:
-          pgd_radii[norm].append(found[1][valid])
+          pgd_radii[norm].append(_searched(found[1], searched, valid))
       search_seconds += time.perf_counter() - search_start
     line = _progress(
       min(start + batch, num),

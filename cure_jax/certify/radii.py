@@ -50,12 +50,21 @@ class RadiusSearch(NamedTuple):
       (steps = ⌈log2(1 / relative_tolerance)⌉).
     pgd: also search the PGD radius of the attacked norms (``steps`` PGD
       runs per norm: the costly part).
+    examples: search the first this many points only (None: all); the
+      others' radius columns hold NaN. Each searched point costs ``steps``
+      cascade runs (and PGD runs) per norm, so a subset bounds the cost.
+    methods: the cascade of the search, cheapest first (None: the
+      evaluation's). Cheaper stages give radii as sound and possibly
+      smaller above the evaluation radius; at it nothing changes, since
+      every bracket starts from the evaluation's outcome there.
   """
 
   eps_max: Mapping[str, float] | None = None
   max_factor: float = 2.0
   relative_tolerance: float = 1 / 64
   pgd: bool = True
+  examples: int | None = None
+  methods: Sequence[str] | None = None
 
 
 def check_search(search: RadiusSearch) -> RadiusSearch:
@@ -69,6 +78,23 @@ def check_search(search: RadiusSearch) -> RadiusSearch:
   if not 0 < search.relative_tolerance < 1:
     raise ValueError(
       f"relative_tolerance must lie in (0, 1), got {search.relative_tolerance}."
+    )
+  if search.examples is not None and not (
+    isinstance(search.examples, int) and search.examples >= 1
+  ):
+    raise ValueError(
+      f"examples must be an int >= 1 (or None for every point), got "
+      f"{search.examples!r}."
+    )
+  if search.methods is not None and (
+    isinstance(search.methods, str)
+    or not search.methods
+    or set(search.methods) - set(cascade.BOUND_METHODS)
+  ):
+    raise ValueError(
+      f"methods must be a non-empty sequence of names from "
+      f"{cascade.BOUND_METHODS} (or None for the evaluation's), got "
+      f"{search.methods!r}."
     )
   for norm, eps in (search.eps_max or {}).items():
     report.ordered_norms([norm])
@@ -87,6 +113,17 @@ def search_end(search: RadiusSearch, norm: str, eps: float) -> float:
       f"the evaluation radius of {norm} is 0: give RadiusSearch.eps_max for it."
     )
   return search.max_factor * float(eps)
+
+
+def searched_rows(
+  search: RadiusSearch, start: int, valid: np.ndarray
+) -> np.ndarray:
+  """[B] bool: the valid rows of the batch starting at point ``start`` that
+  are among the first ``search.examples`` points."""
+  valid = np.asarray(valid, bool)
+  if search.examples is None:
+    return valid
+  return valid & (start + np.arange(len(valid)) < search.examples)
 
 
 def bisection_steps(eps_max: float, tolerance: float) -> int:
@@ -334,13 +371,19 @@ def summarize_radii(
   records: report.Records, search: RadiusSearch, radii: Mapping[str, float]
 ) -> dict[str, Any]:
   """The search's settings and, per norm, the mean and median radius over
-  the correctly classified points (JSON-ready)."""
+  the correctly classified searched points (JSON-ready)."""
   correct = np.asarray(records["correct"], bool)
+  num = len(correct)
+  searched = min(num, search.examples or num)
+  correct = correct & (np.arange(num) < searched)
   summary: dict[str, Any] = {
     "relative_tolerance": search.relative_tolerance,
     "steps": bisection_steps(1.0, search.relative_tolerance),
     "eps_max": {n: search_end(search, n, radii[n]) for n in radii},
+    "examples": searched,
   }
+  if search.methods is not None:
+    summary["methods"] = list(search.methods)
   for prefix, key in (
     (report.RADIUS_CERTIFIED, "certified"),
     (report.RADIUS_PGD, "pgd"),

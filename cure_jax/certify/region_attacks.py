@@ -25,6 +25,7 @@ import numpy as np
 from cure_jax.attacks.losses import margin, misclassified
 from cure_jax.certify.cascade import predict
 from cure_jax.certify.regions import row_chunks
+from cure_jax.models.call_adapter import adapt_apply
 from cure_jax.parallel.precision import cast_floating, certification_precision
 from cure_jax.perturbations.parameters import TransformParams
 from cure_jax.perturbations.patches import apply_patch
@@ -33,14 +34,16 @@ from cure_jax.types import PyTree
 
 
 def _prepare(apply_fn, variables, images, labels, points):
-  """float32 inputs, the points to attack, and the misclassified as broken."""
+  """The adapted model (`adapt_apply`), float32 inputs, the points to
+  attack, and the misclassified as broken."""
+  apply_fn = adapt_apply(apply_fn)
   variables = cast_floating(variables, jnp.float32)
   images = jnp.asarray(images, jnp.float32)
   labels = np.asarray(labels, np.int32)
   correct = np.asarray(predict(apply_fn, variables, images)) == labels
   if points is None:
     points = np.flatnonzero(correct)
-  return variables, images, labels, points, ~correct
+  return apply_fn, variables, images, labels, points, ~correct
 
 
 def _padded_rows(count: int, size: int) -> np.ndarray:
@@ -99,7 +102,7 @@ def patch_attack(
       whose bound failed (`RegionResult.failing_region`); a point broken
       there skips the full sweep.
   """
-  variables, images, labels, points, broken = _prepare(
+  apply_fn, variables, images, labels, points, broken = _prepare(
     apply_fn, variables, images, labels, points
   )
   key = jax.random.key(0) if key is None else key
@@ -154,7 +157,7 @@ def grid_attack(
 ) -> np.ndarray:
   """[B] bool: correctly classified under every transform of ``grid``
   (leaves [G], `parameter_grid`); ``points`` default to the correct ones."""
-  variables, images, labels, points, broken = _prepare(
+  apply_fn, variables, images, labels, points, broken = _prepare(
     apply_fn, variables, images, labels, points
   )
   grid = jax.tree.map(np.asarray, grid)

@@ -33,6 +33,7 @@ from cure_jax.certify.cascade import (
   gather_size,
   predict,
 )
+from cure_jax.models.call_adapter import adapt_apply
 from cure_jax.parallel.precision import cast_floating
 from cure_jax.types import PyTree
 
@@ -263,13 +264,15 @@ def certify_regions(
 ) -> tuple[RegionResult, tuple[StageReport, ...]]:
   """Certifies each point over every region of ``threat``, in float32.
 
-  ``apply_fn(variables, x, train=False) -> logits [B, K]`` must be the same
+  ``apply_fn(variables, x, train=False) -> logits [B, K]``, or a Flax
+  module, ``train`` optional (`models.call_adapter`), must be the same
   object on every call (jit caches on it); ``methods`` come from
   `REGION_METHODS`, cheapest first. Returns the `RegionResult` and one
   `StageReport` per stage (``points`` counts (point, stage) visits,
   ``certified`` the points whose most expensive stage it was).
   """
   _check(threat, methods, rows_per_batch)
+  apply_fn = adapt_apply(apply_fn)
   methods = tuple(methods)
   variables = cast_floating(variables, jnp.float32)
   images = jnp.asarray(images, jnp.float32)

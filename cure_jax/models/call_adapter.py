@@ -9,11 +9,12 @@ logits`` — into such a function:
   ``__call__`` (or a function whose signature) has a ``train`` parameter or
   ``**kwargs`` gets it, any other model is called without it (such a model
   has one mode only, and ``train`` is dropped whatever its value);
-* every call runs under `refuse_batch_statistics`: a `flax.linen.BatchNorm`
-  that normalizes with the batch's own statistics (``use_running_average``
-  False) raises `BatchStatisticsError`. Its output then depends on the other
-  examples of the batch, so neither a certificate of one example nor the
-  bounded pass (IBP has no rule for its ``rsqrt`` of a bounded variance)
+* every call runs under `refuse_batch_statistics`
+  (`cure_jax.bounds.batch_statistics`, which the bound transforms apply to
+  any function too): a `flax.linen.BatchNorm` that normalizes with the
+  batch's own statistics (``use_running_average`` False) raises
+  `BatchStatisticsError`. Its output then depends on the other examples of
+  the batch, so neither a certificate of one example nor the bounded pass
   means anything. In evaluation mode (``use_running_average=True``) the flax
   layer is an affine map of fixed statistics and is certified exactly.
 
@@ -22,7 +23,6 @@ equal wrapped functions, so `jax.jit` caches that take it as a static argument
 hit for ``adapt_apply(model.apply)`` made afresh on every call.
 """
 
-import contextlib
 import dataclasses
 import functools
 import inspect
@@ -31,13 +31,20 @@ from typing import Any
 
 import flax.linen as nn
 
+from cure_jax.bounds.batch_statistics import (
+  BatchStatisticsError,
+  refuse_batch_statistics,
+)
+
+__all__ = (
+  "AdaptedApply",
+  "BatchStatisticsError",
+  "accepts_train",
+  "adapt_apply",
+  "refuse_batch_statistics",
+)
+
 _FLAX_APPLY = nn.Module.apply
-
-
-class BatchStatisticsError(Exception):
-  """A flax.linen.BatchNorm normalized with batch statistics in a certified
-  or bounded pass (not a ValueError, which the bound transforms re-raise as a
-  shape mismatch)."""
 
 
 def _signature_target(fn: Any) -> Any:
@@ -68,45 +75,6 @@ def accepts_train(apply_fn: Any) -> bool:
   return "train" in parameters or any(
     p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()
   )
-
-
-def _batch_norm_mode(args, kwargs, module: nn.BatchNorm):
-  """``use_running_average`` as flax's BatchNorm will resolve it."""
-  value = kwargs.get("use_running_average", args[1] if len(args) > 1 else None)
-  return module.use_running_average if value is None else value
-
-
-def _refuse_batch_norm_statistics(next_fun, args, kwargs, context):
-  """A flax method interceptor: raises on a batch-statistics BatchNorm."""
-  module = context.module
-  if (
-    isinstance(module, nn.BatchNorm)
-    and context.method_name == "__call__"
-    and _batch_norm_mode(args, kwargs, module) is False
-  ):
-    raise BatchStatisticsError(
-      f"flax.linen.BatchNorm {module.name or ''!r} normalizes with the "
-      "batch's own statistics (use_running_average=False). A certified or "
-      "bounded pass needs each example's logits to be a function of that "
-      "example alone, and the bound transforms cannot bound a variance. Use "
-      "cure_jax.models.BatchNorm (its train=False pass is an exact affine map "
-      "of the statistics in 'batch_stats', which certified training fills "
-      "with the clean batch's moments), or call the flax layer with "
-      "use_running_average=True (evaluation mode)."
-    )
-  return next_fun(*args, **kwargs)
-
-
-@contextlib.contextmanager
-def refuse_batch_statistics():
-  """Within this context a `flax.linen.BatchNorm` call with
-  ``use_running_average=False`` raises `BatchStatisticsError`.
-
-  Checked when the module is called, i.e. once at trace time under `jax.jit`
-  or a bound transform: nothing is added to the computation.
-  """
-  with nn.intercept_methods(_refuse_batch_norm_statistics):
-    yield
 
 
 @dataclasses.dataclass(frozen=True)

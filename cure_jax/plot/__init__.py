@@ -2,10 +2,10 @@
 
   python -m cure_jax.plot RUN_DIR... [--out fig.png] [--tensorboard]
 
-reads each run's ``certify.csv`` (with radius columns from
-``certify.evaluate(..., radius_search=RadiusSearch())`` the whole curve,
-otherwise the evaluation radius only) and draws one panel per norm; see
-`curve_figure`. In Python::
+reads each run's ``certify.csv`` (with the radius columns of ``python -m
+cure_jax.certify`` or ``certify.evaluate(..., radius_search=RadiusSearch())``
+the whole curve, otherwise the evaluation radius only) and draws one panel per
+norm; see `curve_figure`. In Python::
 
   runs = [read_run(d) for d in run_dirs]
   save_figure(draw_figure(runs), "curves.pdf")

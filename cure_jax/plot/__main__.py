@@ -4,7 +4,8 @@ r"""Plots certified and PGD accuracy against ε for certification runs.
       [--out curves.png] [--name certify] [--points 256] [--tensorboard]
 
 Each argument is a run folder holding ``certify.csv`` (``python -m
-cure_jax.certify``; whole curves need its radius columns). ``--out`` ending in
+cure_jax.certify``: its radius search draws the curves; a run certified with
+``--noradius_search`` shows the evaluation radius only). ``--out`` ending in
 .png or .pdf writes that format, any other path both (default
 ``<first run>/accuracy_curves``). ``--tensorboard`` also logs each run's curves,
 figure and hparams under ``<run>/tensorboard/curves``.

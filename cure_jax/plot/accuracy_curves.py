@@ -1,11 +1,13 @@
 """Accuracy against ε from a certification run's per-point records.
 
 With radius columns (``radius_certified_<n>``, ``radius_pgd_<n>``, written by
-``evaluate(..., radius_search=...)``), a point is certified (PGD-robust) at ε
-when it is correctly classified and its radius is ≥ ε, so one run gives the
-whole curve on [0, eps_max) (the search says nothing beyond). Without
-them only the evaluation radius has a value, from the ``certified_<n>`` and
-``pgd_<n>`` flags.
+``evaluate(..., radius_search=...)`` and by ``python -m cure_jax.certify``), a
+point is certified (PGD-robust) at ε when it is correctly classified and its
+radius is ≥ ε, so one run gives the whole curve on [0, eps_max) (the search
+says nothing beyond). The curves are over the searched points, those with a
+radius (the search may cover the first N points only: NaN elsewhere).
+Without radius columns only the evaluation radius has a value, from the
+``certified_<n>`` and ``pgd_<n>`` flags.
 """
 
 from collections.abc import Mapping
@@ -28,6 +30,10 @@ class NormCurves(NamedTuple):
     eval_radius: the evaluation radius, or None when unknown.
     eval_certified: certified accuracy at the evaluation radius.
     eval_pgd: PGD-robust accuracy there, or None (not attacked).
+    curve_points: the points the curves are over (the searched ones), or
+      None without radius columns.
+    points: all points of the run (the evaluation radius's accuracies are
+      over them).
   """
 
   eps: np.ndarray | None
@@ -36,6 +42,8 @@ class NormCurves(NamedTuple):
   eval_radius: float | None
   eval_certified: float
   eval_pgd: float | None
+  curve_points: int | None = None
+  points: int = 0
 
 
 def accuracy_at(radii: np.ndarray, correct: np.ndarray, eps: np.ndarray):
@@ -59,7 +67,14 @@ def _curve_end(records, summary: Mapping[str, Any], norm: str) -> float:
     for p in (report.RADIUS_CERTIFIED, report.RADIUS_PGD)
     if p + norm in records
   ]
-  return float(max(np.max(c) for c in columns))
+  return float(max(np.nanmax(c) for c in columns))
+
+
+def searched(records: report.Records, norm: str) -> np.ndarray | None:
+  """[N] bool: the points with a searched radius for ``norm`` (None when the
+  run has no radius columns for it)."""
+  column = records.get(report.RADIUS_CERTIFIED + norm)
+  return None if column is None else np.isfinite(column)
 
 
 def norm_curves(
@@ -84,14 +99,17 @@ def norm_curves(
   eval_radius = summary.get("radii", {}).get(norm)
   flags = records.get(f"pgd_{norm}")
   eps = certified = pgd = None
-  if report.RADIUS_CERTIFIED + norm in records:
+  rows = searched(records, norm)
+  if rows is not None and rows.any():
     end = _curve_end(records, summary, norm)
     eps = np.linspace(0.0, end, points)
     certified = accuracy_at(
-      records[report.RADIUS_CERTIFIED + norm], correct, eps
+      records[report.RADIUS_CERTIFIED + norm][rows], correct[rows], eps
     )
     if report.RADIUS_PGD + norm in records:
-      pgd = accuracy_at(records[report.RADIUS_PGD + norm], correct, eps)
+      pgd = accuracy_at(
+        records[report.RADIUS_PGD + norm][rows], correct[rows], eps
+      )
   return NormCurves(
     eps=eps,
     certified=certified,
@@ -99,6 +117,8 @@ def norm_curves(
     eval_radius=None if eval_radius is None else float(eval_radius),
     eval_certified=float(np.mean(records[f"certified_{norm}"])),
     eval_pgd=None if flags is None else float(np.mean(flags)),
+    curve_points=None if eps is None else int(rows.sum()),
+    points=len(correct),
   )
 
 

@@ -1,9 +1,11 @@
 """The accuracy-against-ε figure: one panel per norm, several runs.
 
 Certified accuracy is drawn solid and PGD-robust accuracy dashed, one color
-per run (labelled with its method name); a dotted vertical line marks each
-evaluation radius, with the accuracies measured there as a filled (certified)
-and an open (PGD) marker. The footer names the code version and the machine.
+per run (labelled with its method name, and with the number of points the
+curves are over when the radius search covered only the first ones); a dotted
+vertical line marks each evaluation radius, with the accuracies measured
+there on every point as a filled (certified) and an open (PGD) marker. The
+footer names the code version and the machine.
 Drawn with matplotlib's Agg canvas, without pyplot: no display, no global
 backend switch.
 """
@@ -41,6 +43,18 @@ def _draw_run(axes, curves: accuracy_curves.NormCurves, color, label):
     )
 
 
+def _run_label(run: RunResults) -> str:
+  """The method name, and "curves: first k of n points" for a partial search."""
+  counts = [
+    (int(rows.sum()), len(rows))
+    for rows in (accuracy_curves.searched(run.records, n) for n in NORMS)
+    if rows is not None
+  ]
+  if counts and counts[0][0] < counts[0][1]:
+    return f"{run.name} (curves: first {counts[0][0]} of {counts[0][1]} points)"
+  return run.name
+
+
 def _footer() -> str:
   return f"{provenance.code_version()} · {provenance.machine()}"
 
@@ -75,7 +89,7 @@ def draw_figure(runs: Sequence[RunResults], points: int = 256) -> Figure:
       curves = accuracy_curves.norm_curves(
         run.records, run.summary, norm, points
       )
-      _draw_run(axes, curves, color, run.name)
+      _draw_run(axes, curves, color, _run_label(run))
       if curves.eval_radius is not None:
         eval_radii.add(curves.eval_radius)
     for eps in sorted(eval_radii):
@@ -95,7 +109,7 @@ def draw_figure(runs: Sequence[RunResults], points: int = 256) -> Figure:
     axes.grid(alpha=0.3)
   panels[0].set_ylabel("accuracy")
   handles = [
-    Line2D([], [], color=c, label=r.name) for r, c in zip(runs, colors)
+    Line2D([], [], color=c, label=_run_label(r)) for r, c in zip(runs, colors)
   ] + [
     Line2D([], [], color="k", label="certified"),
     Line2D([], [], color="k", linestyle="--", label="PGD"),

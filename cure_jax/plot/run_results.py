@@ -61,7 +61,7 @@ def read_run(run_dir: str, stem: str = "certify") -> RunResults:
   if not os.path.exists(csv_path):
     raise FileNotFoundError(
       f"{csv_path} does not exist: certify the run first (python -m "
-      f"cure_jax.certify --workdir={run_dir} --radius_search)."
+      f"cure_jax.certify --workdir={run_dir})."
     )
   summary = _read_json(os.path.join(run_dir, f"{stem}.json"))
   results = _read_json(os.path.join(run_dir, RESULTS_FILE))
@@ -110,7 +110,8 @@ def hyperparameters(run: RunResults) -> dict[str, bool | int | float | str]:
 
 def metrics(run: RunResults) -> dict[str, float]:
   """The run's headline figures, from its records: accuracies at the
-  evaluation radii and mean radii over the correctly classified points."""
+  evaluation radii and mean radii over the correctly classified points that
+  have one (the searched points)."""
   records = run.records
   correct = np.asarray(records["correct"], bool)
   values = {"clean_accuracy": float(np.mean(correct))}
@@ -118,7 +119,8 @@ def metrics(run: RunResults) -> dict[str, float]:
     if name.startswith(("certified_", "pgd_", "union_")):
       values[f"accuracy/{name}"] = float(np.mean(column))
     elif name.startswith((report.RADIUS_CERTIFIED, report.RADIUS_PGD)):
+      rows = correct & np.isfinite(column)
       values[f"mean_{name}"] = (
-        float(np.mean(column[correct])) if correct.any() else 0.0
+        float(np.mean(column[rows])) if rows.any() else 0.0
       )
   return values

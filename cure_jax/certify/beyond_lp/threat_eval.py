@@ -26,6 +26,7 @@ from cure_jax import data
 from cure_jax import workdir as workdir_lib
 from cure_jax.certify import cascade, regions, report
 from cure_jax.certify.beyond_lp.threats import Threat, threats_from_config
+from cure_jax.models.call_adapter import adapt_apply
 
 
 def _fraction(mask) -> dict[str, Any]:
@@ -78,7 +79,8 @@ def evaluate_threats(
 ) -> tuple[report.Records, dict[str, Any]]:
   """Certifies and attacks every point under every threat.
 
-  ``apply_fn(variables, x, train=False) -> logits`` must be the same object on
+  ``apply_fn(variables, x, train=False) -> logits``, or a Flax module,
+  ``train`` optional (`models.call_adapter`), must be the same object on
   every call (a jit cache key); images [N, H, W, C] in [0, 1]; ``methods`` a
   cascade from `regions.REGION_METHODS`; ``rows_per_batch`` (point, region)
   rows per bounded chunk; ``log`` None is silent; ``key`` the attacks'
@@ -86,6 +88,7 @@ def evaluate_threats(
   ``fold_in(key, i)``); ``progress_bar`` a bar over the threats on stderr.
   Returns (records, summary): per-point columns and the JSON-ready summary.
   """
+  apply_fn = adapt_apply(apply_fn)
   labels = np.asarray(labels, np.int64)
   predictions = np.asarray(
     cascade.predict(apply_fn, variables, images, num_classes), np.int64
