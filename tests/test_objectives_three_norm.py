@@ -61,6 +61,18 @@ def _by_hand(config, setup, batch=None):
   """Each norm's per-example loss, with the objective's keys."""
   variables, full, ctx = setup
   batch = full if batch is None else batch
+  losses = jax.jit(_per_norm_losses, static_argnums=(0, 1, 2))
+  return losses(
+    config.lambda_linf,
+    config.lambda_l2,
+    config.pgd_steps,
+    variables,
+    batch,
+    ctx,
+  )
+
+
+def _per_norm_losses(lambda_linf, lambda_l2, pgd_steps, variables, batch, ctx):
   network = Network(MODEL.apply, variables, 10)
   k_inf, k_2, _ = jax.random.split(ctx.rng, 3)
   x, y = batch.images, batch.labels
@@ -70,18 +82,18 @@ def _by_hand(config, setup, batch=None):
       x,
       y,
       ctx.eps_linf,
-      lam=config.lambda_linf,
+      lam=lambda_linf,
       key=k_inf,
-      pgd_steps=config.pgd_steps,
+      pgd_steps=pgd_steps,
     ).loss,
     "l2": robust_losses.l2_certified(
       network,
       x,
       y,
       ctx.eps_l2,
-      lam=config.lambda_l2,
+      lam=lambda_l2,
       key=k_2,
-      pgd_steps=config.pgd_steps,
+      pgd_steps=pgd_steps,
     ).loss,
     "l1": robust_losses.l1_crown_ibp(network, x, y, ctx.eps_l1).loss,
   }
