@@ -108,7 +108,8 @@ def _registry() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
 
 
 def _restore_args(abstract: PyTree) -> ocp.args.PyTreeRestore:
-  """Orbax's arguments to read ``abstract``'s leaves (placeholders skipped)."""
+  """Orbax's arguments to read ``abstract``'s leaves; leaves set to
+  ``ocp.PLACEHOLDER`` (orbax's marker for "do not read") are skipped."""
   restore_args = ocp.checkpoint_utils.construct_restore_args(abstract)
   return ocp.args.PyTreeRestore(abstract, restore_args=restore_args)
 
@@ -127,7 +128,7 @@ def _restore_state(step_dir, target, partial, saved_tree, read) -> PyTree:
   """
   abstract = _abstract(target)
   try:
-    if partial:  # everything else is an orbax placeholder: not read
+    if partial:  # the saved items not in target: ocp.PLACEHOLDER, not read
       saved = saved_tree()
       if not set(target) <= set(saved):
         raise KeyError(f"it holds {sorted(saved)}, not all of {list(target)}")
