@@ -138,16 +138,24 @@ def disjunctive_spec(coeffs, offsets, owner) -> DisjunctiveSpec:
   return DisjunctiveSpec(coeffs, offsets, owner, count)
 
 
-def margin_spec(label: int, num_classes: int) -> DisjunctiveSpec:
-  """Unsafe: z_j − z_y ≥ 0 for some j ≠ y, each j its own disjunct (rows in
-  increasing j)."""
+def margin_rows(label: int, num_classes: int) -> np.ndarray:
+  """C with rows e_y − e_j, j ≠ y in increasing order: [K − 1, K]."""
   others = [j for j in range(num_classes) if j != label]
   rows = np.zeros((num_classes - 1, num_classes), np.float32)
-  rows[:, label] = -1.0
-  rows[np.arange(num_classes - 1), others] = 1.0
+  rows[:, label] = 1.0
+  rows[np.arange(num_classes - 1), others] = -1.0
+  return rows
+
+
+def margin_spec(label: int, num_classes: int) -> DisjunctiveSpec:
+  """Unsafe: z_j − z_y ≥ 0 for some j ≠ y, each j its own disjunct (rows in
+  increasing j): the negated `margin_rows`."""
   count = num_classes - 1
   return DisjunctiveSpec(
-    rows, np.zeros(count, np.float32), np.arange(count), count
+    -margin_rows(label, num_classes),
+    np.zeros(count, np.float32),
+    np.arange(count),
+    count,
   )
 
 

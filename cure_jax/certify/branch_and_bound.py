@@ -31,6 +31,7 @@ from cure_jax.certify.bab_search import (
   VERIFIED,
   BaBSettings,
   Verifier,
+  margin_rows,
 )
 from cure_jax.parallel.precision import cast_floating
 from cure_jax.types import PIXEL_DOMAIN, PyTree
@@ -68,15 +69,6 @@ class PointResult(NamedTuple):
   counterexample: np.ndarray | None
   domains: int
   seconds: float
-
-
-def margin_rows(label: int, num_classes: int) -> np.ndarray:
-  """C with rows e_y − e_j, j ≠ y in increasing order: [K − 1, K]."""
-  others = [j for j in range(num_classes) if j != label]
-  rows = np.zeros((num_classes - 1, num_classes), np.float32)
-  rows[:, label] = 1.0
-  rows[np.arange(num_classes - 1), others] = -1.0
-  return rows
 
 
 def is_counterexample(
