@@ -1,7 +1,7 @@
 r"""cure_jax's bound methods against auto_LiRPA's, same weights, same CPU.
 
   python -m cure_jax.benchmarks.verifier [--models=small_cnn,cnn7] \
-      [--batch=8] [--eps=0.1] [--alpha-steps=20] \
+      [--methods=crown,alpha_crown,crown_ibp] [--batch=8] [--eps=0.1] [--alpha-steps=20] \
       [--lirpa-python=/tmp/lirpa/bin/python] [--out=results.json]
 
 For each model (MNIST shape, random IBP-initialized weights without
@@ -269,6 +269,7 @@ def run(
   timeout: float = 1800.0,
   model_timeouts: dict | None = None,
   shared_slopes=("cnn7",),
+  methods=METHODS,
 ) -> dict:
   """{model: {method: {"cure_jax": row, "auto_LiRPA": row}}}.
 
@@ -301,7 +302,7 @@ def run(
       if "error" in exported:
         raise RuntimeError(f"exporting {model_name}: {exported['error']}")
       results[model_name] = {}
-      for method in METHODS:
+      for method in methods:
         worker = [
           sys.executable,
           "-m",
@@ -366,9 +367,20 @@ def table(results: dict, batch: int) -> str:
   return "\n".join(lines)
 
 
+def _checked_methods(names: str) -> tuple[str, ...]:
+  methods = tuple(name for name in names.split(",") if name)
+  unknown = [name for name in methods if name not in METHODS]
+  if unknown or not methods:
+    raise SystemExit(
+      f"--methods: unknown {unknown or names!r}; choose from {METHODS}."
+    )
+  return methods
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--models", default="small_cnn,cnn7")
+  parser.add_argument("--methods", default=",".join(METHODS))
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--eps", type=float, default=0.1)
   parser.add_argument("--alpha-steps", type=int, default=20)
@@ -403,6 +415,7 @@ def main(argv=None):
         item.split("=") for item in args.model_timeouts.split(",") if item
       )
     },
+    methods=_checked_methods(args.methods),
   )
   print(table(results, args.batch))
   if args.out:

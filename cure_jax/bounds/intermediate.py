@@ -19,7 +19,13 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from cure_jax.bounds import backward, ibp_rules, layer_bounds, linear_rules
+from cure_jax.bounds import (
+  backward,
+  conv_windows,
+  ibp_rules,
+  layer_bounds,
+  linear_rules,
+)
 from cure_jax.bounds.forward import (
   Env,
   as_interval,
@@ -217,6 +223,7 @@ def refined_environment(
   alphas: dict[int, dict] | None = None,
   shared: dict[int, dict] | None = None,
   references: dict[int, Interval] | None = None,
+  windows: bool = True,
 ) -> tuple[Env, Refinement]:
   """The forward environment with CROWN-refined nonlinear inputs.
 
@@ -230,6 +237,9 @@ def refined_environment(
     alphas: optional per-row slopes {value: {unit output id: slopes}}.
     shared: optional slopes shared by a value's rows, same keys.
     references: optional intervals to intersect each refined value with.
+    windows: carry a pass through convolution chains as windows
+      (`conv_windows`, the same bounds at a fraction of the cost); False
+      keeps every pass dense.
 
   Returns:
     (environment, `Refinement`).
@@ -251,10 +261,23 @@ def refined_environment(
     if plan.chunks == 0:
       return current
 
+    windowed = (
+      conv_windows.windowed_pass(producers, env, sets, atom)
+      if windows
+      else None
+    )
     first = leading_contraction(producers, env, atom)
     dtype = current.lower.dtype
 
     def pass_fn(index, slopes):
+      if windowed is not None:
+        lower, handoff = windowed(index[:, 0], slopes)
+        if handoff is None:
+          return lower
+        value, coeffs = handoff
+        return lower + backward.lower_bound(
+          graph, env, sets, {value: coeffs}, linear_rules.RULES, slopes
+        )
       if first is None:
         start = layer_bounds.start_coefficients(index, current.shape, dtype)
         return backward.lower_bound(

@@ -1,0 +1,433 @@
+"""Backward passes through convolution chains on windows (patches).
+
+A row of a hidden layer's CROWN pass bounds one neuron at spatial position
+(i, j). Pulled back through a convolution, its coefficients are non-zero
+only on that neuron's receptive field: a K_h × K_w window of the layer
+below, then ((K_h − 1)·s + K'_h) × ... below the next convolution. Carried
+as a dense [2R, B, H, W, C] array (the generic `backward` pass), almost all
+of a row's coefficients are zeros, and every ReLU relaxation, bias
+reduction and transposed convolution pays for them. Here a row's
+coefficients are a window ``values [2R, B, h, w, C]`` at a per-row
+``origin`` (its top-left position, in the value's spatial coordinates) —
+auto_LiRPA's "patches" mode (Xu et al., NeurIPS 2020) — with the bounds the
+dense pass gives, at the cost of the windows only.
+
+A pass from a value ``atom`` is windowed along a chain of equations with one
+bounded operand each (so the chain is all of ``atom``'s dependence on the
+input sets), read backwards:
+
+* a convolution applied alike to every example (NHWC / HWIO / NHWC, no
+  input dilation; feature groups allowed): the vector-Jacobian product of a
+  VALID convolution over the input window
+  (h_in = (h − 1)·s + (K − 1)·d + 1), origin_in = s·origin − pad_lo;
+* an elementwise affine operation with constants (bias, BatchNorm in eval
+  mode, normalization): A ⊙ scale over the window, bias += <A, offset>;
+* max(x, c) for a scalar constant c (ReLU): the CROWN relaxation
+  (`linear_rules.relu_like`), computed on the windows of x's interval (and
+  of the row's α-CROWN slopes, when given).
+
+Window entries outside the image (a convolution's zero padding) are kept at
+zero. At an input set the bound is concretized on the windows (box: A⁺ l +
+A⁻ u; l_p ball: <A, x0> − ε ||A||_q, and the box bound when it has a domain,
+as `backward.concretize_set`). At any other equation the windows become
+dense coefficients and the generic backward pass goes on from there.
+"""
+
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from cure_jax.bounds import linear_rules, relaxations
+from cure_jax.bounds.forward import Env, as_interval, is_bounded, read
+from cure_jax.bounds.graph import Const, Eqn, evaluate_concrete
+from cure_jax.bounds.interval import Interval
+from cure_jax.bounds.sets import Box, lp_norm
+
+# flax.linen.Conv's layout: (batch, spatial..., feature) for inputs and
+# outputs, (spatial..., in, out) for kernels.
+_NHWC = (0, 3, 1, 2)
+_HWIO = (3, 2, 0, 1)
+_ELEMENTWISE = frozenset(
+  {"add", "sub", "mul", "div", "neg", "convert_element_type"}
+)
+
+
+class Window(NamedTuple):
+  """Coefficients of 2R rows on a [B, H, W, C] value, one window per row.
+
+  Attributes:
+    values: [2R, B, h, w, C] coefficients (zero outside the image).
+    origin: [2R, 2] int32 top-left (row, column) of each row's window.
+  """
+
+  values: jax.Array
+  origin: jax.Array
+
+
+def _spatial_pad(array: jax.Array, size) -> jax.Array:
+  """[B, H, W, C] zero-padded by the window size on each spatial side."""
+  h, w = size
+  return jnp.pad(array, ((0, 0), (h, h), (w, w), (0, 0)))
+
+
+def gather(full: jax.Array, origin: jax.Array, size) -> jax.Array:
+  """Each row's window of a [B, H, W, C] array (zeros outside): [2R, B, h, w, C]."""
+  h, w = size
+  padded = _spatial_pad(full, size)
+  take = lambda o: jax.lax.dynamic_slice(
+    padded, (0, o[0] + h, o[1] + w, 0), (full.shape[0], h, w, full.shape[3])
+  )
+  return jax.vmap(take)(origin)
+
+
+def in_image(origin: jax.Array, size, spatial, dtype) -> jax.Array:
+  """[2R, 1, h, w, 1]: 1 on window entries inside the H × W image."""
+  ones = jnp.ones((1,) + tuple(spatial) + (1,), dtype)
+  return gather(ones, origin, size)
+
+
+def to_dense(window: Window, shape) -> jax.Array:
+  """The rows' dense coefficients [2R, *shape] (shape = [B, H, W, C])."""
+  _, _, h, w, _ = window.values.shape
+  batch, height, width, channels = shape
+  canvas = jnp.zeros((batch, height + 2 * h, width + 2 * w, channels))
+  canvas = canvas.astype(window.values.dtype)
+
+  def place(values, o):
+    full = jax.lax.dynamic_update_slice(
+      canvas, values, (0, o[0] + h, o[1] + w, 0)
+    )
+    return full[:, h : h + height, w : w + width]
+
+  return jax.vmap(place)(window.values, window.origin)
+
+
+def conv_geometry(eqn: Eqn, x_shape) -> dict | None:
+  """Strides, low padding and kernel size of a convolution the windows can
+  go through (see the module docstring), else None."""
+  if eqn.name != "conv_general_dilated" or len(x_shape) != 4:
+    return None
+  p = eqn.params
+  numbers = p["dimension_numbers"]
+  if (
+    tuple(numbers.lhs_spec) != _NHWC
+    or tuple(numbers.rhs_spec) != _HWIO
+    or tuple(numbers.out_spec) != _NHWC
+    or any(d != 1 for d in p["lhs_dilation"])
+    or p["batch_group_count"] != 1
+  ):
+    return None
+  return dict(
+    strides=tuple(p["window_strides"]),
+    pad_lo=tuple(lo for lo, _ in p["padding"]),
+    dilation=tuple(p["rhs_dilation"]),
+    groups=p["feature_group_count"],
+  )
+
+
+def through_conv(
+  window: Window, eqn: Eqn, kernel: jax.Array, geometry: dict, x_shape
+) -> Window:
+  """Aᵀ through y = conv(x, kernel) on windows: the VALID convolution's VJP."""
+  values = window.values
+  rows, batch, h, w, channels_out = values.shape
+  (s_h, s_w), (d_h, d_w) = geometry["strides"], geometry["dilation"]
+  k_h, k_w = kernel.shape[0], kernel.shape[1]
+  size = (
+    (h - 1) * s_h + (k_h - 1) * d_h + 1,
+    (w - 1) * s_w + (k_w - 1) * d_w + 1,
+  )
+  params = dict(eqn.params, padding=((0, 0), (0, 0)))
+
+  def conv(x):
+    return eqn.primitive.bind(x, kernel, **params)
+
+  _, pull = jax.vjp(
+    conv, jnp.zeros((rows * batch,) + size + (x_shape[3],), values.dtype)
+  )
+  (pulled,) = pull(values.reshape((rows * batch, h, w, channels_out)))
+  pad_lo = jnp.asarray(geometry["pad_lo"], jnp.int32)
+  strides = jnp.asarray(geometry["strides"], jnp.int32)
+  origin = window.origin * strides - pad_lo
+  pulled = pulled.reshape((rows, batch) + pulled.shape[1:])
+  mask = in_image(origin, size, x_shape[1:3], values.dtype)
+  return Window(pulled * mask, origin)
+
+
+def _elementwise_line(eqn: Eqn, args, position: int, shape, dtype):
+  """(scale, offset) of y = a·x + b, an elementwise affine equation in its
+  bounded operand x, as [B, H, W, C] arrays (exact: a JVP at x = 0)."""
+
+  def at(x):
+    values = list(args)
+    values[position] = x
+    return jnp.broadcast_to(evaluate_concrete(eqn, values)[0], shape)
+
+  zeros, ones = jnp.zeros(shape, dtype), jnp.ones(shape, dtype)
+  offset, scale = jax.jvp(at, (zeros,), (ones,))
+  return scale, offset
+
+
+def through_elementwise(window: Window, scale, offset) -> tuple[Window, Any]:
+  """A ⊙ scale on the windows; bias <A, offset>: (window, [2R, B])."""
+  size = window.values.shape[2:4]
+  values = window.values
+  bias = linear_rules.inner_product(values, gather(offset, window.origin, size))
+  return Window(
+    values * gather(scale, window.origin, size), window.origin
+  ), bias
+
+
+def through_relu(
+  window: Window, box: Interval, c, alpha: jax.Array | None
+) -> tuple[Window, jax.Array]:
+  """A through max(x, c) (CROWN's relaxation on the windows of x's bounds)."""
+  origin, size = window.origin, window.values.shape[2:4]
+  lower = gather(box.lower, origin, size) - c
+  upper = gather(box.upper, origin, size) - c
+  if alpha is not None:
+    alpha = _gather_slopes(alpha, origin, size)
+  relax = relaxations.relu_relaxation(lower, upper, alpha)
+  in_x = relaxations.LinearRelaxation(
+    relax.lower_slope,
+    c * (1 - relax.lower_slope) + relax.lower_offset,
+    relax.upper_slope,
+    c * (1 - relax.upper_slope) + relax.upper_offset,
+  )
+  values, bias = linear_rules._pull_through(in_x, window.values)  # noqa: SLF001
+  return Window(values, origin), bias
+
+
+def _gather_slopes(alpha: jax.Array, origin, size) -> jax.Array:
+  """Windows of α-CROWN slopes: per row [2R, B, H, W, C] or shared [1, ...]."""
+  if alpha.shape[0] == 1:
+    return gather(alpha[0], origin, size)
+  return jax.vmap(lambda a, o: gather(a, o[None], size)[0])(alpha, origin)
+
+
+def concretize(leaf, window: Window) -> jax.Array:
+  """min over the input set of <A, x> on the windows: [2R, B]."""
+  origin, size = window.origin, window.values.shape[2:4]
+  values = window.values
+
+  def box_bound(interval: Interval):
+    lower = gather(interval.lower, origin, size)
+    upper = gather(interval.upper, origin, size)
+    return linear_rules.inner_product(
+      jnp.maximum(values, 0), lower
+    ) + linear_rules.inner_product(jnp.minimum(values, 0), upper)
+
+  if isinstance(leaf, Box):
+    return box_bound(Interval(leaf.lower, leaf.upper))
+  if leaf.p == math.inf:
+    return box_bound(leaf.bounding_box())
+  flat = values.reshape(values.shape[:2] + (-1,))
+  center = linear_rules.inner_product(values, gather(leaf.center, origin, size))
+  ball = center - leaf.radius_per_example() * lp_norm(flat, leaf.dual, axis=-1)
+  if leaf.domain is None:
+    return ball
+  return jnp.maximum(ball, box_bound(leaf.bounding_box()))
+
+
+class Step(NamedTuple):
+  """One equation of a windowed chain: ``kind`` in {"conv", "elementwise",
+  "relu"}, the equation, and what its rule needs."""
+
+  kind: str
+  eqn: Eqn
+  data: dict
+
+
+def _one_bounded(eqn: Eqn, env: Env) -> int | None:
+  if len(eqn.outputs) != 1:
+    return None
+  bounded = [
+    i
+    for i, a in enumerate(eqn.inputs)
+    if not isinstance(a, Const) and a in env and is_bounded(env[a])
+  ]
+  return bounded[0] if len(bounded) == 1 else None
+
+
+def _shape(env: Env, atom) -> tuple:
+  return tuple(as_interval(env[atom]).shape)
+
+
+def _step(eqn: Eqn, env: Env) -> Step | None:
+  """The windowed rule for ``eqn``, or None where the windows stop."""
+  i = _one_bounded(eqn, env)
+  if i is None:
+    return None
+  x = eqn.inputs[i]
+  x_shape, y_shape = _shape(env, x), _shape(env, eqn.outputs[0])
+  if len(x_shape) != 4:
+    return None
+  if eqn.name == "conv_general_dilated" and i == 0:
+    geometry = conv_geometry(eqn, x_shape)
+    if geometry is None:
+      return None
+    return Step("conv", eqn, dict(x=x, geometry=geometry))
+  if eqn.name == "max":
+    c = read(env, eqn.inputs[1 - i])
+    if jnp.ndim(c) != 0 or eqn.inputs[1 - i] == x:
+      return None
+    return Step("relu", eqn, dict(x=x, c=c))
+  if eqn.name in _ELEMENTWISE and x_shape == y_shape:
+    if eqn.name == "div" and i != 0:
+      return None
+    return Step("elementwise", eqn, dict(x=x, position=i))
+  return None
+
+
+def chain_below(producers, env: Env, sets, value) -> tuple[list[Step], Any]:
+  """The windowed steps from ``value`` down, and where they end: the input
+  set leaf's id when they reach one, else the value to hand over densely."""
+  steps = []
+  while value not in sets:
+    eqn = producers.get(value)
+    step = None if eqn is None else _step(eqn, env)
+    if step is None:
+      return steps, value
+    steps.append(step)
+    value = step.data["x"]
+  return steps, value
+
+
+def windowed_pass(
+  producers, env: Env, sets, atom
+) -> Callable[..., tuple[jax.Array, Any]] | None:
+  """A windowed pass from ``atom = g(conv(y))`` (g elementwise affine with
+  constants) when y's chain is windowable too; else None (the dense pass).
+
+  Returns:
+    ``run(index [R], slopes) -> (lower [2R, B], handoff)``: the lower bounds
+    of the rows +e_index (first R) and -e_index (last R) of ``atom`` so far,
+    and None when the windows reached an input set, or ``(value id, dense
+    coefficients [2R, *value.shape])`` for the generic pass to finish.
+  """
+  top, value = [], atom
+  while True:  # g's elementwise equations, then the convolution
+    eqn = producers.get(value)
+    step = None if eqn is None else _step(eqn, env)
+    if step is None or step.kind == "relu":
+      return None
+    value = step.data["x"]
+    if step.kind == "conv":
+      break
+    top.append(step)
+  conv = step
+  below, end = chain_below(producers, env, sets, value)
+  if not below and end not in sets:
+    return None  # a convolution of a dense value: no window to gain
+  z = conv.eqn.outputs[0]
+  z_shape, y_shape = _shape(env, z), _shape(env, value)
+  dtype = as_interval(env[atom]).lower.dtype
+  scale, offset = _chain_line(top, env, z, atom, z_shape, dtype)
+  kernel = read(env, conv.eqn.inputs[1])
+
+  def run(index: jax.Array, slopes: dict) -> tuple[jax.Array, Any]:
+    window, row_offset = _start(
+      index, kernel, conv.data["geometry"], scale, offset, z_shape, y_shape
+    )
+    bias = row_offset
+    for step in below:
+      window, term = _apply(step, window, env, slopes)
+      bias = bias + term
+    if end in sets:
+      return bias + concretize(sets[end], window), None
+    return bias, (end, to_dense(window, _shape(env, end)))
+
+  return run
+
+
+def _chain_line(top: list[Step], env: Env, z, atom, z_shape, dtype):
+  """(scale, offset) [B, H, W, C] of atom = g(z), g the elementwise ``top``
+  equations (a JVP at z = 0: the chain's exact diagonal and offset)."""
+
+  def chain(value):
+    values = {z: value}
+    for step in reversed(top):
+      eqn = step.eqn
+      args = [
+        values[a] if not isinstance(a, Const) and a in values else read(env, a)
+        for a in eqn.inputs
+      ]
+      values[eqn.outputs[0]] = evaluate_concrete(eqn, args)[0]
+    return jnp.broadcast_to(values[atom], z_shape)
+
+  zeros, ones = jnp.zeros(z_shape, dtype), jnp.ones(z_shape, dtype)
+  offset, scale = jax.jvp(chain, (zeros,), (ones,))
+  return scale, offset
+
+
+def _to_all_channels(taps, c, groups: int, channels_out: int, y_shape):
+  """A grouped kernel's taps [R, K_h, K_w, C_in / G] placed at the input
+  channels of each output channel's group: [R, K_h, K_w, C_in]."""
+  if groups == 1:
+    return taps
+  per_group = y_shape[3] // groups
+  group = c // (channels_out // groups)
+  full = jnp.zeros(taps.shape[:3] + (y_shape[3],), taps.dtype)
+  place = lambda f, t, g: jax.lax.dynamic_update_slice(
+    f, t, (0, 0, g * per_group)
+  )
+  return jax.vmap(place)(full, taps, group)
+
+
+def _start(index, kernel, geometry: dict, scale, offset, z_shape, y_shape):
+  """The rows ±e_index of atom = scale ⊙ conv(y) + offset as windows on y:
+  ±scale_i times the kernel of neuron i's channel at its receptive field.
+
+  Returns:
+    (window [2R, B, h, w, C_in], the rows' constant terms [2R, B]).
+  """
+  _, _, width, channels = z_shape
+  i, rest = jnp.divmod(index, width * channels)
+  j, c = jnp.divmod(rest, channels)
+  d_h, d_w = geometry["dilation"]
+  taps = jnp.moveaxis(kernel[..., c], -1, 0)  # [R, K_h, K_w, C_in / G]
+  taps = _to_all_channels(taps, c, geometry["groups"], kernel.shape[3], y_shape)
+  taps = jax.lax.pad(
+    taps,
+    jnp.zeros((), taps.dtype),
+    ((0, 0, 0), (0, 0, d_h - 1), (0, 0, d_w - 1), (0, 0, 0)),
+  )
+  flat = lambda a: a.reshape(a.shape[0], -1)[:, index].T  # [R, B]
+  row_scale = flat(scale)
+  values = row_scale[:, :, None, None, None] * taps[:, None]
+  strides = jnp.asarray(geometry["strides"], jnp.int32)
+  pad_lo = jnp.asarray(geometry["pad_lo"], jnp.int32)
+  origin = jnp.stack([i, j], axis=1).astype(jnp.int32) * strides - pad_lo
+  values = values * in_image(
+    origin, taps.shape[1:3], y_shape[1:3], values.dtype
+  )
+  row_offset = flat(offset)
+  return (
+    Window(
+      jnp.concatenate([values, -values]), jnp.concatenate([origin, origin])
+    ),
+    jnp.concatenate([row_offset, -row_offset]),
+  )
+
+
+def _apply(step: Step, window: Window, env: Env, slopes: dict):
+  eqn, data = step.eqn, step.data
+  x_shape = _shape(env, data["x"])
+  zero = jnp.zeros(window.values.shape[:2], window.values.dtype)
+  if step.kind == "conv":
+    kernel = read(env, eqn.inputs[1])
+    return through_conv(window, eqn, kernel, data["geometry"], x_shape), zero
+  if step.kind == "relu":
+    alpha = slopes.get(eqn.outputs[0])
+    return through_relu(window, as_interval(env[data["x"]]), data["c"], alpha)
+  args = [
+    None if k == data["position"] else read(env, a)
+    for k, a in enumerate(eqn.inputs)
+  ]
+  scale, offset = _elementwise_line(
+    eqn, args, data["position"], x_shape, window.values.dtype
+  )
+  return through_elementwise(window, scale, offset)
