@@ -224,8 +224,12 @@ def test_gather_and_to_dense_are_inverse_on_the_image():
   np.testing.assert_array_equal(windows[0, :, 0], 0.0)
   np.testing.assert_array_equal(windows[0, :, 1:, 2:], full[:, :2, :2])
   np.testing.assert_array_equal(windows[1, :, :2, :2], full[:, 3:, 4:])
-  dense = conv_windows.to_dense(
-    conv_windows.Window(windows, origin), full.shape
-  )
-  np.testing.assert_array_equal(dense[2, :, :3, :4], full[:, :3, :4])
-  np.testing.assert_array_equal(dense[2, :, 3:], 0.0)
+  # Rows 0 and 1 at position 2 (origin (0, 0)), row 2 at position 1.
+  rows = windows[jnp.array([2, 2, 1])]
+  window = conv_windows.Window(rows, jnp.array([2, 2, 1]), origin)
+  dense = conv_windows.to_dense(window, full.shape)
+  np.testing.assert_array_equal(dense[0], dense[1])
+  np.testing.assert_array_equal(dense[0, :, :3, :4], full[:, :3, :4])
+  np.testing.assert_array_equal(dense[0, :, 3:], 0.0)
+  np.testing.assert_array_equal(dense[2, :, 3:, 4:], full[:, 3:, 4:])
+  np.testing.assert_array_equal(dense[2, :, :3], 0.0)

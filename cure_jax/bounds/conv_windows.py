@@ -7,10 +7,12 @@ below, then ((K_h − 1)·s + K'_h) × ... below the next convolution. Carried
 as a dense [2R, B, H, W, C] array (the generic `backward` pass), almost all
 of a row's coefficients are zeros, and every ReLU relaxation, bias
 reduction and transposed convolution pays for them. Here a row's
-coefficients are a window ``values [2R, B, h, w, C]`` at a per-row
-``origin`` (its top-left position, in the value's spatial coordinates) —
+coefficients are a window ``values [2R, B, h, w, C]`` at the origin (top-left
+position, in the value's spatial coordinates) of its neuron's position —
 auto_LiRPA's "patches" mode (Xu et al., NeurIPS 2020) — with the bounds the
-dense pass gives, at the cost of the windows only.
+dense pass gives, at the cost of the windows only. Rows at one position share
+their windows' origin, so what the rules read from a layer (intervals,
+relaxations, scales) is cut into windows once per position, not per row.
 
 A pass from a value ``atom`` is windowed along a chain of equations with one
 bounded operand each (so the chain is all of ``atom``'s dependence on the
@@ -60,11 +62,22 @@ class Window(NamedTuple):
 
   Attributes:
     values: [2R, B, h, w, C] coefficients (zero outside the image).
-    origin: [2R, 2] int32 top-left (row, column) of each row's window.
+    position: [2R] int32, each row's neuron position (index into origins).
+    origins: [P, 2] int32 top-left (row, column) of the windows of each of
+      the P positions of the bounded layer.
   """
 
   values: jax.Array
-  origin: jax.Array
+  position: jax.Array
+  origins: jax.Array
+
+  def per_row(self, per_position: jax.Array) -> jax.Array:
+    """[2R, ...] from [P, ...]: each row's position's entry."""
+    return per_position[self.position]
+
+  @property
+  def size(self) -> tuple[int, int]:
+    return self.values.shape[2:4]
 
 
 def _spatial_pad(array: jax.Array, size) -> jax.Array:
@@ -74,7 +87,8 @@ def _spatial_pad(array: jax.Array, size) -> jax.Array:
 
 
 def gather(full: jax.Array, origin: jax.Array, size) -> jax.Array:
-  """Each row's window of a [B, H, W, C] array (zeros outside): [2R, B, h, w, C]."""
+  """Windows of a [B, H, W, C] array at ``origin`` [P, 2] (zeros outside the
+  image): [P, B, h, w, C]."""
   h, w = size
   padded = _spatial_pad(full, size)
   take = lambda o: jax.lax.dynamic_slice(
@@ -84,7 +98,7 @@ def gather(full: jax.Array, origin: jax.Array, size) -> jax.Array:
 
 
 def in_image(origin: jax.Array, size, spatial, dtype) -> jax.Array:
-  """[2R, 1, h, w, 1]: 1 on window entries inside the H × W image."""
+  """[P, 1, h, w, 1]: 1 on window entries inside the H × W image."""
   ones = jnp.ones((1,) + tuple(spatial) + (1,), dtype)
   return gather(ones, origin, size)
 
@@ -102,7 +116,7 @@ def to_dense(window: Window, shape) -> jax.Array:
     )
     return full[:, h : h + height, w : w + width]
 
-  return jax.vmap(place)(window.values, window.origin)
+  return jax.vmap(place)(window.values, window.per_row(window.origins))
 
 
 def conv_geometry(eqn: Eqn, x_shape) -> dict | None:
@@ -151,10 +165,10 @@ def through_conv(
   (pulled,) = pull(values.reshape((rows * batch, h, w, channels_out)))
   pad_lo = jnp.asarray(geometry["pad_lo"], jnp.int32)
   strides = jnp.asarray(geometry["strides"], jnp.int32)
-  origin = window.origin * strides - pad_lo
+  origins = window.origins * strides - pad_lo
   pulled = pulled.reshape((rows, batch) + pulled.shape[1:])
-  mask = in_image(origin, size, x_shape[1:3], values.dtype)
-  return Window(pulled * mask, origin)
+  mask = window.per_row(in_image(origins, size, x_shape[1:3], values.dtype))
+  return Window(pulled * mask, window.position, origins)
 
 
 def _elementwise_line(eqn: Eqn, args, position: int, shape, dtype):
@@ -171,51 +185,63 @@ def _elementwise_line(eqn: Eqn, args, position: int, shape, dtype):
   return scale, offset
 
 
+def _windows_of(window: Window, full: jax.Array) -> jax.Array:
+  """Each row's window of a [B, H, W, C] array: [2R, B, h, w, C]."""
+  return window.per_row(gather(full, window.origins, window.size))
+
+
 def through_elementwise(window: Window, scale, offset) -> tuple[Window, Any]:
   """A ⊙ scale on the windows; bias <A, offset>: (window, [2R, B])."""
-  size = window.values.shape[2:4]
   values = window.values
-  bias = linear_rules.inner_product(values, gather(offset, window.origin, size))
-  return Window(
-    values * gather(scale, window.origin, size), window.origin
-  ), bias
+  bias = linear_rules.inner_product(values, _windows_of(window, offset))
+  scaled = values * _windows_of(window, scale)
+  return window._replace(values=scaled), bias
 
 
 def through_relu(
   window: Window, box: Interval, c, alpha: jax.Array | None
 ) -> tuple[Window, jax.Array]:
   """A through max(x, c) (CROWN's relaxation on the windows of x's bounds)."""
-  origin, size = window.origin, window.values.shape[2:4]
-  lower = gather(box.lower, origin, size) - c
-  upper = gather(box.upper, origin, size) - c
-  if alpha is not None:
-    alpha = _gather_slopes(alpha, origin, size)
-  relax = relaxations.relu_relaxation(lower, upper, alpha)
+  size = window.size
+  lower = gather(box.lower, window.origins, size) - c
+  upper = gather(box.upper, window.origins, size) - c
+  if alpha is None:  # one relaxation per position, read by its rows
+    relax = relaxations.relu_relaxation(lower, upper)
+    relax = jax.tree.map(window.per_row, relax)
+  else:  # slopes per row
+    alpha = _gather_slopes(alpha, window)
+    relax = relaxations.relu_relaxation(
+      window.per_row(lower), window.per_row(upper), alpha
+    )
   in_x = relaxations.LinearRelaxation(
     relax.lower_slope,
     c * (1 - relax.lower_slope) + relax.lower_offset,
     relax.upper_slope,
     c * (1 - relax.upper_slope) + relax.upper_offset,
   )
-  values, bias = linear_rules._pull_through(in_x, window.values)  # noqa: SLF001
-  return Window(values, origin), bias
+  values, bias = linear_rules._pull_through(  # noqa: SLF001
+    in_x,
+    window.values,
+    zero_lower_offset=linear_rules._is_literal_zero(c),  # noqa: SLF001
+  )
+  return window._replace(values=values), bias
 
 
-def _gather_slopes(alpha: jax.Array, origin, size) -> jax.Array:
+def _gather_slopes(alpha: jax.Array, window: Window) -> jax.Array:
   """Windows of α-CROWN slopes: per row [2R, B, H, W, C] or shared [1, ...]."""
   if alpha.shape[0] == 1:
-    return gather(alpha[0], origin, size)
-  return jax.vmap(lambda a, o: gather(a, o[None], size)[0])(alpha, origin)
+    return _windows_of(window, alpha[0])
+  take = lambda a, o: gather(a, o[None], window.size)[0]
+  return jax.vmap(take)(alpha, window.per_row(window.origins))
 
 
 def concretize(leaf, window: Window) -> jax.Array:
   """min over the input set of <A, x> on the windows: [2R, B]."""
-  origin, size = window.origin, window.values.shape[2:4]
   values = window.values
 
   def box_bound(interval: Interval):
-    lower = gather(interval.lower, origin, size)
-    upper = gather(interval.upper, origin, size)
+    lower = _windows_of(window, interval.lower)
+    upper = _windows_of(window, interval.upper)
     return linear_rules.inner_product(
       jnp.maximum(values, 0), lower
     ) + linear_rules.inner_product(jnp.minimum(values, 0), upper)
@@ -225,7 +251,7 @@ def concretize(leaf, window: Window) -> jax.Array:
   if leaf.p == math.inf:
     return box_bound(leaf.bounding_box())
   flat = values.reshape(values.shape[:2] + (-1,))
-  center = linear_rules.inner_product(values, gather(leaf.center, origin, size))
+  center = linear_rules.inner_product(values, _windows_of(window, leaf.center))
   ball = center - leaf.radius_per_example() * lp_norm(flat, leaf.dual, axis=-1)
   if leaf.domain is None:
     return ball
@@ -400,14 +426,20 @@ def _start(index, kernel, geometry: dict, scale, offset, z_shape, y_shape):
   values = row_scale[:, :, None, None, None] * taps[:, None]
   strides = jnp.asarray(geometry["strides"], jnp.int32)
   pad_lo = jnp.asarray(geometry["pad_lo"], jnp.int32)
-  origin = jnp.stack([i, j], axis=1).astype(jnp.int32) * strides - pad_lo
-  values = values * in_image(
-    origin, taps.shape[1:3], y_shape[1:3], values.dtype
-  )
+  grid = jnp.stack(
+    jnp.meshgrid(jnp.arange(z_shape[1]), jnp.arange(width), indexing="ij"),
+    axis=-1,
+  ).reshape(-1, 2)
+  origins = grid.astype(jnp.int32) * strides - pad_lo
+  position = (i * width + j).astype(jnp.int32)
+  mask = in_image(origins, taps.shape[1:3], y_shape[1:3], values.dtype)
+  values = values * mask[position]
   row_offset = flat(offset)
   return (
     Window(
-      jnp.concatenate([values, -values]), jnp.concatenate([origin, origin])
+      jnp.concatenate([values, -values]),
+      jnp.concatenate([position, position]),
+      origins,
     ),
     jnp.concatenate([row_offset, -row_offset]),
   )
