@@ -203,6 +203,14 @@ def test_crown_and_alpha_crown_margins_equal_the_dense_pass(monkeypatch):
     "alpha_crown": alpha_crown(
       module.apply, steps=3, early_stop=False, bound="lower"
     ),
+    # Several chunks of rows, each with its windows' slopes.
+    "alpha_crown_chunked": alpha_crown(
+      module.apply,
+      steps=3,
+      early_stop=False,
+      bound="lower",
+      pass_bytes=1 << 16,
+    ),
   }
   windowed = {
     name: jax.jit(method)(variables, ball, spec=spec).lower

@@ -208,8 +208,8 @@ def through_relu(
   if alpha is None:  # one relaxation per position, read by its rows
     relax = relaxations.relu_relaxation(lower, upper)
     relax = jax.tree.map(window.per_row, relax)
-  else:  # slopes per row
-    alpha = _gather_slopes(alpha, window)
+  else:  # slopes per row, or shared
+    alpha = _slope_windows(alpha, window)
     relax = relaxations.relu_relaxation(
       window.per_row(lower), window.per_row(upper), alpha
     )
@@ -227,12 +227,17 @@ def through_relu(
   return window._replace(values=values), bias
 
 
-def _gather_slopes(alpha: jax.Array, window: Window) -> jax.Array:
-  """Windows of α-CROWN slopes: per row [2R, B, H, W, C] or shared [1, ...]."""
+def _slope_windows(alpha: jax.Array, window: Window) -> jax.Array:
+  """α-CROWN slopes on the windows: shared by the rows ([1, B, H, W, C]),
+  cut into windows; per row, already windows ([2R, B, h, w, C])."""
   if alpha.shape[0] == 1:
     return _windows_of(window, alpha[0])
-  take = lambda a, o: gather(a, o[None], window.size)[0]
-  return jax.vmap(take)(alpha, window.per_row(window.origins))
+  if alpha.shape != window.values.shape:
+    raise ValueError(
+      f"per-row slopes of a windowed pass must be its windows "
+      f"{window.values.shape} (initial_window_slopes), got {alpha.shape}."
+    )
+  return alpha
 
 
 def concretize(leaf, window: Window) -> jax.Array:
@@ -322,18 +327,27 @@ def chain_below(producers, env: Env, sets, value) -> tuple[list[Step], Any]:
   return steps, value
 
 
-def windowed_pass(
-  producers, env: Env, sets, atom
-) -> Callable[..., tuple[jax.Array, Any]] | None:
-  """A windowed pass from ``atom = g(conv(y))`` (g elementwise affine with
-  constants) when y's chain is windowable too; else None (the dense pass).
+class Chain(NamedTuple):
+  """A windowable pass from ``atom = g(conv(y))``.
 
-  Returns:
-    ``run(index [R], slopes) -> (lower [2R, B], handoff)``: the lower bounds
-    of the rows +e_index (first R) and -e_index (last R) of ``atom`` so far,
-    and None when the windows reached an input set, or ``(value id, dense
-    coefficients [2R, *value.shape])`` for the generic pass to finish.
+  Attributes:
+    top: g's elementwise steps (from atom down).
+    conv: the convolution's step.
+    below: the windowed steps from y down.
+    end: the input set's id where the windows end there, else the value
+      they hand over (densely) to the generic pass.
   """
+
+  top: list
+  conv: Step
+  below: list
+  end: Any
+
+
+def find_chain(producers, env: Env, sets, atom) -> Chain | None:
+  """``atom``'s windowable chain (g elementwise affine with constants, and
+  at least one windowed step below the convolution, or the input set right
+  below it), else None."""
   top, value = [], atom
   while True:  # g's elementwise equations, then the convolution
     eqn = producers.get(value)
@@ -344,14 +358,36 @@ def windowed_pass(
     if step.kind == "conv":
       break
     top.append(step)
-  conv = step
   below, end = chain_below(producers, env, sets, value)
   if not below and end not in sets:
     return None  # a convolution of a dense value: no window to gain
-  z = conv.eqn.outputs[0]
-  z_shape, y_shape = _shape(env, z), _shape(env, value)
+  return Chain(top, step, below, end)
+
+
+def windowed_pass(
+  producers, env: Env, sets, atom
+) -> Callable[..., tuple[jax.Array, Any]] | None:
+  """A windowed pass from ``atom`` along `find_chain`'s chain, else None
+  (the dense pass).
+
+  Returns:
+    ``run(index [R], slopes) -> (lower [2R, B], handoff)``: the lower bounds
+    of the rows +e_index (first R) and -e_index (last R) of ``atom`` so far,
+    and None when the windows reached an input set, or ``(value id, dense
+    coefficients [2R, *value.shape])`` for the generic pass to finish.
+    ``slopes`` maps the output id of a ReLU to α-CROWN's lower slopes:
+    windows per row ([2R, B, h, w, C], `initial_window_slopes`'s layout) for
+    the ReLUs the windows go through, or shared by the rows ([1, B, H, W,
+    C]); full per-row arrays for the ReLUs after the hand-over.
+  """
+  chain = find_chain(producers, env, sets, atom)
+  if chain is None:
+    return None
+  conv, end = chain.conv, chain.end
+  z, y = conv.eqn.outputs[0], conv.data["x"]
+  z_shape, y_shape = _shape(env, z), _shape(env, y)
   dtype = as_interval(env[atom]).lower.dtype
-  scale, offset = _chain_line(top, env, z, atom, z_shape, dtype)
+  scale, offset = _chain_line(chain.top, env, z, atom, z_shape, dtype)
   kernel = read(env, conv.eqn.inputs[1])
 
   def run(index: jax.Array, slopes: dict) -> tuple[jax.Array, Any]:
@@ -359,7 +395,7 @@ def windowed_pass(
       index, kernel, conv.data["geometry"], scale, offset, z_shape, y_shape
     )
     bias = row_offset
-    for step in below:
+    for step in chain.below:
       window, term = _apply(step, window, env, slopes)
       bias = bias + term
     if end in sets:
@@ -367,6 +403,79 @@ def windowed_pass(
     return bias, (end, to_dense(window, _shape(env, end)))
 
   return run
+
+
+def relu_windows(producers, env: Env, sets, atom, index) -> dict:
+  """{ReLU output id: (origin of each row's window [2R, 2], size)} for the
+  ReLUs the windowed pass from ``atom`` goes through (rows ±e_index)."""
+  chain = find_chain(producers, env, sets, atom)
+  if chain is None:
+    return {}
+  conv = chain.conv
+  z_shape = _shape(env, conv.eqn.outputs[0])
+  kernel = read(env, conv.eqn.inputs[1])
+  geometry = conv.data["geometry"]
+  d_h, d_w = geometry["dilation"]
+  size = ((kernel.shape[0] - 1) * d_h + 1, (kernel.shape[1] - 1) * d_w + 1)
+  origins = _grid_origins(z_shape, geometry)
+  position = jnp.tile(_positions(index, z_shape[3]), 2)
+  found = {}
+  for step in chain.below:
+    if step.kind == "conv":
+      origins, size = _conv_origins(step, env, origins, size)
+    elif step.kind == "relu":
+      found[step.eqn.outputs[0]] = (origins[position], size)
+  return found
+
+
+def _grid_origins(z_shape, geometry: dict) -> jax.Array:
+  """[P, 2] origins of the windows of the P positions of a conv's output."""
+  grid = jnp.stack(
+    jnp.meshgrid(jnp.arange(z_shape[1]), jnp.arange(z_shape[2]), indexing="ij"),
+    axis=-1,
+  ).reshape(-1, 2)
+  strides = jnp.asarray(geometry["strides"], jnp.int32)
+  return grid.astype(jnp.int32) * strides - jnp.asarray(
+    geometry["pad_lo"], jnp.int32
+  )
+
+
+def _positions(index, channels: int) -> jax.Array:
+  """Each neuron's spatial position (i·W + j) from its flat index."""
+  return (index // channels).astype(jnp.int32)
+
+
+def _conv_origins(step: Step, env: Env, origins, size):
+  """Origins and size of the windows below a windowed convolution."""
+  geometry = step.data["geometry"]
+  kernel_shape = jnp.shape(read(env, step.eqn.inputs[1]))
+  (s_h, s_w), (d_h, d_w) = geometry["strides"], geometry["dilation"]
+  h, w = size
+  size = (
+    (h - 1) * s_h + (kernel_shape[0] - 1) * d_h + 1,
+    (w - 1) * s_w + (kernel_shape[1] - 1) * d_w + 1,
+  )
+  strides = jnp.asarray(geometry["strides"], jnp.int32)
+  return origins * strides - jnp.asarray(geometry["pad_lo"], jnp.int32), size
+
+
+def initial_window_slopes(
+  producers, env: Env, sets, atom, index
+) -> dict[int, jax.Array]:
+  """CROWN's lower slopes on each row's windows, per ReLU the windowed pass
+  from ``atom`` goes through: {ReLU output id: [2R, B, h, w, C]}."""
+  slopes = {}
+  for unit, (row_origins, size) in relu_windows(
+    producers, env, sets, atom, index
+  ).items():
+    eqn = producers[unit]
+    i = _one_bounded(eqn, env)
+    box = as_interval(env[eqn.inputs[i]])
+    c = read(env, eqn.inputs[1 - i])
+    full = relaxations.crown_lower_slope(box.lower - c, box.upper - c)
+    take = lambda o: gather(full, o[None], size)[0]  # noqa: B023
+    slopes[unit] = jax.vmap(take)(row_origins)
+  return slopes
 
 
 def _chain_line(top: list[Step], env: Env, z, atom, z_shape, dtype):
@@ -411,8 +520,7 @@ def _start(index, kernel, geometry: dict, scale, offset, z_shape, y_shape):
     (window [2R, B, h, w, C_in], the rows' constant terms [2R, B]).
   """
   _, _, width, channels = z_shape
-  i, rest = jnp.divmod(index, width * channels)
-  j, c = jnp.divmod(rest, channels)
+  c = index % channels
   d_h, d_w = geometry["dilation"]
   taps = jnp.moveaxis(kernel[..., c], -1, 0)  # [R, K_h, K_w, C_in / G]
   taps = _to_all_channels(taps, c, geometry["groups"], kernel.shape[3], y_shape)
@@ -424,14 +532,8 @@ def _start(index, kernel, geometry: dict, scale, offset, z_shape, y_shape):
   flat = lambda a: a.reshape(a.shape[0], -1)[:, index].T  # [R, B]
   row_scale = flat(scale)
   values = row_scale[:, :, None, None, None] * taps[:, None]
-  strides = jnp.asarray(geometry["strides"], jnp.int32)
-  pad_lo = jnp.asarray(geometry["pad_lo"], jnp.int32)
-  grid = jnp.stack(
-    jnp.meshgrid(jnp.arange(z_shape[1]), jnp.arange(width), indexing="ij"),
-    axis=-1,
-  ).reshape(-1, 2)
-  origins = grid.astype(jnp.int32) * strides - pad_lo
-  position = (i * width + j).astype(jnp.int32)
+  origins = _grid_origins(z_shape, geometry)
+  position = _positions(index, channels)
   mask = in_image(origins, taps.shape[1:3], y_shape[1:3], values.dtype)
   values = values * mask[position]
   row_offset = flat(offset)

@@ -311,6 +311,29 @@ def refined_environment(
   return env, Refinement(used_plans, refined)
 
 
+def window_slopes(
+  graph: Graph, env: Env, sets: dict[int, Any], plans: dict[int, RowPlan]
+) -> dict[int, dict[int, jax.Array]]:
+  """α-CROWN's initial per-row slopes of the ReLUs that windowed passes go
+  through (`conv_windows.initial_window_slopes`), in the plans' layout:
+  {value: {ReLU output id: [chunks, 2R, B, h, w, C]}}."""
+  producers = graph.producers()
+  found = {}
+  for atom, plan in plans.items():
+    per_chunk = [
+      conv_windows.initial_window_slopes(
+        producers, env, sets, atom, plan.index[k, :, 0]
+      )
+      for k in range(plan.chunks)
+    ]
+    if per_chunk and per_chunk[0]:
+      found[atom] = {
+        unit: jnp.stack([chunk[unit] for chunk in per_chunk])
+        for unit in per_chunk[0]
+      }
+  return found
+
+
 def replan(
   graph: Graph,
   env: Env,

@@ -597,6 +597,11 @@ def alpha_crown(
       slopes["layers"] = slope_optimization.layer_slopes(
         graph, plans, units, products, share_slopes
       )
+      if not share_slopes:  # windowed passes take their slopes on windows
+        for atom, windowed in intermediate_bounds.window_slopes(
+          graph, env, sets, plans
+        ).items():
+          slopes["layers"][atom].update(windowed)
 
     def bound(slopes):
       pass_env = env
