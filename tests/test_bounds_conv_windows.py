@@ -209,7 +209,7 @@ def test_crown_and_alpha_crown_margins_equal_the_dense_pass(monkeypatch):
       steps=3,
       early_stop=False,
       bound="lower",
-      pass_bytes=1 << 16,
+      pass_bytes=1 << 20,
     ),
   }
   windowed = {
