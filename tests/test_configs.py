@@ -44,6 +44,12 @@ def test_every_setting_and_method_loads_locked(dataset, setting, cpu):
     assert 0 < c.eps_linf and 0 < c.lambda_linf <= 1
     assert c.eps_ramp_start <= c.eps_ramp_end <= c.num_epochs
     assert all(m <= c.num_epochs for m in c.lr_milestones)
+    # CROWN's intermediate bounds on the small CNNs; IBP ones on CNN7.
+    cascade = c.eval.methods
+    if cpu:
+      assert tuple(cascade) == config_schema.CPU_CERTIFY_METHODS
+    else:
+      assert "crown" not in cascade and "alpha_crown" not in cascade
 
 
 # Spec §6: ε∞, λ∞, ε2 train, epochs, milestones, ramp end, l1, batch.
