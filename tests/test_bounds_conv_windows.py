@@ -241,3 +241,28 @@ def test_gather_and_to_dense_are_inverse_on_the_image():
   np.testing.assert_array_equal(dense[0, :, 3:], 0.0)
   np.testing.assert_array_equal(dense[2, :, 3:, 4:], full[:, 3:, 4:])
   np.testing.assert_array_equal(dense[2, :, :3], 0.0)
+
+
+@pytest.mark.parametrize(
+  "padding,windowable",
+  [
+    (((1, 1), (1, 1)), True),
+    (((2, 2), (0, 0)), True),
+    (((3, 0), (0, 0)), False),
+  ],
+)
+def test_padding_as_wide_as_the_kernel_keeps_the_dense_pass(
+  padding, windowable
+):
+  kernel = jnp.ones((3, 3, 1, 2))
+
+  def conv(x):
+    return jax.lax.conv_general_dilated(
+      x, kernel, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+
+  x = jnp.zeros((1, 5, 5, 1))
+  graph, _ = _trace_checked(conv, (Box(x, x + 1),), {})
+  (eqn,) = [e for e in graph.eqns if e.name == "conv_general_dilated"]
+  geometry = conv_windows.conv_geometry(eqn, x.shape, kernel.shape)
+  assert (geometry is not None) == windowable

@@ -119,9 +119,14 @@ def to_dense(window: Window, shape) -> jax.Array:
   return jax.vmap(place)(window.values, window.per_row(window.origins))
 
 
-def conv_geometry(eqn: Eqn, x_shape) -> dict | None:
-  """Strides, low padding and kernel size of a convolution the windows can
-  go through (see the module docstring), else None."""
+def conv_geometry(eqn: Eqn, x_shape, kernel_shape) -> dict | None:
+  """Strides, low padding, dilation and groups of a convolution the windows
+  can go through (see the module docstring), else None.
+
+  Padding must be narrower than the (dilated) kernel on every side: then
+  every window overlaps the image, so it lies within the margin `gather`
+  pads by (wider padding only adds outputs that see zeros alone).
+  """
   if eqn.name != "conv_general_dilated" or len(x_shape) != 4:
     return None
   p = eqn.params
@@ -134,6 +139,9 @@ def conv_geometry(eqn: Eqn, x_shape) -> dict | None:
     or p["batch_group_count"] != 1
   ):
     return None
+  for (lo, hi), k, d in zip(p["padding"], kernel_shape[:2], p["rhs_dilation"]):
+    if not (0 <= lo < (k - 1) * d + 1 and 0 <= hi < (k - 1) * d + 1):
+      return None
   return dict(
     strides=tuple(p["window_strides"]),
     pad_lo=tuple(lo for lo, _ in p["padding"]),
@@ -297,7 +305,7 @@ def _step(eqn: Eqn, env: Env) -> Step | None:
   if len(x_shape) != 4:
     return None
   if eqn.name == "conv_general_dilated" and i == 0:
-    geometry = conv_geometry(eqn, x_shape)
+    geometry = conv_geometry(eqn, x_shape, jnp.shape(read(env, eqn.inputs[1])))
     if geometry is None:
       return None
     return Step("conv", eqn, dict(x=x, geometry=geometry))
