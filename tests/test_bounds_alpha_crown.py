@@ -2,8 +2,8 @@
 
 * All-layer α-CROWN is never looser than CROWN, on a small net at least as
   tight as output-only α-CROWN (strictly tighter on average), and sound —
-  by sampling and attacking the sets of the soundness networks — after 0, 1
-  and 5 steps, with per-row and with shared slopes.
+  by sampling and attacking the sets of the soundness networks — after 0
+  and 5 steps (a large learning rate), with per-row and with shared slopes.
 * Early stopping returns CROWN's bound once CROWN verifies everything.
 * CROWN over the unstable neurons only, and in memory-bounded chunks, gives
   the bounds of one pass over every neuron.
@@ -102,7 +102,7 @@ def test_shared_slopes_lie_between_crown_and_per_row_slopes():
   "net_name,set_name",
   [("mlp", "l1"), ("strided_cnn", "linf_clipped"), ("residual_cnn", "l2")],
 )
-@pytest.mark.parametrize("steps", [0, 1, 5])
+@pytest.mark.parametrize("steps", [0, 5])
 def test_all_layers_is_sound_after_every_number_of_steps(
   net_name, set_name, steps
 ):
