@@ -10,8 +10,9 @@ BatchNorm, random inputs in [0, 1], random labels) and each method — CROWN,
 l∞ ball of radius ``eps`` ∩ [0, 1] — one subprocess bounds the batch twice
 and reports the seconds of the first call (cure_jax: tracing and
 compilation included) and of the second, the peak resident memory of the
-process (``ru_maxrss``) and the mean margin bound. auto_LiRPA (PyTorch, a
-throwaway virtualenv: /work/shared/peers/README.md) runs the same weights,
+process (``ru_maxrss``) and the mean margin bound. auto_LiRPA (PyTorch, in a
+virtualenv of its own, e.g. ``python -m venv /tmp/lirpa`` and a pip install
+of its source) runs the same weights,
 exported to .npz, under ``--lirpa-python``; its columns are skipped, saying
 so, when that interpreter or the package is missing. α-CROWN runs the same
 steps on both sides (Adam, lr 0.1 decayed by 0.98 per step, intermediate
