@@ -200,11 +200,8 @@ def test_crown_and_alpha_crown_margins_equal_the_dense_pass(monkeypatch):
   ball = SETS["l2_clipped"](x)
   methods = {
     "crown": crown(module.apply, bound="lower"),
+    # Rows in several chunks, each with its windows' slopes.
     "alpha_crown": alpha_crown(
-      module.apply, steps=3, early_stop=False, bound="lower"
-    ),
-    # Several chunks of rows, each with its windows' slopes.
-    "alpha_crown_chunked": alpha_crown(
       module.apply,
       steps=3,
       early_stop=False,
