@@ -150,18 +150,27 @@ def conv_geometry(eqn: Eqn, x_shape, kernel_shape) -> dict | None:
   )
 
 
+def windows_below(geometry: dict, kernel_shape, origins, size):
+  """Origins [P, 2] and size of the windows on a convolution's input below
+  windows of ``size`` at ``origins`` on its output:
+  h_in = (h − 1)·s + (K − 1)·d + 1, origin_in = s·origin − pad_lo."""
+  (s_h, s_w), (d_h, d_w) = geometry["strides"], geometry["dilation"]
+  h, w = size
+  size = (
+    (h - 1) * s_h + (kernel_shape[0] - 1) * d_h + 1,
+    (w - 1) * s_w + (kernel_shape[1] - 1) * d_w + 1,
+  )
+  strides = jnp.asarray(geometry["strides"], jnp.int32)
+  return origins * strides - jnp.asarray(geometry["pad_lo"], jnp.int32), size
+
+
 def through_conv(
   window: Window, eqn: Eqn, kernel: jax.Array, geometry: dict, x_shape
 ) -> Window:
   """Aᵀ through y = conv(x, kernel) on windows: the VALID convolution's VJP."""
   values = window.values
   rows, batch, h, w, channels_out = values.shape
-  (s_h, s_w), (d_h, d_w) = geometry["strides"], geometry["dilation"]
-  k_h, k_w = kernel.shape[0], kernel.shape[1]
-  size = (
-    (h - 1) * s_h + (k_h - 1) * d_h + 1,
-    (w - 1) * s_w + (k_w - 1) * d_w + 1,
-  )
+  origins, size = windows_below(geometry, kernel.shape, window.origins, (h, w))
   params = dict(eqn.params, padding=((0, 0), (0, 0)))
 
   def conv(x):
@@ -171,9 +180,6 @@ def through_conv(
     conv, jnp.zeros((rows * batch,) + size + (x_shape[3],), values.dtype)
   )
   (pulled,) = pull(values.reshape((rows * batch, h, w, channels_out)))
-  pad_lo = jnp.asarray(geometry["pad_lo"], jnp.int32)
-  strides = jnp.asarray(geometry["strides"], jnp.int32)
-  origins = window.origins * strides - pad_lo
   pulled = pulled.reshape((rows, batch) + pulled.shape[1:])
   mask = window.per_row(in_image(origins, size, x_shape[1:3], values.dtype))
   return Window(pulled * mask, window.position, origins)
@@ -430,7 +436,10 @@ def relu_windows(producers, env: Env, sets, atom, index) -> dict:
   found = {}
   for step in chain.below:
     if step.kind == "conv":
-      origins, size = _conv_origins(step, env, origins, size)
+      kernel_shape = jnp.shape(read(env, step.eqn.inputs[1]))
+      origins, size = windows_below(
+        step.data["geometry"], kernel_shape, origins, size
+      )
     elif step.kind == "relu":
       found[step.eqn.outputs[0]] = (origins[position], size)
   return found
@@ -451,20 +460,6 @@ def _grid_origins(z_shape, geometry: dict) -> jax.Array:
 def _positions(index, channels: int) -> jax.Array:
   """Each neuron's spatial position (i·W + j) from its flat index."""
   return (index // channels).astype(jnp.int32)
-
-
-def _conv_origins(step: Step, env: Env, origins, size):
-  """Origins and size of the windows below a windowed convolution."""
-  geometry = step.data["geometry"]
-  kernel_shape = jnp.shape(read(env, step.eqn.inputs[1]))
-  (s_h, s_w), (d_h, d_w) = geometry["strides"], geometry["dilation"]
-  h, w = size
-  size = (
-    (h - 1) * s_h + (kernel_shape[0] - 1) * d_h + 1,
-    (w - 1) * s_w + (kernel_shape[1] - 1) * d_w + 1,
-  )
-  strides = jnp.asarray(geometry["strides"], jnp.int32)
-  return origins * strides - jnp.asarray(geometry["pad_lo"], jnp.int32), size
 
 
 def initial_window_slopes(

@@ -266,7 +266,9 @@ def refined_environment(
       if windows
       else None
     )
-    first = leading_contraction(producers, env, atom)
+    first = (
+      leading_contraction(producers, env, atom) if windowed is None else None
+    )
     dtype = current.lower.dtype
 
     def pass_fn(index, slopes):
