@@ -402,6 +402,7 @@ def base_config() -> ml_collections.ConfigDict:
       alpha_steps=20,
       memory_budget_gb=0.0,  # GiB per bound stage (0 = half the free memory)
       bab_seconds=0.0,  # β-CROWN branch and bound per open point (0 = off)
+      attack_first=True,  # bound no point PGD broke (same certificates)
       eps_linf=0.1,
       eps_l2=0.5,
       eps_l1=1.0,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cure_jax import attacks, bounds
-from cure_jax.certify import cascade, evaluate
+from cure_jax.certify import cascade, empirical, evaluate
 from cure_jax.certify import report as report_lib
 from cure_jax.models import MLP, ConvNet
 
@@ -280,6 +280,86 @@ def test_invalid_rows_are_skipped(mlp):
   np.testing.assert_array_equal(np.asarray(result.certified)[valid], by_ibp)
 
 
+def test_points_with_a_known_counterexample_are_not_bounded(mlp):
+  variables, x, labels, full, _ = mlp
+  open_points = ~np.asarray(full.certified)
+  open_points[MISCLASSIFIED] = False
+  # Counterexamples "known" for an open point, a certified one (a wrong
+  # claim: the cascade trusts it) and a misclassified one (ignored).
+  known = np.zeros(BATCH, bool)
+  first_open = np.flatnonzero(open_points)[0]
+  certified_one = np.flatnonzero(np.asarray(full.certified))[0]
+  known[first_open] = known[certified_one] = known[MISCLASSIFIED[0]] = True
+  result, reports = _certify_mlp(
+    variables,
+    x,
+    labels,
+    alpha_steps=ALPHA_STEPS,
+    known_falsified=known,
+    return_stage_reports=True,
+  )
+  falsified = np.asarray(result.falsified)
+  expected = known.copy()
+  expected[MISCLASSIFIED[0]] = False
+  np.testing.assert_array_equal(falsified, expected)
+  bounded = np.isfinite(np.asarray(result.margins_lower))
+  assert not np.any(bounded & known)
+  assert reports[0].points == BATCH - len(MISCLASSIFIED) - 2
+  # Every other point gets the certificate it had.
+  others = ~known
+  np.testing.assert_array_equal(
+    np.asarray(result.certified)[others], np.asarray(full.certified)[others]
+  )
+  np.testing.assert_array_equal(
+    np.asarray(result.method_index)[others],
+    np.asarray(full.method_index)[others],
+  )
+  traced = jax.jit(
+    lambda x, falsified: _certify_mlp(
+      variables,
+      x,
+      labels,
+      methods=("ibp",),
+      gather=False,
+      known_falsified=falsified,
+    )
+  )(x, known)
+  np.testing.assert_array_equal(np.asarray(traced.falsified), expected)
+  assert not np.any(np.asarray(traced.certified) & known)
+
+
+def test_attacking_first_changes_no_certificate_and_skips_broken_points(mlp):
+  variables, x, labels, _, _ = mlp
+  options = dict(
+    radii={"linf": 0.04},
+    num_classes=NUM_CLASSES,
+    batch_size=BATCH,
+    alpha_steps=ALPHA_STEPS,
+    pgd=empirical.PGDSettings(steps=20, restarts=1),
+    log=None,
+  )
+  results = {
+    first: evaluate(
+      MLP_MODEL.apply,
+      variables,
+      np.asarray(x),
+      labels,
+      attack_first=first,
+      **options,
+    )
+    for first in (False, True)
+  }
+  (late, late_summary), (early, early_summary) = results.values()
+  for column in ("certified_linf", "stage_linf", "pgd_linf"):
+    np.testing.assert_array_equal(late[column], early[column])
+  broken = early["correct"] & ~early["pgd_linf"]
+  assert broken.any()  # the radius leaves the attack something to break
+  stages = lambda s: s["timing"]["certify"]["linf"]
+  assert stages(early_summary)["ibp"]["points"] == (
+    stages(late_summary)["ibp"]["points"] - int(broken.sum())
+  )
+
+
 @pytest.mark.parametrize(
   "pending,batch,expected",
   [
@@ -313,6 +393,7 @@ def test_gather_size_by_hand(pending, batch, expected):
     (dict(num_classes=4), "Is num_classes right"),
     (dict(alpha_steps=-1), "alpha_steps"),
     (dict(valid=np.ones(3, bool)), "valid must be"),
+    (dict(known_falsified=np.ones(3, bool)), "known_falsified must be"),
   ],
 )
 def test_bad_arguments_explain_the_fix(change, message):

@@ -30,6 +30,12 @@ runs in chunks that fit, and one that does not fit even for a single point
 raises `memory_budget.MemoryBudgetError` naming the stage, the model and the
 budget — never an out-of-memory abort.
 
+Known counterexamples. Points for which an attack has already found a
+misclassified point of the input set (``known_falsified``) cannot be
+certified by any sound bound, so no stage bounds them: the certificates are
+the same, and α-CROWN, which mostly meets exactly such points, does a
+fraction of its work.
+
 Branch and bound. With ``bab_seconds > 0`` the points the bound stages left
 open go to β-CROWN branch and bound (`branch_and_bound`), up to that many
 seconds each: it certifies some ("bab" stage) and finds checked
@@ -107,8 +113,9 @@ class CascadeResult(NamedTuple):
       the last bound stage that bounded the point (the certifying one if
       certified by a bound stage); −∞, the trivial bound, where no stage ran
       (misclassified or padding points).
-    falsified: [B] bool, branch and bound found a point of the input set
-      where the model is wrong (checked by a forward pass); never with
+    falsified: [B] bool, a point of the input set where the model is wrong
+      is known: passed in (``known_falsified``, e.g. an attack's) or found
+      by branch and bound (checked by a forward pass); never with
       ``certified``.
   """
 
@@ -422,11 +429,12 @@ def _certify_on_host(
   gather,
   budget,
   bab_settings,
+  known_falsified,
 ):
   """The cascade driven from Python: gathered (or full) jitted stages, each
   within the memory budget, then branch and bound if asked for."""
   batch = images.shape[0]
-  result = _initial_result(batch)
+  result = _initial_result(batch)._replace(falsified=known_falsified)
   reports = []
   for stage, method in enumerate(methods):
     pending = np.asarray(candidates & ~result.certified)
@@ -477,7 +485,7 @@ def _certify_on_host(
       method_index=jnp.where(
         jnp.asarray(verified), jnp.int32(len(methods)), result.method_index
       ),
-      falsified=jnp.asarray(falsified),
+      falsified=result.falsified | jnp.asarray(falsified),
     )
     reports.append(stage_report)
   return result, tuple(reports)
@@ -495,9 +503,10 @@ def _certify_traced(
   methods,
   alpha_steps,
   num_classes,
+  known_falsified,
 ):
   """The cascade as one traceable function: full-batch stages and masks."""
-  result = _initial_result(images.shape[0])
+  result = _initial_result(images.shape[0])._replace(falsified=known_falsified)
   for stage, method in enumerate(methods):
     pending = candidates & ~result.certified
     stage_margin = jax.lax.cond(
@@ -520,7 +529,15 @@ def _certify_traced(
 
 
 def _check_arguments(
-  images, labels, eps, valid, norm, methods, alpha_steps, num_classes
+  images,
+  labels,
+  eps,
+  valid,
+  known_falsified,
+  norm,
+  methods,
+  alpha_steps,
+  num_classes,
 ):
   """Raises a ValueError saying what to fix for malformed arguments."""
   if norm not in BALLS:
@@ -554,10 +571,11 @@ def _check_arguments(
       f"eps must be a scalar or have shape {batch} (one radius "
       f"per point), got shape {jnp.shape(eps)}."
     )
-  if valid is not None and jnp.shape(valid) != batch:
-    raise ValueError(
-      f"valid must be a [B] mask of shape {batch}, got {jnp.shape(valid)}."
-    )
+  for name, mask in (("valid", valid), ("known_falsified", known_falsified)):
+    if mask is not None and jnp.shape(mask) != batch:
+      raise ValueError(
+        f"{name} must be a [B] mask of shape {batch}, got {jnp.shape(mask)}."
+      )
   if stage_timing.is_traced(images, labels, eps):
     return
   if np.any(np.asarray(eps) < 0) or np.any(np.isnan(np.asarray(eps))):
@@ -592,6 +610,7 @@ def certify_batch(
   memory_budget_gb: float | None = None,
   bab_seconds: float = 0.0,
   bab_settings: branch_and_bound.BaBSettings | None = None,
+  known_falsified: jax.Array | None = None,
 ) -> CascadeResult | tuple[CascadeResult, tuple[StageReport, ...]]:
   """Certifies a batch against B_p(x, ε) ∩ [0, 1]^d with a bound cascade.
 
@@ -628,6 +647,12 @@ def certify_batch(
       is ``len(methods)``.
     bab_settings: optional `branch_and_bound.BaBSettings` (its ``seconds``
       and ``memory_budget_gb`` are replaced by the arguments above).
+    known_falsified: optional [B] bool, points for which a point of the input
+      set where the model is wrong is already known (an attack's checked
+      adversarial example: `empirical.pgd_robust` is False). No sound bound
+      can certify them, so no stage bounds them, which changes no
+      certificate and saves the most expensive stages most of their work;
+      they are reported ``falsified``.
 
   Returns:
     A `CascadeResult`, and the stage reports if asked for.
@@ -641,7 +666,15 @@ def certify_batch(
       chain of affine operations and ReLUs.
   """
   _check_arguments(
-    images, labels, eps, valid, norm, methods, alpha_steps, num_classes
+    images,
+    labels,
+    eps,
+    valid,
+    known_falsified,
+    norm,
+    methods,
+    alpha_steps,
+    num_classes,
   )
   if not float(bab_seconds) >= 0:
     raise ValueError(f"bab_seconds must be >= 0, got {bab_seconds!r}.")
@@ -654,8 +687,16 @@ def certify_batch(
   candidates = predict(apply_fn, variables, images, num_classes) == labels
   if valid is not None:
     candidates &= jnp.asarray(valid, bool)
+  known = jnp.zeros_like(candidates)
+  if known_falsified is not None:
+    known = candidates & jnp.asarray(known_falsified, bool)
+    candidates &= ~known
   options = dict(
-    norm=norm, methods=methods, alpha_steps=alpha_steps, num_classes=num_classes
+    norm=norm,
+    methods=methods,
+    alpha_steps=alpha_steps,
+    num_classes=num_classes,
+    known_falsified=known,
   )
   if stage_timing.is_traced(variables, images, labels, eps, candidates):
     if gather or return_stage_reports or bab_seconds > 0:
