@@ -9,7 +9,7 @@ import sys
 import ml_collections
 import pytest
 
-from cure_jax import cli, recorded_config
+from cure_jax import cli, config_schema, recorded_config
 from cure_jax import workdir as workdir_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -74,6 +74,21 @@ def test_a_workdir_alone_names_its_recorded_config(tmp_path):
     cli.with_recorded_config(["prog", f"--workdir={tmp_path / 'empty'}"])
   config = recorded_config.get_config(str(tmp_path))
   assert config.seed == 3 and config.auto_cpu is False
+
+
+def test_keys_newer_than_a_recorded_config_get_their_defaults(tmp_path):
+  workdir_lib.write_run_record(str(tmp_path), _config())
+  config = recorded_config.get_config(str(tmp_path))
+  defaults = config_schema.base_config()
+  # Recorded values stay, in the recorded section too.
+  assert config.seed == 3 and config.eval.norms == ("linf", "l2")
+  assert config.eval.eps_l2 == 0.5 and config.lr_milestones == (4, 5)
+  # Keys the record lacks have their defaults, and can be overridden.
+  assert config.eval.attack_first is defaults.eval.attack_first
+  assert config.eval.pgd_steps == defaults.eval.pgd_steps
+  assert config.cure.to_dict() == defaults.cure.to_dict()
+  with pytest.raises(AttributeError):
+    config.not_a_key = 1  # still locked
 
 
 def test_recorded_config_differences_are_listed(tmp_path):
