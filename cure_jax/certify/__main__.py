@@ -153,6 +153,8 @@ def certify_checkpoint(
   from cure_jax import workdir as workdir_lib
   from cure_jax.checkpoint import restore_for_eval  # pylint: disable=g-import-not-at-top
 
+  # What produced the report, taken now: the checkout may change meanwhile.
+  described = workdir_lib.describe(config)
   model, variables = restore_for_eval(config, workdir)
   info = data.dataset_info(config.dataset.name)
   test = data.load_config_split(config, "test")
@@ -192,7 +194,7 @@ def certify_checkpoint(
     method=config.method,
     dataset=info.name,
     workdir=os.path.abspath(workdir),
-    **workdir_lib.describe(config),
+    **described,
   )
   certify.write_report(workdir, records, summary, name=output_name)
   return summary

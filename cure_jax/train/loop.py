@@ -166,6 +166,8 @@ def train_and_evaluate(
   main = distributed.is_main_process()
   os.makedirs(workdir, exist_ok=True)
   info, train, test = data.load_datasets(config)
+  # What produced the run, taken now: the checkout may change while it runs.
+  described = workdir_lib.describe(config)
   if main:
     workdir_lib.write_run_record(workdir, config)
   mesh = mesh_lib.make_mesh()
@@ -315,7 +317,7 @@ def train_and_evaluate(
       resumed_from_step=first_step,
       train_phases_this_run=len(compiled_steps),
       train_step_compilations_this_run=compilations,
-      **workdir_lib.describe(config),
+      **described,
     )
     if main:
       writer.write_scalars(
