@@ -203,18 +203,22 @@ def _cnn(seed, batch=16, classes=4):
 
 
 SPARSE_STATIC = ("steps", "restarts", "loss", "random_start", "domain")
+# A rolled loop (a scan) compiles one step where the default unrolls short
+# attacks into one copy per step, several times the compilation; rolled and
+# unrolled attacks agree (`test_rolled_restarts_match_unrolled`).
+ROLLED = dict(unroll=False)
 
 
-def _jit_sparse(logits_fn):
+def _jit_sparse(logits_fn, **fixed):
   return jax.jit(
-    functools.partial(sparse_l1.sparse_l1_attack, logits_fn),
+    functools.partial(sparse_l1.sparse_l1_attack, logits_fn, **fixed),
     static_argnames=SPARSE_STATIC,
   )
 
 
-def _jit_dense(logits_fn):
+def _jit_dense(logits_fn, **fixed):
   return jax.jit(
-    functools.partial(projected_gradient.pgd, logits_fn),
+    functools.partial(projected_gradient.pgd, logits_fn, **fixed),
     static_argnames=("norm", "steps", "l1_sparsity"),
   )
 
@@ -233,7 +237,7 @@ def test_every_iterate_stays_in_the_ball_and_box(loss):
     return model(z)
 
   eps = np.linspace(0.0, 2.5, len(x)).astype(np.float32)
-  x_adv = _jit_sparse(recording_model)(
+  x_adv = _jit_sparse(recording_model, **ROLLED)(
     x, y, eps=eps, steps=6, restarts=2, key=_key(1), loss=loss
   )
   jax.effects_barrier()
@@ -254,10 +258,10 @@ def test_sparse_beats_dense_pgd_with_the_same_budget(make_model):
   # clearly higher losses (measured: +0.18 to +0.5 nats here).
   model, x, y = make_model(2)
   budget = dict(eps=1.0, steps=10, key=_key(3))
-  dense = _jit_dense(model)(
+  dense = _jit_dense(model, **ROLLED)(
     x, y, norm="l1", step_size=0.25, l1_sparsity=0.0, **budget
   )
-  sparse = _jit_sparse(model)(x, y, **budget)
+  sparse = _jit_sparse(model, **ROLLED)(x, y, **budget)
   gain = _mean_loss(model, sparse, y) - _mean_loss(model, dense, y)
   print(f"sparse - dense mean CE: {gain:.3f}")
   assert gain > 0.1, gain
@@ -276,9 +280,10 @@ def test_single_coordinate_optimum_of_a_linear_model():
   y = np.zeros(3, np.int32)
   optimum = x.copy()
   optimum[:, 7] -= 0.3
-  exact = _jit_sparse(logits_fn)(x, y, eps=0.3, steps=4, random_start=False)
+  attack = _jit_sparse(logits_fn, **ROLLED)
+  exact = attack(x, y, eps=0.3, steps=4, random_start=False)
   np.testing.assert_allclose(exact, optimum, atol=1e-6)
-  started = _jit_sparse(logits_fn)(x, y, eps=0.3, steps=10, key=_key(9))
+  started = attack(x, y, eps=0.3, steps=10, key=_key(9))
   np.testing.assert_allclose(started, optimum, atol=2e-3)
 
 

@@ -245,6 +245,23 @@ def test_split_bounds_hold_on_the_split_domain_for_any_alpha_beta():
 MLP_PROBLEMS = ((0, 0.5, 4), (3, 0.5, 4), (1, 0.3, 3))
 
 
+@jax.jit
+def _alpha_crown_margin(variables, point, label, eps):
+  """α-CROWN's lower bound on the min margin, as the cascade's stage computes
+  it (jitted: one compilation for every point, where eager α-CROWN compiles
+  again for each point's number of unstable neurons)."""
+  return cascade.bound_margins(
+    MLP_MODEL.apply,
+    variables,
+    point[None],
+    jnp.asarray(label)[None],
+    norm="linf",
+    eps=eps,
+    method="alpha_crown",
+    num_classes=2,
+  ).min()
+
+
 @pytest.fixture(scope="module")
 def mlp_cases():
   """(seed, point, label, eps, exact min margin, α-CROWN's bound, BaB's
@@ -257,18 +274,7 @@ def mlp_cases():
         np.argmax(MLP_MODEL.apply(variables, point[None], train=False))
       )
       exact = _exact_min_margin(variables, point, label, eps)
-      alpha = float(
-        cascade.bound_margins(
-          MLP_MODEL.apply,
-          variables,
-          point[None],
-          jnp.asarray([label]),
-          norm="linf",
-          eps=eps,
-          method="alpha_crown",
-          num_classes=2,
-        ).min()
-      )
+      alpha = float(_alpha_crown_margin(variables, point, label, eps))
       result = bab.verify_point(
         MLP_MODEL.apply,
         variables,

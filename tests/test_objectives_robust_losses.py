@@ -418,7 +418,7 @@ def test_l1_losses_jit_and_have_finite_gradients(loss, eps):
   params = variables["params"]
   eager = mean_loss(params, eps)
   np.testing.assert_allclose(jax.jit(mean_loss)(params, eps), eager, rtol=1e-5)
-  grads = jax.grad(mean_loss)(params, eps)
+  grads = jax.jit(jax.grad(mean_loss))(params, eps)
   leaves = jax.tree.leaves(grads)
   assert all(np.all(np.isfinite(g)) for g in leaves)
   assert any(np.abs(g).max() > 0 for g in leaves)
