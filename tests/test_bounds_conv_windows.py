@@ -190,8 +190,17 @@ def test_windows_are_used_where_a_convolution_of_a_windowable_value_is_bounded(
   assert len(_windowed_values(net_name, "linf_clipped")) == expected
 
 
-def _no_windows(monkeypatch):
-  monkeypatch.setattr(conv_windows, "windowed_pass", lambda *args: None)
+def _no_windows(monkeypatch) -> list:
+  """Turns the windows off (passes and α-CROWN's window slopes); returns the
+  list of calls that found them off, so a test can see a fresh trace ran."""
+  calls = []
+
+  def no_pass(*args):
+    calls.append(args)
+
+  monkeypatch.setattr(conv_windows, "windowed_pass", no_pass)
+  monkeypatch.setattr(conv_windows, "initial_window_slopes", lambda *a: {})
+  return calls
 
 
 def test_crown_and_alpha_crown_margins_equal_the_dense_pass(monkeypatch):
@@ -209,13 +218,19 @@ def test_crown_and_alpha_crown_margins_equal_the_dense_pass(monkeypatch):
       pass_bytes=1 << 20,
     ),
   }
-  windowed = {
-    name: jax.jit(method)(variables, ball, spec=spec).lower
-    for name, method in methods.items()
-  }
-  _no_windows(monkeypatch)
+
+  # A fresh function per call: jit must trace again once windows are off.
+  def margins(method):
+    return jax.jit(lambda v, b, s: method(v, b, spec=s).lower)(
+      variables, ball, spec
+    )
+
+  windowed = {name: margins(method) for name, method in methods.items()}
+  calls = _no_windows(monkeypatch)
   for name, method in methods.items():
-    dense = jax.jit(method)(variables, ball, spec=spec).lower
+    before = len(calls)
+    dense = margins(method)
+    assert len(calls) > before, f"{name}: the dense pass was not traced"
     np.testing.assert_allclose(
       windowed[name], dense, rtol=1e-4, atol=1e-4, err_msg=name
     )
