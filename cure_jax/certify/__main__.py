@@ -11,10 +11,10 @@ for ``config.eval.norms``) by the cascade ``config.eval.methods`` (IBP →
 CROWN → α-CROWN, stopping at the first stage that certifies; each stage in
 chunks that fit ``config.eval.memory_budget_gb``; then, when
 ``config.eval.bab_seconds`` > 0, branch and bound on the rest), attacks each
-(first, so that no stage bounds a point the attack broke:
-``config.eval.attack_first``) with PGD (``config.eval.pgd_steps`` × ``pgd_restarts``, margin loss) for
-the empirical upper bound (random starts from ``config.seed``), and writes
-``workdir/certify.csv`` (one row per point) and ``workdir/certify.json`` (the
+with PGD (``config.eval.pgd_steps`` × ``pgd_restarts``, margin loss) for
+the empirical upper bound (random starts from ``config.seed``; first, so
+that no stage bounds a point the attack broke: ``config.eval.attack_first``),
+and writes ``workdir/certify.csv`` (one row per point) and ``workdir/certify.json`` (the
 summary, with seconds per point per stage, the config and what produced it:
 `workdir.provenance`), printing the table; progress goes to stderr (a bar)
 and ``workdir/certify.log``. Always in float32, whatever the training
@@ -183,7 +183,7 @@ def certify_checkpoint(
     key=jax.random.PRNGKey(config.seed),
     memory_budget_gb=config.eval.memory_budget_gb,
     bab_seconds=config.eval.bab_seconds,
-    attack_first=config.eval.get("attack_first", True) and pgd is not None,
+    attack_first=config.eval.attack_first,
     log=log,
     keep_margins=radius_search is not None,
     radius_search=radius_search,
