@@ -1,5 +1,6 @@
 """Tests for cure_jax.objectives.robust_losses."""
 
+import functools
 import math
 
 import jax
@@ -359,10 +360,14 @@ def test_l1_crown_ibp_bounds_sampled_and_attacked_points(make_network):
   x = _images_with_borders(8)
   labels = jnp.argmax(network.logits(x), -1)  # Some points can be certified.
   eps = jnp.array([0.005, 0.02, 0.1, 0.5, 2.0])
-  robust = robust_losses.l1_crown_ibp(network, x, labels, eps)
-  attacked = attacks.strongest_l1(
-    network.logits, x, labels, eps=eps, key=jax.random.key(6), steps=8
+  # One compile each, instead of one per operation.
+  robust = jax.jit(functools.partial(robust_losses.l1_crown_ibp, network))(
+    x, labels, eps
   )
+  attack = jax.jit(
+    functools.partial(attacks.strongest_l1, network.logits, steps=8)
+  )
+  attacked = attack(x, labels, eps=eps, key=jax.random.key(6))
   points = _points_in_l1_ball(jax.random.key(7), x, eps, 6) + [attacked]
   _assert_bounds_every_point(network, robust, labels, points)
   assert jnp.any(robust.certified) and not jnp.all(robust.certified)
@@ -385,14 +390,10 @@ def test_l1_certified_bounds_its_small_ball(make_network, monkeypatch):
     network, x, labels, eps, lam=lam, key=jax.random.key(8), pgd_steps=4
   )
   ball = robust_losses.small_l1_ball(attack_points[0], x, eps, lam)
-  attacked = attacks.strongest_l1(
-    network.logits,
-    ball.center,
-    labels,
-    eps=ball.eps,
-    key=jax.random.key(9),
-    steps=8,
+  attack = jax.jit(
+    functools.partial(attacks.strongest_l1, network.logits, steps=8)
   )
+  attacked = attack(ball.center, labels, eps=ball.eps, key=jax.random.key(9))
   points = _points_in_l1_ball(jax.random.key(10), ball.center, ball.eps, 6)
   _assert_bounds_every_point(network, robust, labels, points + [attacked])
   assert jnp.any(robust.certified) and not jnp.all(robust.certified)
