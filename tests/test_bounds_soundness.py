@@ -614,7 +614,7 @@ def test_points_of_the_set_stay_within_every_methods_bounds(net_name, set_name):
   outputs = jax.vmap(functools.partial(module.apply, variables))(points)
   margins = jnp.einsum("bsk,nbk->nbs", spec, outputs)
   for method_name, method in METHODS.items():
-    bounded = jax.jit(method(module.apply))  # one compile, not one per op
+    bounded = method(module.apply)
     what = f"{method_name} on {net_name} over {set_name}"
     if method_name != "alpha_crown" or net_name == "mlp":
       _assert_within(bounded(variables, input_set), outputs, what)
