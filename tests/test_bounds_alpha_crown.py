@@ -156,7 +156,7 @@ def test_early_stop_returns_crown_once_everything_is_verified():
     variables, ball, spec=spec
   ).lower
   assert np.all(crown_lower > 0)
-  method = functools.partial(alpha_crown, steps=10, bound="lower")
+  method = functools.partial(alpha_crown, steps=4, bound="lower")
   stopped = method(module.apply)(variables, ball, spec=spec).lower
   ran = method(module.apply, early_stop=False)(variables, ball, spec=spec).lower
   np.testing.assert_array_equal(stopped, crown_lower)

@@ -391,10 +391,17 @@ def test_l1_certified_bounds_its_small_ball(make_network, monkeypatch):
     return attack_points[-1]
 
   monkeypatch.setattr(robust_losses, "strongest_l1", recording_attack)
-  robust = robust_losses.l1_certified(
-    network, x, labels, eps, lam=lam, key=jax.random.key(8), pgd_steps=4
-  )
-  ball = robust_losses.small_l1_ball(attack_points[0], x, eps, lam)
+
+  @jax.jit  # One compilation instead of an eager attack and bound.
+  def loss_and_attack_point(x, labels, eps):
+    robust = robust_losses.l1_certified(
+      network, x, labels, eps, lam=lam, key=jax.random.key(8), pgd_steps=4
+    )
+    return robust, attack_points[-1]
+
+  robust, attack_point = loss_and_attack_point(x, labels, eps)
+  assert len(attack_points) == 1  # the loss attacked once
+  ball = robust_losses.small_l1_ball(attack_point, x, eps, lam)
   attack = _jitted_strongest_l1(network)
   attacked = attack(ball.center, labels, eps=ball.eps, key=jax.random.key(9))
   points = _points_in_l1_ball(jax.random.key(10), ball.center, ball.eps, 6)
