@@ -1,7 +1,7 @@
 """Soundness of the bound transforms: no point of an input set leaves its bounds.
 
-Every method (IBP, CROWN-IBP, CROWN, α-CROWN) bounds random Flax networks of
-several shapes over l∞, l2 and l1 balls, with and without the domain clip
+Every method (IBP, CROWN-IBP, CROWN, α-CROWN), eagerly or under jit, bounds
+random Flax networks of several shapes over l∞, l2 and l1 balls, with and without the domain clip
 [0, 1], with and without a margin specification. Points of each set — random
 samples (corners, surface and interior points) and the iterates of a
 projected-gradient attack that pushes every output and every margin down and
@@ -575,11 +575,10 @@ def _set_points(net_name, set_name):
 
 
 # Three sets on the MLP and the other three on the strided CNN, two sets on
-# each other network: together every network sees a clipped and an unclipped
-# set, and every set at least two CNNs. α-CROWN compiles its slope optimization once per call
-# (a couple of seconds): it runs with the margin spec everywhere and also
-# without a spec on the MLP, the output-identity path being the one CROWN
-# shares.
+# each other network: together every network sees a clipped and an
+# unclipped set, and every set at least two CNNs. α-CROWN runs with the
+# margin spec everywhere and also without a spec on the MLP, the
+# output-identity path being the one CROWN shares.
 SOUNDNESS_CASES = [
   ("mlp", "linf"),
   ("mlp", "l2_clipped"),
