@@ -1,11 +1,12 @@
 """Soundness of the bound transforms: no point of an input set leaves its bounds.
 
 Every method (IBP, CROWN-IBP, CROWN, α-CROWN), eagerly or under jit, bounds
-random Flax networks of several shapes over l∞, l2 and l1 balls, with and without the domain clip
-[0, 1], with and without a margin specification. Points of each set — random
-samples (corners, surface and interior points) and the iterates of a
-projected-gradient attack that pushes every output and every margin down and
-up — must stay inside the bounds up to float32 round-off.
+random Flax networks of several shapes over l∞, l2 and l1 balls, with and
+without the domain clip [0, 1], with and without a margin specification.
+Points of each set — random samples (corners, surface and interior points)
+and the iterates of a projected-gradient attack that pushes every output and
+every margin down and up — must stay inside the bounds up to float32
+round-off.
 
 The attack is self-contained (it does not use `cure_jax.attacks`), so a bug
 shared by the bounds and the attacks cannot hide itself; a first test checks
