@@ -576,8 +576,9 @@ def _set_points(net_name, set_name):
 
 
 # Three sets on the MLP and the other three on the strided CNN, two sets on
-# each other network: together every network sees a clipped and an
-# unclipped set, and every set at least two CNNs. α-CROWN runs with the
+# most other networks: together every set meets at least two CNNs, and every
+# network but the two slowest to bound (the convex-concave and the product
+# networks, one set each) a clipped and an unclipped set. α-CROWN runs with the
 # margin spec everywhere and also without a spec on the MLP, the
 # output-identity path being the one CROWN shares.
 SOUNDNESS_CASES = [
@@ -600,13 +601,11 @@ SOUNDNESS_CASES = [
   ("smooth_mlp", "linf_clipped"),
   ("smooth_mlp", "l2"),
   ("convex_concave_cnn", "linf"),
-  ("convex_concave_cnn", "l1_clipped"),
   ("clip_stack_mlp", "linf_clipped"),
   ("clip_stack_mlp", "l2"),
   ("piecewise_cnn", "linf"),
   ("piecewise_cnn", "l1_clipped"),
   ("gated_cnn", "linf_clipped"),
-  ("gated_cnn", "l2"),
 ]
 
 

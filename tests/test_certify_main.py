@@ -81,17 +81,20 @@ def _certify_command(*args):
 
 def test_command_line_needs_only_the_workdir(trained, tmp_path):
   _, workdir, files, tfds, overrides = trained
-  # The run's recorded config, with an override on top.
+  # The run's recorded config, with overrides on top (the cheap stages: the
+  # whole cascade runs on this checkpoint in the tests above).
   result = _certify_command(
     f"--workdir={workdir}",
     "--output_name=cli",
     "--config.eval.certify_examples=5",
+    "--config.eval.methods=('ibp','crown_ibp')",
   )
   assert result.returncode == 0, result.stderr[-3000:]
   assert "union" in result.stdout.lower()
   assert len(read_csv(str(workdir / "cli.csv"))["label"]) == 5
   summary = json.loads((workdir / "cli.json").read_text())
   assert summary["config"]["eval"]["certify_examples"] == 5
+  assert summary["config"]["eval"]["methods"] == ["ibp", "crown_ibp"]
   assert "certify: 100%" in result.stderr  # the progress bar
   assert (workdir / "certify.log").exists()
   assert "read only" not in result.stderr  # a quiet read-only restore
