@@ -76,8 +76,8 @@ def _margins(method, name, **kwargs):
 def _jitted_margins(method, name):
   """`_margins` under `jax.jit`: one compilation, where eagerly every
   operation compiles on its own for each pass's number of unstable rows.
-  Every neuron is then a row, which changes no bound (see
-  `test_jit_equals_eager_for_all_layers`)."""
+  Every neuron is then a row, which changes no bound (all-layer α-CROWN:
+  `test_bounds_properties.test_jit_equals_no_jit`)."""
   module, variables, ball, labels = _problem(name)
   bounded = method(module.apply)
   return jax.jit(lambda v, b, s: bounded(v, b, spec=s).lower)(
@@ -217,19 +217,6 @@ def test_rows_per_chunk_follows_the_budget():
   # 2 examples × 10 values × 4 bytes × 4 live copies = 320 bytes per row.
   assert layer_bounds.rows_per_chunk(100, 2, 10, 4, 3200) == 10
   assert layer_bounds.rows_per_chunk(100, 2, 10, 4, 1) == 1
-
-
-def test_jit_equals_eager_for_all_layers():
-  module, variables, ball, labels = _problem("deep_mlp")
-  spec = margin_spec(labels, 4)
-  # Plain gradient steps (Adam's normalized ones amplify round-off).
-  method = alpha_crown(
-    module.apply, steps=3, early_stop=False, optimizer=optax.sgd(0.05)
-  )
-  eager = method(variables, ball, spec=spec)
-  jitted = jax.jit(method)(variables, ball, spec=spec)
-  # Under jit every neuron is a row; the extra rows change nothing.
-  np.testing.assert_allclose(eager.lower, jitted.lower, rtol=1e-5, atol=1e-5)
 
 
 def test_bad_options_are_refused():
