@@ -209,13 +209,17 @@ def test_crown_and_alpha_crown_margins_equal_the_dense_pass(monkeypatch):
   ball = SETS["l2_clipped"](x)
   methods = {
     "crown": crown(module.apply, bound="lower"),
-    # Rows in several chunks, each with its windows' slopes.
+    # 35 neurons' rows per chunk: the windowed layer's 36 neurons in two
+    # chunks, each with its windows' slopes (fewer chunks elsewhere than a
+    # smaller budget gives, so fewer passes to compile).
     "alpha_crown": alpha_crown(
       module.apply,
       steps=3,
       early_stop=False,
       bound="lower",
-      pass_bytes=1 << 20,
+      # 70 rows × 3 examples × 440 values (the largest) × 4 bytes × the 4
+      # live copies `layer_bounds.rows_per_chunk` allows for.
+      pass_bytes=70 * 3 * 440 * 4 * 4,
     ),
   }
 
