@@ -1,5 +1,7 @@
 """Tests for cure_jax/objectives/patch_training.py (random-patch IBP)."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -32,16 +34,23 @@ def setup():
   return Network(MODEL.apply, variables, NUM_CLASSES), x, labels
 
 
+def _jitted_patch_ibp(network, **settings):
+  """random_patch_ibp of ``network`` with static settings, jitted: one
+  compilation instead of one per operation."""
+  return jax.jit(
+    functools.partial(patch_training.random_patch_ibp, network, **settings)
+  )
+
+
 def test_loss_is_the_worst_sampled_position(setup):
   network, x, labels = setup
   key = jax.random.key(7)
-  robust = patch_training.random_patch_ibp(
-    network, x, labels, size=2, positions=5, key=key
-  )
+  robust = _jitted_patch_ibp(network, size=2, positions=5)(x, labels, key=key)
   corners = patch_training.sample_positions(key, 6, 5, 8, 8, 2)
+  margin_lower = jax.jit(lambda box, y: network.margin_bounds(box, y).lower)
   for i in range(6):
     box = patches.patch_boxes(x, np.full(5, i), corners[i], 2)
-    margins = network.margin_bounds(box, jnp.full(5, labels[i])).lower
+    margins = margin_lower(box, jnp.full(5, labels[i]))
     losses = robust_cross_entropy(margins)
     np.testing.assert_allclose(robust.loss[i], losses.max(), rtol=1e-5)
     assert bool(robust.certified[i]) == bool(jnp.all(margins > 0))
@@ -60,8 +69,8 @@ def test_sampled_positions_are_valid_and_reach_the_borders():
 
 def test_a_zero_fraction_is_the_clean_loss(setup):
   network, x, labels = setup
-  robust = patch_training.random_patch_ibp(
-    network, x, labels, size=3, positions=2, key=jax.random.key(0), fraction=0.0
+  robust = _jitted_patch_ibp(network, size=3, positions=2, fraction=0.0)(
+    x, labels, key=jax.random.key(0)
   )
   clean = cross_entropy(network.logits(x), labels)
   np.testing.assert_allclose(robust.loss, clean, rtol=1e-5, atol=1e-6)
@@ -71,8 +80,8 @@ def test_the_loss_grows_with_the_patch_and_with_the_fraction(setup):
   network, x, labels = setup
   key = jax.random.key(3)
   loss = lambda size, fraction: (
-    patch_training.random_patch_ibp(
-      network, x, labels, size=size, positions=3, key=key, fraction=fraction
+    _jitted_patch_ibp(network, size=size, positions=3, fraction=fraction)(
+      x, labels, key=key
     ).loss
   )
   assert np.all(loss(2, 0.5) <= loss(2, 1.0) + 1e-6)
