@@ -73,16 +73,21 @@ def _margins(method, name, **kwargs):
   return method(module.apply)(variables, ball, spec=spec).lower
 
 
-def _jitted_margins(method, name):
-  """`_margins` under `jax.jit`: one compilation, where eagerly every
-  operation compiles on its own for each pass's number of unstable rows.
-  Every neuron is then a row, which changes no bound (all-layer α-CROWN:
-  `test_bounds_properties.test_jit_equals_no_jit`)."""
+def _jitted_margins(methods, name):
+  """{key: `_margins`} of each of ``methods`` (a dict) under `jax.jit`: one
+  compilation for all of them (XLA shares their common passes), where
+  eagerly every operation compiles on its own for each pass's number of
+  unstable rows. Every neuron is then a row, which changes no bound
+  (all-layer α-CROWN: `test_bounds_properties.test_jit_equals_no_jit`)."""
   module, variables, ball, labels = _problem(name)
-  bounded = method(module.apply)
-  return jax.jit(lambda v, b, s: bounded(v, b, spec=s).lower)(
-    variables, ball, margin_spec(labels, 4)
-  )
+
+  def margins(v, b, s):
+    return {
+      key: method(module.apply)(v, b, spec=s).lower
+      for key, method in methods.items()
+    }
+
+  return jax.jit(margins)(variables, ball, margin_spec(labels, 4))
 
 
 ALL_LAYERS = functools.partial(
@@ -92,11 +97,16 @@ ALL_LAYERS = functools.partial(
 
 @pytest.mark.parametrize("name", ["deep_mlp", "small_cnn"])
 def test_all_layers_is_never_looser_than_crown_and_beats_output_only(name):
-  reference = _jitted_margins(functools.partial(crown, bound="lower"), name)
-  output_only = _jitted_margins(
-    functools.partial(ALL_LAYERS, optimize="output"), name
+  margins = _jitted_margins(
+    {
+      "reference": functools.partial(crown, bound="lower"),
+      "output_only": functools.partial(ALL_LAYERS, optimize="output"),
+      "all_layers": ALL_LAYERS,
+    },
+    name,
   )
-  all_layers = _jitted_margins(ALL_LAYERS, name)
+  reference, output_only = margins["reference"], margins["output_only"]
+  all_layers = margins["all_layers"]
   assert np.all(all_layers >= reference - 1e-6)
   assert np.all(all_layers >= output_only - 1e-5)
   assert float(jnp.mean(all_layers - output_only)) > 1e-4
@@ -104,12 +114,14 @@ def test_all_layers_is_never_looser_than_crown_and_beats_output_only(name):
 
 
 def test_shared_slopes_lie_between_crown_and_per_row_slopes():
-  reference = _jitted_margins(
-    functools.partial(crown, bound="lower"), "deep_mlp"
+  margins = _jitted_margins(
+    {
+      "reference": functools.partial(crown, bound="lower"),
+      "shared": functools.partial(ALL_LAYERS, share_slopes=True),
+    },
+    "deep_mlp",
   )
-  shared = _jitted_margins(
-    functools.partial(ALL_LAYERS, share_slopes=True), "deep_mlp"
-  )
+  reference, shared = margins["reference"], margins["shared"]
   assert np.all(shared >= reference - 1e-6)
   assert float(jnp.mean(shared - reference)) > 1e-4
 
@@ -129,19 +141,22 @@ def test_all_layers_is_sound_after_every_number_of_steps(
   margins = jnp.einsum("bsk,nbk->nbs", spec, outputs)
   # A large learning rate moves the slopes far from CROWN's in a few steps.
   # After 0 steps the bound is CROWN's whether the slopes are shared or not.
-  for share in (False, True) if steps else (False,):
-    method = alpha_crown(
+  methods = {
+    share: alpha_crown(
       module.apply,
       steps=steps,
       optimizer=optax.adam(0.5),
       early_stop=False,
       share_slopes=share,
     )
-    # Jitted: one compilation, where eagerly every operation compiles on its
-    # own (the soundness tests bound these sets eagerly, unstable rows only).
-    bounded = jax.jit(lambda v, s, c: method(v, s, spec=c))(
-      variables, _make_set(set_name, x), spec
-    )
+    for share in ((False, True) if steps else (False,))
+  }
+  # Jitted: one compilation for both, where eagerly every operation compiles
+  # on its own.
+  bounds = jax.jit(
+    lambda v, s, c: {share: m(v, s, spec=c) for share, m in methods.items()}
+  )(variables, _make_set(set_name, x), spec)
+  for share, bounded in bounds.items():
     _assert_within(
       bounded, margins, f"{net_name} {set_name} {steps} steps, shared={share}"
     )
