@@ -623,8 +623,6 @@ def _bounds_the_outputs(method_name, net_name):
 # compilation (XLA shares the passes the methods have in common); these
 # networks' eagerly, one operation at a time (intermediate passes then take
 # the unstable neurons' rows only), so both paths are checked for soundness.
-# (The product network's many small rules also run faster eagerly once the
-# other eager cases have compiled their operations.)
 EAGER_NETWORKS = frozenset({"smooth_mlp", "piecewise_cnn", "gated_cnn"})
 
 
