@@ -173,8 +173,23 @@ def test_a_small_budget_splits_the_batch_and_keeps_the_certificates(
   assert chunks and all(chunk < rows for rows, chunk in chunks[:1])
   np.testing.assert_array_equal(split.certified, reference.certified)
   np.testing.assert_array_equal(split.method_index, reference.method_index)
+  # CROWN's margins (index 0) agree to round-off. α-CROWN's (certified by it
+  # or by no stage) come from 5 Adam steps, whose updates are normalized by
+  # the gradients' running size: the different summation order of another
+  # batch size can move them by ~1e-4.
+  by_crown = np.asarray(reference.method_index) == 0
+  assert by_crown.any() and not by_crown.all()
   np.testing.assert_allclose(
-    split.margins_lower, reference.margins_lower, rtol=1e-5, atol=1e-6
+    split.margins_lower[by_crown],
+    reference.margins_lower[by_crown],
+    rtol=1e-5,
+    atol=1e-6,
+  )
+  np.testing.assert_allclose(
+    split.margins_lower[~by_crown],
+    reference.margins_lower[~by_crown],
+    rtol=0,
+    atol=1e-3,
   )
 
 

@@ -347,7 +347,8 @@ def test_two_processes_refuse_nan_on_either_and_reshard(ckpt_dir):
   env = dict(
     os.environ,
     JAX_PLATFORMS="cpu",
-    XLA_FLAGS="--xla_force_host_platform_device_count=2",
+    XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} "
+    "--xla_force_host_platform_device_count=2",
     PYTHONPATH=str(REPO),
   )
   workers = [

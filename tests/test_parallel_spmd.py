@@ -109,8 +109,14 @@ def _run(command, env_updates, timeout=120):
     PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
     JAX_PLATFORMS="cpu",
   )
-  env.pop("XLA_FLAGS", None)
+  # The suite's XLA flags without a device count, then the test's own.
+  flags = [
+    f
+    for f in os.environ.get("XLA_FLAGS", "").split()
+    if not f.startswith("--xla_force_host_platform_device_count")
+  ]
   env.update(env_updates)
+  env["XLA_FLAGS"] = " ".join(flags + env_updates.get("XLA_FLAGS", "").split())
   proc = subprocess.run(
     command,
     env=env,

@@ -98,7 +98,8 @@ def _env(devices):
   }
   env.update(
     JAX_PLATFORMS="cpu",
-    XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+    XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} "
+    f"--xla_force_host_platform_device_count={devices}",
   )
   return env
 
