@@ -11,11 +11,14 @@ fresh directory each run means no cache from an earlier checkout can
 hide a compile error; a ``JAX_COMPILATION_CACHE_DIR`` the user set is kept.
 """
 
+import collections
+import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 _OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
 if _OWN_CACHE:
@@ -58,6 +61,7 @@ if "PYTEST_XDIST_WORKER" not in os.environ and not any(
     os.environ["XLA_FLAGS"] = _flags
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # In case a plugin imported JAX before this file set the environment.
 jax.config.update(
@@ -69,7 +73,42 @@ jax.config.update(
 )
 
 
+# With CURE_JAX_COMPILE_TIMES=DIR, each process writes DIR/<worker>.json:
+# per test, its seconds of wall time and of JAX's tracing, lowering and XLA
+# compilation (JAX's own monitoring events), to find what a test spends on.
+_COMPILE_EVENTS = {
+  "/jax/core/compile/jaxpr_trace_duration": "trace",
+  "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower",
+  "/jax/core/compile/backend_compile_duration": "compile",
+}
+_TIMES = collections.defaultdict(collections.Counter)
+_CURRENT_TEST = ["(collection)"]
+
+if os.environ.get("CURE_JAX_COMPILE_TIMES"):
+
+  def _record(event, duration, **kwargs):
+    del kwargs
+    if event in _COMPILE_EVENTS:
+      _TIMES[_CURRENT_TEST[0]][_COMPILE_EVENTS[event]] += duration
+
+  jax.monitoring.register_event_duration_secs_listener(_record)
+
+  @pytest.hookimpl(hookwrapper=True)
+  def pytest_runtest_protocol(item, nextitem):
+    del nextitem
+    _CURRENT_TEST[0] = item.nodeid
+    start = time.perf_counter()
+    yield
+    _TIMES[item.nodeid]["wall"] += time.perf_counter() - start
+
+
 def pytest_unconfigure(config):
   del config
+  if _TIMES:
+    directory = os.environ["CURE_JAX_COMPILE_TIMES"]
+    os.makedirs(directory, exist_ok=True)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    with open(os.path.join(directory, f"{worker}.json"), "w") as f:
+      json.dump(_TIMES, f, indent=1)
   if _OWN_CACHE:
     shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
