@@ -31,10 +31,11 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 # The tests' programs are tiny: XLA:CPU spends far longer compiling them than
 # running them (about two thirds of the suite's time). Its classic loop
 # emitters and no expensive LLVM passes compile about a quarter faster; the
-# programs compute the same values. Kept only where this jaxlib knows both
-# flags (an unknown flag aborts the process), checked once by the controller
-# in a subprocess; the xdist workers and the tests' subprocesses inherit the
-# result through the environment.
+# programs compute the same values up to float32 round-off (a few compile
+# slower: docs/performance.md, "Test suite"). Kept only where this jaxlib
+# knows both flags (an unknown flag aborts the process), checked once by the
+# controller in a subprocess; the xdist workers and the tests' subprocesses
+# inherit the result through the environment.
 FAST_COMPILE_FLAGS = (
   "--xla_cpu_use_fusion_emitters=false",
   "--xla_llvm_disable_expensive_passes=true",
