@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from cure_jax.bounds import (
@@ -107,21 +108,23 @@ def _problem(net_name):
   return module, variables, x, labels
 
 
-def _refined(net_name, set_name, windows):
+def _refined(net_name, set_name, windows, pass_bytes=None, jit=True):
+  """Every refined interval; jitted, every neuron is a row (in order),
+  eagerly only the unstable ones."""
   module, variables, x, _ = _problem(net_name)
+  budget = {} if pass_bytes is None else {"pass_bytes": pass_bytes}
 
-  @jax.jit
   def bounds(variables, x):
     graph, leaves = _trace_checked(
       module.apply, (variables, SETS[set_name](x)), {}
     )
     sets = _sets_by_id(graph, leaves)
     _, refinement = intermediate_bounds.refined_environment(
-      graph, leaves, sets, windows=windows
+      graph, leaves, sets, windows=windows, **budget
     )
     return refinement.bounds
 
-  return bounds(variables, x)
+  return (jax.jit(bounds) if jit else bounds)(variables, x)
 
 
 def _windowed_values(net_name, set_name):
@@ -175,6 +178,46 @@ def test_windowed_intermediate_bounds_equal_the_dense_pass(net_name, set_name):
       )
 
 
+# Bytes per row of a pass on `same_stride_2` (3 examples × its largest
+# value, the 220 inputs, × 4 bytes × the 4 live copies
+# `layer_bounds.rows_per_chunk` allows for); a chunk holds both signs.
+_ROW_BYTES = 3 * 220 * 4 * 4
+
+
+@pytest.mark.parametrize(
+  "rows_per_chunk,jit",
+  [
+    # 45: chunks of whole positions (40 rows of the 4-channel layer, 48 of
+    # the 6-channel one, its last chunk past the last position), read
+    # without gathers.
+    (45, True),
+    # 3: fewer rows than channels, so each row gathers its position's data.
+    (3, True),
+    # Eager: only the unstable neurons are rows (not in order).
+    (45, False),
+  ],
+)
+def test_chunked_passes_equal_the_dense_pass(rows_per_chunk, jit):
+  dense = _refined("same_stride_2", "linf_clipped", windows=False, jit=jit)
+  chunked = _refined(
+    "same_stride_2",
+    "linf_clipped",
+    windows=True,
+    pass_bytes=2 * rows_per_chunk * _ROW_BYTES,
+    jit=jit,
+  )
+  assert chunked.keys() == dense.keys()
+  for atom in dense:
+    for side in ("lower", "upper"):
+      np.testing.assert_allclose(
+        getattr(chunked[atom], side),
+        getattr(dense[atom], side),
+        rtol=1e-5,
+        atol=1e-5,
+        err_msg=f"value {atom} {side}",
+      )
+
+
 @pytest.mark.parametrize(
   "net_name,expected",
   [("same_stride_2", 2), ("dilated_grouped", 2), ("hand_over", 1)],
@@ -209,12 +252,17 @@ def test_crown_and_alpha_crown_margins_equal_the_dense_pass(monkeypatch):
   ball = SETS["l2_clipped"](x)
   methods = {
     "crown": crown(module.apply, bound="lower"),
-    # 35 neurons' rows per chunk: the windowed layer's 36 neurons in two
-    # chunks, each with its windows' slopes (fewer chunks elsewhere than a
-    # smaller budget gives, so fewer passes to compile).
+    # At most 35 neurons' rows per chunk: the windowed layer's 36 neurons
+    # (4 channels) in two chunks of 5 positions, the second past the last
+    # position, each with its windows' slopes (fewer chunks elsewhere than
+    # a smaller budget gives, so fewer passes to compile).
+    # Plain gradient steps: Adam's first steps are ±lr for every slope
+    # whatever its gradient's size, so the summation order of a gradient
+    # that is zero up to round-off would decide them.
     "alpha_crown": alpha_crown(
       module.apply,
       steps=3,
+      optimizer=optax.sgd(0.5),
       early_stop=False,
       bound="lower",
       # 70 rows × 3 examples × 440 values (the largest) × 4 bytes × the 4

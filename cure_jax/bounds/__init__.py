@@ -5,6 +5,7 @@
 """
 
 from cure_jax.bounds.batch_statistics import BatchStatisticsError
+from cure_jax.bounds.compiler_options import jit
 from cure_jax.bounds.graph import UnsupportedPrimitiveError
 from cure_jax.bounds.interval import Interval
 from cure_jax.bounds.sets import (
@@ -33,6 +34,7 @@ __all__ = [
   "crown_ibp",
   "dual_exponent",
   "ibp",
+  "jit",
   "lp_norm",
   "margin_spec",
   "pad_margins",

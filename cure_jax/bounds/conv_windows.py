@@ -42,7 +42,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from cure_jax.bounds import linear_rules, relaxations
+from cure_jax.bounds import conv_transpose, linear_rules, relaxations
 from cure_jax.bounds.forward import Env, as_interval, is_bounded, read
 from cure_jax.bounds.graph import Const, Eqn, evaluate_concrete
 from cure_jax.bounds.interval import Interval
@@ -57,22 +57,67 @@ _ELEMENTWISE = frozenset(
 )
 
 
+class Consecutive(NamedTuple):
+  """Rows that are every channel of ``count`` consecutive positions from
+  ``first``, the + rows then the − rows: row (s, p, c) at position
+  first + p. What a row reads from its position (or neuron) is then a slice
+  of the per-position array, broadcast over the channels and signs, not a
+  gather (the rows of a `layer_bounds.RowPlan` in order)."""
+
+  first: jax.Array
+  count: int
+  channels: int
+
+  def _mine(self, per_position: jax.Array) -> jax.Array:
+    """[count, ...] from [P, ...] (zeros past the last position)."""
+    padded = jnp.pad(
+      per_position, ((0, self.count),) + ((0, 0),) * (per_position.ndim - 1)
+    )
+    return jax.lax.dynamic_slice_in_dim(
+      padded, self.first, self.count, allow_negative_indices=False
+    )
+
+  def _rows(self, array: jax.Array, leading: int) -> jax.Array:
+    """[2, count, channels, ...] (``leading`` of those axes given) -> [2R, ...]."""
+    tail = array.shape[leading:]
+    full = (2, self.count, self.channels) + tail
+    return jnp.broadcast_to(array, full).reshape((-1,) + tail)
+
+  def take(self, per_position: jax.Array) -> jax.Array:
+    """[2R, ...] from [P, ...]: each row's position's entry."""
+    return self._rows(self._mine(per_position)[None, :, None], 3)
+
+  def per_channel(self, per_channel: jax.Array) -> jax.Array:
+    """[2R, ...] from [channels, ...]: each row's channel's entry."""
+    return self._rows(per_channel[None, None], 3)
+
+  def signed(self, per_neuron: jax.Array) -> jax.Array:
+    """[2R, ...] from [P, channels, ...]: +entry on the + rows, −entry on
+    the − rows."""
+    mine = self._mine(per_neuron)
+    sign = jnp.array([1, -1], mine.dtype).reshape((2,) + (1,) * mine.ndim)
+    return self._rows(sign * mine[None], 3)
+
+
 class Window(NamedTuple):
   """Coefficients of 2R rows on a [B, H, W, C] value, one window per row.
 
   Attributes:
     values: [2R, B, h, w, C] coefficients (zero outside the image).
-    position: [2R] int32, each row's neuron position (index into origins).
+    position: each row's neuron position (index into origins): [2R] int32,
+      or `Consecutive`.
     origins: [P, 2] int32 top-left (row, column) of the windows of each of
       the P positions of the bounded layer.
   """
 
   values: jax.Array
-  position: jax.Array
+  position: Any
   origins: jax.Array
 
   def per_row(self, per_position: jax.Array) -> jax.Array:
     """[2R, ...] from [P, ...]: each row's position's entry."""
+    if isinstance(self.position, Consecutive):
+      return self.position.take(per_position)
     return per_position[self.position]
 
   @property
@@ -172,14 +217,10 @@ def through_conv(
   rows, batch, h, w, channels_out = values.shape
   origins, size = windows_below(geometry, kernel.shape, window.origins, (h, w))
   params = dict(eqn.params, padding=((0, 0), (0, 0)))
-
-  def conv(x):
-    return eqn.primitive.bind(x, kernel, **params)
-
-  _, pull = jax.vjp(
-    conv, jnp.zeros((rows * batch,) + size + (x_shape[3],), values.dtype)
+  pull = conv_transpose.pullback(
+    eqn.primitive, params, kernel, (1,) + size + (x_shape[3],), values.dtype
   )
-  (pulled,) = pull(values.reshape((rows * batch, h, w, channels_out)))
+  pulled = pull(values.reshape((rows * batch, h, w, channels_out)))
   pulled = pulled.reshape((rows, batch) + pulled.shape[1:])
   mask = window.per_row(in_image(origins, size, x_shape[1:3], values.dtype))
   return Window(pulled * mask, window.position, origins)
@@ -385,7 +426,9 @@ def windowed_pass(
   (the dense pass).
 
   Returns:
-    ``run(index [R], slopes) -> (lower [2R, B], handoff)``: the lower bounds
+    ``run(index [R], slopes, in_order=False) -> (lower [2R, B], handoff)``
+    (``in_order``: index is consecutive neurons from a multiple of the
+    channels, as `layer_bounds.RowPlan.in_order` chunks): the lower bounds
     of the rows +e_index (first R) and -e_index (last R) of ``atom`` so far,
     and None when the windows reached an input set, or ``(value id, dense
     coefficients [2R, *value.shape])`` for the generic pass to finish.
@@ -404,9 +447,18 @@ def windowed_pass(
   scale, offset = _chain_line(chain.top, env, z, atom, z_shape, dtype)
   kernel = read(env, conv.eqn.inputs[1])
 
-  def run(index: jax.Array, slopes: dict) -> tuple[jax.Array, Any]:
+  def run(
+    index: jax.Array, slopes: dict, in_order: bool = False
+  ) -> tuple[jax.Array, Any]:
     window, row_offset = _start(
-      index, kernel, conv.data["geometry"], scale, offset, z_shape, y_shape
+      index,
+      kernel,
+      conv.data["geometry"],
+      scale,
+      offset,
+      z_shape,
+      y_shape,
+      in_order,
     )
     bias = row_offset
     for step in chain.below:
@@ -515,39 +567,68 @@ def _to_all_channels(taps, c, groups: int, channels_out: int, y_shape):
   return jax.vmap(place)(full, taps, group)
 
 
-def _start(index, kernel, geometry: dict, scale, offset, z_shape, y_shape):
-  """The rows ±e_index of atom = scale ⊙ conv(y) + offset as windows on y:
-  ±scale_i times the kernel of neuron i's channel at its receptive field.
-
-  Returns:
-    (window [2R, B, h, w, C_in], the rows' constant terms [2R, B]).
-  """
-  _, _, width, channels = z_shape
-  c = index % channels
+def _taps(kernel, c, geometry: dict, y_shape) -> jax.Array:
+  """[R, K_h', K_w', C_in]: the (dilated) kernel of output channel c[r]."""
   d_h, d_w = geometry["dilation"]
   taps = jnp.moveaxis(kernel[..., c], -1, 0)  # [R, K_h, K_w, C_in / G]
   taps = _to_all_channels(taps, c, geometry["groups"], kernel.shape[3], y_shape)
-  taps = jax.lax.pad(
+  return jax.lax.pad(
     taps,
     jnp.zeros((), taps.dtype),
     ((0, 0, 0), (0, 0, d_h - 1), (0, 0, d_w - 1), (0, 0, 0)),
   )
-  flat = lambda a: a.reshape(a.shape[0], -1)[:, index].T  # [R, B]
-  row_scale = flat(scale)
-  values = row_scale[:, :, None, None, None] * taps[:, None]
+
+
+def _start(
+  index,
+  kernel,
+  geometry: dict,
+  scale,
+  offset,
+  z_shape,
+  y_shape,
+  in_order: bool = False,
+):
+  """The rows ±e_index of atom = scale ⊙ conv(y) + offset as windows on y:
+  ±scale_i times the kernel of neuron i's channel at its receptive field
+  (``in_order``: index runs over every channel of consecutive positions;
+  the windows are then broadcasts of per-channel and per-position arrays,
+  which XLA fuses into the rules that read them).
+
+  Returns:
+    (window [2R, B, h, w, C_in], the rows' constant terms [2R, B]).
+  """
+  batch, _, _, channels = z_shape
+  rows = index.shape[0]
   origins = _grid_origins(z_shape, geometry)
+  if in_order and rows % channels == 0:
+    at = Consecutive(
+      jax.lax.div(index[0], jnp.int32(channels)), rows // channels, channels
+    )
+    taps = _taps(kernel, jnp.arange(channels), geometry, y_shape)
+    per_neuron = lambda a: a.reshape(batch, -1, channels).transpose(1, 2, 0)
+    mask = in_image(origins, taps.shape[1:3], y_shape[1:3], taps.dtype)
+    row_scale = at.signed(per_neuron(scale))  # [2R, B]
+    values = (
+      row_scale[:, :, None, None, None]
+      * at.per_channel(taps)[:, None]
+      * at.take(mask)
+    )
+    return Window(values, at, origins), at.signed(per_neuron(offset))
+  c = index % channels
+  taps = _taps(kernel, c, geometry, y_shape)
+  flat = lambda a: a.reshape(a.shape[0], -1)[:, index].T  # [R, B]
+  values = flat(scale)[:, :, None, None, None] * taps[:, None]
   position = _positions(index, channels)
-  mask = in_image(origins, taps.shape[1:3], y_shape[1:3], values.dtype)
-  values = values * mask[position]
-  row_offset = flat(offset)
-  return (
-    Window(
-      jnp.concatenate([values, -values]),
-      jnp.concatenate([position, position]),
-      origins,
-    ),
-    jnp.concatenate([row_offset, -row_offset]),
+  window = Window(
+    jnp.concatenate([values, -values]),
+    jnp.concatenate([position, position]),
+    origins,
   )
+  mask = in_image(origins, taps.shape[1:3], y_shape[1:3], values.dtype)
+  window = window._replace(values=window.values * window.per_row(mask))
+  row_offset = flat(offset)
+  return window, jnp.concatenate([row_offset, -row_offset])
 
 
 def _apply(step: Step, window: Window, env: Env, slopes: dict):

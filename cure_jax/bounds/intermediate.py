@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from cure_jax.bounds import (
   backward,
+  conv_transpose,
   conv_windows,
   ibp_rules,
   layer_bounds,
@@ -194,7 +195,13 @@ def leading_contraction(producers, env: Env, atom):
   def single(v):
     return evaluate_concrete(contraction, [v] + weights)[0]
 
-  _, pull = jax.vjp(single, jnp.zeros((1,) + tuple(x_shape[1:]), dtype))
+  if contraction.name == "conv_general_dilated":
+    pull_one = conv_transpose.pullback(
+      contraction.primitive, contraction.params, weights[0], x_shape, dtype
+    )
+    pull = lambda c: (pull_one(c),)
+  else:
+    _, pull = jax.vjp(single, jnp.zeros((1,) + tuple(x_shape[1:]), dtype))
 
   def rows(index):
     eye = jax.nn.one_hot(index, math.prod(z_shape[1:]), dtype=dtype)
@@ -273,7 +280,7 @@ def refined_environment(
 
     def pass_fn(index, slopes):
       if windowed is not None:
-        lower, handoff = windowed(index[:, 0], slopes)
+        lower, handoff = windowed(index[:, 0], slopes, plan.in_order)
         if handoff is None:
           return lower
         value, coeffs = handoff

@@ -50,10 +50,14 @@ class RowPlan(NamedTuple):
   Attributes:
     index: [chunks, rows_per_chunk, B] flat neuron index per row and example.
     valid: [chunks, rows_per_chunk, B] False on padding rows.
+    in_order: every neuron is a row, in flat order: chunk k holds neurons
+      k·rows_per_chunk onwards (padding past the last), which lets a
+      windowed pass read each position's data without gathering it per row.
   """
 
   index: jax.Array
   valid: jax.Array
+  in_order: bool = False
 
   @property
   def chunks(self) -> int:
@@ -140,7 +144,8 @@ def plan_rows(mask: jax.Array | None, shape, per_chunk: Callable) -> RowPlan:
   ``per_chunk`` maps the number of rows to rows per chunk.
   """
   batch, n = shape[0], math.prod(shape[1:])
-  if mask is None or not is_concrete(mask):
+  in_order = mask is None or not is_concrete(mask)
+  if in_order:
     index = jnp.broadcast_to(jnp.arange(n)[:, None], (n, batch))
     valid = jnp.ones((n, batch), bool)
   else:
@@ -150,14 +155,32 @@ def plan_rows(mask: jax.Array | None, shape, per_chunk: Callable) -> RowPlan:
     valid = jnp.asarray(mask[:, rows].T)
   index = index.astype(jnp.int32)
   rows = index.shape[0]
-  chunk = per_chunk(rows)
+  chunk = _balanced(rows, per_chunk(rows), shape[-1] if in_order else 1)
   chunks = -(-rows // chunk) if rows else 0
   pad = chunks * chunk - rows
   index = jnp.pad(index, ((0, pad), (0, 0)))
   valid = jnp.pad(valid, ((0, pad), (0, 0)))
   return RowPlan(
-    index.reshape(chunks, chunk, batch), valid.reshape(chunks, chunk, batch)
+    index.reshape(chunks, chunk, batch),
+    valid.reshape(chunks, chunk, batch),
+    in_order,
   )
+
+
+def _balanced(rows: int, most: int, multiple: int) -> int:
+  """Rows per chunk: the fewest chunks of at most ``most`` rows, evened out
+  (so the last is not mostly padding), rounded up to a multiple of
+  ``multiple`` (a layer's channels: whole positions per chunk) when
+  ``most`` allows one."""
+  if rows == 0:
+    return max(most, 1)
+  chunks = -(-rows // most)
+  chunk = -(-rows // chunks)
+  if multiple > 1 and most >= multiple:
+    chunk = min(
+      -(-chunk // multiple) * multiple, -(-rows // multiple) * multiple
+    )
+  return chunk
 
 
 def start_coefficients(index: jax.Array, shape, dtype) -> jax.Array:

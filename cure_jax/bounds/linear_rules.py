@@ -37,7 +37,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cure_jax.bounds import affine_chains, ibp_rules, relaxations
+from cure_jax.bounds import (
+  affine_chains,
+  conv_transpose,
+  ibp_rules,
+  relaxations,
+)
 from cure_jax.bounds.first_layer import PendingBall
 from cure_jax.bounds.forward import as_interval
 from cure_jax.bounds.graph import Eqn, evaluate_concrete
@@ -117,6 +122,15 @@ def bounded_positions(eqn: Eqn, args: Sequence[Any]) -> list:
   return positions
 
 
+def _is_kernel_convolution(eqn: Eqn, positions) -> bool:
+  """A convolution of a bounded input (batch first) by a kernel that is
+  not bounded: `conv_transpose.pullback` applies."""
+  if eqn.name != "conv_general_dilated" or positions != [0]:
+    return False
+  numbers = eqn.params["dimension_numbers"]
+  return numbers.lhs_spec[0] == 0 and numbers.out_spec[0] == 0
+
+
 def affine(
   eqn: Eqn, args: Sequence[Any], coeffs: jax.Array, alpha=None
 ) -> tuple[dict[int, jax.Array], jax.Array]:
@@ -130,6 +144,13 @@ def affine(
       values[i] = x
     return evaluate_concrete(eqn, values)[0]
 
+  if _is_kernel_convolution(eqn, positions):  # Lᵀ fast when differentiated
+    pull = conv_transpose.pullback(
+      eqn.primitive, eqn.params, args[1], _shape(args[0]), coeffs.dtype
+    )
+    return {0: jax.vmap(pull)(coeffs)}, jnp.zeros(
+      coeffs.shape[:2], coeffs.dtype
+    )
   zeros = [jnp.zeros(_shape(args[i]), coeffs.dtype) for i in positions]
   offset, vjp = jax.vjp(at, *zeros)
   pulled = jax.vmap(vjp)(coeffs)

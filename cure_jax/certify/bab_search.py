@@ -52,7 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from cure_jax import attacks
+from cure_jax import attacks, bounds
 from cure_jax.bounds import splits
 from cure_jax.certify import memory_budget
 from cure_jax.parallel.precision import certification_precision
@@ -384,7 +384,7 @@ class Verifier:
     if key not in self.compiled:
       begin = time.perf_counter()
       with certification_precision():
-        self.compiled[key] = jax.jit(fn).lower(*args).compile()
+        self.compiled[key] = bounds.jit(fn).lower(*args).compile()
       self.compile_seconds += time.perf_counter() - begin
     with certification_precision():
       return jax.block_until_ready(self.compiled[key](*args))
@@ -407,7 +407,7 @@ class Verifier:
       begin = time.perf_counter()
       with certification_precision():
         compiled = (
-          jax.jit(functools.partial(self.step, steps)).lower(*args).compile()
+          bounds.jit(functools.partial(self.step, steps)).lower(*args).compile()
         )
       self.compile_seconds += time.perf_counter() - begin
       need = memory_budget.compiled_bytes(compiled)

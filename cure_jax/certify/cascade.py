@@ -257,7 +257,7 @@ def _min_margin(
   return jnp.min(margins, axis=-1)
 
 
-_min_margin_jit = jax.jit(_min_margin, static_argnums=range(5))
+_min_margin_jit = bounds.jit(_min_margin, static_argnums=range(5))
 
 
 def _merge_stage(

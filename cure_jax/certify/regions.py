@@ -103,7 +103,7 @@ def _region_min_margin(
   return jnp.min(margins.lower, axis=-1)
 
 
-_region_min_margin_jit = jax.jit(_region_min_margin, static_argnums=range(4))
+_region_min_margin_jit = bounds.jit(_region_min_margin, static_argnums=range(4))
 
 
 def row_chunks(

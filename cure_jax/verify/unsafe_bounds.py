@@ -18,7 +18,6 @@ registered in `STAGES`. Branch and bound runs after them (`bab_stage`).
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
-import jax
 import numpy as np
 
 from cure_jax import bounds
@@ -52,7 +51,7 @@ STAGES: dict[str, Callable] = {
 }
 DEFAULT_STAGES = ("ibp", "crown_ibp", "crown", "alpha_crown")
 _JITTED = {
-  name: jax.jit(fn, static_argnums=(0, 1)) for name, fn in STAGES.items()
+  name: bounds.jit(fn, static_argnums=(0, 1)) for name, fn in STAGES.items()
 }
 
 
