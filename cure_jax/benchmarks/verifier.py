@@ -2,7 +2,7 @@ r"""cure_jax's bound methods against auto_LiRPA's, same weights, same CPU.
 
   python -m cure_jax.benchmarks.verifier [--models=small_cnn,cnn7] \
       [--methods=crown,alpha_crown,crown_ibp] [--batch=8] [--eps=0.1] [--alpha-steps=20] \
-      [--lirpa-python=/tmp/lirpa/bin/python] [--out=results.json]
+      [--lirpa-python=/tmp/lirpa/bin/python] [--plain-jit] [--out=results.json]
 
 For each model (MNIST shape, random IBP-initialized weights without
 BatchNorm, random inputs in [0, 1], random labels) and each method — CROWN,
@@ -136,9 +136,14 @@ def export(path: str, model_name: str, batch: int, eps: float) -> None:
   np.savez(path, **arrays)
 
 
-def _jax_bounds(model_name, method, batch, eps, alpha_steps, share=False):
-  """The jitted bounding call of a cure_jax method (every neuron a row)."""
+def _jax_bounds(
+  model_name, method, batch, eps, alpha_steps, share=False, plain_jit=False
+):
+  """The jitted bounding call of a cure_jax method (every neuron a row):
+  `cure_jax.bounds.jit`, or `jax.jit` with ``plain_jit``."""
   import functools  # noqa: PLC0415
+
+  import jax  # noqa: PLC0415
 
   from cure_jax import bounds  # noqa: PLC0415
 
@@ -157,7 +162,7 @@ def _jax_bounds(model_name, method, batch, eps, alpha_steps, share=False):
     ),
   }[method](model.apply)
 
-  @bounds.jit
+  @(jax.jit if plain_jit else bounds.jit)
   def lower(variables, x, spec):
     ball = bounds.LinfBall(x, eps, domain=(0.0, 1.0))
     return transform(variables, ball, spec=spec, train=False).lower
@@ -187,8 +192,12 @@ def _timed(call) -> dict:
   )
 
 
-def jax_worker(model_name, method, batch, eps, alpha_steps, share) -> dict:
-  return _timed(_jax_bounds(model_name, method, batch, eps, alpha_steps, share))
+def jax_worker(
+  model_name, method, batch, eps, alpha_steps, share, plain_jit=False
+) -> dict:
+  return _timed(
+    _jax_bounds(model_name, method, batch, eps, alpha_steps, share, plain_jit)
+  )
 
 
 LIRPA_SCRIPT = textwrap.dedent(
@@ -281,12 +290,15 @@ def run(
   model_timeouts: dict | None = None,
   shared_slopes=("cnn7",),
   methods=METHODS,
+  plain_jit: bool = False,
 ) -> dict:
   """{model: {method: {"cure_jax": row, "auto_LiRPA": row}}}.
 
   ``model_timeouts`` overrides ``timeout`` (seconds per subprocess) by model;
   α-CROWN shares each layer's slopes across its rows on ``shared_slopes``
-  (both libraries), whose per-row slopes would not fit in memory.
+  (both libraries), whose per-row slopes would not fit in memory;
+  ``plain_jit`` compiles cure_jax's calls with `jax.jit` instead of
+  `cure_jax.bounds.jit` (what the compiler options are worth).
   """
   lirpa_missing = lirpa_available(lirpa_python)
   results = {}
@@ -319,7 +331,9 @@ def run(
           "-m",
           "cure_jax.benchmarks.verifier",
           "--worker",
-          json.dumps([model_name, method, batch, eps, alpha_steps, share]),
+          json.dumps(
+            [model_name, method, batch, eps, alpha_steps, share, plain_jit]
+          ),
         ]
         row = {"cure_jax": _run(worker, limit)}
         row["auto_LiRPA"] = (
@@ -405,6 +419,11 @@ def main(argv=None):
     default="",
     help="per-model seconds, e.g. cnn7=180,small_cnn=1200",
   )
+  parser.add_argument(
+    "--plain-jit",
+    action="store_true",
+    help="compile cure_jax's calls with jax.jit, not cure_jax.bounds.jit",
+  )
   parser.add_argument("--out", default=None)
   parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
   parser.add_argument("--export", default=None, help=argparse.SUPPRESS)
@@ -430,6 +449,7 @@ def main(argv=None):
       )
     },
     methods=_checked_methods(args.methods),
+    plain_jit=args.plain_jit,
   )
   print(table(results, args.batch))
   if args.out:
