@@ -101,6 +101,17 @@ def test_jax_jits_api_is_kept():
   np.testing.assert_array_equal(doubled(x), 2.0 * x)
 
 
+def test_inside_another_transformation_it_is_a_nested_jit():
+  @bounds.jit
+  def squared(x):
+    return x * x
+
+  x = jnp.arange(3.0)
+  np.testing.assert_array_equal(jax.jit(squared)(x), x * x)
+  np.testing.assert_array_equal(jax.vmap(squared)(x), x * x)
+  np.testing.assert_array_equal(jax.grad(lambda x: squared(x).sum())(x), 2 * x)
+
+
 def test_explicit_compiler_options_are_added():
   # A caller's options go with (and over) ours.
   f = bounds.jit(jnp.sum, compiler_options={"xla_cpu_enable_fast_math": False})

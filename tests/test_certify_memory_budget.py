@@ -165,7 +165,13 @@ def test_a_small_budget_splits_the_batch_and_keeps_the_certificates(
   )
   reference = cascade.certify_batch(MODEL.apply, variables, x, labels, **common)
   need = _stage_bytes(variables, x, labels, "crown", 0.05)
-  budget_gb = 0.4 * need / memory_budget.GIB
+  # Under the batch's need, over one point's need of either stage.
+  one_point = max(
+    _stage_bytes(variables, x[:1], labels[:1], method, 0.05)
+    for method in ("crown", "alpha_crown")
+  )
+  budget_gb = max(0.4 * need, 1.5 * one_point) / memory_budget.GIB
+  assert budget_gb * memory_budget.GIB < need
   chunks.clear()
   split = cascade.certify_batch(
     MODEL.apply, variables, x, labels, memory_budget_gb=budget_gb, **common

@@ -51,10 +51,13 @@ def bound_compiler_options() -> dict[str, str]:
 
 class Jitted:
   """`jax.jit(fn, **kwargs)` plus `bound_compiler_options`, built at the
-  first call, `lower` or other use of jax.jit's API."""
+  first call, `lower` or other use of jax.jit's API. Called inside another
+  transformation (jit, vmap, grad), it is a nested `jax.jit`, which takes
+  no compiler options: the outer program's options apply."""
 
   def __init__(self, fn: Callable, kwargs: dict[str, Any]):
-    self._fn, self._kwargs, self._jitted = fn, kwargs, None
+    self._fn, self._kwargs = fn, kwargs
+    self._jitted = self._nested = None
     functools.update_wrapper(self, fn)
 
   def _build(self):
@@ -67,14 +70,24 @@ class Jitted:
       )
     return self._jitted
 
+  def _build_nested(self):
+    if self._nested is None:
+      kwargs = dict(self._kwargs)
+      kwargs.pop("compiler_options", None)
+      self._nested = jax.jit(self._fn, **kwargs)
+    return self._nested
+
   def __call__(self, *args, **kwargs):
+    leaves = jax.tree_util.tree_leaves((args, kwargs))
+    if any(isinstance(leaf, jax.core.Tracer) for leaf in leaves):
+      return self._build_nested()(*args, **kwargs)
     return self._build()(*args, **kwargs)
 
   def lower(self, *args, **kwargs):
     return self._build().lower(*args, **kwargs)
 
   def __getattr__(self, name: str):  # the rest of jax.jit's API
-    if name in ("_fn", "_kwargs", "_jitted"):
+    if name in ("_fn", "_kwargs", "_jitted", "_nested"):
       raise AttributeError(name)
     return getattr(self._build(), name)
 
