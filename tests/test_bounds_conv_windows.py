@@ -164,8 +164,14 @@ def _windowed_values(net_name, set_name):
   ],
 )
 def test_windowed_intermediate_bounds_equal_the_dense_pass(net_name, set_name):
-  windowed = _refined(net_name, set_name, windows=True)
-  dense = _refined(net_name, set_name, windows=False)
+  _assert_same_bounds(
+    _refined(net_name, set_name, windows=True),
+    _refined(net_name, set_name, windows=False),
+    f"{net_name} {set_name}",
+  )
+
+
+def _assert_same_bounds(windowed: dict, dense: dict, what: str):
   assert windowed.keys() == dense.keys()
   for atom in dense:
     for side in ("lower", "upper"):
@@ -174,7 +180,7 @@ def test_windowed_intermediate_bounds_equal_the_dense_pass(net_name, set_name):
         getattr(dense[atom], side),
         rtol=1e-5,
         atol=1e-5,
-        err_msg=f"{net_name} {set_name} value {atom} {side}",
+        err_msg=f"{what} value {atom} {side}",
       )
 
 
@@ -206,16 +212,7 @@ def test_chunked_passes_equal_the_dense_pass(rows_per_chunk, jit):
     pass_bytes=2 * rows_per_chunk * _ROW_BYTES,
     jit=jit,
   )
-  assert chunked.keys() == dense.keys()
-  for atom in dense:
-    for side in ("lower", "upper"):
-      np.testing.assert_allclose(
-        getattr(chunked[atom], side),
-        getattr(dense[atom], side),
-        rtol=1e-5,
-        atol=1e-5,
-        err_msg=f"value {atom} {side}",
-      )
+  _assert_same_bounds(chunked, dense, f"{rows_per_chunk} rows, jit={jit}")
 
 
 @pytest.mark.parametrize(
