@@ -171,6 +171,23 @@ def test_windowed_intermediate_bounds_equal_the_dense_pass(net_name, set_name):
   )
 
 
+@pytest.mark.parametrize(
+  "net_name,set_name",
+  [("same_stride_2", "l2_clipped"), ("dilated_grouped", "box")],
+)
+def test_windows_through_convolutions_not_matrices_equal_the_dense_pass(
+  net_name, set_name, monkeypatch
+):
+  # The test networks' windows are small enough for matrix products; with
+  # no matrix allowed, every window goes through the transposed convolution.
+  monkeypatch.setattr(conv_windows, "MATRIX_ENTRIES", 0)
+  _assert_same_bounds(
+    _refined(net_name, set_name, windows=True),
+    _refined(net_name, set_name, windows=False),
+    f"{net_name} {set_name}",
+  )
+
+
 def _assert_same_bounds(windowed: dict, dense: dict, what: str):
   assert windowed.keys() == dense.keys()
   for atom in dense:
