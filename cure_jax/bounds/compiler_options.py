@@ -8,7 +8,7 @@ YNNPACK reduction takes every operand of the fused product as a
 materialized array (openxla/xla#46351, jax-ml/jax#37465), and on the small
 MNIST CNN a YNNPACK convolution of α-CROWN's gradient ran 9× slower than
 XLA's own. With YNNPACK kept to individual dot products, CROWN of that
-network ran 1.6× and α-CROWN 1.5× faster (docs/verifier-benchmark.md), and
+network ran 2.4× and α-CROWN 1.7× faster (docs/verifier-benchmark.md), and
 both compiled faster. Training steps were unaffected either way.
 
 `jit` compiles with ``xla_cpu_experimental_ynn_fusion_type`` set to
