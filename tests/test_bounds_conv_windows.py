@@ -214,10 +214,9 @@ _ROW_BYTES = 3 * 220 * 4 * 4
     # the 6-channel one, its last chunk past the last position), read
     # without gathers.
     (45, True),
-    # 3: fewer rows than channels, so each row gathers its position's data.
+    # 3: fewer rows than channels, so each row gathers its position's data
+    # (as do the unstable rows of an eager call, not in order).
     (3, True),
-    # Eager: only the unstable neurons are rows (not in order).
-    (45, False),
   ],
 )
 def test_chunked_passes_equal_the_dense_pass(rows_per_chunk, jit):
