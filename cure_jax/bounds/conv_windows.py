@@ -77,26 +77,26 @@ class Consecutive(NamedTuple):
       padded, self.first, self.count, allow_negative_indices=False
     )
 
-  def _rows(self, array: jax.Array, leading: int) -> jax.Array:
-    """[2, count, channels, ...] (``leading`` of those axes given) -> [2R, ...]."""
-    tail = array.shape[leading:]
+  def _rows(self, array: jax.Array) -> jax.Array:
+    """[2, count, channels, ...] (size-1 axes broadcast) -> [2R, ...]."""
+    tail = array.shape[3:]
     full = (2, self.count, self.channels) + tail
     return jnp.broadcast_to(array, full).reshape((-1,) + tail)
 
   def take(self, per_position: jax.Array) -> jax.Array:
     """[2R, ...] from [P, ...]: each row's position's entry."""
-    return self._rows(self._mine(per_position)[None, :, None], 3)
+    return self._rows(self._mine(per_position)[None, :, None])
 
   def per_channel(self, per_channel: jax.Array) -> jax.Array:
     """[2R, ...] from [channels, ...]: each row's channel's entry."""
-    return self._rows(per_channel[None, None], 3)
+    return self._rows(per_channel[None, None])
 
   def signed(self, per_neuron: jax.Array) -> jax.Array:
     """[2R, ...] from [P, channels, ...]: +entry on the + rows, −entry on
     the − rows."""
     mine = self._mine(per_neuron)
     sign = jnp.array([1, -1], mine.dtype).reshape((2,) + (1,) * mine.ndim)
-    return self._rows(sign * mine[None], 3)
+    return self._rows(sign * mine[None])
 
 
 class Window(NamedTuple):
