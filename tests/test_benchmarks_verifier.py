@@ -4,61 +4,87 @@ auto_LiRPA is never installed for the tests: its columns must say so.
 """
 
 import numpy as np
+import pytest
 
 from cure_jax.benchmarks import verifier
 
 
 def test_a_run_without_auto_lirpa_reports_ours_and_says_why_not_theirs():
-  results = verifier.run(
+  rows = verifier.run(
     models=("small_cnn",),
-    batch=2,
+    batches=(1, 2),
     methods=("crown_ibp",),
     lirpa_python="/nonexistent/python",
     timeout=600,
   )
-  row = results["small_cnn"]["crown_ibp"]
-  ours, theirs = row["cure_jax"], row["auto_LiRPA"]
-  assert "error" not in ours, ours
-  assert ours["first_s"] > 0 and ours["steady_s"] > 0
-  assert 1 <= ours["calls"] <= verifier.REPEAT_CALLS
-  assert np.isfinite(ours["mean_margin"])
-  assert theirs == {"error": "skipped: /nonexistent/python not found"}
-  table = verifier.table(results, batch=2)
-  assert "| small_cnn | crown_ibp |" in table
+  assert [(row["model"], row["batch"], row["method"]) for row in rows] == [
+    ("small_cnn", 1, "crown_ibp"),
+    ("small_cnn", 2, "crown_ibp"),
+  ]
+  for row in rows:
+    ours, theirs = row["cure_jax"], row["auto_LiRPA"]
+    assert "error" not in ours, ours
+    assert ours["first_s"] > 0 and ours["steady_s"] > 0
+    assert 1 <= ours["calls"] <= verifier.REPEAT_CALLS
+    assert np.isfinite(ours["mean_margin"])
+    assert theirs == {"error": "skipped: /nonexistent/python not found"}
+  table = verifier.table(rows)
+  assert "| small_cnn | 1 | crown_ibp |" in table
+  assert "| small_cnn | 2 | crown_ibp |" in table
   assert "skipped: /nonexistent/python not found" in table
 
 
-def test_the_table_gives_seconds_per_point_and_the_ratio():
-  results = {
-    "cnn7": {
-      "crown": {
-        "cure_jax": dict(
-          first_s=4.0, steady_s=1.0, calls=5, peak_mb=900.0, mean_margin=-0.5
-        ),
-        "auto_LiRPA": dict(
-          first_s=6.0, steady_s=3.0, calls=5, peak_mb=800.0, mean_margin=-0.5
-        ),
-      },
-      "alpha_crown": {
-        "cure_jax": dict(error="timed out after 10 s"),
-        "auto_LiRPA": dict(
-          first_s=6.0, steady_s=3.0, calls=1, peak_mb=800.0, mean_margin=-0.4
-        ),
-      },
-    }
-  }
-  lines = verifier.table(results, batch=4).splitlines()
+def test_the_table_gives_milliseconds_per_point_and_the_ratio():
+  rows = [
+    dict(
+      model="cnn7",
+      batch=4,
+      method="crown",
+      cure_jax=dict(
+        first_s=4.0, steady_s=1.0, calls=5, peak_mb=900.0, mean_margin=-0.5
+      ),
+      auto_LiRPA=dict(
+        first_s=6.0, steady_s=3.0, calls=5, peak_mb=800.0, mean_margin=-0.5
+      ),
+    ),
+    dict(
+      model="cnn7",
+      batch=4,
+      method="alpha_crown",
+      cure_jax=dict(error="timed out after 10 s"),
+      auto_LiRPA=dict(
+        first_s=6.0, steady_s=3.0, calls=1, peak_mb=800.0, mean_margin=-0.4
+      ),
+    ),
+    dict(  # a first call too slow to repeat stands alone
+      model="cnn7",
+      batch=8,
+      method="alpha_crown",
+      cure_jax=dict(first_s=1000.0, peak_mb=9000.0, mean_margin=-0.3),
+      auto_LiRPA=dict(error="exit -9: "),
+    ),
+  ]
+  lines = verifier.table(rows).splitlines()
   assert lines[2] == (
-    "| cnn7 | crown | 0.250 (1.000) | 0.750 (1.500) | 3.00× | 900 | 800 | "
+    "| cnn7 | 4 | crown | 250 (1000) | 750 (1500) | 3.00× | 900 | 800 | "
     "-0.500 / -0.500 |"
   )
   assert "timed out after 10 s" in lines[3] and "| — |" in lines[3]
+  assert lines[4].startswith("| cnn7 | 8 | alpha_crown | 125000 | exit -9")
 
 
-def test_unknown_methods_are_refused():
-  try:
+@pytest.mark.parametrize(
+  "seconds, text",
+  [(0.000866, "0.866"), (0.0123, "12.3"), (0.6614, "661"), (19.04, "19040")],
+)
+def test_per_point_times_keep_three_significant_digits(seconds, text):
+  assert verifier._milliseconds(seconds) == text
+
+
+def test_unknown_methods_and_bad_batch_sizes_are_refused():
+  with pytest.raises(SystemExit, match="beta_crown"):
     verifier._checked_methods("crown,beta_crown")
-  except SystemExit as stop:
-    assert "beta_crown" in str(stop)
-  else:
-    raise AssertionError("an unknown method was accepted")
+  assert verifier._positive_ints("8,100") == (8, 100)
+  for text in ("0", "eight", ""):
+    with pytest.raises(SystemExit, match="--batch"):
+      verifier._positive_ints(text)

@@ -1,19 +1,20 @@
 r"""cure_jax's bound methods against auto_LiRPA's, same weights, same CPU.
 
   python -m cure_jax.benchmarks.verifier [--models=small_cnn,cnn7] \
-      [--methods=crown,alpha_crown,crown_ibp] [--batch=8] [--eps=0.1] [--alpha-steps=20] \
-      [--lirpa-python=/tmp/lirpa/bin/python] [--plain-jit] [--out=results.json]
+      [--methods=crown,alpha_crown,crown_ibp] [--batch=8[,100,...]] \
+      [--eps=0.1] [--alpha-steps=20] [--lirpa-python=/tmp/lirpa/bin/python] \
+      [--plain-jit] [--out=results.json]
 
 For each model (MNIST shape, random IBP-initialized weights without
-BatchNorm, random inputs in [0, 1], random labels) and each method — CROWN,
-α-CROWN over every layer, CROWN-IBP, lower bounds of the 9 margins over the
-l∞ ball of radius ``eps`` ∩ [0, 1] — one subprocess bounds the batch
-repeatedly and reports the seconds of the first call (cure_jax: tracing and
-compilation included) and the median of up to 5 later calls (fewer when
-they pass 60 s together), the peak resident memory of the
-process (``ru_maxrss``) and the mean margin bound. auto_LiRPA (PyTorch, in a
-virtualenv of its own, e.g. ``python -m venv /tmp/lirpa`` and a pip install
-of its source) runs the same weights,
+BatchNorm, random inputs in [0, 1], random labels), each batch size and
+each method — CROWN, α-CROWN over every layer, CROWN-IBP, lower bounds of
+the 9 margins over the l∞ ball of radius ``eps`` ∩ [0, 1] — one subprocess
+bounds the batch repeatedly and reports the seconds of the first call
+(cure_jax: tracing and compilation included) and the median of up to 5
+later calls (fewer when they pass 60 s together), the peak resident memory
+of the process (``ru_maxrss``) and the mean margin bound. auto_LiRPA
+(PyTorch, in a virtualenv of its own, e.g. ``python -m venv /tmp/lirpa``
+and a pip install of its source) runs the same weights,
 exported to .npz, under ``--lirpa-python``; its columns are skipped, saying
 so, when that interpreter or the package is missing. α-CROWN runs the same
 steps on both sides (Adam, lr 0.1 decayed by 0.98 per step, intermediate
@@ -282,7 +283,7 @@ def lirpa_available(python: str) -> str | None:
 
 def run(
   models=("small_cnn", "cnn7"),
-  batch: int = 8,
+  batches=(8,),
   eps: float = 0.1,
   alpha_steps: int = 20,
   lirpa_python: str = "/tmp/lirpa/bin/python",
@@ -291,9 +292,11 @@ def run(
   shared_slopes=("cnn7",),
   methods=METHODS,
   plain_jit: bool = False,
-) -> dict:
-  """{model: {method: {"cure_jax": row, "auto_LiRPA": row}}}.
+) -> list[dict]:
+  """One row per model, batch size and method, in that order:
+  ``{"model", "batch", "method", "cure_jax": cell, "auto_LiRPA": cell}``.
 
+  A cell holds the worker's timings (`_timed`) or ``{"error": why}``.
   ``model_timeouts`` overrides ``timeout`` (seconds per subprocess) by model;
   α-CROWN shares each layer's slopes across its rows on ``shared_slopes``
   (both libraries), whose per-row slopes would not fit in memory;
@@ -301,7 +304,7 @@ def run(
   `cure_jax.bounds.jit` (what the compiler options are worth).
   """
   lirpa_missing = lirpa_available(lirpa_python)
-  results = {}
+  rows = []
   with tempfile.TemporaryDirectory() as tmp:
     script = os.path.join(tmp, "lirpa_worker.py")
     with open(script, "w") as f:
@@ -309,90 +312,118 @@ def run(
     for model_name in models:
       limit = (model_timeouts or {}).get(model_name, timeout)
       share = model_name in shared_slopes
-      npz = os.path.join(tmp, f"{model_name}.npz")
-      # Exported by a subprocess: Linux keeps ru_maxrss across execve, so
-      # workers report at least this runner's size, kept free of JAX.
-      exported = _run(
-        [
-          sys.executable,
-          "-m",
-          "cure_jax.benchmarks.verifier",
-          "--export",
-          json.dumps([npz, model_name, batch, eps]),
-        ],
-        limit,
-      )
-      if "error" in exported:
-        raise RuntimeError(f"exporting {model_name}: {exported['error']}")
-      results[model_name] = {}
-      for method in methods:
-        worker = [
-          sys.executable,
-          "-m",
-          "cure_jax.benchmarks.verifier",
-          "--worker",
-          json.dumps(
-            [model_name, method, batch, eps, alpha_steps, share, plain_jit]
-          ),
-        ]
-        row = {"cure_jax": _run(worker, limit)}
-        row["auto_LiRPA"] = (
-          dict(error=f"skipped: {lirpa_missing}")
-          if lirpa_missing
-          else _run(
-            [
-              lirpa_python,
-              script,
-              npz,
-              LIRPA_METHODS[method],
-              str(alpha_steps),
-              str(int(share)),
-              str(REPEAT_CALLS),
-              str(REPEAT_BUDGET_S),
-            ],
-            limit,
-          )
+      for batch in batches:
+        npz = os.path.join(tmp, f"{model_name}-{batch}.npz")
+        # Exported by a subprocess: Linux keeps ru_maxrss across execve, so
+        # workers report at least this runner's size, kept free of JAX.
+        exported = _run(
+          [
+            sys.executable,
+            "-m",
+            "cure_jax.benchmarks.verifier",
+            "--export",
+            json.dumps([npz, model_name, batch, eps]),
+          ],
+          limit,
         )
-        results[model_name][method] = row
-        print(model_name, method, json.dumps(row), flush=True)
-  return results
+        if "error" in exported:
+          raise RuntimeError(f"exporting {model_name}: {exported['error']}")
+        for method in methods:
+          worker = [
+            sys.executable,
+            "-m",
+            "cure_jax.benchmarks.verifier",
+            "--worker",
+            json.dumps(
+              [model_name, method, batch, eps, alpha_steps, share, plain_jit]
+            ),
+          ]
+          row = dict(model=model_name, batch=batch, method=method)
+          row["cure_jax"] = _run(worker, limit)
+          row["auto_LiRPA"] = (
+            dict(error=f"skipped: {lirpa_missing}")
+            if lirpa_missing
+            else _run(
+              [
+                lirpa_python,
+                script,
+                npz,
+                LIRPA_METHODS[method],
+                str(alpha_steps),
+                str(int(share)),
+                str(REPEAT_CALLS),
+                str(REPEAT_BUDGET_S),
+              ],
+              limit,
+            )
+          )
+          rows.append(row)
+          print(json.dumps(row), flush=True)
+  return rows
 
 
-def table(results: dict, batch: int) -> str:
-  """A Markdown table: seconds per point (later calls' median) and peak
-  memory."""
+def _milliseconds(seconds: float) -> str:
+  """Three significant digits, never in exponent form."""
+  ms = 1e3 * seconds
+  digits = 0 if ms >= 100 else 1 if ms >= 10 else 2 if ms >= 1 else 3
+  return f"{ms:.{digits}f}"
+
+
+def table(rows: list[dict]) -> str:
+  """A Markdown table: milliseconds per point (later calls' median, then
+  the first call's), the speed-up, peak memory and the mean margin bound."""
   lines = [
-    "| model | method | cure_jax s/point (1st call) | auto_LiRPA s/point "
-    "(1st call) | speed-up | cure_jax peak MB | auto_LiRPA peak MB | "
-    "mean margin bound (cure_jax / auto_LiRPA) |",
-    "|---|---|---|---|---|---|---|---|",
+    "| model | batch | method | cure_jax ms/point (1st call) | auto_LiRPA "
+    "ms/point (1st call) | speed-up | cure_jax peak MB | auto_LiRPA peak MB "
+    "| mean margin bound (cure_jax / auto_LiRPA) |",
+    "|---|---|---|---|---|---|---|---|---|",
   ]
 
-  def cell(row, key, scale=1.0, fmt="{:.3f}"):
-    if key in row:
-      return fmt.format(row[key] / scale)
-    return row.get("error", "—")
+  def per_point(cell, key, batch):
+    if key in cell:
+      return _milliseconds(cell[key] / batch)
+    return cell.get("error", "—")
 
-  def steady(row):
-    return row.get("steady_s", row.get("first_s"))
+  def times(cell, batch):
+    return (
+      f"{per_point(cell, 'steady_s', batch)} "
+      f"({per_point(cell, 'first_s', batch)})"
+      if "steady_s" in cell
+      else per_point(cell, "first_s", batch)
+    )
 
-  for model_name, by_method in results.items():
-    for method, row in by_method.items():
-      ours, theirs = row["cure_jax"], row["auto_LiRPA"]
-      speed = (
-        f"{steady(theirs) / steady(ours):.2f}×"
-        if steady(ours) and steady(theirs)
-        else "—"
-      )
-      lines.append(
-        f"| {model_name} | {method} | {cell(ours, 'steady_s', batch)} "
-        f"({cell(ours, 'first_s', batch)}) | "
-        f"{cell(theirs, 'steady_s', batch)} ({cell(theirs, 'first_s', batch)})"
-        f" | {speed} | {cell(ours, 'peak_mb', fmt='{:.0f}')} | "
-        f"{cell(theirs, 'peak_mb', fmt='{:.0f}')} | "
-        f"{cell(ours, 'mean_margin')} / {cell(theirs, 'mean_margin')} |"
-      )
+  def other(cell, key, fmt):
+    return fmt.format(cell[key]) if key in cell else "—"
+
+  def steady(cell):
+    return cell.get("steady_s", cell.get("first_s"))
+
+  for row in rows:
+    ours, theirs, batch = row["cure_jax"], row["auto_LiRPA"], row["batch"]
+    speed = (
+      f"{steady(theirs) / steady(ours):.2f}×"
+      if steady(ours) and steady(theirs)
+      else "—"
+    )
+    lines.append(
+      f"| {row['model']} | {batch} | {row['method']} | {times(ours, batch)} | "
+      f"{times(theirs, batch)} | {speed} | "
+      f"{other(ours, 'peak_mb', '{:.0f}')} | "
+      f"{other(theirs, 'peak_mb', '{:.0f}')} | "
+      f"{other(ours, 'mean_margin', '{:.3f}')} / "
+      f"{other(theirs, 'mean_margin', '{:.3f}')} |"
+    )
   return "\n".join(lines)
+
+
+def _positive_ints(text: str) -> tuple[int, ...]:
+  try:
+    values = tuple(int(item) for item in text.split(",") if item)
+  except ValueError:
+    values = ()
+  if not values or min(values) < 1:
+    raise SystemExit(f"--batch: expected sizes like 8 or 8,100, got {text!r}.")
+  return values
 
 
 def _checked_methods(names: str) -> tuple[str, ...]:
@@ -409,7 +440,9 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--models", default="small_cnn,cnn7")
   parser.add_argument("--methods", default=",".join(METHODS))
-  parser.add_argument("--batch", type=int, default=8)
+  parser.add_argument(
+    "--batch", default="8", help="batch sizes, e.g. 8 or 8,100"
+  )
   parser.add_argument("--eps", type=float, default=0.1)
   parser.add_argument("--alpha-steps", type=int, default=20)
   parser.add_argument("--lirpa-python", default="/tmp/lirpa/bin/python")
@@ -437,7 +470,7 @@ def main(argv=None):
     return
   results = run(
     tuple(args.models.split(",")),
-    args.batch,
+    _positive_ints(args.batch),
     args.eps,
     args.alpha_steps,
     args.lirpa_python,
@@ -451,7 +484,7 @@ def main(argv=None):
     methods=_checked_methods(args.methods),
     plain_jit=args.plain_jit,
   )
-  print(table(results, args.batch))
+  print(table(results))
   if args.out:
     with open(args.out, "w") as f:
       json.dump(results, f, indent=2)
