@@ -230,6 +230,28 @@ def test_row_groups_cover_the_rows_in_order():
   ]
 
 
+def test_narrow_rows_get_larger_groups_on_a_cpu(monkeypatch):
+  from cure_jax.bounds import backward, transforms
+  from cure_jax.bounds.interval import Interval
+
+  monkeypatch.setattr(backward.jax, "default_backend", lambda: "cpu")
+  wide = backward.MIN_PASS_BYTES // 64  # 64 such rows fill a pass
+  assert backward.default_rows_per_pass(wide) == backward.ROWS_PER_PASS
+  narrow = backward.MIN_PASS_BYTES // 1000
+  assert backward.default_rows_per_pass(narrow) == 1000
+  # The widest bounded value sets the row: 100 examples of 10×10×32.
+  env = {
+    0: Interval(jnp.zeros((100, 784)), jnp.ones((100, 784))),
+    1: Interval(jnp.zeros((100, 10, 10, 32)), jnp.ones((100, 10, 10, 32))),
+    2: jnp.zeros((5000,)),  # not a bound: ignored
+  }
+  assert transforms._widest_row_bytes(env, batch=100) == 3200 * 4
+  groups = transforms._row_groups(jnp.zeros((9, 100, 10)), "auto", env)
+  assert groups == [slice(0, 3), slice(3, 6), slice(6, 9)]  # 327 rows each
+  monkeypatch.setattr(backward.jax, "default_backend", lambda: "gpu")
+  assert transforms._row_groups(jnp.zeros((9, 100, 10)), "auto", env) is None
+
+
 @pytest.mark.parametrize("rows_per_pass", [0, -3, 1.5, "fast"])
 def test_a_bad_rows_per_pass_is_refused(rows_per_pass):
   with pytest.raises(ValueError, match="rows_per_pass"):

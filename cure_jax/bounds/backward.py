@@ -68,15 +68,26 @@ def concretize_set(leaf: Any, coeffs: jax.Array) -> jax.Array:
 
 # A pass's rows·examples at which `row_groups` splits the specification rows.
 ROWS_PER_PASS = 128
+# The least coefficient bytes (rows·examples × the widest row) a CPU pass
+# covers by default; see `default_rows_per_pass`.
+MIN_PASS_BYTES = 4 * 2**20
 
 
-def default_rows_per_pass() -> int | None:
-  """`ROWS_PER_PASS` on a CPU backend, else None (all rows in one pass).
+def default_rows_per_pass(row_bytes: int = 0) -> int | None:
+  """The rows·examples per pass on a CPU backend, else None (one pass).
 
   Grouping pays on a CPU, where a pass is limited by the cache; an
   accelerator is kept busiest by the largest kernels (not measured there).
+  On a CPU a group holds `ROWS_PER_PASS` rows·examples, or more where rows
+  are so narrow (``row_bytes``: one row's coefficients on the pass's widest
+  value) that such a group spans less than `MIN_PASS_BYTES`: there each
+  extra pass costs more than the cache saves (CROWN-IBP's margins on the
+  small CNN at batch 100: groups of 300 rows·examples, 3.8 MB, 13% faster
+  than groups of 100, 1.3 MB; CNN7's 200 kB rows keep 128).
   """
-  return ROWS_PER_PASS if jax.default_backend() == "cpu" else None
+  if jax.default_backend() != "cpu":
+    return None
+  return max(ROWS_PER_PASS, MIN_PASS_BYTES // max(row_bytes, 1))
 
 
 def row_groups(

@@ -262,20 +262,33 @@ def _check_rows_per_pass(rows_per_pass):
   )
 
 
-def _row_groups(start: jax.Array, rows_per_pass):
+def _row_groups(start: jax.Array, rows_per_pass, env: Env):
   """The output pass's rows in cache-sized groups (`backward.row_groups`).
 
-  ``rows_per_pass``: "auto" (`backward.default_rows_per_pass`), None (one
-  pass) or rows·examples per pass. At most 20 groups (a pass over both sides
-  of 10 logits): each is a separately compiled pass.
+  ``rows_per_pass``: "auto" (`backward.default_rows_per_pass`, given the
+  widest bounded value of ``env``), None (one pass) or rows·examples per
+  pass. At most 20 groups (a pass over both sides of 10 logits): each is a
+  separately compiled pass.
   """
   if rows_per_pass == AUTO:
-    rows_per_pass = backward.default_rows_per_pass()
+    rows_per_pass = backward.default_rows_per_pass(
+      _widest_row_bytes(env, start.shape[1])
+    )
   if rows_per_pass is None:
     return None
   return backward.row_groups(
     start.shape[0], start.shape[1], rows_per_pass, max_groups=20
   )
+
+
+def _widest_row_bytes(env: Env, batch: int) -> int:
+  """Bytes of one example's share of the largest bounded value in ``env``:
+  the widest coefficient row a backward pass carries."""
+  widest = 0
+  for value in env.values():
+    if isinstance(value, Interval):
+      widest = max(widest, value.lower.size * value.lower.dtype.itemsize)
+  return widest // max(batch, 1)
 
 
 def _crown_ibp_lower(graph, env, leaves, spec, both, rows_per_pass=AUTO):
@@ -292,7 +305,7 @@ def _crown_ibp_lower(graph, env, leaves, spec, both, rows_per_pass=AUTO):
     sets,
     {out: start},
     linear_rules.RULES,
-    groups=_row_groups(start, rows_per_pass),
+    groups=_row_groups(start, rows_per_pass, env),
   )
   interval = backward.lower_bound(
     graph,
@@ -308,8 +321,9 @@ def _crown_ibp_lower(graph, env, leaves, spec, both, rows_per_pass=AUTO):
 _ROWS_PER_PASS_DOC = """rows_per_pass: the output's backward pass takes the specification
       rows in groups of about this many rows·examples, one pass per group
       (same bounds, ~25% faster on a CPU for CNN7 at batch 128: the
-      coefficients stay near the cache); "auto" (default) is 128 on a CPU
-      and one pass elsewhere, None always one pass."""
+      coefficients stay near the cache); "auto" (default) is 128 on a CPU,
+      more where rows are narrow (`backward.default_rows_per_pass`), and
+      one pass elsewhere; None always one pass."""
 
 
 def crown_ibp(
@@ -370,7 +384,7 @@ def _crown_lower(
     sets,
     {out: start},
     linear_rules.RULES,
-    groups=_row_groups(start, rows_per_pass),
+    groups=_row_groups(start, rows_per_pass, env),
   )
   ibp_env = propagate(graph, leaves, ibp_rules.RULES, "CROWN")
   reference, _ = _crown_ibp_lower(
@@ -584,7 +598,7 @@ def alpha_crown(
     out, start, _ = _start(graph, env, spec, "alpha_crown", both)
     sets = _sets_by_id(graph, leaves)
     units, products = _unstable_relus(graph, env), _products(graph, env)
-    groups = _row_groups(start, rows_per_pass)
+    groups = _row_groups(start, rows_per_pass, env)
     slopes = {
       "output": slope_optimization.initial_slopes(
         units, products, (start.shape[0],)
