@@ -231,7 +231,7 @@ def test_row_groups_cover_the_rows_in_order():
 
 
 def test_narrow_rows_get_larger_groups_on_a_cpu(monkeypatch):
-  from cure_jax.bounds import backward, transforms
+  from cure_jax.bounds import backward, intermediate, transforms
   from cure_jax.bounds.interval import Interval
 
   monkeypatch.setattr(backward.jax, "default_backend", lambda: "cpu")
@@ -245,7 +245,7 @@ def test_narrow_rows_get_larger_groups_on_a_cpu(monkeypatch):
     1: Interval(jnp.zeros((100, 10, 10, 32)), jnp.ones((100, 10, 10, 32))),
     2: jnp.zeros((5000,)),  # not a bound: ignored
   }
-  assert transforms._widest_row_bytes(env, batch=100) == 3200 * 4
+  assert intermediate.largest_value(env) == 3200
   groups = transforms._row_groups(jnp.zeros((9, 100, 10)), "auto", env)
   assert groups == [slice(0, 3), slice(3, 6), slice(6, 9)]  # 327 rows each
   monkeypatch.setattr(backward.jax, "default_backend", lambda: "gpu")

@@ -70,7 +70,7 @@ def _bounded_in(env: Env):
   return lambda a: not isinstance(a, Const) and a in env and is_bounded(env[a])
 
 
-def _largest_value(env: Env) -> int:
+def largest_value(env: Env) -> int:
   """The largest per-example size of a bounded value in ``env``."""
   sizes = [
     math.prod(as_interval(v).shape[1:]) for v in env.values() if is_bounded(v)
@@ -90,7 +90,7 @@ def plan_for(
     else None
   )
   itemsize = box.lower.dtype.itemsize
-  largest = _largest_value(env)
+  largest = largest_value(env)
   return layer_bounds.plan_rows(
     mask,
     box.shape,

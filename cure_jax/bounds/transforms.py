@@ -271,24 +271,13 @@ def _row_groups(start: jax.Array, rows_per_pass, env: Env):
   separately compiled pass.
   """
   if rows_per_pass == AUTO:
-    rows_per_pass = backward.default_rows_per_pass(
-      _widest_row_bytes(env, start.shape[1])
-    )
+    row_bytes = intermediate_bounds.largest_value(env) * start.dtype.itemsize
+    rows_per_pass = backward.default_rows_per_pass(row_bytes)
   if rows_per_pass is None:
     return None
   return backward.row_groups(
     start.shape[0], start.shape[1], rows_per_pass, max_groups=20
   )
-
-
-def _widest_row_bytes(env: Env, batch: int) -> int:
-  """Bytes of one example's share of the largest bounded value in ``env``:
-  the widest coefficient row a backward pass carries."""
-  widest = 0
-  for value in env.values():
-    if isinstance(value, Interval):
-      widest = max(widest, value.lower.size * value.lower.dtype.itemsize)
-  return widest // max(batch, 1)
 
 
 def _crown_ibp_lower(graph, env, leaves, spec, both, rows_per_pass=AUTO):
