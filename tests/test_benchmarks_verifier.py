@@ -3,6 +3,8 @@
 auto_LiRPA is never installed for the tests: its columns must say so.
 """
 
+import json
+
 import numpy as np
 import pytest
 
@@ -32,6 +34,37 @@ def test_a_run_without_auto_lirpa_reports_ours_and_says_why_not_theirs():
   assert "| small_cnn | 1 | crown_ibp |" in table
   assert "| small_cnn | 2 | crown_ibp |" in table
   assert "skipped: /nonexistent/python not found" in table
+
+
+def test_no_peer_runs_ours_alone_without_looking_for_auto_lirpa(
+  monkeypatch, tmp_path
+):
+  commands = []
+
+  def fake_run(command, timeout):
+    commands.append(command)
+    return dict(
+      first_s=2.0, steady_s=1.0, calls=1, peak_mb=10.0, mean_margin=-0.1
+    )
+
+  monkeypatch.setattr(verifier, "_run", fake_run)
+  monkeypatch.setattr(
+    verifier, "lirpa_available", lambda python: pytest.fail("looked")
+  )
+  out = tmp_path / "rows.json"
+  verifier.main(
+    "--no-peer --models small_cnn --methods crown --batch 4".split()
+    + [f"--out={out}"]
+  )
+  # one export and one cure_jax worker, every one of them our own module
+  assert len(commands) == 2
+  assert all(
+    command[1:3] == ["-m", "cure_jax.benchmarks.verifier"]
+    for command in commands
+  )
+  (row,) = json.loads(out.read_text())
+  assert row["auto_LiRPA"] == {"error": "skipped: not asked for (--no-peer)"}
+  assert row["cure_jax"]["steady_s"] == 1.0
 
 
 def test_the_table_gives_milliseconds_per_point_and_the_ratio():

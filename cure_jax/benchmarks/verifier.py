@@ -3,7 +3,7 @@ r"""cure_jax's bound methods against auto_LiRPA's, same weights, same CPU.
   python -m cure_jax.benchmarks.verifier [--models=small_cnn,cnn7] \
       [--methods=crown,alpha_crown,crown_ibp] [--batch=8[,100,...]] \
       [--eps=0.1] [--alpha-steps=20] [--lirpa-python=/tmp/lirpa/bin/python] \
-      [--plain-jit] [--out=results.json]
+      [--no-peer] [--plain-jit] [--out=results.json]
 
 For each model (MNIST shape, random IBP-initialized weights without
 BatchNorm, random inputs in [0, 1], random labels), each batch size and
@@ -16,7 +16,8 @@ of the process (``ru_maxrss``) and the mean margin bound. auto_LiRPA
 (PyTorch, in a virtualenv of its own, e.g. ``python -m venv /tmp/lirpa``
 and a pip install of its source) runs the same weights,
 exported to .npz, under ``--lirpa-python``; its columns are skipped, saying
-so, when that interpreter or the package is missing. α-CROWN runs the same
+so, when that interpreter or the package is missing (``--no-peer`` runs
+cure_jax alone). α-CROWN runs the same
 steps on both sides (Adam, lr 0.1 decayed by 0.98 per step, intermediate
 bounds re-optimized, no early stop; slopes shared by each layer's rows on
 CNN7). cure_jax's calls are jitted with `cure_jax.bounds.jit` (as in the
@@ -286,7 +287,7 @@ def run(
   batches=(8,),
   eps: float = 0.1,
   alpha_steps: int = 20,
-  lirpa_python: str = "/tmp/lirpa/bin/python",
+  lirpa_python: str | None = "/tmp/lirpa/bin/python",
   timeout: float = 1800.0,
   model_timeouts: dict | None = None,
   shared_slopes=("cnn7",),
@@ -297,13 +298,18 @@ def run(
   ``{"model", "batch", "method", "cure_jax": cell, "auto_LiRPA": cell}``.
 
   A cell holds the worker's timings (`_timed`) or ``{"error": why}``.
+  ``lirpa_python=None`` runs cure_jax alone (auto_LiRPA's cells say so);
   ``model_timeouts`` overrides ``timeout`` (seconds per subprocess) by model;
   α-CROWN shares each layer's slopes across its rows on ``shared_slopes``
   (both libraries), whose per-row slopes would not fit in memory;
   ``plain_jit`` compiles cure_jax's calls with `jax.jit` instead of
   `cure_jax.bounds.jit` (what the compiler options are worth).
   """
-  lirpa_missing = lirpa_available(lirpa_python)
+  lirpa_missing = (
+    "not asked for (--no-peer)"
+    if lirpa_python is None
+    else lirpa_available(lirpa_python)
+  )
   rows = []
   with tempfile.TemporaryDirectory() as tmp:
     script = os.path.join(tmp, "lirpa_worker.py")
@@ -446,6 +452,9 @@ def main(argv=None):
   parser.add_argument("--eps", type=float, default=0.1)
   parser.add_argument("--alpha-steps", type=int, default=20)
   parser.add_argument("--lirpa-python", default="/tmp/lirpa/bin/python")
+  parser.add_argument(
+    "--no-peer", action="store_true", help="run cure_jax alone"
+  )
   parser.add_argument("--timeout", type=float, default=1800.0)
   parser.add_argument(
     "--model-timeouts",
@@ -473,7 +482,7 @@ def main(argv=None):
     _positive_ints(args.batch),
     args.eps,
     args.alpha_steps,
-    args.lirpa_python,
+    None if args.no_peer else args.lirpa_python,
     args.timeout,
     {
       name: float(seconds)
