@@ -35,6 +35,22 @@ def free_port(host: str = "127.0.0.1") -> int:
     return sock.getsockname()[1]
 
 
+def with_cpu_devices(env: Mapping[str, str], count: int) -> dict[str, str]:
+  """A copy of `env` whose XLA_FLAGS simulate `count` CPU devices.
+
+  An earlier device count in XLA_FLAGS is replaced, other flags are kept.
+  """
+  flags = [
+    f
+    for f in env.get("XLA_FLAGS", "").split()
+    if not f.startswith(_DEVICE_COUNT_FLAG)
+  ]
+  return {
+    **env,
+    "XLA_FLAGS": " ".join(flags + [f"{_DEVICE_COUNT_FLAG}={count}"]),
+  }
+
+
 def process_env(
   base: Mapping[str, str],
   process_id: int,
@@ -49,20 +65,15 @@ def process_env(
   (`XLA_FLAGS=--xla_force_host_platform_device_count`); `platform`, if set,
   becomes `JAX_PLATFORMS`.
   """
-  env = dict(base)
+  env = (
+    dict(base) if cpu_devices is None else with_cpu_devices(base, cpu_devices)
+  )
   env.update(
     CURE_COORDINATOR=coordinator,
     CURE_NUM_PROCESSES=str(num_processes),
     CURE_PROCESS_ID=str(process_id),
     PYTHONUNBUFFERED="1",
   )
-  if cpu_devices is not None:
-    flags = [
-      f
-      for f in env.get("XLA_FLAGS", "").split()
-      if not f.startswith(_DEVICE_COUNT_FLAG)
-    ]
-    env["XLA_FLAGS"] = " ".join(flags + [f"{_DEVICE_COUNT_FLAG}={cpu_devices}"])
   if platform is not None:
     env["JAX_PLATFORMS"] = platform
   return env

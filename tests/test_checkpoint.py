@@ -4,7 +4,6 @@ import logging
 import os
 import pathlib
 import shutil
-import socket
 import subprocess
 import sys
 import textwrap
@@ -23,6 +22,7 @@ from cure_jax.checkpoint import (
   NonFiniteStateError,
   restore_variables,
 )
+from launch import local
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # Orbax's event loop may report TensorStore reads that finish after a failed
@@ -335,21 +335,11 @@ _TWO_PROCESS_WORKER = textwrap.dedent("""
 """)
 
 
-def _free_port() -> int:
-  with socket.socket() as sock:
-    sock.bind(("localhost", 0))
-    return sock.getsockname()[1]
-
-
 def test_two_processes_refuse_nan_on_either_and_reshard(ckpt_dir):
   """2 processes x 2 CPU devices: arrays span processes, as on a pod."""
-  port = str(_free_port())
-  env = dict(
-    os.environ,
-    JAX_PLATFORMS="cpu",
-    XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} "
-    "--xla_force_host_platform_device_count=2",
-    PYTHONPATH=str(REPO),
+  port = str(local.free_port("localhost"))
+  env = local.with_cpu_devices(
+    dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO)), 2
   )
   workers = [
     subprocess.Popen(

@@ -42,6 +42,18 @@ def test_process_env_sets_coordinates_and_device_count():
   assert "JAX_PLATFORMS" not in local.process_env({}, 0, 1, "h:1")
 
 
+def test_with_cpu_devices_replaces_only_the_device_count():
+  assert local.with_cpu_devices({}, 3) == {
+    "XLA_FLAGS": "--xla_force_host_platform_device_count=3"
+  }
+  base = {"A": "1", "XLA_FLAGS": "--xla_force_host_platform_device_count=8 -x"}
+  assert local.with_cpu_devices(base, 1) == {
+    "A": "1",
+    "XLA_FLAGS": "-x --xla_force_host_platform_device_count=1",
+  }
+  assert base["XLA_FLAGS"].startswith("--xla_force")  # not modified
+
+
 def test_free_port_can_be_bound():
   port = local.free_port()
   with socket.socket() as sock:

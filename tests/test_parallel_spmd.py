@@ -103,20 +103,18 @@ def _worker(out_path: str, mesh_sizes: list[int] | None) -> None:
     np.savez(out_path, process_count=jax.process_count(), **results)
 
 
-def _run(command, env_updates, timeout=120):
-  env = dict(
-    os.environ,
-    PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-    JAX_PLATFORMS="cpu",
+def _run(command, cpu_devices=1, timeout=120):
+  """Runs `command` on `cpu_devices` simulated CPU devices (per process)."""
+  from launch import local  # pylint: disable=g-import-not-at-top
+
+  env = local.with_cpu_devices(
+    dict(
+      os.environ,
+      PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+      JAX_PLATFORMS="cpu",
+    ),
+    cpu_devices,
   )
-  # The suite's XLA flags without a device count, then the test's own.
-  flags = [
-    f
-    for f in os.environ.get("XLA_FLAGS", "").split()
-    if not f.startswith("--xla_force_host_platform_device_count")
-  ]
-  env.update(env_updates)
-  env["XLA_FLAGS"] = " ".join(flags + env_updates.get("XLA_FLAGS", "").split())
   proc = subprocess.run(
     command,
     env=env,
@@ -167,7 +165,7 @@ def test_eight_devices_match_one_device_and_compile_once(tmp_path):
   out = tmp_path / "results.npz"
   _run(
     [sys.executable, __file__, f"--out={out}", "--mesh_sizes=8,1"],
-    {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"},
+    cpu_devices=8,
   )
   results = np.load(out)
   assert results["process_count"] == 1
@@ -178,7 +176,7 @@ def test_eight_devices_match_one_device_and_compile_once(tmp_path):
 
 def test_two_processes_match_one_process(tmp_path):
   single, multi = tmp_path / "single.npz", tmp_path / "multi.npz"
-  _run([sys.executable, __file__, f"--out={single}"], {})
+  _run([sys.executable, __file__, f"--out={single}"])
   # 2 processes x 2 CPU devices: a mesh of 4, 8 rows per process.
   _run(
     [
@@ -192,7 +190,6 @@ def test_two_processes_match_one_process(tmp_path):
       __file__,
       f"--out={multi}",
     ],
-    {},
   )
   reference, results = np.load(single), np.load(multi)
   assert results["process_count"] == 2

@@ -93,15 +93,13 @@ def mnist(tmp_path_factory):
 
 
 def _env(devices):
+  from launch import local  # pylint: disable=g-import-not-at-top
+
   env = {
     k: v for k, v in os.environ.items() if not k.startswith(("CURE_", "TFDS_"))
   }
-  env.update(
-    JAX_PLATFORMS="cpu",
-    XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} "
-    f"--xla_force_host_platform_device_count={devices}",
-  )
-  return env
+  env["JAX_PLATFORMS"] = "cpu"
+  return local.with_cpu_devices(env, devices)
 
 
 def _start_training_on(devices, files, tmp_path):
