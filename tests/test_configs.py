@@ -48,8 +48,10 @@ def test_every_setting_and_method_loads_locked(dataset, setting, cpu):
     cascade = c.eval.methods
     if cpu:
       assert tuple(cascade) == config_schema.CPU_CERTIFY_METHODS
+      assert c.eval.alpha_steps == 20
     else:
       assert "crown" not in cascade and "alpha_crown" not in cascade
+      assert c.eval.alpha_steps == 100  # α,β-CROWN's verifier
 
 
 # Spec §6: ε∞, λ∞, ε2 train, epochs, milestones, ramp end, l1, batch.
