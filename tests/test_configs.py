@@ -54,7 +54,7 @@ def test_every_setting_and_method_loads_locked(dataset, setting, cpu):
       assert c.eval.alpha_steps == 100  # α,β-CROWN's verifier
 
 
-# Spec §6: ε∞, λ∞, ε2 train, epochs, milestones, ramp end, l1, batch.
+# docs/method.md §6 (Settings): ε∞, λ∞, ε2 train, epochs, milestones, ramp end, l1, batch.
 @pytest.mark.parametrize(
   "dataset, setting, expected",
   [
