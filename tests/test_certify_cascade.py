@@ -198,6 +198,46 @@ def test_eps_zero_certifies_exactly_the_correct_points(model, norm):
   )
 
 
+def test_shared_slope_alpha_crown_stage_is_sound_and_beats_crown(mlp):
+  variables, x, labels, _, _ = mlp
+  margins = {
+    method: np.asarray(
+      cascade.bound_margins(
+        MLP_MODEL.apply,
+        variables,
+        x,
+        jnp.asarray(labels),
+        norm="linf",
+        eps=jnp.asarray(LINF_EPS),
+        method=method,
+        num_classes=NUM_CLASSES,
+        alpha_steps=ALPHA_STEPS,
+      )
+    )
+    for method in ("crown", "alpha_crown_shared")
+  }
+  assert np.all(margins["alpha_crown_shared"] >= margins["crown"] - 1e-5)
+  assert np.any(margins["alpha_crown_shared"] > margins["crown"] + 1e-4)
+  result = _certify_mlp(
+    variables,
+    x,
+    labels,
+    methods=("ibp", "alpha_crown_shared"),
+    alpha_steps=ALPHA_STEPS,
+  )
+  assert np.any(np.asarray(result.method_index) == 1)
+  _assert_sound(
+    MLP_MODEL,
+    variables,
+    x,
+    labels,
+    result,
+    "linf",
+    LINF_EPS,
+    jax.random.PRNGKey(9),
+  )
+
+
 def test_adding_stages_never_uncertifies(mlp):
   variables, x, labels, full, _ = mlp
   previous = None

@@ -87,6 +87,15 @@ def _transform(method: str, alpha_steps: int) -> Callable[[Callable], Callable]:
     "alpha_crown": functools.partial(
       bounds.alpha_crown, steps=alpha_steps, bound="lower", unroll=1
     ),
+    # Every layer's slopes, one set per hidden layer's pass shared by its
+    # rows: per-row slopes cost rows × units per layer (CNN7: too many).
+    "alpha_crown_shared": functools.partial(
+      bounds.alpha_crown,
+      steps=alpha_steps,
+      bound="lower",
+      unroll=1,
+      share_slopes=True,
+    ),
     # α-CROWN over IBP intermediate bounds: CROWN's identity backward pass
     # per hidden layer costs memory quadratic in its width (large CNNs).
     "alpha_crown_ibp": functools.partial(
@@ -99,7 +108,14 @@ def _transform(method: str, alpha_steps: int) -> Callable[[Callable], Callable]:
   }[method]
 
 
-BOUND_METHODS = ("ibp", "crown_ibp", "crown", "alpha_crown", "alpha_crown_ibp")
+BOUND_METHODS = (
+  "ibp",
+  "crown_ibp",
+  "crown",
+  "alpha_crown",
+  "alpha_crown_shared",
+  "alpha_crown_ibp",
+)
 
 
 class CascadeResult(NamedTuple):

@@ -203,8 +203,8 @@ def fit_batch(
         f"{what} needs {_format_gib(need)} for a single point, over the "
         f"memory budget of {_format_gib(budget)}. Raise the budget "
         f"(--config.eval.memory_budget_gb), free memory, or use a cheaper "
-        f"bound method (e.g. alpha_crown_ibp or crown_ibp instead of "
-        f"crown / alpha_crown)."
+        f"bound method (e.g. alpha_crown_shared instead of alpha_crown, "
+        f"or alpha_crown_ibp or crown_ibp instead of crown / alpha_crown)."
       )
     chunk = max(1, min(chunk // 2, math.floor(chunk * budget / need)))
 
