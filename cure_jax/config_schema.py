@@ -505,7 +505,7 @@ def apply_cpu_schedule(c: ml_collections.ConfigDict, method: str) -> None:
   """The CPU variants' short schedule (6 epochs; 2 to fine-tune) and their
   certification cascade (`CPU_CERTIFY_METHODS`, α-CROWN with 20 steps:
   α-CROWN is nearly all of a CPU certification's bounding time, and the
-  paper's 100 steps would take about five times as long)."""
+  paper's 100 steps would take up to five times as long)."""
   c.eval.methods = CPU_CERTIFY_METHODS
   c.eval.alpha_steps = 20
   c.batch_size = 128
