@@ -103,7 +103,7 @@ def maximize(
   best: jax.Array,
   steps: int,
   optimizer: optax.GradientTransformation,
-  unroll: int | bool = True,
+  unroll: int | bool = 1,
   done: Callable[[jax.Array], jax.Array] | None = None,
 ) -> jax.Array:
   """The best of ``best`` and ``bound(slopes)`` over the optimizer's iterates.
@@ -146,8 +146,8 @@ def maximize(
 
   carry = (slopes, optimizer.init(slopes), best)
   if done is None:
-    # Unrolled by default: XLA:CPU runs convolutions inside a while loop
-    # several times slower than outside one (compilation grows instead).
+    # Rolled by default: unrolled, the 20 steps of α-CROWN on the small
+    # MNIST CNN (batch 8) ran 2.9× slower on XLA:CPU and compiled 6–7× longer.
     carry, _ = jax.lax.scan(
       lambda c, _: (step(c), None), carry, None, length=steps, unroll=unroll
     )
