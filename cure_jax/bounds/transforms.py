@@ -548,7 +548,7 @@ def alpha_crown(
     bound: "both", or "lower" (upper bounds returned as +inf; half the cost).
     unroll: the optimization loop's ``lax.scan`` unrolling (without early
       stopping): 1 (default) compiles one step; True compiles every step
-      (on XLA:CPU, 20 steps on the small MNIST CNN ran 2.9× slower so).
+      (on XLA:CPU, 20 steps on the small MNIST CNN ran 2.7–2.9× slower so).
     {rows_per_pass} Every optimization step takes the same groups.
     optimize: "all_layers" or "output"; None: "all_layers" with CROWN
       intermediate bounds, "output" with IBP ones.

@@ -75,8 +75,8 @@ def _transform(method: str, alpha_steps: int) -> Callable[[Callable], Callable]:
   """The bound transform called ``method`` (see `BOUND_METHODS`).
 
   α-CROWN's loop stays rolled (a stage compiles for up to five gathered
-  batch sizes): unrolled, 20 steps on the small CNN compiled 6–7× longer
-  and ran 2.9× slower on a CPU.
+  batch sizes): unrolled, 20 steps on the small CNN compiled 5–7× longer
+  and ran 2.7–2.9× slower on a CPU.
   """
   # Certificates need lower bounds of the margins only: bound="lower" skips
   # the upper ones, half of every linear-bound stage's backward rows.
