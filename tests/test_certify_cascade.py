@@ -122,8 +122,8 @@ def _assert_sound(model, variables, x, labels, result, norm, eps, key):
   )
 
 
-def test_certified_points_survive_strong_pgd_linf(mlp):
-  variables, x, labels, result, _ = mlp
+def _assert_mlp_sound(variables, x, labels, result, seed):
+  """`_assert_sound` of an MLP result over B∞(x, `LINF_EPS`)."""
   _assert_sound(
     MLP_MODEL,
     variables,
@@ -132,8 +132,13 @@ def test_certified_points_survive_strong_pgd_linf(mlp):
     result,
     "linf",
     LINF_EPS,
-    jax.random.PRNGKey(7),
+    jax.random.PRNGKey(seed),
   )
+
+
+def test_certified_points_survive_strong_pgd_linf(mlp):
+  variables, x, labels, result, _ = mlp
+  _assert_mlp_sound(variables, x, labels, result, seed=7)
 
 
 @pytest.mark.parametrize("norm", sorted(CNN_EPS))
@@ -226,16 +231,7 @@ def test_shared_slope_alpha_crown_stage_is_sound_and_beats_crown(mlp):
     alpha_steps=ALPHA_STEPS,
   )
   assert np.any(np.asarray(result.method_index) == 1)
-  _assert_sound(
-    MLP_MODEL,
-    variables,
-    x,
-    labels,
-    result,
-    "linf",
-    LINF_EPS,
-    jax.random.PRNGKey(9),
-  )
+  _assert_mlp_sound(variables, x, labels, result, seed=9)
 
 
 def test_adding_stages_never_uncertifies(mlp):
