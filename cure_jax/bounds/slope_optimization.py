@@ -147,7 +147,8 @@ def maximize(
   carry = (slopes, optimizer.init(slopes), best)
   if done is None:
     # Rolled by default: unrolled, the 20 steps of α-CROWN on the small
-    # MNIST CNN (batch 8) ran 2.7–2.9× slower on XLA:CPU and compiled 5–7× longer.
+    # MNIST CNN (batch 8) ran 2.7–2.9× slower on XLA:CPU and compiled 5–7×
+    # longer (docs/performance.md).
     carry, _ = jax.lax.scan(
       lambda c, _: (step(c), None), carry, None, length=steps, unroll=unroll
     )
