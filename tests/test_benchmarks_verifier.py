@@ -41,7 +41,7 @@ def test_no_peer_runs_ours_alone_without_looking_for_auto_lirpa(
 ):
   commands = []
 
-  def fake_run(command, timeout):
+  def fake_run(command, timeout, env=None):
     commands.append(command)
     return dict(
       first_s=2.0, steady_s=1.0, calls=1, peak_mb=10.0, mean_margin=-0.1
@@ -65,6 +65,35 @@ def test_no_peer_runs_ours_alone_without_looking_for_auto_lirpa(
   (row,) = json.loads(out.read_text())
   assert row["auto_LiRPA"] == {"error": "skipped: not asked for (--no-peer)"}
   assert row["cure_jax"]["steady_s"] == 1.0
+
+
+def test_host_memory_settings_reach_each_library_s_worker(monkeypatch):
+  calls = []
+
+  def fake_run(command, timeout, env=None):
+    calls.append((command, env))
+    return dict(
+      first_s=2.0, steady_s=1.0, calls=1, peak_mb=10.0, mean_margin=-0.1
+    )
+
+  monkeypatch.setattr(verifier, "_run", fake_run)
+  monkeypatch.setattr(verifier, "lirpa_available", lambda python: None)
+  base = "--models small_cnn --methods crown --batch 4".split()
+  for flags, ours_kept, peer_env in (
+    ([], True, None),
+    (
+      ["--default-host-memory", "--peer-kept-memory"],
+      False,
+      verifier.KEPT_MEMORY_ENV,
+    ),
+  ):
+    calls.clear()
+    verifier.main(base + flags)
+    _, (ours, ours_env), (peer, theirs_env) = calls
+    # cure_jax's worker: its last argument says whether it keeps memory,
+    # in its own process; auto_LiRPA's: glibc's environment, when asked.
+    assert json.loads(ours[-1])[-1] is ours_kept and ours_env is None
+    assert peer[0] == "/tmp/lirpa/bin/python" and theirs_env == peer_env
 
 
 def test_the_table_gives_milliseconds_per_point_and_the_ratio():

@@ -30,11 +30,15 @@ class _FakeCompiled:
     return _FakeStats(100 * self.size)
 
 
-def test_budget_bytes_explicit_default_and_bad():
+def test_budget_bytes_explicit_default_and_bad(monkeypatch):
   assert memory_budget.budget_bytes(2.0) == 2 * memory_budget.GIB
-  default = memory_budget.budget_bytes(None)
-  assert default == memory_budget.budget_bytes(0)
-  assert 0 < default <= memory_budget.available_bytes()
+  assert 0 < memory_budget.budget_bytes(None)
+  # The default is a fraction of what is available when it is asked for
+  # (which moves with the machine's load: fixed here).
+  monkeypatch.setattr(memory_budget, "available_bytes", lambda: 10 * 2**30)
+  expected = int(memory_budget.DEFAULT_FRACTION * 10 * 2**30)
+  assert memory_budget.budget_bytes(None) == expected
+  assert memory_budget.budget_bytes(0) == expected
   for bad in (-1.0, float("inf"), float("nan")):
     with pytest.raises(ValueError, match="memory budget"):
       memory_budget.budget_bytes(bad)
@@ -46,6 +50,19 @@ def test_available_bytes_reads_the_host():
   assert available == pytest.approx(
     memory_budget._meminfo_available() or available, rel=0.5
   )
+
+
+def test_available_bytes_counts_the_memory_the_process_holds_free(
+  monkeypatch,
+):
+  # Freed memory the allocator keeps is the process's to reuse, though the
+  # kernel no longer counts it as available.
+  monkeypatch.setattr(memory_budget, "_meminfo_available", lambda: 2**30)
+  monkeypatch.setattr(
+    memory_budget.host_memory, "free_heap_bytes", lambda: 3 * 2**30
+  )
+  cpu = jax.devices("cpu")[0]
+  assert memory_budget.available_bytes(cpu) == 4 * 2**30
 
 
 def test_compiled_and_analytic_bytes_grow_with_the_batch():

@@ -3,6 +3,8 @@ on an exported VNN-COMP folder."""
 
 import csv
 import re
+import subprocess
+import sys
 
 import numpy as np
 import onnx
@@ -125,6 +127,26 @@ def test_single_instance_command_line(twin_relu, tmp_path, capsys):
   )
   assert verify_main.main([onnx_path, str(wrong)]) == 2
   assert "3 outputs" in capsys.readouterr().err
+
+
+def test_module_command_proves_unsat_in_its_own_process(twin_relu, tmp_path):
+  # python -m cure_jax.verify: the script, in a process that keeps its
+  # freed memory (cure_jax.host_memory), to the same answer as in-process.
+  onnx_path, _ = twin_relu
+  vnnlib = _property(
+    tmp_path, "unsat", "(assert (or (and (>= Y_0 0.7)) (and (>= Y_1 1.5))))"
+  )
+  out = tmp_path / "result.txt"
+  done = subprocess.run(
+    [sys.executable, "-m", "cure_jax.verify", onnx_path, vnnlib]
+    + ["--out", str(out)],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    check=False,
+  )
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert out.read_text() == "unsat\n"
 
 
 def test_exported_benchmark_end_to_end(tmp_path, capsys):

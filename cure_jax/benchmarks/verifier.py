@@ -3,7 +3,8 @@ r"""cure_jax's bound methods against auto_LiRPA's, same weights, same CPU.
   python -m cure_jax.benchmarks.verifier [--models=small_cnn,cnn7] \
       [--methods=crown,alpha_crown,crown_ibp] [--batch=8[,100,...]] \
       [--eps=0.1] [--alpha-steps=20] [--lirpa-python=/tmp/lirpa/bin/python] \
-      [--no-peer] [--plain-jit] [--out=results.json]
+      [--no-peer] [--plain-jit] [--default-host-memory] \
+      [--peer-kept-memory] [--out=results.json]
 
 For each model (MNIST shape, random IBP-initialized weights without
 BatchNorm, random inputs in [0, 1], random labels), each batch size and
@@ -23,7 +24,11 @@ bounds re-optimized, no early stop; slopes shared by each layer's rows on
 CNN7). cure_jax's calls are jitted with `cure_jax.bounds.jit` (as in the
 certification cascade), so every neuron of a hidden layer is a row of its
 backward pass (as in auto_LiRPA on these nets, where IBP leaves nearly
-every neuron unstable).
+every neuron unstable), in a process that keeps its freed memory
+(`cure_jax.host_memory.keep_freed_memory`, as ``python -m cure_jax.certify``
+does; ``--default-host-memory``: without it). ``--peer-kept-memory`` gives
+auto_LiRPA's process glibc's same settings (``MALLOC_MMAP_MAX_=0``, no
+trimming), what they are worth to PyTorch.
 """
 
 import argparse
@@ -195,8 +200,19 @@ def _timed(call) -> dict:
 
 
 def jax_worker(
-  model_name, method, batch, eps, alpha_steps, share, plain_jit=False
+  model_name,
+  method,
+  batch,
+  eps,
+  alpha_steps,
+  share,
+  plain_jit=False,
+  keep_memory=True,
 ) -> dict:
+  if keep_memory:  # before JAX's CPU client exists
+    from cure_jax import host_memory  # noqa: PLC0415
+
+    host_memory.keep_freed_memory()
   return _timed(
     _jax_bounds(model_name, method, batch, eps, alpha_steps, share, plain_jit)
   )
@@ -257,11 +273,23 @@ LIRPA_SCRIPT = textwrap.dedent(
 )
 
 
-def _run(command, timeout) -> dict:
+# glibc's environment for `keep_freed_memory`'s allocator settings.
+KEPT_MEMORY_ENV = {
+  "MALLOC_MMAP_MAX_": "0",
+  "MALLOC_TRIM_THRESHOLD_": str(2**62),
+}
+
+
+def _run(command, timeout, env=None) -> dict:
   """The JSON a worker prints last, or the reason there is none."""
   try:
     done = subprocess.run(
-      command, capture_output=True, text=True, timeout=timeout, check=False
+      command,
+      capture_output=True,
+      text=True,
+      timeout=timeout,
+      check=False,
+      env=None if env is None else {**os.environ, **env},
     )
   except subprocess.TimeoutExpired:
     return dict(error=f"timed out after {timeout} s")
@@ -293,6 +321,8 @@ def run(
   shared_slopes=("cnn7",),
   methods=METHODS,
   plain_jit: bool = False,
+  keep_memory: bool = True,
+  peer_kept_memory: bool = False,
 ) -> list[dict]:
   """One row per model, batch size and method, in that order:
   ``{"model", "batch", "method", "cure_jax": cell, "auto_LiRPA": cell}``.
@@ -303,7 +333,10 @@ def run(
   α-CROWN shares each layer's slopes across its rows on ``shared_slopes``
   (both libraries), whose per-row slopes would not fit in memory;
   ``plain_jit`` compiles cure_jax's calls with `jax.jit` instead of
-  `cure_jax.bounds.jit` (what the compiler options are worth).
+  `cure_jax.bounds.jit` (what the compiler options are worth);
+  ``keep_memory=False`` runs them without
+  `cure_jax.host_memory.keep_freed_memory`, ``peer_kept_memory`` runs
+  auto_LiRPA with glibc's same settings (`KEPT_MEMORY_ENV`).
   """
   lirpa_missing = (
     "not asked for (--no-peer)"
@@ -341,10 +374,24 @@ def run(
             "cure_jax.benchmarks.verifier",
             "--worker",
             json.dumps(
-              [model_name, method, batch, eps, alpha_steps, share, plain_jit]
+              [
+                model_name,
+                method,
+                batch,
+                eps,
+                alpha_steps,
+                share,
+                plain_jit,
+                keep_memory,
+              ]
             ),
           ]
-          row = dict(model=model_name, batch=batch, method=method)
+          row = dict(
+            model=model_name,
+            batch=batch,
+            method=method,
+            kept_memory=dict(cure_jax=keep_memory, auto_LiRPA=peer_kept_memory),
+          )
           row["cure_jax"] = _run(worker, limit)
           row["auto_LiRPA"] = (
             dict(error=f"skipped: {lirpa_missing}")
@@ -361,6 +408,7 @@ def run(
                 str(REPEAT_BUDGET_S),
               ],
               limit,
+              KEPT_MEMORY_ENV if peer_kept_memory else None,
             )
           )
           rows.append(row)
@@ -466,6 +514,16 @@ def main(argv=None):
     action="store_true",
     help="compile cure_jax's calls with jax.jit, not cure_jax.bounds.jit",
   )
+  parser.add_argument(
+    "--default-host-memory",
+    action="store_true",
+    help="run cure_jax without cure_jax.host_memory.keep_freed_memory",
+  )
+  parser.add_argument(
+    "--peer-kept-memory",
+    action="store_true",
+    help="run auto_LiRPA with glibc's kept-memory settings too",
+  )
   parser.add_argument("--out", default=None)
   parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
   parser.add_argument("--export", default=None, help=argparse.SUPPRESS)
@@ -492,6 +550,8 @@ def main(argv=None):
     },
     methods=_checked_methods(args.methods),
     plain_jit=args.plain_jit,
+    keep_memory=not args.default_host_memory,
+    peer_kept_memory=args.peer_kept_memory,
   )
   print(table(results))
   if args.out:

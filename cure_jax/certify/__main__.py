@@ -39,7 +39,7 @@ from typing import Any
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cure_jax import cli, log_setup
+from cure_jax import cli, host_memory, log_setup
 
 # The radius search's defaults: every point, 4 bisection steps, the cheap
 # stages. About as long again as the certification itself, where the whole
@@ -246,7 +246,10 @@ def main(argv):
 
 
 def run():
-  """The ``cure-certify`` script: `main` with the config's clear flag errors."""
+  """The ``cure-certify`` script: `main` with the config's clear flag errors,
+  in a process that keeps the memory it frees for its next bound call
+  (`host_memory.keep_freed_memory`)."""
+  host_memory.keep_freed_memory()
   app.run(main, flags_parser=cli.parse_flags)
 
 

@@ -14,7 +14,10 @@ upper bound of what a buffer assignment needs.
 The budget defaults to a fraction of the memory available now: on a GPU
 (or TPU) the device's ``bytes_limit − bytes_in_use`` from
 ``jax.devices()[0].memory_stats()``, on a CPU the kernel's ``MemAvailable``
-(``/proc/meminfo``), else the free physical pages (``os.sysconf``).
+(``/proc/meminfo``), else the free physical pages (``os.sysconf``), plus
+the memory this process's allocator holds free for reuse
+(`host_memory.free_heap_bytes`: after `host_memory.keep_freed_memory` the
+process keeps its peak, which the kernel no longer counts as available).
 """
 
 import math
@@ -24,6 +27,8 @@ from typing import Any
 
 import jax
 import numpy as np
+
+from cure_jax import host_memory
 
 GIB = 2**30
 # The share of the available memory a stage may use by default: the rest is
@@ -63,7 +68,8 @@ def available_bytes(device: jax.Device | None = None) -> int:
 
   Returns:
     Accelerator: ``bytes_limit − bytes_in_use`` of its memory statistics;
-    CPU (or an accelerator without statistics): the host's available memory.
+    CPU (or an accelerator without statistics): the host's available memory
+    plus what this process's allocator holds free.
 
   Raises:
     RuntimeError: if no source reports the available memory.
@@ -79,7 +85,7 @@ def available_bytes(device: jax.Device | None = None) -> int:
       "/proc/meminfo or os.sysconf); set the budget explicitly, e.g. "
       "--config.eval.memory_budget_gb=8."
     )
-  return available
+  return available + host_memory.free_heap_bytes()
 
 
 def budget_bytes(budget_gb: float | None = None) -> int:
