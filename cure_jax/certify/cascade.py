@@ -78,33 +78,25 @@ def _transform(method: str, alpha_steps: int) -> Callable[[Callable], Callable]:
   batch sizes): unrolled, 20 steps on the small CNN compiled 5–7× longer
   and ran 2.7–2.9× slower on a CPU.
   """
+
   # Certificates need lower bounds of the margins only: bound="lower" skips
   # the upper ones, half of every linear-bound stage's backward rows.
+  def alpha(**options):
+    return functools.partial(
+      bounds.alpha_crown, steps=alpha_steps, bound="lower", unroll=1, **options
+    )
+
   return {
     "ibp": bounds.ibp,
     "crown_ibp": functools.partial(bounds.crown_ibp, bound="lower"),
     "crown": functools.partial(bounds.crown, bound="lower"),
-    "alpha_crown": functools.partial(
-      bounds.alpha_crown, steps=alpha_steps, bound="lower", unroll=1
-    ),
+    "alpha_crown": alpha(),
     # Every layer's slopes, one set per hidden layer's pass shared by its
     # rows: per-row slopes cost rows × units per layer (CNN7: too many).
-    "alpha_crown_shared": functools.partial(
-      bounds.alpha_crown,
-      steps=alpha_steps,
-      bound="lower",
-      unroll=1,
-      share_slopes=True,
-    ),
+    "alpha_crown_shared": alpha(share_slopes=True),
     # α-CROWN over IBP intermediate bounds: CROWN's identity backward pass
     # per hidden layer costs memory quadratic in its width (large CNNs).
-    "alpha_crown_ibp": functools.partial(
-      bounds.alpha_crown,
-      steps=alpha_steps,
-      intermediate="ibp",
-      bound="lower",
-      unroll=1,
-    ),
+    "alpha_crown_ibp": alpha(intermediate="ibp"),
   }[method]
 
 

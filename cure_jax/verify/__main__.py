@@ -21,6 +21,7 @@ import os
 import sys
 
 from cure_jax import host_memory
+from cure_jax.bounds.slope_optimization import DEFAULT_STEPS
 from cure_jax.certify.bab_search import BaBSettings
 from cure_jax.verify import falsify
 from cure_jax.verify.benchmark_runner import INSTANCE_ERRORS, verify_benchmark
@@ -71,7 +72,13 @@ def _parser() -> argparse.ArgumentParser:
     default=BaBSettings().batch_domains,
     help="branch and bound: domains split per step",
   )
-  parser.add_argument("--alpha_steps", type=int, default=20)
+  parser.add_argument(
+    "--alpha_steps",
+    type=int,
+    default=DEFAULT_STEPS,
+    help="α-CROWN's optimization steps (α,β-CROWN's 100; it stops early "
+    "once every row is proven)",
+  )
   parser.add_argument("--pgd_steps", type=int, default=50)
   parser.add_argument("--pgd_starts", type=int, default=8)
   return parser

@@ -24,6 +24,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from cure_jax.bounds.slope_optimization import DEFAULT_STEPS
 from cure_jax.certify.bab_search import FALSIFIED, VERIFIED, BaBSettings
 from cure_jax.interchange.vnnlib import VnnlibProperty, read_vnnlib
 from cure_jax.verify import bab_stage, falsify, unsafe_bounds
@@ -129,7 +130,7 @@ def verify_instance(
   *,
   network: LoadedNetwork | None = None,
   stages: Sequence[str] = DEFAULT_STAGES,
-  alpha_steps: int = 20,
+  alpha_steps: int = DEFAULT_STEPS,
   attack: falsify.AttackSettings = falsify.AttackSettings(),
   bab: BaBSettings = BaBSettings(candidate_steps=10),
 ) -> InstanceResult:

@@ -21,6 +21,7 @@ from typing import NamedTuple
 import numpy as np
 
 from cure_jax import bounds
+from cure_jax.bounds.slope_optimization import DEFAULT_STEPS
 from cure_jax.interchange.vnnlib import InputRegion, float32_box
 
 
@@ -83,7 +84,7 @@ def prove_region(
   region: InputRegion,
   clock,
   stages: Sequence[str] = DEFAULT_STAGES,
-  alpha_steps: int = 20,
+  alpha_steps: int = DEFAULT_STEPS,
 ) -> RegionProof:
   """Runs the bound stages on one region (see the module docstring).
 
