@@ -90,9 +90,10 @@ def test_host_memory_settings_reach_each_library_s_worker(monkeypatch):
     calls.clear()
     verifier.main(base + flags)
     _, (ours, ours_env), (peer, theirs_env) = calls
-    # cure_jax's worker: its last argument says whether it keeps memory,
-    # in its own process; auto_LiRPA's: glibc's environment, when asked.
-    assert json.loads(ours[-1])[-1] is ours_kept and ours_env is None
+    # cure_jax's worker says whether it keeps memory, in its own process;
+    # auto_LiRPA's gets glibc's environment, when asked.
+    assert json.loads(ours[-1])["keep_memory"] is ours_kept
+    assert ours_env is None
     assert peer[0] == "/tmp/lirpa/bin/python" and theirs_env == peer_env
 
 

@@ -374,16 +374,16 @@ def run(
             "cure_jax.benchmarks.verifier",
             "--worker",
             json.dumps(
-              [
-                model_name,
-                method,
-                batch,
-                eps,
-                alpha_steps,
-                share,
-                plain_jit,
-                keep_memory,
-              ]
+              dict(
+                model_name=model_name,
+                method=method,
+                batch=batch,
+                eps=eps,
+                alpha_steps=alpha_steps,
+                share=share,
+                plain_jit=plain_jit,
+                keep_memory=keep_memory,
+              )
             ),
           ]
           row = dict(
@@ -533,7 +533,7 @@ def main(argv=None):
     print(json.dumps(dict(peak_mb=_peak_mb())))
     return
   if args.worker is not None:
-    print(json.dumps(jax_worker(*json.loads(args.worker))))
+    print(json.dumps(jax_worker(**json.loads(args.worker))))
     return
   results = run(
     tuple(args.models.split(",")),
