@@ -27,6 +27,7 @@ SHARED = {
   "types",
   "checkpoint",
   "config_schema",
+  "host_memory",
   "workdir",
 }  # any package may use
 
