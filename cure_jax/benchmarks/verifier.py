@@ -32,6 +32,7 @@ trimming), what they are worth to PyTorch.
 """
 
 import argparse
+import functools
 import json
 import os
 import resource
@@ -143,13 +144,12 @@ def export(path: str, model_name: str, batch: int, eps: float) -> None:
   np.savez(path, **arrays)
 
 
-def _jax_bounds(
+def bounding_call(
   model_name, method, batch, eps, alpha_steps, share=False, plain_jit=False
-):
+) -> functools.partial:
   """The jitted bounding call of a cure_jax method (every neuron a row):
-  `cure_jax.bounds.jit`, or `jax.jit` with ``plain_jit``."""
-  import functools  # noqa: PLC0415
-
+  `cure_jax.bounds.jit`, or `jax.jit` with ``plain_jit``; a partial of the
+  jitted function (``.func``) over its arguments (``.args``)."""
   import jax  # noqa: PLC0415
 
   from cure_jax import bounds  # noqa: PLC0415
@@ -174,7 +174,7 @@ def _jax_bounds(
     ball = bounds.LinfBall(x, eps, domain=(0.0, 1.0))
     return transform(variables, ball, spec=spec, train=False).lower
 
-  return lambda: lower(variables, x, spec)
+  return functools.partial(lower, variables, x, spec)
 
 
 def _timed(call) -> dict:
@@ -214,7 +214,7 @@ def jax_worker(
 
     host_memory.keep_freed_memory()
   return _timed(
-    _jax_bounds(model_name, method, batch, eps, alpha_steps, share, plain_jit)
+    bounding_call(model_name, method, batch, eps, alpha_steps, share, plain_jit)
   )
 
 
