@@ -35,7 +35,7 @@ _HLO_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (\S+) ", re.M)
 
 
 def op_seconds(events: Iterable[dict], operations) -> dict[str, float]:
-  """Seconds per operation, from its first trace event to its ``end:``
+  """Seconds per operation, from its trace event to its ``end:``
   event (its own event's duration when it has none).
 
   Args:
