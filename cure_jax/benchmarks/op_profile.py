@@ -72,9 +72,16 @@ def instruction_shapes(hlo_text: str) -> dict[str, str]:
 
 
 def _trace_events(directory: str) -> list[dict]:
-  (path,) = glob.glob(
+  paths = glob.glob(
     os.path.join(directory, "**", "perfetto_trace.json.gz"), recursive=True
   )
+  if len(paths) != 1:
+    raise RuntimeError(
+      f"jax.profiler wrote {len(paths)} Perfetto traces under {directory}, "
+      "not one: this JAX version's profiler does not export them as "
+      "`start_trace(..., create_perfetto_trace=True)` asks."
+    )
+  (path,) = paths
   with gzip.open(path) as f:
     trace = json.load(f)
   return trace["traceEvents"] if isinstance(trace, dict) else trace
