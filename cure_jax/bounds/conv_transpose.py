@@ -59,14 +59,10 @@ def pullback(
     return primitive.bind(x, k, **params)
 
   def transposed(c, k):
-    swapped, swapped_numbers = _swapped_features(k, numbers)
-    swapped_params = dict(params, dimension_numbers=swapped_numbers)
     shape = (c.shape[0],) + tuple(x_shape[1:])
-    (pulled,) = jax.linear_transpose(
-      lambda x: primitive.bind(x, swapped, **swapped_params),
-      jax.ShapeDtypeStruct(shape, dtype),
-    )(c)
-    return pulled
+    if _rows_split(params, k.shape, shape, c.shape):
+      return _transposed_by_rows(primitive, params, c, k, shape, dtype)
+    return _transposed(primitive, params, c, k, shape, dtype)
 
   @jax.custom_vjp
   def pull(c, k):
@@ -83,3 +79,79 @@ def pullback(
 
   pull.defvjp(pull_forward, pull_backward)
   return lambda c: pull(c, kernel)
+
+
+def _transposed(primitive, params, c, k, shape, dtype) -> jax.Array:
+  """Lᵀc by JAX's transpose of the convolution with swapped features."""
+  swapped, swapped_numbers = _swapped_features(k, params["dimension_numbers"])
+  swapped_params = dict(params, dimension_numbers=swapped_numbers)
+  (pulled,) = jax.linear_transpose(
+    lambda x: primitive.bind(x, swapped, **swapped_params),
+    jax.ShapeDtypeStruct(shape, dtype),
+  )(c)
+  return pulled
+
+
+_NHWC, _HWIO = (0, 3, 1, 2), (3, 2, 0, 1)
+
+
+def _rows_split(params: dict, kernel_shape, x_shape, y_shape) -> bool:
+  """Whether `_transposed_by_rows` applies and pays: a 2-D NHWC convolution
+  by an HWIO kernel of more than one row, without input dilation or
+  groups, that shrinks the height by more than its stride (padded less
+  than the kernel's extent), so that the full transpose has zero rows."""
+  numbers = params["dimension_numbers"]
+  return (
+    y_shape[1] * params["window_strides"][0] < x_shape[1]
+    and tuple(numbers.lhs_spec) == _NHWC
+    and tuple(numbers.out_spec) == _NHWC
+    and tuple(numbers.rhs_spec) == _HWIO
+    and tuple(params["lhs_dilation"]) == (1, 1)
+    and params["feature_group_count"] == 1
+    and params["batch_group_count"] == 1
+    and kernel_shape[0] > 1
+  )
+
+
+def _transposed_by_rows(primitive, params, c, k, shape, dtype) -> jax.Array:
+  """Lᵀc as a one-row transposed convolution and a sum over kernel rows.
+
+  With strides (s, t), rhs dilations (d, e) and low paddings (p, q),
+  Lᵀc[i, j] = Σ_{a,b,o,r : s·o + d·a − p = i, t·r + e·b − q = j} k[a, b] c[o, r].
+  For each kernel row a, Q_a[o, j] = Σ_{b,r} k[a, b] c[o, r] is the
+  transpose of a convolution along the width only, so one such transpose
+  with the kh kernel rows stacked as features computes every Q_a; each Q_a
+  then lands on input rows i = s·o + d·a − p (a strided, shifted pad).
+  XLA:CPU states the full transpose as a convolution over the input padded
+  by the kernel's extent, multiplying its zeros; this form leaves only the
+  width's zeros.
+  """
+  kh, kw, cin, cout = k.shape
+  (stride_h, stride_w), (dil_h, dil_w) = (
+    params["window_strides"],
+    params["rhs_dilation"],
+  )
+  (pad_h, _), pad_w = params["padding"]
+  rows_kernel = jnp.transpose(k, (1, 0, 2, 3)).reshape(1, kw, kh * cin, cout)
+  rows_params = dict(
+    params,
+    window_strides=(1, stride_w),
+    padding=((0, 0), tuple(pad_w)),
+    rhs_dilation=(1, dil_w),
+  )
+  n, out_h = c.shape[0], c.shape[1]
+  rows_shape = (n, out_h, shape[2], kh * cin)
+  q = _transposed(primitive, rows_params, c, rows_kernel, rows_shape, dtype)
+  q = q.reshape((n, out_h, shape[2], kh, cin))
+  height = shape[1]
+  total = None
+  for a in range(kh):
+    low = dil_h * a - pad_h
+    high = height - (low + (out_h - 1) * stride_h + 1)
+    placed = lax.pad(
+      q[:, :, :, a],
+      jnp.zeros((), q.dtype),
+      ((0, 0, 0), (low, high, stride_h - 1), (0, 0, 0), (0, 0, 0)),
+    )
+    total = placed if total is None else total + placed
+  return total
