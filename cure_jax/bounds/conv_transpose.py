@@ -18,6 +18,16 @@ small MNIST CNN's 1600-row pass, 0.6 s per step instead of 0.04 s.
   forward convolution with the original kernel, by a custom VJP; the
   kernel's cotangent (a bound differentiated with respect to the weights,
   as in training) is the kernel gradient of L: <g, Lᵀc> = <L g, c>.
+
+A convolution that shrinks the height (a VALID 4×4 one, 13×13 → 10×10)
+has a transpose that XLA:CPU states as a convolution over its input padded
+by the kernel's extent, zeros multiplied: 2.2 G multiply-adds for 1.3 G of
+work on the small CNN's 1600-row pass. There Lᵀ is computed by kernel rows
+instead (`_transposed_by_rows`): one transpose of a one-row convolution,
+the kernel's rows stacked as features, then each row's share placed and
+summed. On that pass it took 42 against 74 ms, and CROWN's whole call 16%
+less (docs/verifier-benchmark.md); convolutions that keep the height
+(SAME padding) keep JAX's statement, which was as fast or faster there.
 """
 
 from collections.abc import Callable
