@@ -25,9 +25,10 @@ by the kernel's extent, zeros multiplied: 2.2 G multiply-adds for 1.3 G of
 work on the small CNN's 1600-row pass. There Lᵀ is computed by kernel rows
 instead (`_transposed_by_rows`): one transpose of a one-row convolution,
 the kernel's rows stacked as features, then each row's share placed and
-summed. On that pass it took 42 against 74 ms, and CROWN's whole call 16%
-less (docs/verifier-benchmark.md); convolutions that keep the height
-(SAME padding) keep JAX's statement, which was as fast or faster there.
+summed. On a 2-core CPU that pass took 23 against 37 ms, and CROWN's whole
+call at batch 8 18% less (`python -m cure_jax.benchmarks.conv_transpose`,
+docs/verifier-benchmark.md); convolutions that keep the height (SAME
+padding) keep JAX's statement, which was about as fast there.
 """
 
 from collections.abc import Callable
