@@ -19,7 +19,7 @@ Operations on different cores overlap, so the shares can add up to more
 than 100%, and a span also counts the time an operation waits for the
 thread pool while others run on it: an operation that runs beside others
 looks longer than it is (CROWN-IBP's |W| of the small CNN's dense layer,
-0.1 ms alone, spanned 3.2 ms of a 5.1 ms call). Time an operation alone
+under 0.2 ms alone, spanned 3.2 ms of a 5.1 ms call). Time an operation alone
 before trusting its span.
 """
 
