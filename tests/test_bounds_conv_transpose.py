@@ -1,8 +1,8 @@
-"""conv_transpose.pullback: Lᵀc of a convolution, by either statement.
+"""conv_transpose.pullback: Lᵀc of a convolution, by each statement.
 
 Every case is compared with JAX's own transpose of the convolution
 (`jax.linear_transpose`), values and gradients, on geometries that take
-each of the two paths (`_rows_split`)."""
+each of the three paths (`statement`)."""
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +23,8 @@ GEOMETRIES = [
   (11, 9, 3, 3, 2, 5, (3, 1), (1, 2), ((2, 0), (1, 3))),
   (10, 12, 2, 2, 3, 3, (1, 2), (2, 1), ((0, 3), (2, 0))),
   (9, 9, 3, 4, 4, 2, (2, 3), (2, 1), ((3, 1), (0, 0))),
+  (28, 28, 1, 3, 3, 18, (1, 1), (1, 1), ((1, 1), (1, 1))),  # CNN7 conv1
+  (12, 11, 2, 3, 2, 24, (2, 3), (2, 1), ((0, 2), (3, 0))),  # taps, odd
   (8, 7, 2, 1, 3, 4, (1, 1), (1, 1), ((0, 0), (1, 1))),  # one kernel row
 ]
 
@@ -98,6 +100,35 @@ def test_rows_statement_is_the_transpose_where_it_is_not_chosen_too(
   _assert_close(rows, _reference(params, kernel, x_shape, c))
 
 
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+def test_taps_statement_is_the_transpose_where_it_is_not_chosen_too(
+  geometry,
+):
+  kernel, x_shape, params, c = _case(geometry, seed=4)
+  shape = (c.shape[0],) + x_shape[1:]
+  taps = conv_transpose._transposed_by_taps(params, c, kernel, shape)
+  _assert_close(taps, _reference(params, kernel, x_shape, c))
+  jitted = jax.jit(
+    lambda c, k: conv_transpose._transposed_by_taps(params, c, k, shape)
+  )
+  _assert_close(jitted(c, kernel), _reference(params, kernel, x_shape, c))
+
+
+def test_each_statement_is_chosen_where_it_pays():
+  def chosen(geometry):
+    kernel, x_shape, params, c = _case(geometry)
+    return conv_transpose.statement(params, kernel.shape, x_shape, c.shape)
+
+  # 2·C_in·kh·kw <= C_out: the taps' columns are at most half of c.
+  assert chosen(GEOMETRIES[7]) == "taps"  # CNN7-like conv1: 18 <= 18
+  assert chosen(GEOMETRIES[8]) == "taps"  # 24 <= 24
+  assert chosen(GEOMETRIES[1]) == "rows"  # small CNN conv1: 32 > 16
+  assert chosen(GEOMETRIES[0]) == "rows"  # VALID, 256 taps > 32
+  assert chosen(GEOMETRIES[2]) == "jax"  # SAME
+  assert chosen(GEOMETRIES[3]) == "jax"
+  assert chosen(GEOMETRIES[-1]) == "jax"  # a single kernel row
+
+
 def test_rows_statement_is_chosen_where_the_height_shrinks():
   def chosen(geometry, layout="NHWC"):
     kernel, x_shape, params, c = _case(geometry)
@@ -111,7 +142,9 @@ def test_rows_statement_is_chosen_where_the_height_shrinks():
   assert not chosen(GEOMETRIES[0], layout="NCHW")
 
 
-@pytest.mark.parametrize("geometry", [GEOMETRIES[0], GEOMETRIES[4]])
+@pytest.mark.parametrize(
+  "geometry", [GEOMETRIES[0], GEOMETRIES[4], GEOMETRIES[8]]
+)
 def test_gradients_match_the_transpose(geometry):
   kernel, x_shape, params, c = _case(geometry, rows=2, seed=2)
   weights = jax.random.normal(jax.random.key(3), (c.shape[0],) + x_shape[1:])
