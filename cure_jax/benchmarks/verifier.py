@@ -149,15 +149,20 @@ def bounding_call(
 ) -> functools.partial:
   """The jitted bounding call of a cure_jax method (every neuron a row):
   `cure_jax.bounds.jit`, or `jax.jit` with ``plain_jit``; a partial of the
-  jitted function (``.func``) over its arguments (``.args``)."""
+  jitted function (``.func``) over its arguments (``.args``). CROWN bounds
+  the batch in groups of `example_groups.CROWN_GROUP` examples, as the
+  certify cascade does (the same bounds)."""
   import jax  # noqa: PLC0415
 
   from cure_jax import bounds  # noqa: PLC0415
+  from cure_jax.bounds import example_groups  # noqa: PLC0415
 
   model, variables, x, labels = build(model_name, batch)
   spec = bounds.margin_spec(labels, NUM_CLASSES)
   transform = {
-    "crown": functools.partial(bounds.crown, bound="lower"),
+    "crown": functools.partial(
+      bounds.crown, bound="lower", example_group=example_groups.CROWN_GROUP
+    ),
     "crown_ibp": functools.partial(bounds.crown_ibp, bound="lower"),
     "alpha_crown": functools.partial(
       bounds.alpha_crown,

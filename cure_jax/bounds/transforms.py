@@ -38,6 +38,7 @@ import optax
 
 from cure_jax.bounds import (
   backward,
+  example_groups,
   ibp_rules,
   layer_bounds,
   leaky_relu,
@@ -398,6 +399,7 @@ def crown(
   rows_per_pass=AUTO,
   only_unstable: bool = True,
   pass_bytes: int | None = layer_bounds.DEFAULT_PASS_BYTES,
+  example_group: int | None = None,
 ) -> Callable:
   """CROWN (Zhang et al., NeurIPS 2018): linear bounds for every layer.
 
@@ -407,6 +409,11 @@ def crown(
       intermediate bounds are always two-sided).
     {rows_per_pass}
     {intermediate}
+    example_group: bound the batch this many examples at a time, in one
+      program (`example_groups`: same bounds, cache-sized passes; 20 ran
+      the small MNIST CNN's batch of 100 1.3× faster). Only the input sets
+      and ``spec`` are split, so every other argument must be shared by
+      the examples. None: the whole batch at once.
 
   Returns:
     ``bounded(*args, spec=None, **kwargs)``.
@@ -423,7 +430,7 @@ def crown(
     )
     return finish(lower)
 
-  return bounded
+  return functools.wraps(fn)(example_groups.in_groups(bounded, example_group))
 
 
 crown.__doc__ = crown.__doc__.format(

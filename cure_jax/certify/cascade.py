@@ -55,6 +55,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cure_jax import bounds
+from cure_jax.bounds import example_groups
 from cure_jax.certify import branch_and_bound, memory_budget, stage_timing
 from cure_jax.models.call_adapter import adapt_apply
 from cure_jax.parallel.precision import cast_floating, certification_precision
@@ -89,7 +90,10 @@ def _transform(method: str, alpha_steps: int) -> Callable[[Callable], Callable]:
   return {
     "ibp": bounds.ibp,
     "crown_ibp": functools.partial(bounds.crown_ibp, bound="lower"),
-    "crown": functools.partial(bounds.crown, bound="lower"),
+    # Cache-sized passes: the same bounds, 20 examples at a time.
+    "crown": functools.partial(
+      bounds.crown, bound="lower", example_group=example_groups.CROWN_GROUP
+    ),
     "alpha_crown": alpha(),
     # Every layer's slopes, one set per hidden layer's pass shared by its
     # rows: per-row slopes cost rows × units per layer (CNN7: too many).
