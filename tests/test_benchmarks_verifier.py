@@ -27,7 +27,7 @@ def test_a_run_without_auto_lirpa_reports_ours_and_says_why_not_theirs():
     ours, theirs = row["cure_jax"], row["auto_LiRPA"]
     assert "error" not in ours, ours
     assert ours["first_s"] > 0 and ours["steady_s"] > 0
-    assert 1 <= ours["calls"] <= verifier.REPEAT_CALLS
+    assert 1 <= ours["calls"] <= verifier.MAX_CALLS
     assert np.isfinite(ours["mean_margin"])
     assert theirs == {"error": "skipped: /nonexistent/python not found"}
   table = verifier.table(rows)
@@ -151,3 +151,12 @@ def test_unknown_methods_and_bad_batch_sizes_are_refused():
   for text in ("0", "eight", ""):
     with pytest.raises(SystemExit, match="--batch"):
       verifier._positive_ints(text)
+
+
+def test_fast_calls_are_repeated_until_they_total_a_second():
+  more = lambda times: verifier._more_calls(times, 5, 1.0, 1000, 60.0)  # noqa: E731
+  assert more([]) and more([0.5] * 4)
+  assert not more([0.5] * 5)  # five calls, 2.5 s
+  assert more([0.001] * 5) and more([0.001] * 999)
+  assert not more([0.001] * 1000)  # at most 1000 calls
+  assert not more([61.0])  # over the budget

@@ -53,9 +53,13 @@ LIRPA_METHODS = {
 NUM_CLASSES = 10
 # A first call slower than this is not repeated (its time stands alone).
 SKIP_SECOND_CALL_AFTER_S = 600.0
-# Later calls: up to this many, while their total stays under the budget;
-# the steady time is their median.
+# Later calls: at least REPEAT_CALLS and more until they total MIN_TIMED_S
+# (a CROWN-IBP call of a few milliseconds is timed a few hundred times), at
+# most MAX_CALLS, and none once their total passes REPEAT_BUDGET_S; the
+# steady time is their median.
 REPEAT_CALLS = 5
+MIN_TIMED_S = 1.0
+MAX_CALLS = 1000
 REPEAT_BUDGET_S = 60.0
 IMAGE_SHAPE = (28, 28, 1)
 
@@ -182,6 +186,15 @@ def bounding_call(
   return functools.partial(lower, variables, x, spec)
 
 
+def _more_calls(times, repeat_calls, min_timed_s, max_calls, budget_s):
+  total = sum(times)
+  return (
+    len(times) < max_calls
+    and total < budget_s
+    and (len(times) < repeat_calls or total < min_timed_s)
+  )
+
+
 def _timed(call) -> dict:
   start = time.perf_counter()
   lower = np.asarray(call())
@@ -191,7 +204,9 @@ def _timed(call) -> dict:
       first_s=first, peak_mb=_peak_mb(), mean_margin=float(lower.mean())
     )
   times = []
-  while len(times) < REPEAT_CALLS and sum(times) < REPEAT_BUDGET_S:
+  while _more_calls(
+    times, REPEAT_CALLS, MIN_TIMED_S, MAX_CALLS, REPEAT_BUDGET_S
+  ):
     start = time.perf_counter()
     lower = np.asarray(call())
     times.append(time.perf_counter() - start)
@@ -232,6 +247,10 @@ LIRPA_SCRIPT = textwrap.dedent(
   path, method, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
   share = sys.argv[4] == "1"
   REPEAT_CALLS, REPEAT_BUDGET_S = int(sys.argv[5]), float(sys.argv[6])
+  MIN_TIMED_S, MAX_CALLS = float(sys.argv[7]), int(sys.argv[8])
+  def more_calls(times):  # as cure_jax's worker: `_more_calls`
+    return (len(times) < MAX_CALLS and sum(times) < REPEAT_BUDGET_S
+            and (len(times) < REPEAT_CALLS or sum(times) < MIN_TIMED_S))
   d = np.load(path)
   layers = []
   for i in range(int(d["layers"])):
@@ -267,7 +286,7 @@ LIRPA_SCRIPT = textwrap.dedent(
     return lower.detach().numpy()
   start = time.perf_counter(); lower = call()
   first, times = time.perf_counter() - start, []
-  while len(times) < REPEAT_CALLS and sum(times) < REPEAT_BUDGET_S:
+  while more_calls(times):
     start = time.perf_counter(); lower = call()
     times.append(time.perf_counter() - start)
   print(json.dumps(dict(first_s=first, steady_s=float(np.median(times)),
@@ -411,6 +430,8 @@ def run(
                 str(int(share)),
                 str(REPEAT_CALLS),
                 str(REPEAT_BUDGET_S),
+                str(MIN_TIMED_S),
+                str(MAX_CALLS),
               ],
               limit,
               KEPT_MEMORY_ENV if peer_kept_memory else None,
