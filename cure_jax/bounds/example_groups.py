@@ -6,16 +6,15 @@ working arrays grow with the batch: each hidden layer's backward pass holds
 dense layer at B = 96. Streamed through memory instead of cache, the
 relaxations and transposes that read them ran 1.3× slower per point than
 the same program bounding groups of 16 examples one after the other (see
-`CROWN_GROUP`; `python -m cure_jax.benchmarks.verifier --models small_cnn
---methods crown --batch 100`, docs/verifier-benchmark.md). `in_groups` splits the batch
+`CROWN_GROUP`; docs/verifier-benchmark.md). `in_groups` splits the batch
 into groups of nearly equal size, bounds each with the same transform —
 the groups are unrolled into one program (a `lax.map` over them ran at
-about half the gain on XLA:CPU) — and concatenates the bounds. The
-bounds are the same as for the whole batch.
+about half the gain on XLA:CPU) — and concatenates the bounds. The bounds
+are the same as for the whole batch.
 
 Only input sets and the specification are split: every other argument of
 the bounded function must be shared by the examples (weights, flags), as
-for `cure_jax.bounds.jit`'s callers in certification.
+the variables of ``model.apply(variables, x)`` are.
 """
 
 from collections.abc import Callable
@@ -27,15 +26,15 @@ from cure_jax.bounds.sets import is_input_set
 
 # CROWN's group in certification and in the verifier benchmark. The small
 # MNIST CNN's batch of 100 in groups of at most 10, 16, 20 and 25 examples
-# ran alike (9.5–9.7 ms per point), of 34 slower (12.2 ms: its dense pass's
-# coefficients, 73 MB per array, no longer stay in cache); fewer groups
+# ran alike (9.5–9.7 ms per point), of 34 slower (12.2 ms; its dense pass's
+# coefficients take 73 MB per array, against 54 MB at 25); fewer groups
 # compile faster (8 s for 4 groups, 12 s for 10, 4 s for the whole batch).
 CROWN_GROUP = 20
 
 
 def sizes(batch: int, group: int) -> list[int]:
-  """ceil(batch / group) group sizes, as equal as possible (at most two
-  distinct sizes, so at most two traced shapes), summing to ``batch``."""
+  """ceil(batch / group) group sizes summing to ``batch``, as equal as
+  possible (they differ by at most one)."""
   count = -(-batch // group)
   base, extra = divmod(batch, count)
   return [base + 1] * extra + [base] * (count - extra)
