@@ -17,6 +17,7 @@ the bounded function must be shared by the examples (weights, flags), as
 the variables of ``model.apply(variables, x)`` are.
 """
 
+import functools
 from collections.abc import Callable
 
 import jax
@@ -77,12 +78,15 @@ def in_groups(bounded: Callable, group: int | None) -> Callable:
   Returns:
     The same function; its bounds are ``bounded``'s on the whole batch.
   """
-  if group is not None and (not isinstance(group, int) or group < 1):
+  if group is None:
+    return bounded
+  if not isinstance(group, int) or group < 1:
     raise ValueError(f"example_group must be None or >= 1, got {group!r}.")
 
+  @functools.wraps(bounded)
   def grouped(*args, spec=None, **kwargs):
     batch = _batch_size(args)
-    if group is None or batch <= group:
+    if batch <= group:
       return bounded(*args, spec=spec, **kwargs)
     parts, start = [], 0
     for size in sizes(batch, group):

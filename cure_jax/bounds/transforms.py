@@ -430,7 +430,7 @@ def crown(
     )
     return finish(lower)
 
-  return functools.wraps(fn)(example_groups.in_groups(bounded, example_group))
+  return example_groups.in_groups(bounded, example_group)
 
 
 crown.__doc__ = crown.__doc__.format(
